@@ -1,0 +1,309 @@
+"""Read quantized DCT coefficients from JPEG files: ``read_dct``, ``read_fun``, ``read_batch``.
+
+The C extension (``funloader._jpegdct``) entropy-decodes with libjpeg-turbo's
+``jpeg_read_coefficients`` with the GIL released and copies straight into buffers it is handed.
+This module holds the policy: what a source is, which exception a failure becomes, how warnings
+surface, and the shape checks.
+
+Layouts
+-------
+* ``DCTImage.coefficients[c]``: ``(blocks_h, blocks_w, 64)`` int16 per component, coefficient
+  ``k = 8 * v + u`` (v vertical, u horizontal frequency; natural order, as jpeg2dct).
+* FUN input: ``(192, H8, W8)`` with ``H8 = ceil(H / 8)``, ``channel = 64 * component + 8 * v + u``
+  (Y, Cb, Cr); every component nearest-neighbour replicated onto the full-resolution block grid.
+"""
+from __future__ import annotations
+
+import io
+import os
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _jpegdct
+from .errors import JPEGDecodeError, JPEGWarning, UnsupportedJPEGError
+
+#: Default decompression-bomb limit, in pixels (Pillow's error threshold, 2 * 89,478,485).
+DEFAULT_MAX_PIXELS = 178_956_970
+#: Default limit on the number of scans of a progressive JPEG (CPU-bomb guard).
+DEFAULT_MAX_SCANS = 1000
+
+_max_pixels = DEFAULT_MAX_PIXELS
+
+Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, io.IOBase]
+
+
+def set_max_pixels(limit: Optional[int]) -> None:
+    """Set the process-wide default decompression-bomb limit (None or 0: no limit)."""
+    global _max_pixels
+    _max_pixels = int(limit or 0)
+
+
+def get_max_pixels() -> int:
+    """The process-wide default decompression-bomb limit in pixels (0: none)."""
+    return _max_pixels
+
+
+@dataclass
+class DCTImage:
+    """Quantized DCT coefficients of one JPEG, per component.
+
+    Attributes:
+        coefficients: one ``(blocks_h, blocks_w, 64)`` int16 array per component (Y, Cb, Cr or a
+            single gray plane), ``k = 8 * v + u``; ``blocks_h = ceil(ceil(H * v_c / v_max) / 8)``
+            (the component's own block count, not MCU-padded).
+        qtables: one ``(64,)`` uint16 quantization table per component, natural order.
+        width, height: image size in pixels.
+        sampling: per-component ``(h, v)`` sampling factors.
+        colorspace: ``"YCbCr"`` or ``"gray"``.
+        progressive, arithmetic: coding of the file.
+        filename: the path it came from, when it came from a path.
+    """
+
+    coefficients: List[np.ndarray]
+    qtables: List[np.ndarray]
+    width: int
+    height: int
+    sampling: List[Tuple[int, int]]
+    colorspace: str
+    progressive: bool
+    arithmetic: bool = False
+    filename: Optional[str] = None
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def num_components(self) -> int:
+        return len(self.coefficients)
+
+    @property
+    def grid(self) -> Tuple[int, int]:
+        """The full-resolution block grid ``(ceil(H/8), ceil(W/8))`` of the FUN input."""
+        return ((self.height + 7) // 8, (self.width + 7) // 8)
+
+    def dequantized(self) -> List[np.ndarray]:
+        """Coefficients multiplied by their quantization tables, float32, same shapes."""
+        return [plane.astype(np.float32) * table.astype(np.float32) for plane, table in zip(self.coefficients, self.qtables)]
+
+
+_local = threading.local()
+
+
+def _decoder():
+    decoder = getattr(_local, "decoder", None)
+    if decoder is None:
+        decoder = _local.decoder = _jpegdct.Decoder()
+    return decoder
+
+
+def _resolve(source) -> Tuple[Any, Optional[str]]:
+    """Turn a user source into what the extension takes (str path or bytes-like) and a filename."""
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        return path, path
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return source, None
+    if isinstance(source, np.ndarray):
+        return np.ascontiguousarray(source).view(np.uint8).reshape(-1), None
+    if hasattr(source, "read"):
+        name = getattr(source, "name", None)
+        data = source.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError("file object must be opened in binary mode")
+        return data, name if isinstance(name, str) else None
+    raise TypeError(f"a JPEG source must be a path, bytes-like or binary file object, not {type(source).__name__}")
+
+
+def _error(result, filename) -> Exception:
+    status, os_errno, message, _ = result
+    if status == _jpegdct.ERR_UNSUPPORTED:
+        return UnsupportedJPEGError(message, filename)
+    if status == _jpegdct.ERR_IO:
+        return OSError(os_errno or None, f"cannot read JPEG: {message}", filename)
+    if status == _jpegdct.ERR_NOMEM:
+        return MemoryError(f"{filename or '<buffer>'}: {message}")
+    if status == _jpegdct.ERR_ARGUMENT:
+        return ValueError(message)
+    return JPEGDecodeError(message, filename)
+
+
+def _warn(result, filename, stacklevel=3) -> List[str]:
+    messages = list(result[3])
+    for message in messages:
+        warnings.warn(JPEGWarning(f"{filename or '<buffer>'}: {message}"), stacklevel=stacklevel)
+    return messages
+
+
+def _limit(max_pixels: Optional[int]) -> int:
+    return int(_max_pixels if max_pixels is None else (max_pixels or 0))
+
+
+def read_dct(source: Source, *, strict: bool = True, max_pixels: Optional[int] = None,
+             max_scans: int = DEFAULT_MAX_SCANS) -> DCTImage:
+    """Read the quantized DCT coefficients of every component of a JPEG.
+
+    Args:
+        source: a path, a bytes-like object, or a binary file object.
+        strict: raise on recoverable corruption (truncation, bad Huffman codes, ...); with
+            ``strict=False`` such problems are issued as :class:`JPEGWarning` and decoding goes on
+            (missing data reads as zeros).
+        max_pixels: decompression-bomb limit checked from the header before any large allocation
+            (None: the process default, :data:`DEFAULT_MAX_PIXELS`; 0: no limit).
+        max_scans: refuse progressive files with more scans than this.
+
+    Returns:
+        :class:`DCTImage` (coefficients ``(blocks_h, blocks_w, 64)`` int16 per component).
+
+    Raises:
+        JPEGDecodeError: not a JPEG, corrupt, truncated (strict) or over ``max_pixels``.
+        UnsupportedJPEGError: CMYK/YCCK, RGB-coded, 12-bit or lossless JPEG.
+        OSError: the file cannot be read.
+    """
+    data, filename = _resolve(source)
+    header, planes, result = _decoder().read_dct(data, strict, _limit(max_pixels), max_scans)
+    if header is None:
+        raise _error(result, filename)
+    messages = _warn(result, filename)
+    coefficients = [np.frombuffer(plane, dtype=np.int16).reshape(bh, bw, 64)
+                    for plane, (bh, bw) in zip(planes, header["blocks"])]
+    qtables = np.frombuffer(header["qtables"], dtype=np.uint16).reshape(-1, 64)
+    return DCTImage(
+        coefficients=coefficients,
+        qtables=[table.copy() for table in qtables],
+        width=header["width"],
+        height=header["height"],
+        sampling=[tuple(s) for s in header["sampling"]],
+        colorspace=header["colorspace"],
+        progressive=bool(header["progressive"]),
+        arithmetic=bool(header["arithmetic"]),
+        filename=filename,
+        warnings=messages,
+    )
+
+
+def _dtype_code(dtype, dequantize: bool) -> int:
+    dtype = np.dtype(dtype)
+    if dtype == np.int16:
+        if dequantize:
+            raise ValueError("dequantize=True needs a float32 output (int16 would overflow)")
+        return _jpegdct.DTYPE_INT16
+    if dtype == np.float32:
+        return _jpegdct.DTYPE_FLOAT32
+    raise ValueError(f"output dtype must be int16 or float32, not {dtype}")
+
+
+def _as_numpy(out):
+    """A numpy view of ``out`` (numpy array or CPU torch tensor), sharing memory."""
+    if isinstance(out, np.ndarray):
+        return out
+    module = type(out).__module__
+    if module.startswith("torch"):
+        if out.device.type != "cpu":
+            raise ValueError("out must be a CPU tensor (pinned memory is fine); copy to the GPU afterwards")
+        return out.numpy()  # shares memory; fails for tensors that need grad
+    raise TypeError(f"out must be a numpy array or a CPU torch tensor, not {type(out).__name__}")
+
+
+def read_fun(source: Source, *, out=None, dequantize: bool = False, strict: bool = True,
+             max_pixels: Optional[int] = None, max_scans: int = DEFAULT_MAX_SCANS) -> np.ndarray:
+    """Decode a JPEG to the FUN input ``(192, H8, W8)`` with ``H8 = ceil(H/8)``, ``W8 = ceil(W/8)``.
+
+    Channels are Y0..Y63, Cb0..Cb63, Cr0..Cr63 (``64 * component + 8 * v + u``); chroma is
+    upsampled to the luma block grid by nearest-neighbour block replication, for any sampling
+    factors; grayscale JPEGs give zero chroma. ``int16`` raw quantized coefficients, or
+    ``float32`` multiplied by the quantization tables with ``dequantize=True``.
+
+    Args:
+        out: optional C-contiguous ``(192, H8, W8)`` array/CPU tensor (int16, or float32) to write
+            into (no allocation); its dtype decides the output type (float32 without
+            ``dequantize`` holds the raw integers as floats).
+        strict, max_pixels, max_scans: as :func:`read_dct`.
+
+    Raises:
+        JPEGDecodeError, UnsupportedJPEGError, OSError: as :func:`read_dct`.
+    """
+    data, filename = _resolve(source)
+    if out is None:
+        dtype = np.float32 if dequantize else np.int16
+        target = None
+    else:
+        array = _as_numpy(out)
+        if array.ndim != 3 or array.shape[0] != 192 or not array.flags.c_contiguous or not array.flags.writeable:
+            raise ValueError(f"out must be a writable C-contiguous (192, H8, W8) array, got shape {array.shape}")
+        dtype = array.dtype
+        target = array
+    code = _dtype_code(dtype, dequantize)
+    buffer, header, result = _decoder().read_fun(data, target, code, dequantize, strict, _limit(max_pixels), max_scans)
+    if header is None:
+        raise _error(result, filename)
+    _warn(result, filename)
+    grid_h, grid_w = header["grid"]
+    if target is not None:
+        if target.shape[1:] != (grid_h, grid_w):
+            raise ValueError(f"{filename or '<buffer>'}: out has grid {target.shape[1:]}, the image has {(grid_h, grid_w)}; "
+                             "use read_batch to crop or pad to a fixed grid")
+        return out
+    return np.frombuffer(buffer, dtype=dtype).reshape(192, grid_h, grid_w)
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def read_batch(sources: Sequence[Source], out, *, threads: Optional[int] = None, dequantize: bool = False,
+               strict: bool = True, max_pixels: Optional[int] = None, max_scans: int = DEFAULT_MAX_SCANS,
+               warn: bool = True) -> List[Optional[Exception]]:
+    """Decode many JPEGs into a preallocated batch with native threads (GIL released).
+
+    Args:
+        sources: N paths and/or bytes-like objects (file objects are read first).
+        out: C-contiguous ``(N, 192, H8, W8)`` int16 or float32 numpy array or CPU torch tensor
+            (pinned memory is fine). An image whose block grid differs from ``(H8, W8)`` is
+            centre-cropped (first block ``(grid - H8) // 2``) or zero-padded (placed at
+            ``(H8 - grid) // 2``) by whole blocks, independently per axis.
+        threads: native decoding threads (default: the CPUs this process may use).
+        dequantize: multiply by the quantization tables (float32 ``out`` only).
+        strict, max_pixels, max_scans: as :func:`read_dct`.
+        warn: issue :class:`JPEGWarning` for recoverable problems (lenient mode).
+
+    Returns:
+        A list of N entries: ``None`` where the image decoded, or the exception
+        (:class:`JPEGDecodeError`, :class:`UnsupportedJPEGError`, ``OSError``) for an item that
+        failed; a failed item's slot in ``out`` is zero-filled. The batch never aborts part-way.
+    """
+    array = _as_numpy(out)
+    count = len(sources)
+    if array.ndim != 4 or array.shape[0] != count or array.shape[1] != 192:
+        raise ValueError(f"out must have shape (N={count}, 192, H8, W8), got {tuple(array.shape)}")
+    if not array.flags.c_contiguous or not array.flags.writeable:
+        raise ValueError("out must be writable and C-contiguous")
+    code = _dtype_code(array.dtype, dequantize)
+    resolved = [_resolve(source) for source in sources]
+    threads = _default_threads() if threads is None else max(1, int(threads))
+    results = _jpegdct.decode_batch([data for data, _ in resolved], array, array.shape[2], array.shape[3], code,
+                                    dequantize, threads, strict, _limit(max_pixels), max_scans)
+    errors: List[Optional[Exception]] = []
+    for (data, filename), result in zip(resolved, results):
+        if result is None:
+            errors.append(None)
+        elif result[0] != _jpegdct.OK:
+            errors.append(_error(result, filename))
+        else:
+            if warn:
+                _warn(result, filename)
+            errors.append(None)
+    return errors
+
+
+def libjpeg_info() -> dict:
+    """Version of the libjpeg-turbo the extension was built against, e.g. ``{'version': '2.1.5'}``."""
+    number = _jpegdct.libjpeg_version()
+    version = f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}" if number > 1000000 else str(number)
+    return {"version": version, "version_number": number}

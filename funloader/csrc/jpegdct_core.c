@@ -1,0 +1,454 @@
+/* jpegdct_core.c: see jpegdct_core.h. */
+#define _POSIX_C_SOURCE 200809L
+#include "jpegdct_core.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jpeglib.h>
+#include <jerror.h>
+
+#define FL_SHRINK_ABOVE ((size_t)64 << 20) /* give back file buffers over 64 MiB after a small file */
+#define FL_MAX_FILE_BYTES ((size_t)1 << 31)
+
+typedef struct {
+  struct jpeg_error_mgr pub; /* must be first */
+  jmp_buf jump;
+  fl_result *result;
+  int strict;
+} fl_error_mgr;
+
+struct fl_decoder {
+  struct jpeg_decompress_struct cinfo; /* must be first: callbacks cast j_common_ptr back */
+  fl_error_mgr err;
+  struct jpeg_progress_mgr progress;
+  int created;
+  int active; /* a header has been read: jpeg_abort_decompress is owed */
+  int max_scans;
+  uint8_t *file_buffer;
+  size_t file_capacity;
+  int *column_map; /* scratch: source block column of each output column */
+  size_t column_map_capacity;
+};
+
+static void fl_result_reset(fl_result *result) {
+  result->status = FL_OK;
+  result->os_errno = 0;
+  result->num_warnings = 0;
+  result->message[0] = '\0';
+}
+
+static void fl_fail(fl_result *result, int status, const char *message) {
+  result->status = status;
+  snprintf(result->message, FL_MESSAGE_LEN, "%s", message);
+}
+
+/* Warnings that describe metadata, not the coded image: never fatal. */
+static int fl_benign_warning(int code) {
+  return code == JWRN_JFIF_MAJOR || code == JWRN_ADOBE_XFORM || code == JWRN_BOGUS_ICC ||
+         code == JWRN_TOO_MUCH_DATA;
+}
+
+static int fl_classify_error(int code) {
+  switch (code) {
+    case JERR_BAD_PRECISION:
+    case JERR_SOF_UNSUPPORTED:
+    case JERR_NOT_COMPILED:
+    case JERR_ARITH_NOTIMPL:
+      return FL_ERR_UNSUPPORTED;
+    case JERR_OUT_OF_MEMORY:
+      return FL_ERR_NOMEM;
+    case JERR_NO_BACKING_STORE:
+      return FL_ERR_TOO_LARGE;
+    default:
+      return FL_ERR_DECODE;
+  }
+}
+
+static void fl_error_exit(j_common_ptr cinfo) {
+  fl_error_mgr *err = (fl_error_mgr *)cinfo->err;
+  char text[JMSG_LENGTH_MAX];
+  (*cinfo->err->format_message)(cinfo, text);
+  fl_fail(err->result, fl_classify_error(cinfo->err->msg_code), text);
+  longjmp(err->jump, 1);
+}
+
+static void fl_emit_message(j_common_ptr cinfo, int msg_level) {
+  fl_error_mgr *err = (fl_error_mgr *)cinfo->err;
+  if (msg_level >= 0) return; /* trace messages */
+  char text[JMSG_LENGTH_MAX];
+  (*cinfo->err->format_message)(cinfo, text);
+  cinfo->err->num_warnings++;
+  fl_result *result = err->result;
+  if (err->strict && !fl_benign_warning(cinfo->err->msg_code)) {
+    fl_fail(result, FL_ERR_DECODE, text);
+    longjmp(err->jump, 1);
+  }
+  if (result->num_warnings < FL_MAX_WARNINGS)
+    snprintf(result->warnings[result->num_warnings], FL_MESSAGE_LEN, "%s", text);
+  result->num_warnings++;
+}
+
+static void fl_output_message(j_common_ptr cinfo) { (void)cinfo; /* never print to stderr */ }
+
+static void fl_progress_monitor(j_common_ptr cinfo) {
+  fl_decoder *decoder = (fl_decoder *)cinfo;
+  int scan = decoder->cinfo.input_scan_number;
+  if (decoder->max_scans > 0 && scan > decoder->max_scans) {
+    char text[FL_MESSAGE_LEN];
+    snprintf(text, sizeof text, "too many scans (%d, limit %d): refusing a possible CPU bomb", scan,
+             decoder->max_scans);
+    fl_fail(decoder->err.result, FL_ERR_DECODE, text);
+    longjmp(decoder->err.jump, 1);
+  }
+}
+
+fl_decoder *fl_decoder_new(void) {
+  fl_decoder *decoder = (fl_decoder *)calloc(1, sizeof(fl_decoder));
+  if (!decoder) return NULL;
+  fl_result scratch;
+  fl_result_reset(&scratch);
+  decoder->cinfo.err = jpeg_std_error(&decoder->err.pub);
+  decoder->err.pub.error_exit = fl_error_exit;
+  decoder->err.pub.emit_message = fl_emit_message;
+  decoder->err.pub.output_message = fl_output_message;
+  decoder->err.result = &scratch;
+  if (setjmp(decoder->err.jump)) {
+    free(decoder);
+    return NULL;
+  }
+  jpeg_create_decompress(&decoder->cinfo);
+  decoder->created = 1;
+  decoder->progress.progress_monitor = fl_progress_monitor;
+  decoder->cinfo.progress = &decoder->progress;
+  decoder->err.result = NULL;
+  return decoder;
+}
+
+void fl_decoder_free(fl_decoder *decoder) {
+  if (!decoder) return;
+  if (decoder->created) jpeg_destroy_decompress(&decoder->cinfo);
+  free(decoder->file_buffer);
+  free(decoder->column_map);
+  free(decoder);
+}
+
+void fl_abort(fl_decoder *decoder) {
+  if (decoder->active) {
+    jpeg_abort_decompress(&decoder->cinfo);
+    decoder->active = 0;
+  }
+}
+
+int fl_load_file(fl_decoder *decoder, const char *path, const uint8_t **data, size_t *size,
+                 fl_result *result) {
+  fl_result_reset(result);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    result->os_errno = errno;
+    fl_fail(result, FL_ERR_IO, strerror(errno));
+    return result->status;
+  }
+  struct stat info;
+  if (fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
+    int code = errno ? errno : EISDIR;
+    if (fstat(fd, &info) == 0 && !S_ISREG(info.st_mode)) code = S_ISDIR(info.st_mode) ? EISDIR : EINVAL;
+    close(fd);
+    result->os_errno = code;
+    fl_fail(result, FL_ERR_IO, code == EINVAL ? "not a regular file" : strerror(code));
+    return result->status;
+  }
+  size_t length = (size_t)info.st_size;
+  if (length > FL_MAX_FILE_BYTES) {
+    close(fd);
+    fl_fail(result, FL_ERR_TOO_LARGE, "file is larger than 2 GiB");
+    return result->status;
+  }
+  if (length > decoder->file_capacity ||
+      (decoder->file_capacity > FL_SHRINK_ABOVE && length * 4 < decoder->file_capacity)) {
+    size_t capacity = length ? length : 1;
+    uint8_t *buffer = (uint8_t *)realloc(decoder->file_buffer, capacity);
+    if (!buffer) {
+      close(fd);
+      fl_fail(result, FL_ERR_NOMEM, "out of memory reading the file");
+      return result->status;
+    }
+    decoder->file_buffer = buffer;
+    decoder->file_capacity = capacity;
+  }
+  size_t done = 0;
+  while (done < length) {
+    ssize_t got = read(fd, decoder->file_buffer + done, length - done);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      result->os_errno = errno;
+      fl_fail(result, FL_ERR_IO, strerror(errno));
+      close(fd);
+      return result->status;
+    }
+    if (got == 0) break; /* file shrank while reading: decode what is there */
+    done += (size_t)got;
+  }
+  close(fd);
+  *data = decoder->file_buffer;
+  *size = done;
+  return FL_OK;
+}
+
+static void fl_copy_qtables(j_decompress_ptr cinfo, fl_header *header) {
+  for (int c = 0; c < header->num_components; c++) {
+    jpeg_component_info *comp = &cinfo->comp_info[c];
+    JQUANT_TBL *table = comp->quant_table;
+    if (!table && comp->quant_tbl_no >= 0 && comp->quant_tbl_no < NUM_QUANT_TBLS)
+      table = cinfo->quant_tbl_ptrs[comp->quant_tbl_no];
+    for (int k = 0; k < 64; k++) header->qtables[c][k] = table ? (uint16_t)table->quantval[k] : 0;
+  }
+}
+
+int fl_begin(fl_decoder *decoder, const uint8_t *data, size_t size, const fl_options *options,
+             fl_header *header, fl_result *result) {
+  j_decompress_ptr cinfo = &decoder->cinfo;
+  fl_result_reset(result);
+  fl_abort(decoder);
+  memset(header, 0, sizeof *header);
+  decoder->err.result = result;
+  decoder->err.strict = options->strict;
+  decoder->err.pub.num_warnings = 0;
+  decoder->max_scans = options->max_scans;
+  if (size == 0) {
+    fl_fail(result, FL_ERR_DECODE, "empty file (0 bytes)");
+    return result->status;
+  }
+  if (setjmp(decoder->err.jump)) {
+    fl_abort(decoder);
+    return result->status;
+  }
+  decoder->active = 1;
+  jpeg_mem_src(cinfo, (const unsigned char *)data, (unsigned long)size);
+  jpeg_read_header(cinfo, TRUE);
+
+  uint64_t pixels = (uint64_t)cinfo->image_width * (uint64_t)cinfo->image_height;
+  if (options->max_pixels > 0 && pixels > options->max_pixels) {
+    char text[FL_MESSAGE_LEN];
+    snprintf(text, sizeof text,
+             "image is %ux%u = %llu pixels, over the limit of %llu (max_pixels; a possible "
+             "decompression bomb)",
+             (unsigned)cinfo->image_width, (unsigned)cinfo->image_height,
+             (unsigned long long)pixels, (unsigned long long)options->max_pixels);
+    fl_fail(result, FL_ERR_TOO_LARGE, text);
+    fl_abort(decoder);
+    return result->status;
+  }
+  const char *unsupported = NULL;
+  switch (cinfo->jpeg_color_space) {
+    case JCS_GRAYSCALE:
+    case JCS_YCbCr:
+      break;
+    case JCS_CMYK:
+      unsupported = "CMYK JPEG (4 components): FUN models take Y/Cb/Cr";
+      break;
+    case JCS_YCCK:
+      unsupported = "YCCK JPEG (4 components): FUN models take Y/Cb/Cr";
+      break;
+    case JCS_RGB:
+      unsupported = "RGB-coded JPEG (no YCbCr transform): its DCT planes are R/G/B, not Y/Cb/Cr";
+      break;
+    default:
+      unsupported = "JPEG with an unknown colour space / component count";
+      break;
+  }
+  if (!unsupported && cinfo->num_components != 1 && cinfo->num_components != 3)
+    unsupported = "JPEG with an unusual number of components";
+  if (unsupported) {
+    char text[FL_MESSAGE_LEN];
+    snprintf(text, sizeof text, "%s (%d components)", unsupported, cinfo->num_components);
+    fl_fail(result, FL_ERR_UNSUPPORTED, text);
+    fl_abort(decoder);
+    return result->status;
+  }
+
+  header->width = (int)cinfo->image_width;
+  header->height = (int)cinfo->image_height;
+  header->num_components = cinfo->num_components;
+  header->colorspace = (int)cinfo->jpeg_color_space;
+  header->progressive = cinfo->progressive_mode ? 1 : 0;
+  header->arithmetic = cinfo->arith_code ? 1 : 0;
+  header->max_h_samp = cinfo->max_h_samp_factor;
+  header->max_v_samp = cinfo->max_v_samp_factor;
+  header->grid_w = (int)((cinfo->image_width + 7) / 8);
+  header->grid_h = (int)((cinfo->image_height + 7) / 8);
+  for (int c = 0; c < cinfo->num_components; c++) {
+    jpeg_component_info *comp = &cinfo->comp_info[c];
+    header->h_samp[c] = comp->h_samp_factor;
+    header->v_samp[c] = comp->v_samp_factor;
+    header->blocks_w[c] = (int)comp->width_in_blocks;
+    header->blocks_h[c] = (int)comp->height_in_blocks;
+  }
+  fl_copy_qtables(cinfo, header);
+  return FL_OK;
+}
+
+/* Runs jpeg_read_coefficients on a begun image; returns the coefficient arrays. */
+static jvirt_barray_ptr *fl_read_coefficients(fl_decoder *decoder, fl_header *header) {
+  jvirt_barray_ptr *arrays = jpeg_read_coefficients(&decoder->cinfo);
+  fl_copy_qtables(&decoder->cinfo, header);
+  return arrays;
+}
+
+int fl_read_components(fl_decoder *decoder, fl_header *header, int16_t *const *components,
+                       fl_result *result) {
+  j_decompress_ptr cinfo = &decoder->cinfo;
+  if (!decoder->active) {
+    fl_fail(result, FL_ERR_ARGUMENT, "fl_read_components without a successful fl_begin");
+    return result->status;
+  }
+  if (setjmp(decoder->err.jump)) {
+    fl_abort(decoder);
+    return result->status;
+  }
+  jvirt_barray_ptr *arrays = fl_read_coefficients(decoder, header);
+  for (int c = 0; c < header->num_components; c++) {
+    size_t row_values = (size_t)header->blocks_w[c] * 64;
+    for (int row = 0; row < header->blocks_h[c]; row++) {
+      JBLOCKARRAY rows = (*cinfo->mem->access_virt_barray)((j_common_ptr)cinfo, arrays[c],
+                                                          (JDIMENSION)row, 1, FALSE);
+      memcpy(components[c] + (size_t)row * row_values, rows[0], row_values * sizeof(int16_t));
+    }
+  }
+  fl_abort(decoder);
+  return FL_OK;
+}
+
+static size_t fl_dtype_size(int dtype) { return dtype == FL_DTYPE_FLOAT32 ? 4 : 2; }
+
+/* Lays one component out as 64 planes of (out_h8, out_w8), for output rows [dst_y0, dst_y0+rows)
+ * and columns [dst_x0, dst_x0+cols) taken from full-resolution block rows/columns starting at
+ * src_y0/src_x0. */
+static void fl_layout_component(fl_decoder *decoder, jvirt_barray_ptr array, const fl_header *header,
+                                int c, void *out, int dtype, int dequantize, int out_h8, int out_w8,
+                                int src_y0, int src_x0, int dst_y0, int dst_x0, int rows, int cols) {
+  j_decompress_ptr cinfo = &decoder->cinfo;
+  const size_t plane = (size_t)out_h8 * (size_t)out_w8;
+  const int h = header->h_samp[c], v = header->v_samp[c];
+  const int hmax = header->max_h_samp, vmax = header->max_v_samp;
+  const int last_col = header->blocks_w[c] - 1, last_row = header->blocks_h[c] - 1;
+  int *column_map = decoder->column_map;
+  for (int x = 0; x < cols; x++) {
+    int source = (int)(((long long)(src_x0 + x) * h) / hmax);
+    column_map[x] = source > last_col ? last_col : source;
+  }
+  float scale[64];
+  for (int k = 0; k < 64; k++) scale[k] = dequantize ? (float)header->qtables[c][k] : 1.0f;
+  int cached_row = -1;
+  JBLOCKROW blocks = NULL;
+  for (int y = 0; y < rows; y++) {
+    int source_row = (int)(((long long)(src_y0 + y) * v) / vmax);
+    if (source_row > last_row) source_row = last_row;
+    if (source_row != cached_row) {
+      blocks = (*cinfo->mem->access_virt_barray)((j_common_ptr)cinfo, array,
+                                                 (JDIMENSION)source_row, 1, FALSE)[0];
+      cached_row = source_row;
+    }
+    size_t offset = (size_t)(dst_y0 + y) * (size_t)out_w8 + (size_t)dst_x0;
+    if (dtype == FL_DTYPE_INT16) {
+      int16_t *base = (int16_t *)out + (size_t)64 * c * plane + offset;
+      for (int k = 0; k < 64; k++) {
+        int16_t *dst = base + (size_t)k * plane;
+        for (int x = 0; x < cols; x++) dst[x] = blocks[column_map[x]][k];
+      }
+    } else {
+      float *base = (float *)out + (size_t)64 * c * plane + offset;
+      for (int k = 0; k < 64; k++) {
+        float *dst = base + (size_t)k * plane;
+        const float s = scale[k];
+        for (int x = 0; x < cols; x++) dst[x] = (float)blocks[column_map[x]][k] * s;
+      }
+    }
+  }
+}
+
+static int fl_read_fun_begun(fl_decoder *decoder, fl_header *header, void *out, size_t out_bytes,
+                             int dtype, int dequantize, int out_h8, int out_w8, fl_result *result) {
+  if (out_h8 <= 0 || out_w8 <= 0) {
+    out_h8 = header->grid_h;
+    out_w8 = header->grid_w;
+  }
+  size_t needed = (size_t)192 * (size_t)out_h8 * (size_t)out_w8 * fl_dtype_size(dtype);
+  if (out_bytes < needed) {
+    fl_fail(result, FL_ERR_ARGUMENT, "output buffer too small for (192, H8, W8)");
+    fl_abort(decoder);
+    return result->status;
+  }
+  if ((size_t)out_w8 > decoder->column_map_capacity) {
+    int *map = (int *)realloc(decoder->column_map, (size_t)out_w8 * sizeof(int));
+    if (!map) {
+      fl_fail(result, FL_ERR_NOMEM, "out of memory");
+      fl_abort(decoder);
+      return result->status;
+    }
+    decoder->column_map = map;
+    decoder->column_map_capacity = (size_t)out_w8;
+  }
+  /* Centre crop or centre pad, independently per axis. */
+  int src_y0 = 0, dst_y0 = 0, rows = header->grid_h;
+  int src_x0 = 0, dst_x0 = 0, cols = header->grid_w;
+  if (header->grid_h >= out_h8) { src_y0 = (header->grid_h - out_h8) / 2; rows = out_h8; }
+  else dst_y0 = (out_h8 - header->grid_h) / 2;
+  if (header->grid_w >= out_w8) { src_x0 = (header->grid_w - out_w8) / 2; cols = out_w8; }
+  else dst_x0 = (out_w8 - header->grid_w) / 2;
+  int padded = rows < out_h8 || cols < out_w8 || header->num_components < 3;
+
+  if (setjmp(decoder->err.jump)) {
+    fl_abort(decoder);
+    memset(out, 0, needed);
+    return result->status;
+  }
+  jvirt_barray_ptr *arrays = fl_read_coefficients(decoder, header);
+  if (padded) memset(out, 0, needed);
+  for (int c = 0; c < header->num_components && c < 3; c++)
+    fl_layout_component(decoder, arrays[c], header, c, out, dtype, dequantize, out_h8, out_w8,
+                        src_y0, src_x0, dst_y0, dst_x0, rows, cols);
+  fl_abort(decoder);
+  return FL_OK;
+}
+
+int fl_read_fun(fl_decoder *decoder, fl_header *header, void *out, size_t out_bytes, int dtype,
+                int dequantize, int out_h8, int out_w8, fl_result *result) {
+  if (!decoder->active) {
+    fl_fail(result, FL_ERR_ARGUMENT, "fl_read_fun without a successful fl_begin");
+    return result->status;
+  }
+  return fl_read_fun_begun(decoder, header, out, out_bytes, dtype, dequantize, out_h8, out_w8, result);
+}
+
+int fl_decode_fun(fl_decoder *decoder, const uint8_t *data, size_t size, const fl_options *options,
+                  void *out, size_t out_bytes, int dtype, int dequantize, int out_h8, int out_w8,
+                  fl_header *header, fl_result *result) {
+  if (dtype != FL_DTYPE_INT16 && dtype != FL_DTYPE_FLOAT32) {
+    fl_result_reset(result);
+    fl_fail(result, FL_ERR_ARGUMENT, "unknown output dtype");
+    return result->status;
+  }
+  if (fl_begin(decoder, data, size, options, header, result) != FL_OK) {
+    if (out_h8 > 0 && out_w8 > 0) {
+      size_t needed = (size_t)192 * (size_t)out_h8 * (size_t)out_w8 * fl_dtype_size(dtype);
+      if (needed <= out_bytes) memset(out, 0, needed);
+    }
+    return result->status;
+  }
+  return fl_read_fun_begun(decoder, header, out, out_bytes, dtype, dequantize, out_h8, out_w8, result);
+}
+
+int fl_libjpeg_version(void) {
+#ifdef LIBJPEG_TURBO_VERSION_NUMBER
+  return LIBJPEG_TURBO_VERSION_NUMBER;
+#else
+  return JPEG_LIB_VERSION;
+#endif
+}

@@ -1,0 +1,110 @@
+/*
+ * jpegdct_core: read quantized DCT coefficients out of JPEG data with libjpeg-turbo
+ * (jpeg_read_coefficients: entropy decoding only) and lay them out for FUN models.
+ *
+ * Plain C with no Python dependency, so the CPython module and the DALI operator share it.
+ * Every libjpeg error is caught with setjmp/longjmp and turned into a status code plus a message;
+ * nothing here calls exit().  Policy (which file, what to crop, what to do on error) belongs to
+ * the caller.
+ *
+ * FUN layout: (192, out_h8, out_w8), channel = 64 * component + 8 * v + u (natural order),
+ * components Y, Cb, Cr; every component is mapped onto the full-resolution block grid
+ * (ceil(H/8) x ceil(W/8)) by nearest-neighbour block replication:
+ *     component block row = floor(row * v_samp / v_max), column likewise.
+ */
+#ifndef FUNLOADER_JPEGDCT_CORE_H
+#define FUNLOADER_JPEGDCT_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FL_MAX_COMPONENTS 4
+#define FL_MESSAGE_LEN 256
+#define FL_MAX_WARNINGS 4
+
+/* Status codes (the Python side maps them to exception classes). */
+enum {
+  FL_OK = 0,
+  FL_ERR_DECODE = 1,      /* corrupt / truncated / not a JPEG -> JPEGDecodeError */
+  FL_ERR_UNSUPPORTED = 2, /* CMYK, YCCK, RGB-coded, 12-bit, lossless -> UnsupportedJPEGError */
+  FL_ERR_TOO_LARGE = 3,   /* over max_pixels: decompression-bomb guard -> JPEGDecodeError */
+  FL_ERR_IO = 4,          /* file could not be read -> OSError (errno in fl_result.os_errno) */
+  FL_ERR_NOMEM = 5,       /* allocation failed -> MemoryError */
+  FL_ERR_ARGUMENT = 6     /* caller error (buffer too small, bad dtype) -> ValueError */
+};
+
+/* Output element types of fl_decode_fun. */
+enum { FL_DTYPE_INT16 = 0, FL_DTYPE_FLOAT32 = 1 };
+
+typedef struct {
+  int strict;          /* 1: corrupt-data warnings are errors; 0: collected, decoding goes on */
+  uint64_t max_pixels; /* width * height limit checked from the header before any big allocation */
+  int max_scans;       /* progressive/multi-scan limit (CPU bomb guard); <= 0: no limit */
+} fl_options;
+
+/* What the header says about an image, plus the quantization tables (natural order). */
+typedef struct {
+  int width, height;
+  int num_components;
+  int colorspace; /* libjpeg J_COLOR_SPACE of the coded data */
+  int progressive, arithmetic;
+  int max_h_samp, max_v_samp;
+  int h_samp[FL_MAX_COMPONENTS], v_samp[FL_MAX_COMPONENTS];
+  int blocks_w[FL_MAX_COMPONENTS], blocks_h[FL_MAX_COMPONENTS]; /* not MCU-padded */
+  int grid_h, grid_w; /* full-resolution block grid: ceil(H/8), ceil(W/8) */
+  uint16_t qtables[FL_MAX_COMPONENTS][64];
+} fl_header;
+
+/* Result of one decode: status, message and the recoverable warnings seen. */
+typedef struct {
+  int status;
+  int os_errno;
+  int num_warnings;                                 /* all warnings seen */
+  char message[FL_MESSAGE_LEN];                     /* error reason when status != FL_OK */
+  char warnings[FL_MAX_WARNINGS][FL_MESSAGE_LEN];   /* the first FL_MAX_WARNINGS messages */
+} fl_result;
+
+typedef struct fl_decoder fl_decoder;
+
+/* A reusable decoder (one per thread; not thread-safe itself). NULL on allocation failure. */
+fl_decoder *fl_decoder_new(void);
+void fl_decoder_free(fl_decoder *decoder);
+
+/* Reads a whole file into the decoder's reusable buffer; *data/*size point into it. */
+int fl_load_file(fl_decoder *decoder, const char *path, const uint8_t **data, size_t *size,
+                 fl_result *result);
+
+/* Two-phase per-component read (for read_dct): fl_begin parses the header and validates it,
+ * the caller allocates component arrays of blocks_h*blocks_w*64 int16 each, fl_read_components
+ * decodes into them (and refreshes header->qtables with the tables actually used).
+ * fl_abort releases the image whenever fl_read_components is not reached. */
+int fl_begin(fl_decoder *decoder, const uint8_t *data, size_t size, const fl_options *options,
+             fl_header *header, fl_result *result);
+int fl_read_components(fl_decoder *decoder, fl_header *header, int16_t *const *components,
+                       fl_result *result);
+/* FUN layout of a begun image (see fl_decode_fun); always ends the image. */
+int fl_read_fun(fl_decoder *decoder, fl_header *header, void *out, size_t out_bytes, int dtype,
+                int dequantize, int out_h8, int out_w8, fl_result *result);
+void fl_abort(fl_decoder *decoder);
+
+/* One-shot FUN decode into out: (192, out_h8, out_w8) of dtype (int16 raw, or float32 raw or
+ * dequantized).  When the image grid differs from (out_h8, out_w8) it is centre-cropped (start
+ * (grid - out) / 2) or zero-padded (image placed at (out - grid) / 2) by whole blocks.
+ * out_h8/out_w8 <= 0 means "the image's own grid" (caller must have sized out from the header).
+ * On error out is zero-filled. */
+int fl_decode_fun(fl_decoder *decoder, const uint8_t *data, size_t size, const fl_options *options,
+                  void *out, size_t out_bytes, int dtype, int dequantize, int out_h8, int out_w8,
+                  fl_header *header, fl_result *result);
+
+/* libjpeg-turbo version number (e.g. 2001005) and whether SIMD was compiled in (-1 unknown). */
+int fl_libjpeg_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

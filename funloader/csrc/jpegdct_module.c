@@ -1,0 +1,465 @@
+/*
+ * funloader._jpegdct: the CPython face of jpegdct_core.
+ *
+ * Narrow on purpose: it turns Python sources (a str path or a bytes-like object) and caller-owned
+ * writable buffers into core calls made with the GIL released, and hands back plain tuples.
+ * Exceptions, validation of shapes and every policy decision live in funloader/codec.py.
+ *
+ * Result tuples: (status, errno, message, warnings) with status one of the FL_* codes.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "jpegdct_core.h"
+
+/* ---------------------------------------------------------------- sources */
+
+typedef struct {
+  PyObject *path; /* fs-encoded bytes when the source is a path, else NULL */
+  Py_buffer view; /* the data when the source is bytes-like */
+  int has_view;
+} Source;
+
+static int source_acquire(PyObject *object, Source *source) {
+  memset(source, 0, sizeof *source);
+  if (PyUnicode_Check(object)) {
+    source->path = PyUnicode_EncodeFSDefault(object);
+    return source->path ? 0 : -1;
+  }
+  if (PyObject_GetBuffer(object, &source->view, PyBUF_SIMPLE) != 0) {
+    PyErr_Format(PyExc_TypeError, "a JPEG source must be a str path or a bytes-like object, not %.100s",
+                 Py_TYPE(object)->tp_name);
+    return -1;
+  }
+  source->has_view = 1;
+  return 0;
+}
+
+static void source_release(Source *source) {
+  Py_CLEAR(source->path);
+  if (source->has_view) PyBuffer_Release(&source->view);
+  source->has_view = 0;
+}
+
+/* Without the GIL: point data/size at the source's bytes (reading the file for a path). */
+static int source_load(fl_decoder *decoder, const Source *source, const uint8_t **data, size_t *size,
+                       fl_result *result) {
+  if (source->path) return fl_load_file(decoder, PyBytes_AS_STRING(source->path), data, size, result);
+  *data = (const uint8_t *)source->view.buf;
+  *size = (size_t)source->view.len;
+  result->status = FL_OK;
+  result->num_warnings = 0;
+  return FL_OK;
+}
+
+/* ---------------------------------------------------------------- conversions */
+
+static PyObject *result_tuple(const fl_result *result) {
+  int shown = result->num_warnings < FL_MAX_WARNINGS ? result->num_warnings : FL_MAX_WARNINGS;
+  PyObject *warnings = PyList_New(0);
+  if (!warnings) return NULL;
+  for (int i = 0; i < shown; i++) {
+    PyObject *text = PyUnicode_DecodeUTF8(result->warnings[i], strlen(result->warnings[i]), "replace");
+    if (!text || PyList_Append(warnings, text) != 0) {
+      Py_XDECREF(text);
+      Py_DECREF(warnings);
+      return NULL;
+    }
+    Py_DECREF(text);
+  }
+  if (result->num_warnings > shown) {
+    PyObject *text = PyUnicode_FromFormat("(%d more warnings)", result->num_warnings - shown);
+    if (!text || PyList_Append(warnings, text) != 0) {
+      Py_XDECREF(text);
+      Py_DECREF(warnings);
+      return NULL;
+    }
+    Py_DECREF(text);
+  }
+  const char *message = result->status == FL_OK ? "" : result->message;
+  return Py_BuildValue("(iisN)", result->status, result->os_errno, message, warnings);
+}
+
+static const char *colorspace_name(int colorspace, int components) {
+  if (components == 1) return "gray";
+  return components == 3 ? "YCbCr" : "unknown";
+}
+
+static PyObject *header_dict(const fl_header *header) {
+  int n = header->num_components;
+  PyObject *sampling = PyList_New(n), *blocks = PyList_New(n);
+  if (!sampling || !blocks) goto fail;
+  for (int c = 0; c < n; c++) {
+    PyList_SET_ITEM(sampling, c, Py_BuildValue("(ii)", header->h_samp[c], header->v_samp[c]));
+    PyList_SET_ITEM(blocks, c, Py_BuildValue("(ii)", header->blocks_h[c], header->blocks_w[c]));
+  }
+  PyObject *qtables = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n * 64 * 2);
+  if (!qtables) goto fail;
+  char *qtable_bytes = PyBytes_AS_STRING(qtables);
+  for (int c = 0; c < n; c++) memcpy(qtable_bytes + (size_t)c * 128, header->qtables[c], 128);
+  return Py_BuildValue("{s:i,s:i,s:i,s:s,s:O,s:O,s:N,s:N,s:N,s:(ii)}", "width", header->width,
+                       "height", header->height, "num_components", n, "colorspace",
+                       colorspace_name(header->colorspace, n), "progressive",
+                       header->progressive ? Py_True : Py_False, "arithmetic",
+                       header->arithmetic ? Py_True : Py_False, "sampling", sampling, "blocks",
+                       blocks, "qtables", qtables, "grid", header->grid_h, header->grid_w);
+fail:
+  Py_XDECREF(sampling);
+  Py_XDECREF(blocks);
+  return NULL;
+}
+
+/* ---------------------------------------------------------------- Decoder type */
+
+typedef struct {
+  PyObject_HEAD fl_decoder *decoder;
+  int busy;
+} DecoderObject;
+
+static PyObject *Decoder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+  DecoderObject *self = (DecoderObject *)type->tp_alloc(type, 0);
+  if (!self) return NULL;
+  self->decoder = fl_decoder_new();
+  if (!self->decoder) {
+    Py_DECREF(self);
+    return PyErr_NoMemory();
+  }
+  return (PyObject *)self;
+}
+
+static void Decoder_dealloc(DecoderObject *self) {
+  fl_decoder_free(self->decoder);
+  Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int decoder_enter(DecoderObject *self) {
+  if (self->busy) {
+    PyErr_SetString(PyExc_RuntimeError, "a funloader Decoder is not re-entrant: use one per thread");
+    return -1;
+  }
+  self->busy = 1;
+  return 0;
+}
+
+static size_t dtype_size(int dtype) { return dtype == FL_DTYPE_FLOAT32 ? 4 : 2; }
+
+/* read_fun(source, out, dtype, dequantize, strict, max_pixels, max_scans)
+ *   -> (out_or_new_bytearray_or_None, header_or_None, result) */
+static PyObject *Decoder_read_fun(DecoderObject *self, PyObject *args) {
+  PyObject *source_object, *out_object;
+  int dtype, dequantize, strict, max_scans;
+  unsigned long long max_pixels;
+  if (!PyArg_ParseTuple(args, "OOippKi", &source_object, &out_object, &dtype, &dequantize, &strict,
+                        &max_pixels, &max_scans))
+    return NULL;
+  if (dtype != FL_DTYPE_INT16 && dtype != FL_DTYPE_FLOAT32) {
+    PyErr_SetString(PyExc_ValueError, "dtype code must be 0 (int16) or 1 (float32)");
+    return NULL;
+  }
+  Source source;
+  if (source_acquire(source_object, &source) != 0) return NULL;
+  if (decoder_enter(self) != 0) {
+    source_release(&source);
+    return NULL;
+  }
+  fl_options options = {strict, (uint64_t)max_pixels, max_scans};
+  fl_header header;
+  fl_result result;
+  const uint8_t *data = NULL;
+  size_t size = 0;
+  int status;
+  Py_BEGIN_ALLOW_THREADS
+  status = source_load(self->decoder, &source, &data, &size, &result);
+  if (status == FL_OK) status = fl_begin(self->decoder, data, size, &options, &header, &result);
+  Py_END_ALLOW_THREADS
+
+  PyObject *target = NULL, *answer = NULL;
+  Py_buffer out_view;
+  int has_out = 0;
+  if (status == FL_OK) {
+    size_t needed = (size_t)192 * header.grid_h * header.grid_w * dtype_size(dtype);
+    if (out_object == Py_None) {
+      target = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)needed);
+    } else {
+      Py_INCREF(out_object);
+      target = out_object;
+    }
+    if (!target || PyObject_GetBuffer(target, &out_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0) {
+      fl_abort(self->decoder);
+      goto done;
+    }
+    has_out = 1;
+    if ((size_t)out_view.len < needed) {
+      fl_abort(self->decoder);
+      PyErr_Format(PyExc_ValueError, "out has %zd bytes, the image needs %zu (192 x %d x %d)",
+                   out_view.len, needed, header.grid_h, header.grid_w);
+      goto done;
+    }
+    void *buffer = out_view.buf;
+    size_t length = (size_t)out_view.len;
+    Py_BEGIN_ALLOW_THREADS
+    status = fl_read_fun(self->decoder, &header, buffer, length, dtype, dequantize, header.grid_h,
+                         header.grid_w, &result);
+    Py_END_ALLOW_THREADS
+  }
+  if (status == FL_OK) {
+    answer = Py_BuildValue("(ONN)", target, header_dict(&header), result_tuple(&result));
+  } else {
+    answer = Py_BuildValue("(OON)", Py_None, Py_None, result_tuple(&result));
+  }
+done:
+  if (has_out) PyBuffer_Release(&out_view);
+  Py_XDECREF(target);
+  source_release(&source);
+  self->busy = 0;
+  return answer;
+}
+
+/* read_dct(source, strict, max_pixels, max_scans) -> (header_or_None, [bytearray...], result) */
+static PyObject *Decoder_read_dct(DecoderObject *self, PyObject *args) {
+  PyObject *source_object;
+  int strict, max_scans;
+  unsigned long long max_pixels;
+  if (!PyArg_ParseTuple(args, "OpKi", &source_object, &strict, &max_pixels, &max_scans)) return NULL;
+  Source source;
+  if (source_acquire(source_object, &source) != 0) return NULL;
+  if (decoder_enter(self) != 0) {
+    source_release(&source);
+    return NULL;
+  }
+  fl_options options = {strict, (uint64_t)max_pixels, max_scans};
+  fl_header header;
+  fl_result result;
+  const uint8_t *data = NULL;
+  size_t size = 0;
+  int status;
+  Py_BEGIN_ALLOW_THREADS
+  status = source_load(self->decoder, &source, &data, &size, &result);
+  if (status == FL_OK) status = fl_begin(self->decoder, data, size, &options, &header, &result);
+  Py_END_ALLOW_THREADS
+
+  PyObject *arrays = NULL, *answer = NULL;
+  if (status == FL_OK) {
+    int16_t *planes[FL_MAX_COMPONENTS] = {NULL};
+    arrays = PyList_New(header.num_components);
+    if (!arrays) {
+      fl_abort(self->decoder);
+      goto done;
+    }
+    for (int c = 0; c < header.num_components; c++) {
+      size_t bytes = (size_t)header.blocks_h[c] * header.blocks_w[c] * 64 * sizeof(int16_t);
+      PyObject *plane = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)bytes);
+      if (!plane) {
+        fl_abort(self->decoder);
+        goto done;
+      }
+      PyList_SET_ITEM(arrays, c, plane);
+      planes[c] = (int16_t *)PyByteArray_AS_STRING(plane);
+    }
+    Py_BEGIN_ALLOW_THREADS
+    status = fl_read_components(self->decoder, &header, planes, &result);
+    Py_END_ALLOW_THREADS
+  }
+  if (status == FL_OK) {
+    answer = Py_BuildValue("(NON)", header_dict(&header), arrays, result_tuple(&result));
+  } else {
+    answer = Py_BuildValue("(OON)", Py_None, Py_None, result_tuple(&result));
+  }
+done:
+  Py_XDECREF(arrays);
+  source_release(&source);
+  self->busy = 0;
+  return answer;
+}
+
+static PyMethodDef Decoder_methods[] = {
+    {"read_fun", (PyCFunction)Decoder_read_fun, METH_VARARGS,
+     "read_fun(source, out, dtype, dequantize, strict, max_pixels, max_scans) -> (out, header, result)"},
+    {"read_dct", (PyCFunction)Decoder_read_dct, METH_VARARGS,
+     "read_dct(source, strict, max_pixels, max_scans) -> (header, planes, result)"},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject DecoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "funloader._jpegdct.Decoder",
+    .tp_basicsize = sizeof(DecoderObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A reusable libjpeg decompressor (one per thread).",
+    .tp_new = Decoder_new,
+    .tp_dealloc = (destructor)Decoder_dealloc,
+    .tp_methods = Decoder_methods,
+};
+
+/* ---------------------------------------------------------------- batches */
+
+typedef struct {
+  Source *sources;
+  fl_result *results;
+  Py_ssize_t count;
+  atomic_long next;
+  uint8_t *out;
+  size_t item_bytes;
+  int out_h8, out_w8, dtype, dequantize;
+  fl_options options;
+} BatchJob;
+
+static void *batch_worker(void *argument) {
+  BatchJob *job = (BatchJob *)argument;
+  fl_decoder *decoder = fl_decoder_new();
+  for (;;) {
+    long index = atomic_fetch_add(&job->next, 1);
+    if (index >= job->count) break;
+    fl_result *result = &job->results[index];
+    uint8_t *slot = job->out + (size_t)index * job->item_bytes;
+    if (!decoder) {
+      result->status = FL_ERR_NOMEM;
+      snprintf(result->message, FL_MESSAGE_LEN, "out of memory creating a decoder");
+      memset(slot, 0, job->item_bytes);
+      continue;
+    }
+    const uint8_t *data;
+    size_t size;
+    fl_header header;
+    if (source_load(decoder, &job->sources[index], &data, &size, result) != FL_OK) {
+      memset(slot, 0, job->item_bytes);
+      continue;
+    }
+    fl_decode_fun(decoder, data, size, &job->options, slot, job->item_bytes, job->dtype,
+                  job->dequantize, job->out_h8, job->out_w8, &header, result);
+  }
+  fl_decoder_free(decoder);
+  return NULL;
+}
+
+/* decode_batch(sources, out, out_h8, out_w8, dtype, dequantize, threads, strict, max_pixels,
+ *              max_scans) -> [None or result tuple per item] (None: decoded without warnings) */
+static PyObject *decode_batch(PyObject *module, PyObject *args) {
+  PyObject *sequence, *out_object;
+  int out_h8, out_w8, dtype, dequantize, threads, strict, max_scans;
+  unsigned long long max_pixels;
+  if (!PyArg_ParseTuple(args, "OOiiipipKi", &sequence, &out_object, &out_h8, &out_w8, &dtype,
+                        &dequantize, &threads, &strict, &max_pixels, &max_scans))
+    return NULL;
+  if (dtype != FL_DTYPE_INT16 && dtype != FL_DTYPE_FLOAT32) {
+    PyErr_SetString(PyExc_ValueError, "dtype code must be 0 (int16) or 1 (float32)");
+    return NULL;
+  }
+  if (out_h8 <= 0 || out_w8 <= 0) {
+    PyErr_SetString(PyExc_ValueError, "out_h8 and out_w8 must be positive");
+    return NULL;
+  }
+  PyObject *items = PySequence_Fast(sequence, "sources must be a sequence");
+  if (!items) return NULL;
+  Py_ssize_t count = PySequence_Fast_GET_SIZE(items);
+  BatchJob job;
+  memset(&job, 0, sizeof job);
+  job.count = count;
+  job.item_bytes = (size_t)192 * out_h8 * out_w8 * dtype_size(dtype);
+  job.out_h8 = out_h8;
+  job.out_w8 = out_w8;
+  job.dtype = dtype;
+  job.dequantize = dequantize;
+  job.options.strict = strict;
+  job.options.max_pixels = (uint64_t)max_pixels;
+  job.options.max_scans = max_scans;
+  atomic_init(&job.next, 0);
+
+  PyObject *answer = NULL;
+  Py_buffer out_view;
+  int has_out = 0;
+  Py_ssize_t acquired = 0;
+  job.sources = (Source *)PyMem_Calloc((size_t)(count ? count : 1), sizeof(Source));
+  job.results = (fl_result *)PyMem_Calloc((size_t)(count ? count : 1), sizeof(fl_result));
+  if (!job.sources || !job.results) {
+    PyErr_NoMemory();
+    goto done;
+  }
+  if (PyObject_GetBuffer(out_object, &out_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0) goto done;
+  has_out = 1;
+  if ((size_t)out_view.len < job.item_bytes * (size_t)count) {
+    PyErr_Format(PyExc_ValueError, "out has %zd bytes, %zd items need %zu", out_view.len, count,
+                 job.item_bytes * (size_t)count);
+    goto done;
+  }
+  job.out = (uint8_t *)out_view.buf;
+  for (; acquired < count; acquired++)
+    if (source_acquire(PySequence_Fast_GET_ITEM(items, acquired), &job.sources[acquired]) != 0) goto done;
+
+  if (threads < 1) threads = 1;
+  if (threads > count) threads = (int)(count ? count : 1);
+  Py_BEGIN_ALLOW_THREADS
+  pthread_t workers[256];
+  int started = 0;
+  if (threads > 256) threads = 256;
+  for (int t = 1; t < threads; t++) {
+    if (pthread_create(&workers[started], NULL, batch_worker, &job) == 0) started++;
+  }
+  batch_worker(&job); /* the calling thread works too */
+  for (int t = 0; t < started; t++) pthread_join(workers[t], NULL);
+  Py_END_ALLOW_THREADS
+
+  answer = PyList_New(count);
+  if (!answer) goto done;
+  for (Py_ssize_t i = 0; i < count; i++) {
+    PyObject *entry;
+    if (job.results[i].status == FL_OK && job.results[i].num_warnings == 0) {
+      entry = Py_None;
+      Py_INCREF(entry);
+    } else {
+      entry = result_tuple(&job.results[i]);
+      if (!entry) {
+        Py_CLEAR(answer);
+        goto done;
+      }
+    }
+    PyList_SET_ITEM(answer, i, entry);
+  }
+done:
+  for (Py_ssize_t i = 0; i < acquired; i++) source_release(&job.sources[i]);
+  PyMem_Free(job.sources);
+  PyMem_Free(job.results);
+  if (has_out) PyBuffer_Release(&out_view);
+  Py_DECREF(items);
+  return answer;
+}
+
+static PyObject *libjpeg_version(PyObject *module, PyObject *unused) {
+  return PyLong_FromLong(fl_libjpeg_version());
+}
+
+static PyMethodDef module_methods[] = {
+    {"decode_batch", decode_batch, METH_VARARGS,
+     "decode_batch(sources, out, out_h8, out_w8, dtype, dequantize, threads, strict, max_pixels, "
+     "max_scans) -> per-item results"},
+    {"libjpeg_version", libjpeg_version, METH_NOARGS, "libjpeg-turbo version number, e.g. 2001005"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module_definition = {PyModuleDef_HEAD_INIT, "_jpegdct",
+                                               "Quantized DCT coefficients from JPEG (libjpeg-turbo).",
+                                               -1, module_methods};
+
+PyMODINIT_FUNC PyInit__jpegdct(void) {
+  if (PyType_Ready(&DecoderType) < 0) return NULL;
+  PyObject *module = PyModule_Create(&module_definition);
+  if (!module) return NULL;
+  Py_INCREF(&DecoderType);
+  if (PyModule_AddObject(module, "Decoder", (PyObject *)&DecoderType) < 0) {
+    Py_DECREF(&DecoderType);
+    Py_DECREF(module);
+    return NULL;
+  }
+  PyModule_AddIntConstant(module, "OK", FL_OK);
+  PyModule_AddIntConstant(module, "ERR_DECODE", FL_ERR_DECODE);
+  PyModule_AddIntConstant(module, "ERR_UNSUPPORTED", FL_ERR_UNSUPPORTED);
+  PyModule_AddIntConstant(module, "ERR_TOO_LARGE", FL_ERR_TOO_LARGE);
+  PyModule_AddIntConstant(module, "ERR_IO", FL_ERR_IO);
+  PyModule_AddIntConstant(module, "ERR_NOMEM", FL_ERR_NOMEM);
+  PyModule_AddIntConstant(module, "ERR_ARGUMENT", FL_ERR_ARGUMENT);
+  PyModule_AddIntConstant(module, "DTYPE_INT16", FL_DTYPE_INT16);
+  PyModule_AddIntConstant(module, "DTYPE_FLOAT32", FL_DTYPE_FLOAT32);
+  PyModule_AddIntConstant(module, "MAX_COMPONENTS", FL_MAX_COMPONENTS);
+  return module;
+}
