@@ -68,9 +68,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=["funloader", "funloader.models", "funloader.data"],
+    packages=["funloader", "funloader.models", "funloader.data", "funloader.dali"],
     package_dir={"funloader": "funloader", "funloader.models": "models"},
-    package_data={"funloader": ["csrc/*.c", "csrc/*.h", "csrc/*.cc"], "funloader.data": ["*.jpg", "LICENSE*", "*.md"]},
+    package_data={"funloader": ["csrc/*.c", "csrc/*.h", "csrc/*.cc"], "funloader.data": ["*.jpg", "*.txt", "*.md"],
+                  "funloader.dali": ["*.cc", "*.h"]},
     ext_modules=[_extension()],
     install_requires=["numpy>=1.22", "torch>=2.0", "tqdm>=4.60", "pillow>=9.0"],
     extras_require={
