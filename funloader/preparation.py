@@ -1,0 +1,1082 @@
+"""``funloader prepare``: turn any image folder into a FUN-ready JPEG dataset, resumably.
+
+FUN models read the quantized DCT coefficients of 224x224 JPEGs (a 28x28 block grid).  This module
+re-encodes an arbitrary image collection (anything Pillow opens: JPEG of any kind, CMYK, PNG,
+EXIF-rotated photos, ...) into such JPEGs:
+
+1. decode with Pillow, apply the EXIF orientation (``ImageOps.exif_transpose``), convert to RGB;
+2. resize the shorter side to ``resize_shorter`` (default: ``size``) with Lanczos (large JPEGs are
+   first reduced in the DCT domain by libjpeg to no less than twice the target, as Pillow's
+   ``thumbnail`` does), then centre-crop to ``size x size`` (``crop="center"``) or keep the aspect
+   ratio (``crop="none"``);
+3. encode with Pillow's libjpeg-turbo at ``quality`` (default 100, as in the paper) and chroma
+   ``subsampling`` ``"420"`` (paper) or ``"444"`` (the authors' released models), baseline unless
+   ``progressive``; no EXIF/ICC metadata is copied.
+
+Input layout
+    * **ImageFolder**: ``SRC/<class>/**/<image>`` -> classes are the sorted top-level folder names
+      and labels their indices (like ``torchvision.datasets.ImageFolder``).  Image files directly in
+      ``SRC`` are then ignored (reported as ignored).
+    * **flat**: ``SRC/<image>`` with no image in any sub-folder -> unlabelled: ``classes == []``,
+      every label is ``-1`` and shards carry no ``.cls`` member.
+    Image files are recognised by the extensions Pillow can open (case-insensitive); hidden files
+    and folders (``.name``) and other files are ignored.
+
+Output (``DST``)
+    * ``format="folder"``: the same tree, each file renamed to ``.jpg`` (``a.png`` -> ``a.jpg``; when
+      two inputs would collide, e.g. ``a.png`` and ``a.jpg``, both keep their suffix: ``a.png.jpg``).
+    * ``format="shards"``: WebDataset tars ``shard-000000.tar`` ... with members ``<key>.jpg`` and
+      ``<key>.cls``; the key is the image's index in the sorted input list, zero-padded to 8 digits.
+      Samples are spread over shards in a fixed pseudo-random order (sha256 of the relative path) so
+      every shard mixes classes (``shuffle=False`` keeps sorted order).  Each shard holds a fixed
+      number of images (``shard_size`` as a count, or a byte size such as ``"1GB"`` which is turned
+      into a count from the mean encoded size of 16 sample images) so that shard contents never
+      depend on how the work was split or interrupted.
+    * ``index.json`` (settings, classes, shards, one entry per image: key, path, source, label,
+      width, height, bytes, sha256 of the output bytes), ``index.tsv`` (the same rows),
+      ``failures.tsv`` (source, reason) and, with ``stats=True``, ``stats.json``: the 192
+      per-channel means/stds of :func:`funloader.read_fun` over the outputs.
+
+Robustness
+    Every output is written under ``DST/.funloader-prepare/tmp-*`` and ``os.replace``-d into place;
+    a journal (``journal-I-of-N.jsonl``, one fsync'd JSON line per finished file or shard, a torn
+    last line is ignored) records progress.  Re-running the same command verifies the journal
+    against the files on disk (size), skips what is done and finishes the rest; the final files and
+    manifests are byte-identical to an uninterrupted run (sorted inputs, deterministic names, keys
+    and shard contents, timestamp-free tar headers, no timestamps in manifests).
+
+Distributed
+    ``shard=(I, N)`` (CLI ``--shard I/N``) processes work units ``u`` with ``u % N == I`` (a unit is one
+    image for folders, one tar for shards) and leaves ``DST/.funloader-prepare/part-I-of-N.json``;
+    when all N parts are in ``DST`` (a shared filesystem, or copied there with :func:`merge`'s
+    ``parts``), :func:`merge` (CLI ``funloader prepare --merge DST [PART_DIR ...]``) checks them and
+    writes the same manifests a single run writes.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .shards import ShardWriter, iter_shard
+
+__all__ = [
+    "prepare", "merge", "main", "PrepareResult", "PrepareError", "PrepareFailures",
+    "parse_byte_size", "parse_shard", "scan_source", "encode_image", "prepared_stats",
+]
+
+MANIFEST_FORMAT = "funloader-prepared"
+MANIFEST_VERSION = 1
+STATE_DIR = ".funloader-prepare"
+INDEX_JSON, INDEX_TSV, FAILURES_TSV, STATS_JSON = "index.json", "index.tsv", "failures.tsv", "stats.json"
+KEY_DIGITS = 8
+CALIBRATION_SAMPLES = 16
+TAR_OVERHEAD_PER_SAMPLE = 1536  # 512-byte header + padding for .jpg, header + block for .cls
+TSV_COLUMNS = ("key", "path", "source", "label", "class", "width", "height", "bytes", "sha256")
+
+
+class PrepareError(RuntimeError):
+    """A preparation cannot start or finish (bad arguments, incompatible DST, missing parts)."""
+
+
+class PrepareFailures(RuntimeError):
+    """Some inputs failed (listed in ``failures.tsv``); everything else was written. ``.result`` holds the summary."""
+
+    def __init__(self, result: "PrepareResult"):
+        self.result = result
+        shown = "; ".join(f"{f['source']}: {f['reason']}" for f in result.failures[:3])
+        more = f" (+{len(result.failures) - 3} more)" if len(result.failures) > 3 else ""
+        super().__init__(f"{len(result.failures)} input(s) failed, listed in {result.failures_path}: {shown}{more}")
+
+
+@dataclass
+class PrepareResult:
+    """Summary of one :func:`prepare` or :func:`merge` call (counts are images)."""
+
+    dst: Path
+    total: int = 0          # images this job is responsible for
+    converted: int = 0      # converted by this call
+    skipped: int = 0        # already done by an earlier (interrupted) run
+    failed: int = 0         # inputs that could not be converted (all, including earlier runs)
+    ignored: int = 0        # files in SRC that are not images of the layout
+    bytes_in: int = 0       # source bytes read by this call
+    bytes_out: int = 0      # JPEG bytes written by this call
+    seconds: float = 0.0
+    complete: bool = False  # index.json written (single run or merge)
+    failures: List[Dict[str, str]] = field(default_factory=list)
+
+    @property
+    def failures_path(self) -> Path:
+        return self.dst / FAILURES_TSV if self.complete else self.dst / STATE_DIR
+
+    def summary(self) -> str:
+        rate = self.converted / self.seconds if self.seconds > 0 else 0.0
+        return (f"prepare {self.dst}: converted {self.converted}, skipped {self.skipped}, failed {self.failed}, "
+                f"ignored {self.ignored}; read {_human(self.bytes_in)}, wrote {_human(self.bytes_out)} "
+                f"in {self.seconds:.1f} s ({rate:.1f} images/s)")
+
+
+# --------------------------------------------------------------------------------------------- parsing
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_byte_size(text) -> int:
+    """``"1GB"`` -> 10**9, ``"512MiB"`` -> 2**29, ``"2.5 MB"`` -> 2500000 (decimal and binary units)."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a byte size: {text!r} (examples: 1GB, 500MB, 256MiB)")
+    value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if value <= 0:
+        raise ValueError(f"byte size must be positive: {text!r}")
+    return value
+
+
+def _parse_shard_size(value) -> Tuple[str, int]:
+    """A bare integer (``5000`` or ``"5000"``) is images per tar; anything with a unit is bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError(f"shard size must be positive: {value}")
+        return "count", value
+    text = str(value).strip()
+    if text.isdigit():
+        return _parse_shard_size(int(text))
+    return "bytes", parse_byte_size(text)
+
+
+def parse_shard(value) -> Tuple[int, int]:
+    """``"1/4"`` or ``(1, 4)`` -> ``(1, 4)``: job index I in ``0..N-1`` of N jobs."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+        if not match:
+            raise ValueError(f"--shard wants I/N (e.g. 0/4), got {value!r}")
+        value = (int(match.group(1)), int(match.group(2)))
+    index, count = (int(v) for v in value)
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--shard I/N needs 0 <= I < N, got {index}/{count}")
+    return index, count
+
+
+def _human(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{count} B"
+
+
+# --------------------------------------------------------------------------------------------- settings
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """How every image is turned into the output JPEG (recorded in the manifest)."""
+
+    size: int = 224
+    resize_shorter: Optional[int] = None
+    crop: str = "center"
+    quality: int = 100
+    subsampling: str = "420"
+    progressive: bool = False
+
+    def validate(self) -> "EncodeSettings":
+        if self.size < 8:
+            raise ValueError(f"size must be >= 8 pixels, got {self.size}")
+        if self.crop not in ("center", "none"):
+            raise ValueError(f"crop must be 'center' or 'none', got {self.crop!r}")
+        if self.resize_shorter is not None and self.resize_shorter < 1:
+            raise ValueError(f"resize_shorter must be positive, got {self.resize_shorter}")
+        if self.crop == "center" and self.resize_shorter is not None and self.resize_shorter < self.size:
+            raise ValueError(f"resize_shorter ({self.resize_shorter}) must be >= size ({self.size}) for a centre crop")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"quality must be in 1..100, got {self.quality}")
+        if self.subsampling not in ("420", "444"):
+            raise ValueError(f"subsampling must be '420' or '444', got {self.subsampling!r}")
+        return self
+
+    @property
+    def shorter_side(self) -> int:
+        return self.resize_shorter if self.resize_shorter is not None else self.size
+
+
+def _encoder_description() -> str:
+    import PIL
+    from PIL import features
+
+    return f"Pillow {PIL.__version__} / libjpeg-turbo {features.version('libjpeg_turbo') or 'absent (libjpeg)'}"
+
+
+# --------------------------------------------------------------------------------------------- scanning
+
+@dataclass(frozen=True)
+class SourceItem:
+    index: int      # position in the sorted input list (the shard key)
+    source: str     # path relative to SRC, '/'-separated
+    label: int      # class index, -1 when unlabelled
+    path: str       # output path relative to DST (folder format)
+
+
+def _image_extensions() -> frozenset:
+    from PIL import Image
+
+    Image.init()
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def scan_source(src) -> Tuple[List[str], List[SourceItem], List[str]]:
+    """List the images under ``src``: ``(classes, items sorted by path, ignored relative paths)``.
+
+    ImageFolder layout when any sub-folder holds an image (classes = sorted top-level folder
+    names), else flat/unlabelled (``classes == []``, labels ``-1``).  Deterministic: depends only on
+    the names of the files.
+    """
+    root = Path(src)
+    if not root.is_dir():
+        raise PrepareError(f"source folder not found: {root}")
+    extensions = _image_extensions()
+    images: List[Tuple[str, ...]] = []
+    ignored: List[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        relative_dir = Path(dirpath).relative_to(root).parts
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            parts = relative_dir + (name,)
+            if os.path.splitext(name)[1].lower() in extensions:
+                images.append(parts)
+            else:
+                ignored.append("/".join(parts))
+    labelled = any(len(parts) > 1 for parts in images)
+    if labelled:
+        ignored.extend("/".join(parts) for parts in images if len(parts) == 1)
+        images = [parts for parts in images if len(parts) > 1]
+    images.sort()
+    classes = sorted({parts[0] for parts in images}) if labelled else []
+    class_index = {name: i for i, name in enumerate(classes)}
+
+    outputs = ["/".join(parts[:-1] + (os.path.splitext(parts[-1])[0] + ".jpg",)) for parts in images]
+    counts: Dict[str, int] = {}
+    for out in outputs:
+        counts[out] = counts.get(out, 0) + 1
+    items = []
+    for index, (parts, out) in enumerate(zip(images, outputs)):
+        source = "/".join(parts)
+        if counts[out] > 1:
+            out = source + ".jpg"
+        items.append(SourceItem(index, source, class_index[parts[0]] if labelled else -1, out))
+    seen = set()
+    for item in items:
+        if item.path in seen:
+            raise PrepareError(f"two inputs map to the same output {item.path!r}; rename one of them")
+        seen.add(item.path)
+    return classes, items, sorted(ignored)
+
+
+def _inventory_digest(classes: Sequence[str], items: Sequence[SourceItem]) -> str:
+    digest = hashlib.sha256(json.dumps(classes).encode())
+    for item in items:
+        digest.update(f"\n{item.source}\t{item.label}".encode())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- encoding
+
+def _to_rgb(image):
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        import numpy as np
+
+        array = np.asarray(image).astype(np.float64)
+        scale = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        gray = np.clip(np.round(array * (255.0 / scale)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def encode_image(data: bytes, settings: EncodeSettings) -> Tuple[bytes, Tuple[int, int], Tuple[int, int]]:
+    """Decode any Pillow-readable image from ``data`` and return ``(jpeg_bytes, (w, h) out, (w, h) source)``.
+
+    The source size is after EXIF orientation.  Raises ``ValueError``/``OSError`` (from Pillow) on
+    unreadable data.
+    """
+    from PIL import Image, ImageOps
+
+    if not data:
+        raise ValueError("empty file (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's EXIF/ICC chatter; real damage raises below
+        with Image.open(io.BytesIO(data)) as opened:
+            shorter = settings.shorter_side
+            if opened.format == "JPEG":
+                opened.draft("RGB", (2 * shorter, 2 * shorter))  # DCT-domain reduction, keeps >= 2x target
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+    source_size = image.size
+    width, height = image.size
+    image = _to_rgb(image)
+    scale = shorter / min(width, height)
+    if settings.crop == "center":
+        side = settings.size / scale  # the crop in source pixels
+        left, top = (width - side) / 2.0, (height - side) / 2.0
+        image = image.resize((settings.size, settings.size), Image.Resampling.LANCZOS,
+                             box=(left, top, left + side, top + side))
+    else:
+        target = (shorter, max(1, round(height * scale))) if width <= height else (max(1, round(width * scale)), shorter)
+        image = image.resize(target, Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=settings.quality, subsampling=2 if settings.subsampling == "420" else 0,
+               progressive=settings.progressive, optimize=False)
+    return buffer.getvalue(), image.size, source_size
+
+
+def _failure_reason(exc: BaseException, absolute: str, relative: str) -> str:
+    text = str(exc).replace(absolute, relative).replace("\t", " ").replace("\n", " ").strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _convert_task(task):
+    """Worker: ``(src_root, SourceItem, settings, out_file or None, tmp_dir)`` -> result dict.
+
+    With ``out_file`` the JPEG is written there atomically (temp file + fsync + os.replace) and only
+    its metadata comes back; without, the JPEG bytes come back in ``"data"``.
+    """
+    src_root, item, settings, out_file, tmp_dir = task
+    absolute = os.path.join(src_root, *item.source.split("/"))
+    result = {"index": item.index, "ok": False, "source_bytes": 0}
+    try:
+        with open(absolute, "rb") as handle:
+            data = handle.read()
+        result["source_bytes"] = len(data)
+        jpeg, (width, height), (source_width, source_height) = encode_image(data, settings)
+    except Exception as exc:  # any decoder/IO error is a per-file failure, the job goes on
+        result["reason"] = _failure_reason(exc, absolute, item.source)
+        return result
+    result.update(ok=True, width=width, height=height, bytes=len(jpeg), sha256=hashlib.sha256(jpeg).hexdigest())
+    if out_file is None:
+        result["data"] = jpeg
+    else:
+        os.makedirs(os.path.dirname(out_file), exist_ok=True)
+        tmp_file = os.path.join(tmp_dir, f"{item.index}.{os.getpid()}.jpg")
+        with open(tmp_file, "wb") as handle:
+            handle.write(jpeg)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_file, out_file)
+    return result
+
+
+# --------------------------------------------------------------------------------------------- journal
+
+class _Journal:
+    """Append-only JSON-lines log of finished units; fsync'd at most every ``sync_seconds``.
+
+    The first line is a header (settings, inventory digest, job); every further line is one
+    finished unit.  A torn last line (killed mid-write) is dropped and truncated away on open.
+    """
+
+    def __init__(self, path: Path, header: dict, sync_seconds: float = 1.0):
+        self.path = path
+        self.sync_seconds = sync_seconds
+        self.units: Dict[int, dict] = {}
+        good_bytes = 0
+        existing_header = None
+        if path.exists():
+            with open(path, "rb") as handle:
+                raw = handle.read()
+            for line in raw.split(b"\n")[:-1] if raw else []:  # last chunk lacks '\n': torn or empty
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    break
+                if existing_header is None:
+                    existing_header = record
+                else:
+                    self.units[int(record["unit"])] = record
+                good_bytes += len(line) + 1
+        if existing_header is not None and existing_header != header:
+            raise PrepareError(f"{path} was written with other settings or inputs; use another DST or delete it")
+        self._handle = open(path, "ab")
+        self._handle.truncate(good_bytes)
+        self._handle.seek(good_bytes)
+        if existing_header is None:
+            self._write(header)
+            self.sync()
+        self._last_sync = time.monotonic()
+
+    def _write(self, record: dict) -> None:
+        self._handle.write(json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+
+    def append(self, record: dict) -> None:
+        self._write(record)
+        self.units[int(record["unit"])] = record
+        if time.monotonic() - self._last_sync >= self.sync_seconds:
+            self.sync()
+
+    def sync(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self.sync()
+            self._handle.close()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+# --------------------------------------------------------------------------------------------- planning
+
+@dataclass
+class _Plan:
+    src: Path
+    dst: Path
+    settings: EncodeSettings
+    layout: str                     # "folder" | "shards"
+    classes: List[str]
+    items: List[SourceItem]
+    ignored: List[str]
+    inventory: str
+    order: List[SourceItem]         # unit order: unit u = order[u * per_unit:(u + 1) * per_unit]
+    per_unit: int                   # 1 for folders, images per tar for shards
+    shard_size: Optional[str]
+    shuffle: bool
+
+    @property
+    def unit_count(self) -> int:
+        return math.ceil(len(self.order) / self.per_unit) if self.order else 0
+
+    def unit_items(self, unit: int) -> List[SourceItem]:
+        return self.order[unit * self.per_unit:(unit + 1) * self.per_unit]
+
+    def key(self, item: SourceItem) -> str:
+        return f"{item.index:0{max(KEY_DIGITS, len(str(len(self.items))))}d}"
+
+    def shard_name(self, unit: int) -> str:
+        return f"shard-{unit:06d}.tar"
+
+    def settings_record(self) -> dict:
+        """Everything that determines the output bytes (compared on resume and merge)."""
+        record = {
+            "size": self.settings.size, "resize_shorter": self.settings.resize_shorter, "crop": self.settings.crop,
+            "quality": self.settings.quality, "subsampling": self.settings.subsampling,
+            "progressive": self.settings.progressive, "format": self.layout,
+            "resample": "lanczos (after libjpeg DCT-domain reduction to >= 2x the shorter side)",
+            "orientation": "exif_transpose", "encoder": _encoder_description(),
+        }
+        if self.layout == "shards":
+            record.update(shard_size=self.shard_size, images_per_shard=self.per_unit, shuffle=self.shuffle)
+        return record
+
+
+def _shuffled(items: List[SourceItem]) -> List[SourceItem]:
+    return sorted(items, key=lambda item: hashlib.sha256(item.source.encode("utf-8")).digest())
+
+
+def _calibrate_per_shard(plan_order: List[SourceItem], src: Path, settings: EncodeSettings, shard_bytes: int,
+                         labelled: bool, pool) -> int:
+    """Images per tar so that tars come out near ``shard_bytes``: mean size of up to 16 evenly spread samples."""
+    if not plan_order:
+        return 1
+    count = min(CALIBRATION_SAMPLES, len(plan_order))
+    samples = [plan_order[(i * len(plan_order)) // count] for i in range(count)]
+    tasks = [(str(src), item, settings, None, None) for item in samples]
+    results = list(pool.map(_convert_task, tasks)) if pool is not None else [_convert_task(t) for t in tasks]
+    sizes = [r["bytes"] for r in results if r["ok"]]
+    mean = sum(sizes) / len(sizes) if sizes else settings.size * settings.size  # ~1 byte/pixel if nothing decodes
+    per_sample = mean + TAR_OVERHEAD_PER_SAMPLE - (0 if labelled else 1024)
+    return max(1, int(shard_bytes // per_sample))
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+def _state_dir(dst: Path) -> Path:
+    return dst / STATE_DIR
+
+
+def _job_name(shard: Tuple[int, int]) -> str:
+    return f"{shard[0]}-of-{shard[1]}"
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def _make_pool(workers: int):
+    if workers <= 1:
+        return None
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="img", dynamic_ncols=True, smoothing=0.1,
+                disable=not enabled, file=sys.stderr)
+
+
+def _file_entry(plan: _Plan, item: SourceItem, result: dict, shard_name: Optional[str]) -> dict:
+    entry = {"key": plan.key(item), "source": item.source, "label": item.label, "width": result["width"],
+             "height": result["height"], "bytes": result["bytes"], "sha256": result["sha256"]}
+    entry["path"] = shard_name if shard_name is not None else item.path
+    return entry
+
+
+def _unit_is_intact(plan: _Plan, record: dict) -> bool:
+    """A journalled unit still counts as done if its outputs exist with the recorded sizes."""
+    try:
+        if plan.layout == "shards":
+            shard = record["shard"]
+            return (plan.dst / shard["name"]).stat().st_size == shard["bytes"]
+        return all((plan.dst / entry["path"]).stat().st_size == entry["bytes"] for entry in record["files"])
+    except (OSError, KeyError):
+        return False
+
+
+def _records_from_index(plan: _Plan, index: dict, failures: List[dict]) -> Dict[int, dict]:
+    """Rebuild per-unit journal records from a finished index.json (re-running a completed command)."""
+    unit_of: Dict[int, int] = {}
+    for position, item in enumerate(plan.order):
+        unit_of[item.index] = position // plan.per_unit
+    by_source = {item.source: item for item in plan.items}
+    records: Dict[int, dict] = {}
+
+    def record_for(unit):
+        return records.setdefault(unit, {"unit": unit, "files": [], "failures": []})
+
+    for entry in index.get("files", []):
+        item = by_source.get(entry["source"])
+        if item is None:
+            return {}
+        record_for(unit_of[item.index])["files"].append(entry)
+    for failure in failures:
+        item = by_source.get(failure["source"])
+        if item is None:
+            return {}
+        record_for(unit_of[item.index])["failures"].append(failure)
+    for shard in index.get("shards", []):
+        unit = int(shard["name"][len("shard-"):-len(".tar")])
+        record_for(unit)["shard"] = shard
+    return records
+
+
+def _read_failures_tsv(path: Path) -> List[dict]:
+    rows = []
+    if path.exists():
+        lines = path.read_text(encoding="utf-8").splitlines()[1:]
+        for line in lines:
+            source, _, reason = line.partition("\t")
+            rows.append({"source": source, "reason": reason})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- prepare
+
+def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, crop: str = "center",
+            quality: int = 100, subsampling: str = "420", progressive: bool = False,
+            workers: Optional[int] = None, format: str = "folder", shard_size="1GB", shuffle: bool = True,
+            shard=None, stats: bool = False, allow_failures: bool = False,
+            progress: bool = True, verbose: bool = True) -> PrepareResult:
+    """Convert the images under ``src`` into FUN-ready JPEGs under ``dst`` (see the module docstring).
+
+    Args:
+        src: image folder (ImageFolder layout ``class/**/file`` or flat).
+        dst: output folder (created; must not lie inside ``src``).  Re-running with the same
+            arguments resumes an interrupted run; other settings into the same ``dst`` raise
+            :class:`PrepareError`.
+        size: output side in pixels for ``crop="center"`` (224 -> a 28x28 block grid).
+        resize_shorter: shorter side before the crop (default ``size``; ImageNet eval uses 256).
+        crop: ``"center"`` (square ``size x size``) or ``"none"`` (keep aspect; shorter side =
+            ``resize_shorter`` or ``size``).
+        quality / subsampling / progressive: JPEG encoding (``subsampling`` ``"420"`` or ``"444"``).
+        workers: processes (default: the CPUs available); 1 converts in this process.
+        format: ``"folder"`` or ``"shards"`` (WebDataset tars).
+        shard_size: tar size: ``"1GB"``-style bytes (turned into an image count) or an image count.
+        shuffle: shards only: spread images over tars in a fixed hash order (mixes classes per tar).
+        shard: ``(I, N)`` or ``"I/N"``: this job's share of a distributed run; finish with :func:`merge`.
+        stats: also write ``stats.json`` (192 per-channel means/stds of ``read_fun`` over the outputs).
+        allow_failures: do not raise :class:`PrepareFailures` when some inputs could not be converted.
+        progress / verbose: tqdm bar / printed summary (stderr).
+
+    Returns:
+        :class:`PrepareResult`.  Raises :class:`PrepareFailures` (after writing everything) when inputs
+        failed and ``allow_failures`` is false.
+    """
+    started = time.monotonic()
+    settings = EncodeSettings(int(size), None if resize_shorter is None else int(resize_shorter), crop,
+                              int(quality), str(subsampling), bool(progressive))
+    try:
+        settings.validate()
+        job = parse_shard(shard) if shard is not None else (0, 1)
+        shard_kind, shard_value = _parse_shard_size(shard_size)
+    except ValueError as exc:
+        raise PrepareError(str(exc)) from None
+    if format not in ("folder", "shards"):
+        raise PrepareError(f"format must be 'folder' or 'shards', got {format!r}")
+    src_path, dst_path = Path(src).resolve(), Path(dst).resolve()
+    if dst_path == src_path or src_path in dst_path.parents:
+        raise PrepareError(f"DST {dst_path} must not be inside SRC {src_path}")
+    workers = _default_workers() if workers is None else max(1, int(workers))
+
+    classes, items, ignored = scan_source(src_path)
+    if not items:
+        raise PrepareError(f"no images found under {src_path} (looked for {', '.join(sorted(_image_extensions())[:8])}, ...)")
+    order = _shuffled(items) if format == "shards" and shuffle else list(items)
+    dst_path.mkdir(parents=True, exist_ok=True)
+    state = _state_dir(dst_path)
+    state.mkdir(exist_ok=True)
+    job_name = _job_name(job)
+    journal_path = state / f"journal-{job_name}.jsonl"
+    part_path = state / f"part-{job_name}.json"
+    tmp_dir = state / f"tmp-{job_name}"
+    shutil.rmtree(tmp_dir, ignore_errors=True)  # leftovers of a killed run are never valid outputs
+    tmp_dir.mkdir()
+
+    pool = _make_pool(workers)
+    journal = None
+    try:
+        per_unit = 1
+        shard_size_text = None
+        if format == "shards":
+            shard_size_text = str(shard_size)
+            if shard_kind == "count":
+                per_unit = shard_value
+            else:
+                per_unit = _previous_per_unit(journal_path, part_path, dst_path / INDEX_JSON, shard_size_text)
+                if per_unit is None:
+                    per_unit = _calibrate_per_shard(order, src_path, settings, shard_value, bool(classes), pool)
+        plan = _Plan(src_path, dst_path, settings, format, classes, items, ignored,
+                     _inventory_digest(classes, items), order, per_unit, shard_size_text, bool(shuffle))
+        header = {"journal": MANIFEST_VERSION, "settings": plan.settings_record(), "inventory": plan.inventory,
+                  "job": list(job)}
+        journal = _Journal(journal_path, header)
+        done = _load_done(plan, journal, part_path, header)
+        my_units = [u for u in range(plan.unit_count) if u % job[1] == job[0]]
+        pending = [u for u in my_units if u not in done]
+        for unit, record in done.items():
+            if unit not in journal.units and unit % job[1] == job[0]:
+                journal.append(record)  # adopt units known from index.json / an old part file
+        journal.sync()
+
+        result = PrepareResult(dst=dst_path, ignored=len(ignored))
+        result.total = sum(len(plan.unit_items(u)) for u in my_units)
+        result.skipped = sum(len(done[u]["files"]) + len(done[u]["failures"]) for u in my_units if u in done)
+        if verbose and ignored:
+            print(f"funloader prepare: ignoring {len(ignored)} file(s) that are not images of the layout "
+                  f"(e.g. {ignored[0]})", file=sys.stderr)
+        bar = _progress(result.total, result.skipped, f"prepare {job_name}" if job[1] > 1 else "prepare",
+                        progress)
+        try:
+            if format == "folder":
+                _run_folder(plan, pending, pool, journal, tmp_dir, result, bar)
+            else:
+                _run_shards(plan, pending, pool, journal, tmp_dir, result, bar)
+        finally:
+            bar.close()
+        journal.close()
+
+        part = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "job": list(job),
+                "settings": plan.settings_record(), "inventory": plan.inventory, "classes": classes,
+                "ignored": ignored, "total_images": len(items), "units": [journal.units[u] for u in my_units],
+                "stats_requested": bool(stats)}
+        _write_atomic(part_path, _json_bytes(part))
+        journal_path.unlink()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        result.failures = [f for u in my_units for f in journal.units[u]["failures"]]
+        result.failed = len(result.failures)
+        if job[1] == 1:
+            merged = _merge_parts(dst_path, [part], stats=stats, workers=workers, pool=pool, progress=progress)
+            result.complete = True
+            result.failures = merged["failures"]
+            result.failed = len(result.failures)
+    finally:
+        if journal is not None:
+            journal.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    result.seconds = time.monotonic() - started
+    if verbose:
+        print(result.summary(), file=sys.stderr)
+        if not result.complete:
+            print(f"job {job_name} done; when all {job[1]} jobs are done run: funloader prepare --merge {dst_path}",
+                  file=sys.stderr)
+        if result.failed:
+            print(f"{result.failed} failure(s) listed in {result.failures_path if result.complete else part_path}",
+                  file=sys.stderr)
+    if result.failed and not allow_failures:
+        raise PrepareFailures(result)
+    return result
+
+
+def _previous_per_unit(journal_path: Path, part_path: Path, index_path: Path, shard_size_text: str) -> Optional[int]:
+    """Images per tar recorded by an earlier run with the same ``shard_size`` (skips recalibration)."""
+    candidates = []
+    if journal_path.exists():
+        with open(journal_path, "rb") as handle:
+            line = handle.readline()
+        try:
+            candidates.append(json.loads(line)["settings"])
+        except (ValueError, KeyError):
+            pass
+    for path in (part_path, index_path):
+        if path.exists():
+            try:
+                candidates.append(json.loads(path.read_text(encoding="utf-8"))["settings"])
+            except (ValueError, KeyError):
+                pass
+    for record in candidates:
+        if record.get("format") == "shards" and record.get("shard_size") == shard_size_text:
+            return int(record["images_per_shard"])
+    return None
+
+
+def _load_done(plan: _Plan, journal: _Journal, part_path: Path, header: dict) -> Dict[int, dict]:
+    """Units finished earlier (journal, this job's part file, or a completed index.json), verified on disk."""
+    candidates: Dict[int, dict] = {}
+    index_path = plan.dst / INDEX_JSON
+    if index_path.exists():
+        try:
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+        except ValueError:
+            index = None
+        if index is not None and index.get("settings") == header["settings"] and index.get("inventory") == plan.inventory:
+            candidates.update(_records_from_index(plan, index, _read_failures_tsv(plan.dst / FAILURES_TSV)))
+        elif index is not None:
+            raise PrepareError(f"{plan.dst} already holds a dataset prepared with other settings or inputs "
+                               f"({index_path}); choose another DST or delete it")
+    if part_path.exists():
+        part = json.loads(part_path.read_text(encoding="utf-8"))
+        if part.get("settings") != header["settings"] or part.get("inventory") != plan.inventory:
+            raise PrepareError(f"{part_path} was written with other settings or inputs; use another DST or delete it")
+        candidates.update({int(record["unit"]): record for record in part["units"]})
+    candidates.update(journal.units)
+    return {unit: record for unit, record in candidates.items() if _unit_is_intact(plan, record)}
+
+
+def _run_folder(plan, pending, pool, journal, tmp_dir, result, bar) -> None:
+    items = [plan.unit_items(u)[0] for u in pending]
+    tasks = [(str(plan.src), item, plan.settings, str(plan.dst / item.path), str(tmp_dir)) for item in items]
+    by_index = {item.index: (unit, item) for unit, item in zip(pending, items)}
+    if pool is None:
+        outcomes = map(_convert_task, tasks)
+    else:
+        chunk = max(1, min(64, len(tasks) // (8 * pool._max_workers) or 1))
+        outcomes = pool.map(_convert_task, tasks, chunksize=chunk)
+    for outcome in outcomes:
+        unit, item = by_index[outcome["index"]]
+        record = {"unit": unit, "files": [], "failures": []}
+        if outcome["ok"]:
+            record["files"].append(_file_entry(plan, item, outcome, None))
+            result.bytes_out += outcome["bytes"]
+        else:
+            record["failures"].append({"source": item.source, "reason": outcome["reason"]})
+        result.bytes_in += outcome["source_bytes"]
+        journal.append(record)
+        result.converted += outcome["ok"]
+        bar.update(1)
+
+
+def _run_shards(plan, pending, pool, journal, tmp_dir, result, bar) -> None:
+    for start in range(0, len(pending), 4 if pool is None else max(4, 2 * pool._max_workers)):
+        # A few tars at a time: the pool converts their images in order, this process writes the tars.
+        batch = pending[start:start + (4 if pool is None else max(4, 2 * pool._max_workers))]
+        tasks = [(str(plan.src), item, plan.settings, None, None) for unit in batch for item in plan.unit_items(unit)]
+        if pool is None:
+            outcomes = map(_convert_task, tasks)
+        else:
+            outcomes = pool.map(_convert_task, tasks, chunksize=max(1, min(32, len(tasks) // (4 * pool._max_workers) or 1)))
+        outcomes = iter(outcomes)
+        for unit in batch:
+            name = plan.shard_name(unit)
+            writer = ShardWriter(plan.dst / name, tmp_dir / name)
+            record = {"unit": unit, "files": [], "failures": []}
+            try:
+                for item in plan.unit_items(unit):
+                    outcome = next(outcomes)
+                    key = plan.key(item)
+                    if outcome["ok"]:
+                        writer.add(f"{key}.jpg", outcome["data"])
+                        if item.label >= 0:
+                            writer.add(f"{key}.cls", str(item.label).encode("ascii"))
+                        record["files"].append(_file_entry(plan, item, outcome, name))
+                        result.converted += 1
+                    else:
+                        record["failures"].append({"source": item.source, "reason": outcome["reason"]})
+                    result.bytes_in += outcome["source_bytes"]
+                    bar.update(1)
+                size, digest = writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+            record["shard"] = {"name": name, "bytes": size, "sha256": digest, "count": len(record["files"])}
+            result.bytes_out += size
+            journal.append(record)
+
+
+# --------------------------------------------------------------------------------------------- merge
+
+def merge(dst, parts: Sequence = (), *, stats: Optional[bool] = None, workers: Optional[int] = None,
+          allow_failures: bool = False, progress: bool = True, verbose: bool = True) -> PrepareResult:
+    """Join the ``--shard I/N`` jobs of one preparation into the final manifests in ``dst``.
+
+    ``dst`` must hold ``.funloader-prepare/part-I-of-N.json`` for every ``I`` in ``0..N-1`` (jobs that
+    all wrote to ``dst``), or ``parts`` names the output folders of jobs that wrote elsewhere: their
+    outputs and part files are first moved into ``dst``.  The parts must agree on settings and
+    inputs.  Writes ``index.json``, ``index.tsv``, ``failures.tsv`` (and ``stats.json`` when ``stats``
+    is true or any job asked for it), removes the part files, and returns the summary; raises
+    :class:`PrepareFailures` when inputs failed unless ``allow_failures``.
+    """
+    started = time.monotonic()
+    dst_path = Path(dst).resolve()
+    for part_dir in parts:
+        _gather(Path(part_dir).resolve(), dst_path)
+    state = _state_dir(dst_path)
+    part_files = sorted(state.glob("part-*-of-*.json")) if state.is_dir() else []
+    if not part_files:
+        raise PrepareError(f"no part files (.funloader-prepare/part-I-of-N.json) in {dst_path}")
+    loaded = [json.loads(path.read_text(encoding="utf-8")) for path in part_files]
+    workers = _default_workers() if workers is None else max(1, int(workers))
+    pool = _make_pool(workers)
+    try:
+        merged = _merge_parts(dst_path, loaded, stats=stats, workers=workers, pool=pool, progress=progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    result = PrepareResult(dst=dst_path, total=merged["total"], skipped=merged["total"], ignored=merged["ignored"],
+                           complete=True, failures=merged["failures"], failed=len(merged["failures"]),
+                           seconds=time.monotonic() - started)
+    if verbose:
+        print(f"merged {len(loaded)} part(s) into {dst_path / INDEX_JSON}: {merged['images']} images, "
+              f"{result.failed} failed", file=sys.stderr)
+    if result.failed and not allow_failures:
+        raise PrepareFailures(result)
+    return result
+
+
+def _gather(part_dir: Path, dst: Path) -> None:
+    """Move a job's outputs (files or tars named by its part file) and the part file into ``dst``."""
+    part_files = sorted(_state_dir(part_dir).glob("part-*-of-*.json"))
+    if not part_files:
+        raise PrepareError(f"{part_dir} holds no part file (.funloader-prepare/part-I-of-N.json)")
+    _state_dir(dst).mkdir(parents=True, exist_ok=True)
+    for part_file in part_files:
+        part = json.loads(part_file.read_text(encoding="utf-8"))
+        names = set()
+        for record in part["units"]:
+            if "shard" in record:
+                names.add(record["shard"]["name"])
+            names.update(entry["path"] for entry in record["files"])
+        for name in sorted(names):
+            target = dst / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(part_dir / name), str(target))
+        shutil.move(str(part_file), str(_state_dir(dst) / part_file.name))
+
+
+def _merge_parts(dst: Path, parts: List[dict], *, stats: Optional[bool], workers: int, pool, progress: bool) -> dict:
+    first = parts[0]
+    count = first["job"][1]
+    seen = sorted(part["job"][0] for part in parts)
+    if any(part["job"][1] != count for part in parts) or seen != list(range(count)):
+        missing = sorted(set(range(count)) - set(seen))
+        raise PrepareError(f"parts in {dst} do not form a complete set of {count} jobs"
+                           + (f" (missing --shard {', '.join(f'{i}/{count}' for i in missing)})" if missing else ""))
+    for part in parts[1:]:
+        if part["settings"] != first["settings"] or part["inventory"] != first["inventory"]:
+            raise PrepareError(f"job {part['job'][0]}/{count} used other settings or saw other input files than "
+                               f"job {first['job'][0]}/{count}; they cannot be merged")
+    units = sorted((record for part in parts for record in part["units"]), key=lambda r: int(r["unit"]))
+    files = sorted((entry for record in units for entry in record["files"]), key=lambda e: e["key"])
+    failures = sorted((f for record in units for f in record["failures"]), key=lambda f: f["source"])
+    if len(files) + len(failures) != first["total_images"]:
+        raise PrepareError(f"parts in {dst} account for {len(files) + len(failures)} of "
+                           f"{first['total_images']} images; re-run the unfinished jobs")
+    settings = first["settings"]
+    classes = first["classes"]
+    index = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "settings": settings,
+             "inventory": first["inventory"], "classes": classes,
+             "counts": {"images": len(files), "failed": len(failures), "ignored": len(first["ignored"])},
+             "files": files}
+    if settings["format"] == "shards":
+        index["shards"] = [record["shard"] for record in units]
+    want_stats = stats if stats is not None else any(part.get("stats_requested") for part in parts)
+    if want_stats:
+        stats_record = prepared_stats(dst, index, workers=workers, pool=pool, progress=progress)
+        _write_atomic(dst / STATS_JSON, _json_bytes(stats_record))
+        index["stats"] = STATS_JSON
+    rows = ["\t".join(TSV_COLUMNS)]
+    for entry in files:
+        class_name = classes[entry["label"]] if entry["label"] >= 0 else ""
+        rows.append("\t".join(str(v) for v in (entry["key"], entry["path"], entry["source"], entry["label"], class_name,
+                                               entry["width"], entry["height"], entry["bytes"], entry["sha256"])))
+    _write_atomic(dst / INDEX_TSV, ("\n".join(rows) + "\n").encode("utf-8"))
+    failure_rows = ["source\treason"] + [f"{f['source']}\t{f['reason']}" for f in failures]
+    _write_atomic(dst / FAILURES_TSV, ("\n".join(failure_rows) + "\n").encode("utf-8"))
+    _write_atomic(dst / INDEX_JSON, _json_bytes(index))  # last: its presence marks a finished dataset
+    shutil.rmtree(_state_dir(dst), ignore_errors=True)
+    return {"failures": failures, "total": first["total_images"], "images": len(files),
+            "ignored": len(first["ignored"])}
+
+
+# --------------------------------------------------------------------------------------------- stats
+
+def _stats_chunk(task):
+    """Worker: per-channel float64 sums over a list of JPEG paths or (tar, keys) -> (count, n, sum, sumsq)."""
+    import numpy as np
+
+    from . import read_fun
+
+    kind, dst, names = task
+    total = np.zeros(192, np.float64)
+    squares = np.zeros(192, np.float64)
+    positions = 0
+    images = 0
+
+    def add(source):
+        nonlocal positions, images
+        coefficients = read_fun(source).astype(np.float64).reshape(192, -1)
+        total[:] += coefficients.sum(axis=1)
+        squares[:] += np.square(coefficients).sum(axis=1)
+        positions += coefficients.shape[1]
+        images += 1
+
+    if kind == "files":
+        for name in names:
+            add(os.path.join(dst, name))
+    else:
+        for _, fields in iter_shard(os.path.join(dst, names)):
+            if "jpg" in fields:
+                add(fields["jpg"])
+    return images, positions, total, squares
+
+
+def prepared_stats(dst, index: dict, *, workers: int = 1, pool=None, progress: bool = True) -> dict:
+    """The 192 per-channel mean/std of ``read_fun`` (quantized int16 coefficients, as float64) over a prepared set.
+
+    Means/stds are over every block position of every image (``channel = 64*component + 8*v + u``).
+    Deterministic: fixed chunks summed in a fixed order, whatever the number of workers.
+    """
+    import numpy as np
+
+    dst = Path(dst)
+    if index["settings"]["format"] == "shards":
+        tasks = [("shards", str(dst), shard["name"]) for shard in index["shards"]]
+    else:
+        paths = [entry["path"] for entry in index["files"]]
+        tasks = [("files", str(dst), paths[i:i + 256]) for i in range(0, len(paths), 256)]
+    outcomes = pool.map(_stats_chunk, tasks) if pool is not None else map(_stats_chunk, tasks)
+    total = np.zeros(192, np.float64)
+    squares = np.zeros(192, np.float64)
+    positions = images = 0
+    bar = _progress(len(index["files"]), 0, "stats", progress)
+    try:
+        for chunk_images, chunk_positions, chunk_total, chunk_squares in outcomes:
+            total += chunk_total
+            squares += chunk_squares
+            positions += chunk_positions
+            images += chunk_images
+            bar.update(chunk_images)
+    finally:
+        bar.close()
+    mean = total / max(positions, 1)
+    std = np.sqrt(np.maximum(squares / max(positions, 1) - mean * mean, 0.0))
+    return {"count": images, "positions": positions, "dequantized": False,
+            "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="funloader prepare",
+        description="Turn an image folder (ImageFolder layout or flat) into FUN-ready JPEGs: "
+                    "RGB, resized + centre-cropped, re-encoded at the chosen quality and subsampling.",
+        epilog="Distributed: run 'funloader prepare SRC DST --shard I/N' for I = 0..N-1 (same DST on a "
+               "shared filesystem, or different DSTs), then 'funloader prepare --merge DST [PART_DST ...]'. "
+               "Re-running an interrupted command resumes it.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="SRC DST, or with --merge: DST [PART_DST ...]")
+    parser.add_argument("--size", type=int, default=224, help="output side in pixels for --crop center (default 224)")
+    parser.add_argument("--resize-shorter", type=int, default=None,
+                        help="resize the shorter side to this before cropping (default: --size)")
+    parser.add_argument("--crop", choices=("center", "none"), default="center")
+    parser.add_argument("--quality", type=int, default=100, help="JPEG quality 1..100 (default 100, as in the paper)")
+    parser.add_argument("--subsampling", choices=("420", "444"), default="420",
+                        help="chroma subsampling (420: paper; 444: the authors' released models)")
+    parser.add_argument("--progressive", action="store_true", help="write progressive JPEGs")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
+    parser.add_argument("--format", choices=("folder", "shards"), default="folder")
+    parser.add_argument("--shard-size", default="1GB",
+                        help="tar size for --format shards: bytes like 1GB (turned into a fixed image count) "
+                             "or an image count like 5000")
+    parser.add_argument("--no-shuffle", action="store_true", help="shards: keep sorted order instead of mixing classes")
+    parser.add_argument("--shard", default=None, metavar="I/N", help="process only job I of N (0-based)")
+    parser.add_argument("--merge", action="store_true", help="join the parts of a --shard I/N run into DST")
+    parser.add_argument("--stats", action="store_true", help="also write stats.json (192 per-channel means/stds)")
+    parser.add_argument("--allow-failures", action="store_true", help="exit 0 even if some inputs failed")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """CLI entry point; returns 0 on success, 1 when inputs failed (without --allow-failures), 2 on usage errors."""
+    parser = _parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    try:
+        if args.merge:
+            merge(args.paths[0], args.paths[1:], stats=True if args.stats else None, workers=args.workers,
+                  allow_failures=args.allow_failures, progress=not args.no_progress)
+        else:
+            if len(args.paths) != 2:
+                parser.error("expected SRC DST (or --merge DST [PART_DST ...])")
+            prepare(args.paths[0], args.paths[1], size=args.size, resize_shorter=args.resize_shorter, crop=args.crop,
+                    quality=args.quality, subsampling=args.subsampling, progressive=args.progressive,
+                    workers=args.workers, format=args.format, shard_size=args.shard_size,
+                    shuffle=not args.no_shuffle, shard=args.shard, stats=args.stats,
+                    allow_failures=args.allow_failures, progress=not args.no_progress)
+    except PrepareFailures as exc:
+        print(f"funloader prepare: {exc}", file=sys.stderr)
+        return 1
+    except PrepareError as exc:
+        print(f"funloader prepare: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
