@@ -193,7 +193,7 @@ static PyObject *Decoder_read_fun(DecoderObject *self, PyObject *args) {
       goto done;
     }
     has_out = 1;
-    if ((size_t)out_view.len < needed) {
+    if ((size_t)out_view.len != needed) {
       fl_abort(self->decoder);
       PyErr_Format(PyExc_ValueError, "out has %zd bytes, the image needs %zu (192 x %d x %d)",
                    out_view.len, needed, header.grid_h, header.grid_w);
