@@ -335,8 +335,8 @@ def encode_image(data: bytes, settings: EncodeSettings) -> Tuple[bytes, Tuple[in
     image = _to_rgb(image)
     scale = shorter / min(width, height)
     if settings.crop == "center":
-        side = settings.size / scale  # the crop in source pixels
-        left, top = (width - side) / 2.0, (height - side) / 2.0
+        side = min(settings.size / scale, width, height)  # the crop in source pixels (clamped: float rounding)
+        left, top = max(0.0, (width - side) / 2.0), max(0.0, (height - side) / 2.0)
         image = image.resize((settings.size, settings.size), Image.Resampling.LANCZOS,
                              box=(left, top, left + side, top + side))
     else:
@@ -349,7 +349,10 @@ def encode_image(data: bytes, settings: EncodeSettings) -> Tuple[bytes, Tuple[in
 
 
 def _failure_reason(exc: BaseException, absolute: str, relative: str) -> str:
-    text = str(exc).replace(absolute, relative).replace("\t", " ").replace("\n", " ").strip()
+    text = str(exc).replace(absolute, relative).replace("\t", " ").replace("\n", " ")
+    text = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", text).strip()  # object reprs differ run to run
+    if type(exc).__name__ == "UnidentifiedImageError":
+        text = "not an image format Pillow can read (" + text + ")"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

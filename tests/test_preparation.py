@@ -1,0 +1,416 @@
+"""funloader prepare: conversion, layouts, failures, kill + resume, --shard I/N + --merge, stats, shard files."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import funloader
+from funloader import preparation
+from funloader.preparation import PrepareError, PrepareFailures, merge, prepare
+from funloader.shards import ShardWriter, iter_shard
+
+REPO = Path(__file__).resolve().parents[1]
+BAD_INPUTS = {"misc/empty.jpg", "misc/truncated.jpg", "misc/not_an_image.jpg", "misc/garbage.png"}
+
+
+def tree_bytes(root: Path) -> dict:
+    """Every file under root (hidden state included) -> its bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def load_index(dst: Path) -> dict:
+    return json.loads((dst / "index.json").read_text())
+
+
+def failures_of(dst: Path) -> dict:
+    lines = (dst / "failures.tsv").read_text().splitlines()
+    assert lines[0] == "source\treason"
+    return dict(line.split("\t", 1) for line in lines[1:])
+
+
+def decoded_outputs(dst: Path, index: dict) -> dict:
+    """key -> output JPEG bytes, read back from the folder tree or the tars."""
+    if index["settings"]["format"] == "folder":
+        return {e["key"]: (dst / e["path"]).read_bytes() for e in index["files"]}
+    out = {}
+    for shard in index["shards"]:
+        for key, fields in iter_shard(dst / shard["name"]):
+            out[key] = fields["jpg"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def mixed_src(tmp_path_factory, shared_data):
+    """ImageFolder tree: photos/ (real JPEGs), misc/ (PNG, CMYK, EXIF-rotated, and four bad files), a README."""
+    root = tmp_path_factory.mktemp("mixed_src")
+    photos = sorted((shared_data / "photos").glob("*.jpg"))
+    (root / "photos").mkdir()
+    for path in photos[::9]:  # 8 real photos of assorted sizes and subsamplings
+        (root / "photos" / path.name).write_bytes(path.read_bytes())
+    misc = root / "misc"
+    misc.mkdir()
+    with Image.open(photos[0]) as im:
+        im.convert("RGB").save(misc / "photo_as.png")
+    cmyk = Image.new("CMYK", (300, 200), (0, 255, 255, 0))  # pure red in CMYK
+    cmyk.save(misc / "cmyk_red.jpg", quality=95)
+    # Upright picture: portrait 240x320, red top half, blue bottom half. Stored rotated, with EXIF
+    # orientation 6 ("rotate 90 CW to display"), so only a reader that applies EXIF sees red on top.
+    upright = Image.new("RGB", (240, 320), (0, 0, 255))
+    upright.paste((255, 0, 0), (0, 0, 240, 160))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(misc / "exif_rotated.jpg", quality=95, exif=exif.tobytes())
+    (misc / "empty.jpg").write_bytes(b"")
+    full = photos[1].read_bytes()
+    (misc / "truncated.jpg").write_bytes(full[: len(full) // 3])
+    (misc / "not_an_image.jpg").write_text("this is a text file, not a JPEG\n")
+    (misc / "garbage.png").write_bytes(bytes(range(256)) * 8)
+    (root / "README.txt").write_text("not an image: ignored\n")
+    (root / "photos" / ".hidden.jpg").write_bytes(b"hidden files are skipped")
+    return root
+
+
+@pytest.fixture(scope="module")
+def big_src(tmp_path_factory, shared_data):
+    """~420 items: the shared photos linked into 6 classes (enough work to kill a run part-way)."""
+    root = tmp_path_factory.mktemp("big_src")
+    photos = sorted((shared_data / "photos").glob("*.jpg"))
+    for c in range(6):
+        (root / f"class{c}").mkdir()
+        for path in photos:
+            os.symlink(path, root / f"class{c}" / path.name)
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- basics
+
+@pytest.mark.parametrize("layout", ["folder", "shards"])
+def test_dlib_johns_classes_labels_and_decode(tmp_path, shared_data, layout):
+    src = shared_data / "labelled" / "dlib_johns"
+    dst = tmp_path / "out"
+    result = prepare(src, dst, workers=2, format=layout, shard_size="16", progress=False, verbose=False)
+    expected_classes = sorted(p.name for p in src.iterdir() if p.is_dir())
+    sources = sorted(str(p.relative_to(src)) for p in src.rglob("*.jpg"))
+    index = load_index(dst)
+    assert result.complete and result.converted == len(sources) == 55 and result.failed == 0
+    assert index["classes"] == expected_classes
+    assert sorted(e["source"] for e in index["files"]) == sources
+    assert failures_of(dst) == {}
+    assert not (dst / preparation.STATE_DIR).exists()
+    outputs = decoded_outputs(dst, index)
+    for entry in index["files"]:
+        data = outputs[entry["key"]]
+        assert entry["label"] == expected_classes.index(entry["source"].split("/")[0])
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["bytes"]
+        assert funloader.read_fun(data).shape == (192, 28, 28)
+        assert (entry["width"], entry["height"]) == (224, 224)
+    if layout == "folder":
+        assert sorted(e["path"] for e in index["files"]) == sources  # same tree, already .jpg
+        image = funloader.read_dct(dst / index["files"][0]["path"])
+        assert image.sampling[0] == (2, 2) and all(int(q) == 1 for q in image.qtables[0])  # 4:2:0, quality 100
+    else:
+        assert [s["name"] for s in index["shards"]] == [f"shard-{i:06d}.tar" for i in range(4)]  # 55 / 16 per tar
+        labels = {}
+        for shard in index["shards"]:
+            data = (dst / shard["name"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == shard["sha256"] and len(data) == shard["bytes"]
+            for key, fields in iter_shard(dst / shard["name"]):
+                assert set(fields) == {"jpg", "cls"}
+                labels[key] = int(fields["cls"])
+        assert labels == {e["key"]: e["label"] for e in index["files"]}
+        assert len({labels[k] for k in [e["key"] for e in index["files"] if e["path"] == "shard-000000.tar"]}) > 1
+    tsv = (dst / "index.tsv").read_text().splitlines()
+    assert tsv[0].split("\t") == list(preparation.TSV_COLUMNS) and len(tsv) == 56
+
+
+def test_shards_read_by_webdataset(tmp_path, shared_data):
+    wds = pytest.importorskip("webdataset")
+    dst = tmp_path / "out"
+    prepare(shared_data / "labelled" / "dlib_johns", dst, workers=2, format="shards", shard_size="200KB",
+            progress=False, verbose=False)
+    index = load_index(dst)
+    assert len(index["shards"]) > 1
+    urls = [str(dst / s["name"]) for s in index["shards"]]
+    expected = {e["key"]: e for e in index["files"]}
+    seen = 0
+    for key, jpeg, cls in wds.WebDataset(urls, shardshuffle=False, empty_check=False).to_tuple("__key__", "jpg", "cls"):
+        assert int(cls) == expected[key]["label"]
+        assert hashlib.sha256(jpeg).hexdigest() == expected[key]["sha256"]
+        assert funloader.read_fun(jpeg).shape == (192, 28, 28)
+        seen += 1
+    assert seen == 55
+
+
+def test_shards_read_by_dali(tmp_path, shared_data):
+    pytest.importorskip("nvidia.dali")
+    from nvidia.dali import fn, pipeline_def
+
+    dst = tmp_path / "out"
+    prepare(shared_data / "labelled" / "dlib_johns", dst, workers=2, format="shards", shard_size="20",
+            shuffle=False, progress=False, verbose=False)
+    index = load_index(dst)
+
+    @pipeline_def(batch_size=5, num_threads=1, device_id=None)
+    def pipe():
+        jpeg, cls = fn.readers.webdataset(paths=[str(dst / s["name"]) for s in index["shards"]],
+                                          ext=["jpg", "cls"], missing_component_behavior="error")
+        return jpeg, cls
+
+    p = pipe()
+    p.build()
+    got = []
+    for _ in range(11):  # 55 samples in batches of 5
+        jpegs, classes = p.run()
+        for i in range(len(jpegs)):
+            got.append((hashlib.sha256(np.array(jpegs.at(i)).tobytes()).hexdigest(),
+                        int(np.array(classes.at(i)).tobytes().decode())))
+    assert got == [(e["sha256"], e["label"]) for e in index["files"]]  # shuffle=False: key order
+
+
+@pytest.mark.parametrize("layout", ["folder", "shards"])
+def test_mixed_inputs_failures_and_orientation(tmp_path, mixed_src, layout):
+    dst = tmp_path / "out"
+    with pytest.raises(PrepareFailures) as info:
+        prepare(mixed_src, dst, workers=2, format=layout, shard_size="4", progress=False, verbose=False)
+    result = info.value.result
+    assert result.failed == 4 and result.converted == 11 and result.ignored == 1  # README.txt
+    failures = failures_of(dst)
+    assert set(failures) == BAD_INPUTS
+    assert "empty file" in failures["misc/empty.jpg"]
+    assert "truncated" in failures["misc/truncated.jpg"]
+    assert str(mixed_src) not in "".join(failures.values())  # reasons name the relative path only
+    index = load_index(dst)
+    assert index["classes"] == ["misc", "photos"] and index["counts"] == {"images": 11, "failed": 4, "ignored": 1}
+    outputs = decoded_outputs(dst, index)
+    by_source = {e["source"]: outputs[e["key"]] for e in index["files"]}
+    assert "misc/photo_as.png" in by_source and "photos/.hidden.jpg" not in by_source
+    for data in by_source.values():
+        assert funloader.read_fun(data).shape == (192, 28, 28)
+    if layout == "folder":
+        assert (dst / "misc" / "photo_as.jpg").exists()
+    upright = np.asarray(Image.open(io.BytesIO(by_source["misc/exif_rotated.jpg"])).convert("RGB")).astype(int)
+    assert upright.shape == (224, 224, 3)
+    top, bottom = upright[:80].mean(axis=(0, 1)), upright[-80:].mean(axis=(0, 1))
+    assert top[0] > 200 and top[2] < 60 and bottom[2] > 200 and bottom[0] < 60
+    red = np.asarray(Image.open(io.BytesIO(by_source["misc/cmyk_red.jpg"])).convert("RGB")).astype(int).mean(axis=(0, 1))
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+
+
+def test_cli_exit_codes(tmp_path, mixed_src, capsys):
+    assert preparation.main([str(mixed_src), str(tmp_path / "a"), "--workers", "1", "--no-progress"]) == 1
+    assert "4 input(s) failed" in capsys.readouterr().err
+    assert preparation.main([str(mixed_src), str(tmp_path / "b"), "--workers", "1", "--no-progress",
+                             "--allow-failures"]) == 0
+    assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
+    # re-running a finished command changes nothing and skips everything
+    before = tree_bytes(tmp_path / "b")
+    assert preparation.main([str(mixed_src), str(tmp_path / "b"), "--workers", "1", "--no-progress",
+                             "--allow-failures"]) == 0
+    assert "converted 0, skipped 15" in capsys.readouterr().err
+    assert tree_bytes(tmp_path / "b") == before
+    # other settings into the same DST are refused; a bad option is a usage error
+    assert preparation.main([str(mixed_src), str(tmp_path / "b"), "--quality", "90", "--no-progress"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        preparation.main([str(mixed_src), str(tmp_path / "c"), "--subsampling", "411"])
+    assert preparation.main([str(mixed_src), str(mixed_src / "inside")]) == 2
+
+
+def test_flat_folder_is_unlabelled(tmp_path, shared_data):
+    src = tmp_path / "flat"
+    src.mkdir()
+    for path in sorted((shared_data / "photos").glob("*.jpg"))[:5]:
+        (src / path.name).write_bytes(path.read_bytes())
+    prepare(src, tmp_path / "folder", workers=1, progress=False, verbose=False)
+    prepare(src, tmp_path / "shards", workers=1, format="shards", progress=False, verbose=False)
+    for dst in (tmp_path / "folder", tmp_path / "shards"):
+        index = load_index(dst)
+        assert index["classes"] == [] and [e["label"] for e in index["files"]] == [-1] * 5
+    assert [fields.keys() for _, fields in iter_shard(tmp_path / "shards" / "shard-000000.tar")] == [{"jpg": b""}.keys()] * 5
+
+
+def test_encoding_options(tmp_path, mixed_src):
+    photo = sorted(p for p in (mixed_src / "photos").glob("*.jpg") if not p.name.startswith("."))[0]
+    data = photo.read_bytes()
+    with Image.open(photo) as im:
+        w, h = im.size
+    settings = preparation.EncodeSettings(size=224, subsampling="444", quality=90, progressive=True)
+    jpeg, out_size, source_size = preparation.encode_image(data, settings)
+    image = funloader.read_dct(jpeg)
+    assert out_size == (224, 224) and source_size == (w, h)
+    assert image.sampling[0] == (1, 1) and image.progressive
+    jpeg, out_size, _ = preparation.encode_image(data, preparation.EncodeSettings(size=224, crop="none", resize_shorter=256))
+    assert min(out_size) == 256 and abs(out_size[0] / out_size[1] - w / h) < 0.02
+    jpeg, out_size, _ = preparation.encode_image(data, preparation.EncodeSettings(size=112, resize_shorter=128))
+    assert funloader.read_fun(jpeg).shape == (192, 14, 14)
+    with pytest.raises(PrepareError):
+        prepare(mixed_src, tmp_path / "x", size=224, resize_shorter=200, progress=False)
+    assert preparation.parse_byte_size("1GB") == 10**9 and preparation.parse_byte_size("2MiB") == 2 * 2**20
+    assert preparation.parse_shard("1/4") == (1, 4)
+    for bad in ("4/4", "1-4", "0/0"):
+        with pytest.raises(ValueError):
+            preparation.parse_shard(bad)
+
+
+# ---------------------------------------------------------------------------------------------- stats
+
+def test_stats_match_direct_computation(tmp_path, shared_data):
+    src = shared_data / "labelled" / "dlib_johns"
+    prepare(src, tmp_path / "f", workers=2, stats=True, progress=False, verbose=False)
+    prepare(src, tmp_path / "s", workers=2, stats=True, format="shards", shard_size="10", progress=False,
+            verbose=False)
+    index = load_index(tmp_path / "f")
+    stack = np.stack([funloader.read_fun(tmp_path / "f" / e["path"]) for e in index["files"]]).astype(np.float64)
+    mean = stack.mean(axis=(0, 2, 3))
+    std = stack.std(axis=(0, 2, 3))
+    for dst in (tmp_path / "f", tmp_path / "s"):
+        stats = json.loads((dst / "stats.json").read_text())
+        assert len(stats["mean"]) == len(stats["std"]) == 192 and stats["count"] == 55
+        np.testing.assert_allclose(stats["mean"], mean, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(stats["std"], std, rtol=1e-9, atol=1e-9)
+        assert load_index(dst)["stats"] == "stats.json"
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["folder", "shards"])
+def test_sigkill_then_resume_is_byte_identical(tmp_path, big_src, layout):
+    reference = tmp_path / "reference"
+    args = ["--workers", "2", "--format", layout, "--shard-size", "10", "--no-progress"]
+    prepare(big_src, reference, workers=2, format=layout, shard_size="10", progress=False, verbose=False)
+    total = load_index(reference)["counts"]["images"]
+    assert total == 420
+
+    dst = tmp_path / "killed"
+    journal = dst / preparation.STATE_DIR / "journal-0-of-1.jsonl"
+    command = [sys.executable, "-m", "funloader", "prepare", str(big_src), str(dst), *args]
+    process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    done_lines = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        if journal.exists():
+            done_lines = journal.read_bytes().count(b"\n") - 1  # minus the header
+            if done_lines >= (60 if layout == "folder" else 6):
+                break
+        time.sleep(0.005)
+    assert process.poll() is None, f"run finished before it could be killed: {process.stderr.read().decode()}"
+    os.killpg(process.pid, signal.SIGKILL)  # the CLI and its worker processes, like an OOM kill or a node loss
+    process.wait()
+    assert not (dst / "index.json").exists()
+    # no partial file under a final name: every output present is complete and equals the reference
+    final = {k: v for k, v in tree_bytes(dst).items() if not k.startswith(preparation.STATE_DIR)}
+    ref_tree = tree_bytes(reference)
+    assert 0 < len(final) < len(ref_tree)
+    for name, data in final.items():
+        assert data == ref_tree[name], name
+
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    skipped = int(rerun.stderr.split("skipped ")[1].split(",")[0])
+    assert skipped >= done_lines * (1 if layout == "folder" else 10) > 0
+    assert tree_bytes(dst) == ref_tree
+
+
+def test_torn_journal_line_is_dropped(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    header = {"journal": 1, "settings": {"quality": 100}}
+    journal = preparation._Journal(path, header)
+    journal.append({"unit": 0, "files": [], "failures": []})
+    journal.append({"unit": 1, "files": [], "failures": []})
+    journal.close()
+    with open(path, "ab") as handle:
+        handle.write(b'{"unit": 2, "fil')  # killed mid-write
+    journal = preparation._Journal(path, header)
+    assert sorted(journal.units) == [0, 1]
+    journal.append({"unit": 2, "files": [], "failures": []})
+    journal.close()
+    lines = path.read_bytes().splitlines()
+    assert [json.loads(line).get("unit") for line in lines] == [None, 0, 1, 2]
+    with pytest.raises(PrepareError):
+        preparation._Journal(path, {"journal": 1, "settings": {"quality": 90}})
+
+
+def test_damaged_output_is_redone(tmp_path, shared_data):
+    src = shared_data / "labelled" / "dlib_johns"
+    dst = tmp_path / "out"
+    prepare(src, dst, workers=1, progress=False, verbose=False)
+    reference = tree_bytes(dst)
+    victim = dst / load_index(dst)["files"][3]["path"]
+    victim.write_bytes(victim.read_bytes()[:100])  # e.g. a later disk problem: size no longer matches
+    result = prepare(src, dst, workers=1, progress=False, verbose=False)
+    assert result.converted == 1 and result.skipped == 54
+    assert tree_bytes(dst) == reference
+
+
+# ---------------------------------------------------------------------------------------------- sharding
+
+@pytest.mark.parametrize("layout", ["folder", "shards"])
+def test_shard_jobs_plus_merge_equal_single_run(tmp_path, mixed_src, layout):
+    options = dict(workers=2, format=layout, shard_size="3", stats=True, allow_failures=True, progress=False,
+                   verbose=False)
+    single = tmp_path / "single"
+    prepare(mixed_src, single, **options)
+
+    shared = tmp_path / "shared"
+    first = prepare(mixed_src, shared, shard="0/2", **options)
+    assert not first.complete and not (shared / "index.json").exists()
+    with pytest.raises(PrepareError, match="missing --shard 1/2"):
+        merge(shared, progress=False, verbose=False)
+    second = prepare(mixed_src, shared, shard=(1, 2), **options)
+    assert first.total + second.total == 15 and first.total > 0 and second.total > 0
+    merged = merge(shared, allow_failures=True, progress=False, verbose=False)
+    assert merged.complete and merged.failed == 4
+    assert tree_bytes(shared) == tree_bytes(single)
+
+    # jobs that wrote to separate folders (separate machines) are gathered by merge
+    parts = [tmp_path / "job0", tmp_path / "job1"]
+    for i, part in enumerate(parts):
+        prepare(mixed_src, part, shard=f"{i}/2", **options)
+    gathered = tmp_path / "gathered"
+    assert preparation.main(["--merge", str(gathered), *map(str, parts), "--allow-failures", "--no-progress"]) == 0
+    assert tree_bytes(gathered) == tree_bytes(single)
+
+
+def test_shard_jobs_with_different_settings_do_not_merge(tmp_path, mixed_src):
+    dst = tmp_path / "out"
+    prepare(mixed_src, dst, shard="0/2", workers=1, allow_failures=True, progress=False, verbose=False)
+    other = tmp_path / "other"
+    prepare(mixed_src, other, shard="1/2", quality=90, workers=1, allow_failures=True, progress=False, verbose=False)
+    with pytest.raises(PrepareError, match="other settings"):
+        merge(dst, [other], progress=False, verbose=False)
+
+
+# ---------------------------------------------------------------------------------------------- shards.py
+
+def test_shard_writer_is_deterministic_and_atomic(tmp_path):
+    members = [("00000000.jpg", b"\xff\xd8abc"), ("00000000.cls", b"3"), ("00000001.jpg", b"x" * 1000)]
+    digests = []
+    for name in ("a.tar", "b.tar"):
+        writer = ShardWriter(tmp_path / name, tmp_path / f".{name}.tmp")
+        for member, data in members:
+            writer.add(member, data)
+        assert not (tmp_path / name).exists()  # nothing under the final name before commit
+        size, digest = writer.commit()
+        assert size == (tmp_path / name).stat().st_size and not (tmp_path / f".{name}.tmp").exists()
+        digests.append(digest)
+    assert digests[0] == digests[1] and (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    assert list(iter_shard(tmp_path / "a.tar")) == [("00000000", {"jpg": b"\xff\xd8abc", "cls": b"3"}),
+                                                    ("00000001", {"jpg": b"x" * 1000})]
+    writer = ShardWriter(tmp_path / "c.tar", tmp_path / ".c.tmp")
+    writer.add("00000000.jpg", b"data")
+    writer.abort()
+    assert not (tmp_path / "c.tar").exists() and not (tmp_path / ".c.tmp").exists()
