@@ -1,0 +1,221 @@
+"""Build the funloader DALI plugin (``libfunloader_dali.so``) on first use, into a cache directory.
+
+The plugin is one C++ file (``dct_decode_op.cc``, the DALI operator) plus funloader's C core
+(``funloader/csrc/jpegdct_core.c``, compiled in, not copied), built with the installed DALI's own
+compile/link flags (``nvidia.dali.sysconfig``) and linked against the system libjpeg-turbo.  It
+must match the DALI it is loaded into, so it is built where it runs, once per DALI version and
+source revision::
+
+    $FUNLOADER_CACHE_DIR (default $XDG_CACHE_HOME/funloader or ~/.cache/funloader)
+        dali-<dali version>-<hash of sources and flags>/libfunloader_dali.so
+
+The build is atomic (compiled under a temporary name, then renamed) and serialised across
+processes by a file lock, so concurrent first uses (e.g. one per GPU rank) build it once.
+
+Prebuild from the command line (prints the library path)::
+
+    python -m funloader.dali.build [--force] [--verbose]
+
+Needs: ``g++``/``gcc``, libjpeg-turbo headers (``jpeglib.h``) and the CUDA runtime headers that
+DALI's headers include (``cuda_runtime.h``: a CUDA toolkit, or ``pip install nvidia-cuda-runtime-cu12``).
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional
+
+LIBRARY_NAME = "libfunloader_dali.so"
+_HERE = Path(__file__).resolve().parent
+_CSRC = _HERE.parent / "csrc"
+#: The sources compiled into the plugin (the core is shared with the CPython extension).
+SOURCES = [_HERE / "dct_decode_op.cc", _HERE / "dct_decode_op.h", _CSRC / "jpegdct_core.c", _CSRC / "jpegdct_core.h"]
+_CXXFLAGS = ["-std=c++17", "-O3", "-fPIC", "-pthread", "-Wall", "-Wno-unused-parameter"]
+_CFLAGS = ["-std=c11", "-O3", "-fPIC", "-pthread", "-Wall", "-Wno-unused-parameter", "-Wno-clobbered"]
+
+
+class PluginBuildError(RuntimeError):
+    """The DALI plugin could not be built (missing compiler or headers, or a compiler error)."""
+
+
+def cache_root() -> Path:
+    """Where built plugins are kept: ``$FUNLOADER_CACHE_DIR`` or ``$XDG_CACHE_HOME/funloader`` or ``~/.cache/funloader``."""
+    explicit = os.environ.get("FUNLOADER_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "funloader"
+
+
+def _dali():
+    try:
+        import nvidia.dali as dali
+        import nvidia.dali.sysconfig as dali_sysconfig
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise PluginBuildError("NVIDIA DALI is not installed: pip install nvidia-dali-cuda120 "
+                               "(or use fun_pipeline(..., backend='external_source'))") from error
+    return dali, dali_sysconfig
+
+
+def _find_tool(names: List[str], env_var: str) -> str:
+    candidates = [os.environ[env_var]] if os.environ.get(env_var) else names
+    for name in candidates:
+        path = shutil.which(name.split()[0])
+        if path:
+            return path
+    raise PluginBuildError(
+        f"no C/C++ compiler found (looked for {', '.join(candidates)}; set ${env_var}). "
+        "Install one (Debian/Ubuntu: apt-get install g++; Fedora: dnf install gcc-c++) or use "
+        "fun_pipeline(..., backend='external_source'), which needs no build.")
+
+
+def _cuda_include_dirs() -> List[str]:
+    """Directories holding ``cuda_runtime.h`` (DALI's headers include it, even for CPU operators)."""
+    candidates = []
+    for var in ("FUNLOADER_CUDA_INCLUDE", "CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"):
+        value = os.environ.get(var)
+        if value:
+            candidates += [value, os.path.join(value, "include")]
+    candidates += ["/usr/local/cuda/include"] + sorted(glob.glob("/usr/local/cuda-*/include"), reverse=True)
+    for site in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
+        candidates += sorted(glob.glob(os.path.join(site, "nvidia", "cuda_runtime", "include")))
+        candidates += sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include")))
+    candidates += ["/usr/include"]
+    for directory in candidates:
+        if os.path.exists(os.path.join(directory, "cuda_runtime.h")):
+            return [directory]
+    raise PluginBuildError(
+        "cuda_runtime.h not found: DALI's plugin headers include it even for CPU operators. Install "
+        "the CUDA runtime headers (a CUDA toolkit, or `pip install nvidia-cuda-runtime-cu12`) or set "
+        "FUNLOADER_CUDA_INCLUDE to the directory that holds cuda_runtime.h; or use "
+        "fun_pipeline(..., backend='external_source'), which needs no build.")
+
+
+def _jpeg_include_dirs() -> List[str]:
+    candidates = [os.environ.get("JPEG_INCLUDE_DIR", ""), os.path.join(sys.prefix, "include"), "/usr/include",
+                  "/usr/local/include", "/opt/homebrew/include"]
+    for directory in candidates:
+        if directory and os.path.exists(os.path.join(directory, "jpeglib.h")):
+            return [directory] if directory != "/usr/include" else []
+    raise PluginBuildError("jpeglib.h (libjpeg-turbo headers) not found: apt-get install libjpeg62-turbo-dev "
+                           "(or libjpeg-turbo8-dev / libjpeg-turbo-devel), or set JPEG_INCLUDE_DIR")
+
+
+def build_flags() -> dict:
+    """Compiler commands and flags the plugin is built with (they are part of the cache key)."""
+    _, dali_sysconfig = _dali()
+    jpeg_lib = os.environ.get("JPEG_LIBRARY_DIR")
+    return {
+        "cxx": _find_tool(["g++", "c++", "clang++"], "CXX"),
+        "cc": _find_tool(["gcc", "cc", "clang"], "CC"),
+        "include": [str(_CSRC)] + _jpeg_include_dirs() + _cuda_include_dirs(),
+        "dali_compile": list(dali_sysconfig.get_compile_flags()),
+        "dali_link": list(dali_sysconfig.get_link_flags()) + [f"-Wl,-rpath,{dali_sysconfig.get_lib_dir()}"],
+        "link": ([f"-L{jpeg_lib}"] if jpeg_lib else []) + ["-ljpeg", "-pthread"],
+    }
+
+
+def library_path(flags: Optional[dict] = None) -> Path:
+    """Where the plugin for the installed DALI and the current sources lives (built or not)."""
+    dali, _ = _dali()
+    flags = flags or build_flags()
+    digest = hashlib.sha256()
+    for source in SOURCES:
+        digest.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
+    digest.update(repr(sorted(flags.items())).encode())
+    digest.update(repr((_CXXFLAGS, _CFLAGS)).encode())
+    return cache_root() / f"dali-{dali.__version__}-{digest.hexdigest()[:16]}" / LIBRARY_NAME
+
+
+def _run(command: List[str], verbose: bool) -> None:
+    if verbose:
+        print(" ".join(command), file=sys.stderr)
+    process = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if process.returncode != 0:
+        raise PluginBuildError(f"building the funloader DALI plugin failed ({command[0]} exited "
+                               f"{process.returncode}):\n{' '.join(command)}\n{process.stdout[-6000:]}")
+
+
+def _compile(flags: dict, target: Path, verbose: bool) -> None:
+    includes = [f"-I{d}" for d in flags["include"]]
+    with tempfile.TemporaryDirectory(prefix="build-", dir=target.parent) as scratch:
+        core_object = os.path.join(scratch, "jpegdct_core.o")
+        op_object = os.path.join(scratch, "dct_decode_op.o")
+        # The two compiles are independent: run them side by side.
+        jobs = [
+            [flags["cc"], *_CFLAGS, *includes, "-c", str(_CSRC / "jpegdct_core.c"), "-o", core_object],
+            [flags["cxx"], *_CXXFLAGS, *flags["dali_compile"], *includes, "-c", str(_HERE / "dct_decode_op.cc"),
+             "-o", op_object],
+        ]
+        processes = []
+        for command in jobs:
+            if verbose:
+                print(" ".join(command), file=sys.stderr)
+            processes.append((command, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                        text=True)))
+        for command, process in processes:
+            output, _ = process.communicate()
+            if process.returncode != 0:
+                raise PluginBuildError(f"building the funloader DALI plugin failed ({command[0]} exited "
+                                       f"{process.returncode}):\n{' '.join(command)}\n{output[-6000:]}")
+        temporary = os.path.join(scratch, LIBRARY_NAME)
+        _run([flags["cxx"], "-shared", "-o", temporary, op_object, core_object, *flags["dali_link"], *flags["link"]],
+             verbose)
+        os.replace(temporary, target)  # atomic: readers see no file or the whole library
+
+
+def build(force: bool = False, verbose: bool = False) -> Path:
+    """Build the plugin if it is not in the cache yet; return the path of ``libfunloader_dali.so``.
+
+    Raises:
+        PluginBuildError: DALI, a compiler, ``jpeglib.h`` or ``cuda_runtime.h`` is missing, or the
+            compiler failed (its output is in the message).
+    """
+    flags = build_flags()
+    target = library_path(flags)
+    if target.exists() and not force:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same plugin
+        try:
+            if target.exists() and not force:
+                return target
+            started = time.perf_counter()
+            if verbose:
+                print(f"funloader: building the DALI plugin into {target}", file=sys.stderr)
+            _compile(flags, target, verbose)
+            if verbose:
+                print(f"funloader: built in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return target
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m funloader.dali.build",
+                                     description="Build (or find) the funloader DALI plugin and print its path.")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the cache has it")
+    parser.add_argument("--verbose", "-v", action="store_true", help="show the compiler commands")
+    args = parser.parse_args(argv)
+    try:
+        path = build(force=args.force, verbose=args.verbose)
+    except PluginBuildError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+// funloader DALI plugin: CPU operator `fn.funloader.dct_decode` (see dct_decode_op.h).
+//
+// Input 0: encoded JPEG bytes, one uint8 1-D tensor per sample (fn.readers.file,
+// fn.readers.webdataset, fn.external_source, ...).
+// Output 0: (C, crop_h, crop_w) layout "CHW", C = 192 or len(channels); int16 raw quantized
+// coefficients, or float32 (raw, or multiplied by the quantization tables with dequantize=True).
+// channel = 64 * component + 8 * v + u; chroma replicated onto the luma block grid; each image
+// centre-cropped or zero-padded by whole blocks to the crop grid exactly as funloader.read_batch.
+#include "dct_decode_op.h"
+
+#include <cstring>
+#include <utility>
+
+namespace funloader_dali {
+
+DecoderSlot::DecoderSlot() : decoder(fl_decoder_new()) {
+  if (!decoder) throw std::bad_alloc();
+}
+
+DecoderSlot::~DecoderSlot() {
+  fl_decoder_free(decoder);
+}
+
+namespace {
+
+const char *ErrorKind(int status) {
+  switch (status) {
+    case FL_ERR_UNSUPPORTED: return "UnsupportedJPEGError";
+    case FL_ERR_IO: return "OSError";
+    case FL_ERR_NOMEM: return "MemoryError";
+    case FL_ERR_ARGUMENT: return "ValueError";
+    default: return "JPEGDecodeError";
+  }
+}
+
+}  // namespace
+
+DctDecode::DctDecode(const ::dali::OpSpec &spec) : ::dali::Operator<::dali::CPUBackend>(spec) {
+  std::vector<int> crop = spec.GetRepeatedArgument<int>("crop");
+  DALI_ENFORCE(crop.size() == 2 && crop[0] > 0 && crop[1] > 0,
+               "funloader.dct_decode: `crop` must be two positive block counts (H8, W8)");
+  out_h8_ = crop[0];
+  out_w8_ = crop[1];
+  dequantize_ = spec.GetArgument<bool>("dequantize");
+  strict_ = spec.GetArgument<bool>("strict");
+  max_pixels_ = spec.GetArgument<int64_t>("max_pixels");
+  max_scans_ = spec.GetArgument<int>("max_scans");
+  std::string on_error = spec.GetArgument<std::string>("on_error");
+  DALI_ENFORCE(on_error == "raise" || on_error == "zero",
+               "funloader.dct_decode: `on_error` must be \"raise\" or \"zero\", got \"" + on_error + "\"");
+  replace_on_error_ = on_error == "zero";
+  dtype_ = spec.GetArgument<::dali::DALIDataType>("dtype");
+  if (dequantize_ && !spec.HasArgument("dtype")) dtype_ = DALI_FLOAT;
+  if (dtype_ == DALI_INT16) {
+    DALI_ENFORCE(!dequantize_, "funloader.dct_decode: dequantize=True needs dtype FLOAT "
+                               "(dequantized coefficients overflow int16)");
+    fl_dtype_ = FL_DTYPE_INT16;
+    elem_size_ = sizeof(int16_t);
+  } else if (dtype_ == DALI_FLOAT) {
+    fl_dtype_ = FL_DTYPE_FLOAT32;
+    elem_size_ = sizeof(float);
+  } else {
+    DALI_FAIL("funloader.dct_decode: `dtype` must be INT16 or FLOAT");
+  }
+  channels_ = spec.GetRepeatedArgument<int>("channels");
+  for (size_t i = 0; i < channels_.size(); i++) {
+    DALI_ENFORCE(channels_[i] >= 0 && channels_[i] < 192,
+                 "funloader.dct_decode: `channels` entries must be in 0..191");
+  }
+}
+
+std::unique_ptr<DecoderSlot> DctDecode::Acquire() {
+  {
+    std::lock_guard<std::mutex> guard(pool_mutex_);
+    if (!pool_.empty()) {
+      std::unique_ptr<DecoderSlot> slot = std::move(pool_.back());
+      pool_.pop_back();
+      return slot;
+    }
+  }
+  return std::make_unique<DecoderSlot>();
+}
+
+void DctDecode::Release(std::unique_ptr<DecoderSlot> slot) {
+  std::lock_guard<std::mutex> guard(pool_mutex_);
+  pool_.push_back(std::move(slot));
+}
+
+bool DctDecode::SetupImpl(std::vector<::dali::OutputDesc> &output_desc,
+                          const ::dali::Workspace &ws) {
+  const auto &input = ws.Input<::dali::CPUBackend>(0);
+  DALI_ENFORCE(input.type() == DALI_UINT8,
+               "funloader.dct_decode: the input must be encoded JPEG bytes (uint8)");
+  int batch_size = input.num_samples();
+  int64_t channels = channels_.empty() ? 192 : static_cast<int64_t>(channels_.size());
+  output_desc.resize(1);
+  output_desc[0].type = dtype_;
+  output_desc[0].shape = ::dali::uniform_list_shape(
+      batch_size, ::dali::TensorShape<3>{channels, out_h8_, out_w8_});
+  return true;
+}
+
+std::string DctDecode::DecodeSample(const uint8_t *data, size_t size, void *out) {
+  const size_t plane = static_cast<size_t>(out_h8_) * out_w8_ * elem_size_;
+  std::unique_ptr<DecoderSlot> slot = Acquire();
+  void *target = out;
+  size_t target_bytes = 192 * plane;
+  if (!channels_.empty()) {
+    slot->scratch.resize(target_bytes);
+    target = slot->scratch.data();
+  }
+  fl_options options;
+  std::memset(&options, 0, sizeof(options));
+  options.strict = strict_ ? 1 : 0;
+  options.max_pixels = max_pixels_ > 0 ? static_cast<uint64_t>(max_pixels_) : 0;
+  options.max_scans = max_scans_;
+  fl_header header;
+  fl_result result;
+  int status = fl_decode_fun(slot->decoder, data, size, &options, target, target_bytes, fl_dtype_,
+                             dequantize_ ? 1 : 0, out_h8_, out_w8_, &header, &result);
+  if (!channels_.empty()) {
+    // On error the core zero-filled the scratch plane, so the selection is zero as well.
+    uint8_t *dst = static_cast<uint8_t *>(out);
+    for (size_t i = 0; i < channels_.size(); i++)
+      std::memcpy(dst + i * plane, slot->scratch.data() + channels_[i] * plane, plane);
+  }
+  Release(std::move(slot));
+  if (status == FL_OK) return std::string();
+  std::string message = result.message[0] ? std::string(result.message) : std::string("decoding failed");
+  return std::string(ErrorKind(status)) + "|" + message;
+}
+
+void DctDecode::RunImpl(::dali::Workspace &ws) {
+  const auto &input = ws.Input<::dali::CPUBackend>(0);
+  auto &output = ws.Output<::dali::CPUBackend>(0);
+  output.SetLayout("CHW");
+  int batch_size = input.num_samples();
+  std::vector<std::string> errors(batch_size);
+  auto &thread_pool = ws.GetThreadPool();
+  for (int i = 0; i < batch_size; i++) {
+    thread_pool.AddWork([this, &input, &output, &errors, i](int) {
+      const auto &sample = input[i];
+      const uint8_t *data = sample.data<uint8_t>();
+      size_t size = static_cast<size_t>(sample.shape().num_elements());
+      errors[i] = DecodeSample(data, size, output.raw_mutable_tensor(i));
+    }, -i);  // FIFO: earlier samples first
+  }
+  thread_pool.RunAll();
+  if (replace_on_error_) return;
+  for (int i = 0; i < batch_size; i++) {
+    if (errors[i].empty()) continue;
+    std::string source = input.GetMeta(i).GetSourceInfo();
+    size_t bar = errors[i].find('|');
+    // Parsed by funloader.dali (_raise_decode_error): keep the "funloader: <Kind> in '<source>': "
+    // prefix stable.
+    DALI_FAIL("funloader: " + errors[i].substr(0, bar) + " in '" +
+              (source.empty() ? std::string("<sample ") + std::to_string(i) + ">" : source) +
+              "': " + errors[i].substr(bar + 1) + " [sample " + std::to_string(i) +
+              " of the batch; pass on_error=\"zero\" to replace bad samples with zeros]");
+  }
+}
+
+}  // namespace funloader_dali
+
+namespace dali {
+
+DALI_REGISTER_OPERATOR(funloader__DctDecode, ::funloader_dali::DctDecode, CPU);
+
+DALI_SCHEMA(funloader__DctDecode)
+    .DocStr(R"code(Reads the quantized DCT coefficients of JPEG images (entropy decoding only: no IDCT,
+colour conversion or resize) and lays them out as the FUN input ``(C, crop_h, crop_w)``, layout CHW:
+``channel = 64 * component + 8 * v + u`` (Y, Cb, Cr; chroma replicated onto the luma block grid;
+grayscale gives zero chroma). Each image is centre-cropped or zero-padded by whole 8x8 blocks to
+``crop``, exactly as ``funloader.read_batch``. The decoding is funloader's C core.)code")
+    .NumInput(1)
+    .NumOutput(1)
+    .InputDox(0, "data", "TensorList", "Encoded JPEG bytes, one 1-D uint8 tensor per sample.")
+    .AddOptionalArg<int>("crop", "Output block grid (H8, W8); 28x28 blocks = 224x224 pixels.",
+                         std::vector<int>{28, 28})
+    .AddOptionalArg("dequantize", "Multiply by the quantization tables (float32 output).", false)
+    .AddOptionalTypeArg("dtype", "Output type: INT16 (raw coefficients) or FLOAT.", DALI_INT16)
+    .AddOptionalArg("strict", "Treat recoverable corruption (truncation, bad Huffman codes) as an error.",
+                    true)
+    .AddOptionalArg<int64_t>("max_pixels",
+                             "Decompression-bomb limit (width*height from the header); 0: no limit.",
+                             static_cast<int64_t>(178956970))
+    .AddOptionalArg("max_scans", "Refuse progressive files with more scans than this; <= 0: no limit.",
+                    1000)
+    .AddOptionalArg("on_error",
+                    "\"raise\": a bad sample stops the pipeline with an error naming its file; "
+                    "\"zero\": the bad sample's output is all zeros and the pipeline goes on.",
+                    std::string("raise"))
+    .AddOptionalArg<int>("channels",
+                         "Indices (0..191) of the channels to output, in this order; empty: all 192.",
+                         std::vector<int>{});
+
+}  // namespace dali

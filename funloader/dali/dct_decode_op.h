@@ -1,0 +1,66 @@
+// funloader DALI plugin: a CPU operator that turns encoded JPEG bytes into the FUN input.
+//
+// Schema name "funloader__DctDecode" -> Python `fn.funloader.dct_decode` / `ops.funloader.DctDecode`.
+// The decoding itself is funloader's C core (funloader/csrc/jpegdct_core.c), compiled into the
+// plugin library, so outputs equal funloader.read_batch bit for bit.
+#ifndef FUNLOADER_DALI_DCT_DECODE_OP_H_
+#define FUNLOADER_DALI_DCT_DECODE_OP_H_
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "dali/pipeline/operator/operator.h"
+
+extern "C" {
+#include "jpegdct_core.h"
+}
+
+namespace funloader_dali {
+
+// One libjpeg decoder plus a (192, H8, W8) scratch plane for channel selection; used by one
+// thread at a time (checked out of DctDecode's pool for each sample).
+struct DecoderSlot {
+  fl_decoder *decoder = nullptr;
+  std::vector<uint8_t> scratch;
+  DecoderSlot();
+  ~DecoderSlot();
+  DecoderSlot(const DecoderSlot &) = delete;
+  DecoderSlot &operator=(const DecoderSlot &) = delete;
+};
+
+class DctDecode : public ::dali::Operator<::dali::CPUBackend> {
+ public:
+  explicit DctDecode(const ::dali::OpSpec &spec);
+  ~DctDecode() override = default;
+
+ protected:
+  bool SetupImpl(std::vector<::dali::OutputDesc> &output_desc,
+                 const ::dali::Workspace &ws) override;
+  void RunImpl(::dali::Workspace &ws) override;
+
+ private:
+  std::unique_ptr<DecoderSlot> Acquire();
+  void Release(std::unique_ptr<DecoderSlot> slot);
+  // Decodes sample `index` into `out`; returns "" on success or the error text.
+  std::string DecodeSample(const uint8_t *data, size_t size, void *out);
+
+  int out_h8_, out_w8_;
+  bool dequantize_;
+  bool strict_;
+  bool replace_on_error_;
+  int64_t max_pixels_;
+  int max_scans_;
+  ::dali::DALIDataType dtype_;
+  int fl_dtype_;
+  size_t elem_size_;
+  std::vector<int> channels_;  // empty: all 192 in order
+  std::mutex pool_mutex_;
+  std::vector<std::unique_ptr<DecoderSlot>> pool_;
+};
+
+}  // namespace funloader_dali
+
+#endif  // FUNLOADER_DALI_DCT_DECODE_OP_H_
