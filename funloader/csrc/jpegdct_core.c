@@ -139,6 +139,19 @@ void fl_decoder_free(fl_decoder *decoder) {
   free(decoder);
 }
 
+/* libjpeg keeps DQT/DHT tables in its permanent pool across images (for abbreviated streams), so a
+ * file that omits or fails to define a table would silently decode with the previous image's on a
+ * reused decoder (and fail on a fresh one): results would depend on decode history.  Every image
+ * therefore starts from a decompressor without tables; recreating it is the only way to drop them
+ * without leaking the permanent pool. */
+static int fl_has_tables(j_decompress_ptr cinfo) {
+  for (int i = 0; i < NUM_QUANT_TBLS; i++)
+    if (cinfo->quant_tbl_ptrs[i]) return 1;
+  for (int i = 0; i < NUM_HUFF_TBLS; i++)
+    if (cinfo->dc_huff_tbl_ptrs[i] || cinfo->ac_huff_tbl_ptrs[i]) return 1;
+  return 0;
+}
+
 void fl_abort(fl_decoder *decoder) {
   if (decoder->active) {
     jpeg_abort_decompress(&decoder->cinfo);
@@ -228,6 +241,13 @@ int fl_begin(fl_decoder *decoder, const uint8_t *data, size_t size, const fl_opt
   if (setjmp(decoder->err.jump)) {
     fl_abort(decoder);
     return result->status;
+  }
+  if (!decoder->created || fl_has_tables(cinfo)) { /* no stale tables (see fl_has_tables) */
+    if (decoder->created) jpeg_destroy_decompress(cinfo);
+    decoder->created = 0;
+    jpeg_create_decompress(cinfo); /* keeps cinfo->err; errors only on out-of-memory */
+    decoder->created = 1;
+    cinfo->progress = &decoder->progress;
   }
   decoder->active = 1;
   jpeg_mem_src(cinfo, (const unsigned char *)data, (unsigned long)size);
