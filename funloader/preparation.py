@@ -359,7 +359,7 @@ def _failure_reason(exc: BaseException, absolute: str, relative: str) -> str:
 def _convert_task(task):
     """Worker: ``(src_root, SourceItem, settings, out_file or None, tmp_dir)`` -> result dict.
 
-    With ``out_file`` the JPEG is written there atomically (temp file + fsync + os.replace) and only
+    With ``out_file`` the JPEG is written there atomically (temp file + os.replace) and only
     its metadata comes back; without, the JPEG bytes come back in ``"data"``.
     """
     src_root, item, settings, out_file, tmp_dir = task
@@ -379,10 +379,11 @@ def _convert_task(task):
     else:
         os.makedirs(os.path.dirname(out_file), exist_ok=True)
         tmp_file = os.path.join(tmp_dir, f"{item.index}.{os.getpid()}.jpg")
+        # No per-file fsync (it would cost ~30% of the throughput): os.replace makes the file appear
+        # whole or not at all to any later process, and on resume each journalled file is checked
+        # against its recorded size, so a file lost to a power cut is simply converted again.
         with open(tmp_file, "wb") as handle:
             handle.write(jpeg)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.replace(tmp_file, out_file)
     return result
 

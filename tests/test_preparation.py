@@ -414,3 +414,16 @@ def test_shard_writer_is_deterministic_and_atomic(tmp_path):
     writer.add("00000000.jpg", b"data")
     writer.abort()
     assert not (tmp_path / "c.tar").exists() and not (tmp_path / ".c.tmp").exists()
+
+
+@pytest.mark.parametrize("layout", ["folder", "shards"])
+def test_output_loads_with_dctimagefolder(tmp_path, shared_data, layout):
+    dst = tmp_path / "out"
+    prepare(shared_data / "labelled" / "dlib_johns", dst, workers=1, format=layout, shard_size="20",
+            progress=False, verbose=False)
+    index = load_index(dst)
+    dataset = funloader.DCTImageFolder(dst, dequantize=False)
+    assert len(dataset) == 55 and dataset.classes == index["classes"]
+    assert sorted(dataset.targets) == sorted(e["label"] for e in index["files"])
+    coefficients, label = dataset[7]
+    assert tuple(coefficients.shape) == (192, 28, 28) and 0 <= label < 5
