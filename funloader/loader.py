@@ -1,0 +1,441 @@
+"""``DCTLoader``: batched, threaded loading of JPEG DCT coefficients into (pinned) batches.
+
+Per batch: the sample indices of the epoch (shuffled with ``seed + epoch``, split by rank) are read
+with ``read_batch`` (native threads, GIL released) into one slot of a reused ring of CPU buffers
+(pinned when CUDA is used), every image centre-cropped / zero-padded to ``size`` blocks; then, as
+torch ops on the whole batch (on ``device``): conversion to float, the batch ``transform``
+(random parameters drawn per item from a generator seeded by ``(seed, epoch, rank, batch)``, so
+results do not depend on thread timing), normalisation with the 192 channel statistics,
+frequency selection (``keep``), ``channels_last`` and ``dtype``.
+
+A background thread prepares up to ``prefetch`` batches ahead. On the CPU it does all the work (the
+caller gets finished batches); with ``device="cuda"`` it decodes into pinned memory and the caller's
+thread copies (``non_blocking``) and transforms on the GPU. The thread stops when the epoch ends,
+when the iterator is closed or garbage-collected (``break`` out of the loop), on an exception or
+``KeyboardInterrupt`` in the caller, and at interpreter exit (it is a daemon thread).
+
+Last partial batch: with ``drop_last=False`` (default) the last batch of an epoch holds the
+remaining ``len(samples) % batch_size`` items (smaller first dimension); with ``drop_last=True`` it
+is dropped, so every batch has exactly ``batch_size`` items.
+"""
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import warnings
+import weakref
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from . import transforms as T
+from .channels import KeepSpec, channel_indices
+from .dataset import DCTImageFolder, decode_into
+
+__all__ = ["DCTLoader", "BatchDataset", "epoch_indices"]
+
+_POLL_S = 0.1
+_STOP = object()
+
+
+def epoch_indices(length: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> List[int]:
+    """The sample order of one epoch for one rank — the same as ``torch.utils.data.DistributedSampler``
+    (``shuffle``, ``seed``, ``drop_last=False``): ``randperm(length)`` from a generator seeded with
+    ``seed + epoch``, padded by repeating its start to a multiple of ``world_size``, then every
+    ``world_size``-th index from ``rank``. Ranks are disjoint except for the padding."""
+    if shuffle:
+        generator = torch.Generator()
+        generator.manual_seed(int(seed) + int(epoch))
+        order = torch.randperm(length, generator=generator).tolist()
+    else:
+        order = list(range(length))
+    if world_size > 1:
+        total = int(math.ceil(length / world_size)) * world_size
+        padding = total - len(order)
+        if padding > 0 and order:
+            order += (order * int(math.ceil(padding / len(order))))[:padding]
+        order = order[rank:total:world_size]
+    return order
+
+
+def _batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
+    mixed = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(rank), int(batch)])
+    return int(mixed.generate_state(1, dtype=np.uint64)[0] & 0x7FFFFFFFFFFFFFFF)
+
+
+def _resolve_stats(normalize, dataset: DCTImageFolder, dequantize: bool):
+    """(mean, std) numpy (192,) or None."""
+    from .stats import load_stats
+
+    if normalize is None or normalize is False:
+        return None
+    if isinstance(normalize, (str, os.PathLike)) and os.fspath(normalize) != "auto":
+        stats = load_stats(normalize, dequantize=dequantize)
+        if stats is None:
+            raise FileNotFoundError(f"{normalize}: no funloader stats file")
+    elif isinstance(normalize, dict):
+        stats = normalize
+    elif isinstance(normalize, (tuple, list)) and len(normalize) == 2:
+        stats = {"mean": normalize[0], "std": normalize[1]}
+    elif normalize is True or normalize == "auto":
+        stats = load_stats(dataset.root, dequantize=dequantize) if dataset.root else None
+        if stats is None:
+            if normalize is True:
+                raise FileNotFoundError(f"{dataset.root}: no channel statistics for dequantize={dequantize}; "
+                                        f"run 'funloader stats {dataset.root}' first")
+            warnings.warn(f"funloader: no channel statistics next to {dataset.root} for dequantize={dequantize}: "
+                          f"batches are not normalised (run 'funloader stats DIR' to compute them)", stacklevel=4)
+            return None
+    else:
+        raise TypeError("normalize must be 'auto', True, False/None, a stats path, a stats dict or (mean, std)")
+    mean = np.asarray(stats["mean"], dtype=np.float64).reshape(192)
+    std = np.asarray(stats["std"], dtype=np.float64).reshape(192)
+    return mean, std
+
+
+class DCTLoader:
+    """Iterate over ``(coefficients, labels)`` batches of a JPEG dataset without decoding pixels.
+
+    Args:
+        dataset_or_root: a ``DCTImageFolder`` or anything it accepts (ImageFolder root, prepared
+            folder, shard directory / ``.tar`` list, ``(path, label)`` list).
+        batch_size: items per batch.
+        shuffle: reshuffle the order every epoch (``seed + epoch``, see ``set_epoch``).
+        drop_last: drop the last partial batch (else it is smaller, see the module docstring).
+        num_threads: native decoding threads per batch (default: all CPUs of this process).
+        prefetch: batches prepared ahead by the background thread (>= 1).
+        pin_memory: pin the CPU decode buffers (default: when CUDA is available and ``device`` is CUDA).
+        device: where the transforms run and batches are returned (``"cpu"``, ``"cuda"``, ...).
+        dtype: floating dtype of the returned coefficients (float32, bfloat16, float16).
+        channels_last: return batches in ``torch.channels_last`` memory format.
+        sampler: an iterable of indices (e.g. ``DistributedSampler``) replacing the built-in order;
+            its ``set_epoch`` is called by ``set_epoch``; ``shuffle`` / ``rank`` are then ignored.
+        seed, epoch: determine the order and the random augmentation of an epoch.
+        rank, world_size: this process' share of the data (default: from ``torch.distributed`` when
+            initialised, else 0 and 1); each rank sees a disjoint ``1/world_size`` of the samples.
+        size: block grid ``(H8, W8)`` every image is centre-cropped / zero-padded to by ``read_batch``
+            before ``transform`` (default 28 = 224 px).
+        transform: batch transform from ``funloader.transforms`` (e.g. ``Compose([RandomResizedCrop(28),
+            RandomHorizontalFlip()])``), applied to float coefficients before normalisation
+            (default: the dataset's ``transform``).
+        dequantize: dequantised float coefficients (default, True) or raw quantised integers (the
+            paper's released models); default: the dataset's setting.
+        normalize: ``"auto"`` (default: the statistics file next to the data for this ``dequantize``
+            mode if present, else no normalisation with a warning), True (require it), False/None,
+            a stats file path, a dict with ``mean``/``std``, or ``(mean, std)``.
+        keep, keep_mode: frequency selection after normalisation (``"44/10/10"``; ``"drop"`` removes
+            the other channels, ``"zero"`` zeroes them).
+        on_error, strict: override the dataset's policies (``"raise"`` / ``"skip"``).
+
+    Each item is ``(x, y)``: ``x`` ``(B, C, size[0], size[1])`` of ``dtype`` on ``device`` (``C`` = 192, or
+    the kept count with ``keep_mode="drop"``), ``y`` int64 ``(B,)`` labels on ``device``.
+    """
+
+    def __init__(self, dataset_or_root, batch_size: int = 256, *, shuffle: bool = False, drop_last: bool = False,
+                 num_threads: Optional[int] = None, prefetch: int = 2, pin_memory: Optional[bool] = None,
+                 device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
+                 channels_last: bool = False, sampler=None, seed: int = 0, epoch: int = 0,
+                 rank: Optional[int] = None, world_size: Optional[int] = None, size=28,
+                 transform: Optional[Callable] = None, dequantize: Optional[bool] = None, normalize="auto",
+                 keep: KeepSpec = None, keep_mode: str = "drop", on_error: Optional[str] = None,
+                 strict: Optional[bool] = None):
+        if isinstance(dataset_or_root, DCTImageFolder):
+            dataset = dataset_or_root
+        else:
+            dataset = DCTImageFolder(dataset_or_root, dequantize=True if dequantize is None else dequantize)
+        if dequantize is not None:
+            dataset.dequantize = bool(dequantize)
+        if on_error is not None:
+            if on_error not in ("raise", "skip"):
+                raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            dataset.on_error = on_error
+        if strict is not None:
+            dataset.strict = bool(strict)
+        if int(batch_size) < 1:
+            raise ValueError("batch_size must be >= 1")
+        if keep_mode not in ("drop", "zero"):
+            raise ValueError(f"keep_mode must be 'drop' or 'zero', got {keep_mode!r}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.num_threads = num_threads
+        self.prefetch = max(1, int(prefetch))
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.channels_last = bool(channels_last)
+        self.sampler = sampler
+        self.seed = int(seed)
+        self.epoch = int(epoch)
+        if world_size is None or rank is None:
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            world_size = world_size if world_size is not None else (torch.distributed.get_world_size() if distributed else 1)
+            rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
+        if not 0 <= int(rank) < int(world_size):
+            raise ValueError(f"rank {rank} is not in 0..{int(world_size) - 1}")
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.size = T._pair(size)
+        self.transform = transform if transform is not None else dataset.transform
+        self.stats = _resolve_stats(normalize, dataset, dataset.dequantize)
+        self.keep = keep
+        self.keep_mode = keep_mode
+        self._kept = None if keep is None else channel_indices(keep)
+        if pin_memory is None:
+            pin_memory = self.device.type == "cuda" and torch.cuda.is_available()
+        self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
+        self._buffers: List[torch.Tensor] = []
+        self._live: "weakref.WeakSet[_EpochIterator]" = weakref.WeakSet()
+
+    # ------------------------------------------------------------------ epoch bookkeeping
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (reshuffles deterministically with ``seed + epoch``; forwarded to ``sampler``)."""
+        self.epoch = int(epoch)
+        if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(self.epoch)
+
+    def indices(self) -> List[int]:
+        """The sample indices this rank reads in the current epoch, in order."""
+        if self.sampler is not None:
+            if hasattr(self.sampler, "set_epoch"):
+                self.sampler.set_epoch(self.epoch)
+            return [int(i) for i in self.sampler]
+        return epoch_indices(len(self.dataset), shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
+                             rank=self.rank, world_size=self.world_size)
+
+    def batches(self) -> List[List[int]]:
+        """The index lists of the current epoch's batches (the last one partial unless ``drop_last``)."""
+        order = self.indices()
+        chunks = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.drop_last and chunks and len(chunks[-1]) < self.batch_size:
+            chunks.pop()
+        return chunks
+
+    def __len__(self) -> int:
+        count = len(self.sampler) if self.sampler is not None else (
+            int(math.ceil(len(self.dataset) / self.world_size)) if self.world_size > 1 else len(self.dataset))
+        return count // self.batch_size if self.drop_last else int(math.ceil(count / self.batch_size))
+
+    # ------------------------------------------------------------------ batch work
+    def _buffer_dtype(self):
+        return torch.float32 if self.dataset.dequantize else torch.int16
+
+    def _allocate(self, count: int) -> List[torch.Tensor]:
+        shape = (self.batch_size, 192) + self.size
+        needed = [b for b in self._buffers if b.shape == shape and b.dtype == self._buffer_dtype()]
+        while len(needed) < count:
+            buffer = torch.empty(shape, dtype=self._buffer_dtype())
+            if self.pin_memory:
+                buffer = buffer.pin_memory()
+            needed.append(buffer)
+        self._buffers = needed
+        return needed[:count]
+
+    def decode(self, batch_indices: Sequence[int], out: torch.Tensor) -> List[int]:
+        """Decode ``batch_indices`` into ``out[:len]`` (CPU); returns the labels placed (see ``on_error``)."""
+        return decode_into(self.dataset, batch_indices, out[:len(batch_indices)], threads=self.num_threads)
+
+    def finish(self, raw: torch.Tensor, labels: Sequence[int], batch_number: int, epoch: Optional[int] = None):
+        """Float conversion, transform, normalisation, frequency selection, layout — on ``raw``'s device."""
+        x = raw.to(torch.float32)
+        if self.transform is not None:
+            generator = torch.Generator()
+            generator.manual_seed(_batch_seed(self.seed, self.epoch if epoch is None else epoch, self.rank, batch_number))
+            x = self.transform(x, generator=generator) if isinstance(self.transform, T.DCTTransform) else self.transform(x)
+            if not x.is_floating_point():
+                x = x.to(torch.float32)
+        if self.stats is not None:
+            x = T.normalize(x, self.stats[0], self.stats[1])
+        if self._kept is not None:
+            x = T.select_frequencies(x, self.keep, self.keep_mode)
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
+        if x.device == raw.device and x.untyped_storage().data_ptr() == raw.untyped_storage().data_ptr():
+            x = x.clone()  # never hand out the reused decode buffer itself
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.as_tensor(labels, dtype=torch.int64)
+        if self.device.type != "cpu":
+            y = y.to(self.device, non_blocking=True)
+        return x, y
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        for old in list(self._live):
+            old.close()
+        iterator = _EpochIterator(self)
+        self._live.add(iterator)
+        return iterator
+
+    def close(self) -> None:
+        """Stop the background threads of any running epoch."""
+        for old in list(self._live):
+            old.close()
+
+    def batch_dataset(self) -> "BatchDataset":
+        """A map-style ``Dataset`` whose item ``b`` is batch ``b`` of the current epoch (CPU), for a
+        ``torch.utils.data.DataLoader(..., batch_size=None, num_workers=k)`` with worker processes."""
+        return BatchDataset(self)
+
+    def __repr__(self) -> str:
+        return (f"DCTLoader({len(self.dataset)} samples, batch_size={self.batch_size}, shuffle={self.shuffle}, "
+                f"drop_last={self.drop_last}, size={self.size}, device={self.device}, rank={self.rank}/{self.world_size}, "
+                f"normalized={self.stats is not None}, transform={self.transform!r})")
+
+
+class _State:
+    """What the producer thread shares with the iterator (the thread holds no reference to the iterator)."""
+
+    def __init__(self, slots: int, prefetch: int):
+        self.stop = threading.Event()
+        self.free: "queue.Queue[int]" = queue.Queue()
+        for slot in range(slots):
+            self.free.put(slot)
+        self.ready: "queue.Queue" = queue.Queue(maxsize=prefetch)
+        self.events: List[Optional[object]] = [None] * slots
+
+
+def _put(state: _State, item) -> bool:
+    while not state.stop.is_set():
+        try:
+            state.ready.put(item, timeout=_POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _produce(loader: DCTLoader, batches: List[List[int]], buffers: List[torch.Tensor], state: _State,
+             finish_here: bool, epoch: int) -> None:
+    try:
+        for number, batch in enumerate(batches):
+            slot = None
+            while slot is None:
+                if state.stop.is_set():
+                    return
+                try:
+                    slot = state.free.get(timeout=_POLL_S)
+                except queue.Empty:
+                    continue
+            event = state.events[slot]
+            if event is not None:
+                event.synchronize()  # the GPU copy out of this pinned slot has finished
+                state.events[slot] = None
+            buffer = buffers[slot]
+            labels = loader.decode(batch, buffer)
+            if finish_here:
+                item = loader.finish(buffer[:len(batch)], labels, number, epoch)
+                state.free.put(slot)
+                if not _put(state, ("batch", item)):
+                    return
+            elif not _put(state, ("slot", slot, len(batch), labels, number)):
+                return
+        _put(state, ("end",))
+    except BaseException as exc:  # handed to the caller's thread
+        _put(state, ("error", exc))
+
+
+class _EpochIterator:
+    """One epoch of a ``DCTLoader``; ``close()`` (or dropping it) stops its thread."""
+
+    def __init__(self, loader: DCTLoader):
+        self._loader = loader
+        self._batches = loader.batches()
+        self._remaining = len(self._batches)
+        finish_here = loader.device.type == "cpu"
+        slots = 1 if finish_here else loader.prefetch + 1
+        buffers = loader._allocate(slots)
+        self._buffers = buffers
+        self._state = _State(slots, loader.prefetch)
+        self._finish_here = finish_here
+        self._epoch = loader.epoch
+        self._thread = threading.Thread(target=_produce, name="funloader-DCTLoader", daemon=True,
+                                        args=(loader, self._batches, buffers, self._state, finish_here, loader.epoch))
+        self._thread.start()
+        self._finalizer = weakref.finalize(self, _shutdown, self._state, self._thread)
+
+    def __iter__(self):
+        return self
+
+    def __len__(self) -> int:
+        return self._remaining
+
+    def __next__(self):
+        if self._remaining == 0 or self._state.stop.is_set():
+            self.close()
+            raise StopIteration
+        try:
+            while True:
+                try:
+                    item = self._state.ready.get(timeout=_POLL_S)
+                    break
+                except queue.Empty:
+                    if not self._thread.is_alive() and self._state.ready.empty():
+                        raise RuntimeError("funloader: the loader thread ended unexpectedly") from None
+            kind = item[0]
+            if kind == "end":
+                self.close()
+                raise StopIteration
+            if kind == "error":
+                self.close()
+                raise item[1]
+            self._remaining -= 1
+            if kind == "batch":
+                return item[1]
+            _, slot, count, labels, number = item
+            loader = self._loader
+            pinned = self._buffers[slot][:count]
+            raw = pinned.to(loader.device, non_blocking=True)
+            if loader.device.type == "cuda":
+                event = torch.cuda.Event()
+                event.record()
+                self._state.events[slot] = event
+            self._state.free.put(slot)
+            return loader.finish(raw, labels, number, self._epoch)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the producer thread and wait for it (bounded)."""
+        self._finalizer()
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+
+def _shutdown(state: _State, thread: threading.Thread) -> None:
+    state.stop.set()
+    while True:  # unblock a producer waiting to put
+        try:
+            state.ready.get_nowait()
+        except queue.Empty:
+            break
+    if thread is not threading.current_thread():
+        thread.join(timeout=30)
+
+
+class BatchDataset(torch.utils.data.Dataset):
+    """Map-style dataset over the batches of a ``DCTLoader``'s current epoch (CPU tensors).
+
+    Item ``b`` decodes batch ``b`` with ``read_batch`` and applies the loader's batch transforms;
+    use with ``DataLoader(batch_dataset, batch_size=None, num_workers=k)`` to spread batches over
+    worker processes (set ``loader.num_threads`` to 1 or 2 then)."""
+
+    def __init__(self, loader: DCTLoader):
+        self.loader = loader
+        self.epoch = loader.epoch
+        self._batches = loader.batches()
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __getitem__(self, number: int):
+        batch = self._batches[number]
+        loader = self.loader
+        buffer = torch.empty((len(batch), 192) + loader.size, dtype=loader._buffer_dtype())
+        labels = loader.decode(batch, buffer)
+        x, y = loader.finish(buffer, labels, number, self.epoch)
+        return x.cpu(), y.cpu()
