@@ -33,8 +33,8 @@ struct fl_decoder {
   int max_scans;
   uint8_t *file_buffer;
   size_t file_capacity;
-  int *column_map; /* scratch: source block column of each output column */
-  size_t column_map_capacity;
+  JCOEF (*row_scratch)[64]; /* scratch: one output row of (replicated) blocks */
+  size_t row_capacity;      /* in coefficients */
 };
 
 static void fl_result_reset(fl_result *result) {
@@ -135,7 +135,7 @@ void fl_decoder_free(fl_decoder *decoder) {
   if (!decoder) return;
   if (decoder->created) jpeg_destroy_decompress(&decoder->cinfo);
   free(decoder->file_buffer);
-  free(decoder->column_map);
+  free(decoder->row_scratch);
   free(decoder);
 }
 
@@ -347,50 +347,118 @@ int fl_read_components(fl_decoder *decoder, fl_header *header, int16_t *const *c
 
 static size_t fl_dtype_size(int dtype) { return dtype == FL_DTYPE_FLOAT32 ? 4 : 2; }
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+
+/* In: r[i] = 8 consecutive coefficients of block i. Out: r[j] = coefficient j of blocks 0..7. */
+static inline void fl_transpose8x8(__m128i r[8]) {
+  __m128i a0 = _mm_unpacklo_epi16(r[0], r[1]), a1 = _mm_unpackhi_epi16(r[0], r[1]);
+  __m128i a2 = _mm_unpacklo_epi16(r[2], r[3]), a3 = _mm_unpackhi_epi16(r[2], r[3]);
+  __m128i a4 = _mm_unpacklo_epi16(r[4], r[5]), a5 = _mm_unpackhi_epi16(r[4], r[5]);
+  __m128i a6 = _mm_unpacklo_epi16(r[6], r[7]), a7 = _mm_unpackhi_epi16(r[6], r[7]);
+  __m128i b0 = _mm_unpacklo_epi32(a0, a2), b1 = _mm_unpackhi_epi32(a0, a2);
+  __m128i b2 = _mm_unpacklo_epi32(a1, a3), b3 = _mm_unpackhi_epi32(a1, a3);
+  __m128i b4 = _mm_unpacklo_epi32(a4, a6), b5 = _mm_unpackhi_epi32(a4, a6);
+  __m128i b6 = _mm_unpacklo_epi32(a5, a7), b7 = _mm_unpackhi_epi32(a5, a7);
+  r[0] = _mm_unpacklo_epi64(b0, b4);
+  r[1] = _mm_unpackhi_epi64(b0, b4);
+  r[2] = _mm_unpacklo_epi64(b1, b5);
+  r[3] = _mm_unpackhi_epi64(b1, b5);
+  r[4] = _mm_unpacklo_epi64(b2, b6);
+  r[5] = _mm_unpackhi_epi64(b2, b6);
+  r[6] = _mm_unpacklo_epi64(b3, b7);
+  r[7] = _mm_unpackhi_epi64(b3, b7);
+}
+#endif
+
+/* Transposes one row of `cols` consecutive blocks (block-major, 64 coefficients each) into 64
+ * planes: plane k, element x = blocks[x][k].  dst points at element 0 of plane 0's row. */
+static void fl_transpose_row(const JCOEF (*blocks)[64], int cols, void *dst, size_t plane, int dtype,
+                             const float *scale) {
+  int x = 0;
+#if defined(__SSE2__)
+  for (; x + 8 <= cols; x += 8) {
+    for (int group = 0; group < 8; group++) {
+      __m128i r[8];
+      for (int i = 0; i < 8; i++) r[i] = _mm_loadu_si128((const __m128i *)&blocks[x + i][8 * group]);
+      fl_transpose8x8(r);
+      for (int j = 0; j < 8; j++) {
+        size_t k = (size_t)(8 * group + j);
+        if (dtype == FL_DTYPE_INT16) {
+          _mm_storeu_si128((__m128i *)((int16_t *)dst + k * plane + x), r[j]);
+        } else {
+          __m128 s = _mm_set1_ps(scale[k]);
+          __m128i low = _mm_srai_epi32(_mm_unpacklo_epi16(r[j], r[j]), 16);
+          __m128i high = _mm_srai_epi32(_mm_unpackhi_epi16(r[j], r[j]), 16);
+          float *target = (float *)dst + k * plane + x;
+          _mm_storeu_ps(target, _mm_mul_ps(_mm_cvtepi32_ps(low), s));
+          _mm_storeu_ps(target + 4, _mm_mul_ps(_mm_cvtepi32_ps(high), s));
+        }
+      }
+    }
+  }
+#endif
+  for (; x < cols; x++) {
+    for (size_t k = 0; k < 64; k++) {
+      if (dtype == FL_DTYPE_INT16) ((int16_t *)dst)[k * plane + x] = blocks[x][k];
+      else ((float *)dst)[k * plane + x] = (float)blocks[x][k] * scale[k];
+    }
+  }
+}
+
 /* Lays one component out as 64 planes of (out_h8, out_w8), for output rows [dst_y0, dst_y0+rows)
  * and columns [dst_x0, dst_x0+cols) taken from full-resolution block rows/columns starting at
- * src_y0/src_x0. */
-static void fl_layout_component(fl_decoder *decoder, jvirt_barray_ptr array, const fl_header *header,
-                                int c, void *out, int dtype, int dequantize, int out_h8, int out_w8,
-                                int src_y0, int src_x0, int dst_y0, int dst_x0, int rows, int cols) {
+ * src_y0/src_x0.  A subsampled component's blocks are first replicated into a contiguous row
+ * (128-byte copies), then every row goes through the same SIMD transpose; output rows that map
+ * to the same source row are copied from the previous one. */
+static int fl_layout_component(fl_decoder *decoder, jvirt_barray_ptr array, const fl_header *header,
+                               int c, void *out, int dtype, int dequantize, int out_h8, int out_w8,
+                               int src_y0, int src_x0, int dst_y0, int dst_x0, int rows, int cols) {
   j_decompress_ptr cinfo = &decoder->cinfo;
   const size_t plane = (size_t)out_h8 * (size_t)out_w8;
+  const size_t element = dtype == FL_DTYPE_FLOAT32 ? 4 : 2;
   const int h = header->h_samp[c], v = header->v_samp[c];
   const int hmax = header->max_h_samp, vmax = header->max_v_samp;
   const int last_col = header->blocks_w[c] - 1, last_row = header->blocks_h[c] - 1;
-  int *column_map = decoder->column_map;
-  for (int x = 0; x < cols; x++) {
-    int source = (int)(((long long)(src_x0 + x) * h) / hmax);
-    column_map[x] = source > last_col ? last_col : source;
+  const int full_width = h == hmax && src_x0 + cols - 1 <= last_col;
+  if (!full_width && (size_t)cols * 64 > decoder->row_capacity) {
+    JCOEF(*row)[64] = (JCOEF(*)[64])realloc(decoder->row_scratch, (size_t)cols * 64 * sizeof(JCOEF));
+    if (!row) return FL_ERR_NOMEM;
+    decoder->row_scratch = row;
+    decoder->row_capacity = (size_t)cols * 64;
   }
   float scale[64];
   for (int k = 0; k < 64; k++) scale[k] = dequantize ? (float)header->qtables[c][k] : 1.0f;
-  int cached_row = -1;
-  JBLOCKROW blocks = NULL;
+  char *base = (char *)out + ((size_t)64 * c * plane) * element;
+  int previous_row = -1;
   for (int y = 0; y < rows; y++) {
     int source_row = (int)(((long long)(src_y0 + y) * v) / vmax);
     if (source_row > last_row) source_row = last_row;
-    if (source_row != cached_row) {
-      blocks = (*cinfo->mem->access_virt_barray)((j_common_ptr)cinfo, array,
-                                                 (JDIMENSION)source_row, 1, FALSE)[0];
-      cached_row = source_row;
-    }
     size_t offset = (size_t)(dst_y0 + y) * (size_t)out_w8 + (size_t)dst_x0;
-    if (dtype == FL_DTYPE_INT16) {
-      int16_t *base = (int16_t *)out + (size_t)64 * c * plane + offset;
-      for (int k = 0; k < 64; k++) {
-        int16_t *dst = base + (size_t)k * plane;
-        for (int x = 0; x < cols; x++) dst[x] = blocks[column_map[x]][k];
+    if (source_row == previous_row) { /* vertical replication: copy the row above, per plane */
+      for (size_t k = 0; k < 64; k++) {
+        char *target = base + (k * plane + offset) * element;
+        memcpy(target, target - (size_t)out_w8 * element, (size_t)cols * element);
       }
-    } else {
-      float *base = (float *)out + (size_t)64 * c * plane + offset;
-      for (int k = 0; k < 64; k++) {
-        float *dst = base + (size_t)k * plane;
-        const float s = scale[k];
-        for (int x = 0; x < cols; x++) dst[x] = (float)blocks[column_map[x]][k] * s;
-      }
+      continue;
     }
+    previous_row = source_row;
+    JBLOCKROW blocks = (*cinfo->mem->access_virt_barray)((j_common_ptr)cinfo, array,
+                                                         (JDIMENSION)source_row, 1, FALSE)[0];
+    const JCOEF(*row)[64];
+    if (full_width) {
+      row = (const JCOEF(*)[64])blocks[src_x0];
+    } else {
+      JCOEF(*expanded)[64] = decoder->row_scratch;
+      for (int x = 0; x < cols; x++) {
+        int source = (int)(((long long)(src_x0 + x) * h) / hmax);
+        memcpy(expanded[x], blocks[source > last_col ? last_col : source], 64 * sizeof(JCOEF));
+      }
+      row = (const JCOEF(*)[64])expanded;
+    }
+    fl_transpose_row(row, cols, base + offset * element, plane, dtype, scale);
   }
+  return FL_OK;
 }
 
 static int fl_read_fun_begun(fl_decoder *decoder, fl_header *header, void *out, size_t out_bytes,
@@ -404,16 +472,6 @@ static int fl_read_fun_begun(fl_decoder *decoder, fl_header *header, void *out, 
     fl_fail(result, FL_ERR_ARGUMENT, "output buffer too small for (192, H8, W8)");
     fl_abort(decoder);
     return result->status;
-  }
-  if ((size_t)out_w8 > decoder->column_map_capacity) {
-    int *map = (int *)realloc(decoder->column_map, (size_t)out_w8 * sizeof(int));
-    if (!map) {
-      fl_fail(result, FL_ERR_NOMEM, "out of memory");
-      fl_abort(decoder);
-      return result->status;
-    }
-    decoder->column_map = map;
-    decoder->column_map_capacity = (size_t)out_w8;
   }
   /* Centre crop or centre pad, independently per axis. */
   int src_y0 = 0, dst_y0 = 0, rows = header->grid_h;
@@ -431,9 +489,15 @@ static int fl_read_fun_begun(fl_decoder *decoder, fl_header *header, void *out, 
   }
   jvirt_barray_ptr *arrays = fl_read_coefficients(decoder, header);
   if (padded) memset(out, 0, needed);
-  for (int c = 0; c < header->num_components && c < 3; c++)
-    fl_layout_component(decoder, arrays[c], header, c, out, dtype, dequantize, out_h8, out_w8,
-                        src_y0, src_x0, dst_y0, dst_x0, rows, cols);
+  for (int c = 0; c < header->num_components && c < 3; c++) {
+    if (fl_layout_component(decoder, arrays[c], header, c, out, dtype, dequantize, out_h8, out_w8,
+                            src_y0, src_x0, dst_y0, dst_x0, rows, cols) != FL_OK) {
+      fl_fail(result, FL_ERR_NOMEM, "out of memory");
+      fl_abort(decoder);
+      memset(out, 0, needed);
+      return result->status;
+    }
+  }
   fl_abort(decoder);
   return FL_OK;
 }

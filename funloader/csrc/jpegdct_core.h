@@ -74,7 +74,7 @@ typedef struct fl_decoder fl_decoder;
 fl_decoder *fl_decoder_new(void);
 void fl_decoder_free(fl_decoder *decoder);
 
-/* Reads a whole file into the decoder's reusable buffer; *data/*size point into it. */
+/* Reads a whole file into the decoder's reusable buffer; data and size then point into it. */
 int fl_load_file(fl_decoder *decoder, const char *path, const uint8_t **data, size_t *size,
                  fl_result *result);
 
