@@ -126,10 +126,10 @@ def read_shard_index(shard: Union[str, os.PathLike]) -> List[Tuple[str, int, int
                     continue
                 key = f"{folder}/{stem}" if folder else stem
                 ext = ext.lower()
+                if key not in samples and ext in ("jpg", "jpeg", "cls"):
+                    samples[key] = [None, None]
+                    order.append(key)
                 if ext in ("jpg", "jpeg"):
-                    if key not in samples:
-                        samples[key] = [None, None, None]
-                        order.append(key)
                     samples[key][0] = (member.offset_data, member.size)
                 elif ext == "cls":
                     text = archive.extractfile(member).read().decode("ascii", "replace").strip()
@@ -137,13 +137,14 @@ def read_shard_index(shard: Union[str, os.PathLike]) -> List[Tuple[str, int, int
                         label = int(text)
                     except ValueError:
                         raise ValueError(f"{shard}: member {member.name} holds {text[:20]!r}, not a class index") from None
-                    samples.setdefault(key, [None, None, None])[1] = label
+                    samples[key][1] = label
     except tarfile.TarError as exc:
         raise ValueError(f"{shard}: not a readable tar shard ({exc})") from exc
     out = []
     for key in order:
-        (offset, size), label, _ = samples[key]
-        out.append((key, offset, size, label))
+        location, label = samples[key]
+        if location is not None:  # a .cls without its image is ignored
+            out.append((key, location[0], location[1], label))
     return out
 
 
