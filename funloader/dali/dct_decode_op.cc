@@ -8,6 +8,8 @@
 // centre-cropped or zero-padded by whole blocks to the crop grid exactly as funloader.read_batch.
 #include "dct_decode_op.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <utility>
 
@@ -160,6 +162,42 @@ void DctDecode::RunImpl(::dali::Workspace &ws) {
   }
 }
 
+bool ParseLabel::SetupImpl(std::vector<::dali::OutputDesc> &output_desc,
+                           const ::dali::Workspace &ws) {
+  const auto &input = ws.Input<::dali::CPUBackend>(0);
+  DALI_ENFORCE(input.type() == DALI_UINT8, "funloader.parse_label: the input must be uint8 bytes");
+  output_desc.resize(1);
+  output_desc[0].type = DALI_INT32;
+  output_desc[0].shape = ::dali::uniform_list_shape(input.num_samples(), ::dali::TensorShape<1>{1});
+  return true;
+}
+
+void ParseLabel::RunImpl(::dali::Workspace &ws) {
+  const auto &input = ws.Input<::dali::CPUBackend>(0);
+  auto &output = ws.Output<::dali::CPUBackend>(0);
+  for (int i = 0; i < input.num_samples(); i++) {
+    const auto &sample = input[i];
+    const char *text = reinterpret_cast<const char *>(sample.data<uint8_t>());
+    int64_t size = sample.shape().num_elements();
+    int64_t begin = 0, end = size;
+    while (begin < end && std::isspace(static_cast<unsigned char>(text[begin]))) begin++;
+    while (end > begin && std::isspace(static_cast<unsigned char>(text[end - 1]))) end--;
+    int64_t value = -1;
+    if (begin < end) {
+      value = 0;
+      for (int64_t k = begin; k < end; k++) {
+        char c = text[k];
+        DALI_ENFORCE(c >= '0' && c <= '9' && value < (1LL << 31) / 10,
+                     "funloader.parse_label: '" + input.GetMeta(i).GetSourceInfo() +
+                     "' does not hold a class index (ASCII decimal): '" +
+                     std::string(text + begin, static_cast<size_t>(std::min<int64_t>(end - begin, 20))) + "'");
+        value = value * 10 + (c - '0');
+      }
+    }
+    output.mutable_tensor<int32_t>(i)[0] = static_cast<int32_t>(value);
+  }
+}
+
 }  // namespace funloader_dali
 
 namespace dali {
@@ -193,5 +231,14 @@ grayscale gives zero chroma). Each image is centre-cropped or zero-padded by who
     .AddOptionalArg<int>("channels",
                          "Indices (0..191) of the channels to output, in this order; empty: all 192.",
                          std::vector<int>{});
+
+DALI_REGISTER_OPERATOR(funloader__ParseLabel, ::funloader_dali::ParseLabel, CPU);
+
+DALI_SCHEMA(funloader__ParseLabel)
+    .DocStr("Parses the ASCII decimal class index of a WebDataset ``<key>.cls`` member into an int32 "
+            "tensor of shape (1,); an empty input (missing member) gives -1.")
+    .NumInput(1)
+    .NumOutput(1)
+    .InputDox(0, "data", "TensorList", "The member's bytes, one 1-D uint8 tensor per sample.");
 
 }  // namespace dali

@@ -61,6 +61,19 @@ class DctDecode : public ::dali::Operator<::dali::CPUBackend> {
   std::vector<std::unique_ptr<DecoderSlot>> pool_;
 };
 
+// "funloader__ParseLabel" -> `fn.funloader.parse_label`: the ASCII decimal class index of a
+// WebDataset `<key>.cls` member (uint8 bytes) -> int32 tensor of shape (1,), like fn.readers.file's
+// labels; an empty input (no .cls member) gives -1.
+class ParseLabel : public ::dali::Operator<::dali::CPUBackend> {
+ public:
+  explicit ParseLabel(const ::dali::OpSpec &spec) : ::dali::Operator<::dali::CPUBackend>(spec) {}
+
+ protected:
+  bool SetupImpl(std::vector<::dali::OutputDesc> &output_desc,
+                 const ::dali::Workspace &ws) override;
+  void RunImpl(::dali::Workspace &ws) override;
+};
+
 }  // namespace funloader_dali
 
 #endif  // FUNLOADER_DALI_DCT_DECODE_OP_H_
