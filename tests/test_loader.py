@@ -1,0 +1,211 @@
+"""DCTLoader: shapes, dtypes, labels, order/determinism, distributed disjointness, transforms on the
+batch, error policy, DataLoader worker path, and clean shutdown of its thread."""
+from __future__ import annotations
+
+import gc
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+import funloader
+from funloader import transforms as T
+from funloader.dataset import DCTImageFolder
+from funloader.loader import DCTLoader, epoch_indices
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="module")
+def johns(shared_data):
+    return shared_data / "labelled" / "dlib_johns"  # 55 faces, 5 classes, 150x150 (19x19 blocks)
+
+
+def _loader_threads():
+    return [t for t in threading.enumerate() if t.name == "funloader-DCTLoader"]
+
+
+def test_batches_shapes_labels_and_values(johns):
+    loader = DCTLoader(johns, batch_size=16, size=19, normalize=False, num_threads=2)
+    assert len(loader) == 4
+    dataset = loader.dataset
+    batches = list(loader)
+    assert [len(y) for _, y in batches] == [16, 16, 16, 7]  # last partial batch kept
+    x, y = batches[1]
+    assert x.shape == (16, 192, 19, 19) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert y.tolist() == dataset.targets[16:32]
+    np.testing.assert_array_equal(x[3].numpy(), funloader.read_fun(dataset.samples[19][0], dequantize=True))
+    # distinct output tensors, not views of one reused buffer
+    assert batches[0][0].data_ptr() != batches[1][0].data_ptr()
+    assert not torch.equal(batches[0][0][0], batches[1][0][0])
+    dropping = DCTLoader(johns, batch_size=16, size=19, normalize=False, drop_last=True)
+    assert len(dropping) == 3 and [len(y) for _, y in dropping] == [16, 16, 16]
+
+
+def test_raw_integer_mode_dtype_channels_last_and_keep(johns):
+    loader = DCTLoader(johns, batch_size=8, size=(16, 20), dequantize=False, normalize=False,
+                       dtype=torch.bfloat16, channels_last=True, keep="12/4/4", keep_mode="drop")
+    x, y = next(iter(loader))
+    assert x.shape == (8, 20, 16, 20) and x.dtype == torch.bfloat16
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    raw = T.center_crop(funloader.read_fun(loader.dataset.samples[0][0]), (16, 20))
+    kept = funloader.channels.channel_indices("12/4/4")
+    assert torch.equal(x[0], torch.from_numpy(raw[kept]).to(torch.bfloat16))
+
+
+def test_shuffle_is_deterministic_and_set_epoch_reshuffles(johns):
+    def labels_of(loader):
+        return [v for _, y in loader for v in y.tolist()]
+
+    first = DCTLoader(johns, batch_size=10, size=8, shuffle=True, seed=7, normalize=False)
+    second = DCTLoader(johns, batch_size=10, size=8, shuffle=True, seed=7, normalize=False)
+    order0 = first.indices()
+    assert sorted(order0) == list(range(55)) and order0 != list(range(55))
+    assert labels_of(first) == labels_of(second) == [first.dataset.targets[i] for i in order0]
+    first.set_epoch(1)
+    assert first.indices() != order0
+    second.set_epoch(1)
+    assert first.indices() == second.indices()
+    assert DCTLoader(johns, batch_size=10, size=8, shuffle=True, seed=8, normalize=False).indices() != order0
+
+
+def test_rank_split_matches_distributed_sampler(johns):
+    dataset = DCTImageFolder(johns)
+    seen = []
+    for rank in range(3):
+        loader = DCTLoader(dataset, batch_size=8, size=8, shuffle=True, seed=3, epoch=2, rank=rank, world_size=3,
+                           normalize=False)
+        sampler = DistributedSampler(dataset, num_replicas=3, rank=rank, shuffle=True, seed=3)
+        sampler.set_epoch(2)
+        assert loader.indices() == list(sampler)
+        assert len(loader) == 3  # ceil(55 / 3) = 19 items -> 3 batches
+        seen.append(loader.indices())
+    # disjoint except for the padding that evens out the ranks (55 -> 57 = 2 repeats)
+    assert len(set(seen[0]) | set(seen[1]) | set(seen[2])) == 55
+    assert sum(len(s) for s in seen) == 57
+    # an explicit DistributedSampler is honoured, set_epoch forwarded
+    sampler = DistributedSampler(dataset, num_replicas=2, rank=1, shuffle=True, seed=0)
+    loader = DCTLoader(dataset, batch_size=8, size=8, sampler=sampler, normalize=False)
+    loader.set_epoch(5)
+    assert sampler.epoch == 5
+    labels = [v for _, y in loader for v in y.tolist()]
+    assert labels == [dataset.targets[i] for i in sampler] and len(loader) == 4
+    assert epoch_indices(10, shuffle=False, seed=0, epoch=0, rank=1, world_size=4) == [1, 5, 9]
+
+
+def test_batch_transforms_are_seeded_per_batch(johns):
+    pipeline = T.Compose([T.RandomResizedCrop(16, mode="nearest"), T.RandomHorizontalFlip()])
+    make = lambda threads: DCTLoader(johns, batch_size=12, size=19, transform=pipeline, normalize=False,  # noqa: E731
+                                     num_threads=threads, seed=1)
+    a = [x for x, _ in make(1)]
+    b = [x for x, _ in make(2)]
+    assert all(torch.equal(p, q) for p, q in zip(a, b))  # independent of thread count and timing
+    assert a[0].shape == (12, 192, 16, 16)
+    # batch 2 of the epoch = the pipeline applied to the centre-cropped batch with that batch's generator
+    loader = make(1)
+    raw = torch.from_numpy(np.stack([T.center_crop(funloader.read_fun(loader.dataset.samples[i][0], dequantize=True), 19)
+                                     for i in range(24, 36)]))
+    generator = torch.Generator()
+    from funloader.loader import _batch_seed
+    generator.manual_seed(_batch_seed(1, 0, 0, 2))
+    assert torch.equal(a[2], pipeline(raw, generator=generator))
+    loader.set_epoch(1)
+    assert not torch.equal(next(iter(loader))[0], a[0])
+
+
+def test_normalisation_from_stats_file_next_to_data(tmp_path, johns):
+    root = tmp_path / "johns"
+    shutil.copytree(johns, root)
+    with pytest.warns(UserWarning, match="funloader stats"):
+        unnormalised = DCTLoader(root, batch_size=64, size=19)
+    assert unnormalised.stats is None
+    stats = funloader.compute_stats(root, size=19, progress=False)
+    assert (root / "stats-dequantized.json").is_file()
+    loader = DCTLoader(root, batch_size=64, size=19)
+    x, _ = next(iter(loader))
+    assert x.shape[0] == 55
+    np.testing.assert_allclose(x.mean(dim=(0, 2, 3)).numpy(), 0, atol=1e-4)
+    live = np.asarray(stats["std"]) > 0
+    np.testing.assert_allclose(x.std(dim=(0, 2, 3), unbiased=False).numpy()[live], 1, atol=1e-3)
+    with pytest.raises(FileNotFoundError, match="funloader stats"):
+        DCTLoader(root, batch_size=8, dequantize=False, normalize=True)
+
+
+def test_skip_keeps_batches_full_and_raise_names_file(tmp_path, shared_data):
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    photos = sorted((shared_data / "photos").glob("foolbox__*.jpg"))[:5]
+    for i, p in enumerate(photos):
+        shutil.copy(p, root / "a" / f"{i}.jpg")
+    (root / "a" / "2.jpg").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    loader = DCTLoader(root, batch_size=5, normalize=False, on_error="skip")
+    x, y = next(iter(loader))
+    assert x.shape == (5, 192, 28, 28)
+    np.testing.assert_array_equal(x[2].numpy(), x[3].numpy())  # replaced by the next good sample
+    assert loader.dataset.skipped == 1 and list(loader.dataset.bad_samples) == [2]
+    strict = DCTLoader(root, batch_size=5, normalize=False)
+    with pytest.raises(funloader.JPEGDecodeError, match=r"2\.jpg.*PNG"):
+        next(iter(strict))
+    assert not _loader_threads()
+
+
+def test_break_early_and_close_stop_the_thread(johns):
+    loader = DCTLoader(johns, batch_size=4, size=8, normalize=False, prefetch=2)
+    for number, _ in enumerate(loader):
+        if number == 1:
+            break
+    gc.collect()
+    deadline = time.time() + 5
+    while _loader_threads() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _loader_threads()
+    iterator = iter(loader)
+    next(iterator)
+    thread = iterator.thread
+    iterator.close()
+    assert not thread.is_alive()
+    with pytest.raises(StopIteration):
+        next(iterator)
+
+
+def test_keyboard_interrupt_in_consumer_does_not_hang(johns):
+    loader = DCTLoader(johns, batch_size=4, size=8, normalize=False)
+
+    def train():
+        for number, _ in enumerate(loader):
+            if number == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train()
+    gc.collect()
+    deadline = time.time() + 5
+    while _loader_threads() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _loader_threads()
+
+
+def test_batch_dataset_in_dataloader_with_workers(johns):
+    loader = DCTLoader(johns, batch_size=16, size=12, shuffle=True, seed=4, normalize=False, num_threads=1,
+                       transform=T.RandomHorizontalFlip())
+    direct = list(loader)
+    workers = DataLoader(loader.batch_dataset(), batch_size=None, num_workers=2)
+    through_workers = list(workers)
+    assert len(through_workers) == len(direct) == 4
+    for (x1, y1), (x2, y2) in zip(direct, through_workers):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+@requires_cuda
+def test_cuda_device_and_pinned_ring(johns):
+    loader = DCTLoader(johns, batch_size=16, size=19, normalize=False, device="cuda",
+                       transform=T.RandomHorizontalFlip(), seed=2)
+    assert loader.pin_memory
+    cpu = DCTLoader(johns, batch_size=16, size=19, normalize=False, transform=T.RandomHorizontalFlip(), seed=2)
+    for (xg, yg), (xc, yc) in zip(loader, cpu):
+        assert xg.is_cuda and yg.is_cuda
+        assert torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
+    assert all(b.is_pinned() for b in loader._buffers)
