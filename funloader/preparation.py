@@ -416,12 +416,15 @@ class _Journal:
                 else:
                     self.units[int(record["unit"])] = record
                 good_bytes += len(line) + 1
-        if existing_header is not None and existing_header != header:
+        if existing_header is not None and existing_header != header and self.units:
             raise PrepareError(f"{path} was written with other settings or inputs; use another DST or delete it")
         self._handle = open(path, "ab")
         self._handle.truncate(good_bytes)
         self._handle.seek(good_bytes)
-        if existing_header is None:
+        if existing_header != header:  # new journal, or one a mistaken command left with no finished unit
+            good_bytes = 0
+            self._handle.truncate(0)
+            self._handle.seek(0)
             self._write(header)
             self.sync()
         self._last_sync = time.monotonic()
@@ -544,7 +547,9 @@ def _make_pool(workers: int):
         return None
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    pool.funloader_workers = workers
+    return pool
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
@@ -688,12 +693,16 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
                      _inventory_digest(classes, items), order, per_unit, shard_size_text, bool(shuffle))
         header = {"journal": MANIFEST_VERSION, "settings": plan.settings_record(), "inventory": plan.inventory,
                   "job": list(job)}
+        index_records = _index_records(plan, header)  # raises before anything is written if DST is incompatible
         journal = _Journal(journal_path, header)
-        done = _load_done(plan, journal, part_path, header)
+        done, from_index = _load_done(plan, journal, part_path, header, index_records)
         my_units = [u for u in range(plan.unit_count) if u % job[1] == job[0]]
         pending = [u for u in my_units if u not in done]
+        # Re-running a finished command (index.json already covers this job's share): change nothing.
+        finished = (not pending and all(u in from_index for u in my_units)
+                    and (not stats or (dst_path / STATS_JSON).exists()))
         for unit, record in done.items():
-            if unit not in journal.units and unit % job[1] == job[0]:
+            if not finished and unit not in journal.units and unit % job[1] == job[0]:
                 journal.append(record)  # adopt units known from index.json / an old part file
         journal.sync()
 
@@ -713,6 +722,20 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
         finally:
             bar.close()
         journal.close()
+        if finished:
+            journal_path.unlink()
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            try:
+                state.rmdir()  # only if no other job's files are in it
+            except OSError:
+                pass
+            result.complete = True
+            result.failures = _read_failures_tsv(dst_path / FAILURES_TSV)
+            result.failed = len(result.failures)
+            if verbose:
+                print(f"{dst_path / INDEX_JSON} is complete and matches these settings: nothing to do",
+                      file=sys.stderr)
+            return _finish(result, started, verbose, allow_failures, job, job_name, part_path)
 
         part = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "job": list(job),
                 "settings": plan.settings_record(), "inventory": plan.inventory, "classes": classes,
@@ -733,11 +756,16 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
             journal.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+    return _finish(result, started, verbose, allow_failures, job, job_name, part_path)
+
+
+def _finish(result: PrepareResult, started: float, verbose: bool, allow_failures: bool, job, job_name: str,
+            part_path: Path) -> PrepareResult:
     result.seconds = time.monotonic() - started
     if verbose:
         print(result.summary(), file=sys.stderr)
         if not result.complete:
-            print(f"job {job_name} done; when all {job[1]} jobs are done run: funloader prepare --merge {dst_path}",
+            print(f"job {job_name} done; when all {job[1]} jobs are done run: funloader prepare --merge {result.dst}",
                   file=sys.stderr)
         if result.failed:
             print(f"{result.failed} failure(s) listed in {result.failures_path if result.complete else part_path}",
@@ -769,40 +797,81 @@ def _previous_per_unit(journal_path: Path, part_path: Path, index_path: Path, sh
     return None
 
 
-def _load_done(plan: _Plan, journal: _Journal, part_path: Path, header: dict) -> Dict[int, dict]:
-    """Units finished earlier (journal, this job's part file, or a completed index.json), verified on disk."""
-    candidates: Dict[int, dict] = {}
+def _index_records(plan: _Plan, header: dict) -> Dict[int, dict]:
+    """Per-unit records of a finished ``index.json`` in DST made with the same settings and inputs.
+
+    Raises :class:`PrepareError` when DST holds a dataset made with other settings or inputs.
+    """
     index_path = plan.dst / INDEX_JSON
-    if index_path.exists():
-        try:
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-        except ValueError:
-            index = None
-        if index is not None and index.get("settings") == header["settings"] and index.get("inventory") == plan.inventory:
-            candidates.update(_records_from_index(plan, index, _read_failures_tsv(plan.dst / FAILURES_TSV)))
-        elif index is not None:
-            raise PrepareError(f"{plan.dst} already holds a dataset prepared with other settings or inputs "
-                               f"({index_path}); choose another DST or delete it")
+    if not index_path.exists():
+        return {}
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}  # unreadable: ignore it, it is rewritten at the end
+    if index.get("settings") != header["settings"] or index.get("inventory") != plan.inventory:
+        raise PrepareError(f"{plan.dst} already holds a dataset prepared with other settings or inputs "
+                           f"({index_path}); choose another DST or delete it")
+    return _records_from_index(plan, index, _read_failures_tsv(plan.dst / FAILURES_TSV))
+
+
+def _load_done(plan: _Plan, journal: _Journal, part_path: Path, header: dict,
+               index_records: Dict[int, dict]) -> Tuple[Dict[int, dict], set]:
+    """Units finished earlier (a finished index.json, this job's part file, the journal), verified on disk.
+
+    Returns ``(unit -> record, units that came from index.json)``.
+    """
+    candidates: Dict[int, dict] = dict(index_records)
+    from_index = set(candidates)
     if part_path.exists():
         part = json.loads(part_path.read_text(encoding="utf-8"))
         if part.get("settings") != header["settings"] or part.get("inventory") != plan.inventory:
             raise PrepareError(f"{part_path} was written with other settings or inputs; use another DST or delete it")
         candidates.update({int(record["unit"]): record for record in part["units"]})
     candidates.update(journal.units)
-    return {unit: record for unit, record in candidates.items() if _unit_is_intact(plan, record)}
+    done = {unit: record for unit, record in candidates.items() if _unit_is_intact(plan, record)}
+    return done, from_index & set(done)
+
+
+def _convert_many(tasks):
+    """Worker: a small chunk of :func:`_convert_task` calls (amortises the inter-process round trip)."""
+    return [_convert_task(task) for task in tasks]
+
+
+def _ordered_outcomes(pool, tasks: Iterable, chunk: int = 8):
+    """Results of :func:`_convert_task` over ``tasks`` in order, with a bounded number in flight.
+
+    At most ``4 * workers`` chunks are submitted ahead of the consumer, so memory stays bounded
+    (JPEG bytes of shards travel back to this process) however many images there are.
+    """
+    if pool is None:
+        yield from map(_convert_task, tasks)
+        return
+    from collections import deque
+    from itertools import islice
+
+    iterator = iter(tasks)
+    in_flight = deque()
+
+    def submit() -> bool:
+        batch = list(islice(iterator, chunk))
+        if batch:
+            in_flight.append(pool.submit(_convert_many, batch))
+        return bool(batch)
+
+    for _ in range(4 * pool.funloader_workers):
+        if not submit():
+            break
+    while in_flight:
+        outcomes = in_flight.popleft().result()
+        submit()
+        yield from outcomes
 
 
 def _run_folder(plan, pending, pool, journal, tmp_dir, result, bar) -> None:
-    items = [plan.unit_items(u)[0] for u in pending]
-    tasks = [(str(plan.src), item, plan.settings, str(plan.dst / item.path), str(tmp_dir)) for item in items]
-    by_index = {item.index: (unit, item) for unit, item in zip(pending, items)}
-    if pool is None:
-        outcomes = map(_convert_task, tasks)
-    else:
-        chunk = max(1, min(64, len(tasks) // (8 * pool._max_workers) or 1))
-        outcomes = pool.map(_convert_task, tasks, chunksize=chunk)
-    for outcome in outcomes:
-        unit, item = by_index[outcome["index"]]
+    items = [(unit, plan.unit_items(unit)[0]) for unit in pending]
+    tasks = ((str(plan.src), item, plan.settings, str(plan.dst / item.path), str(tmp_dir)) for _, item in items)
+    for (unit, item), outcome in zip(items, _ordered_outcomes(pool, tasks)):
         record = {"unit": unit, "files": [], "failures": []}
         if outcome["ok"]:
             record["files"].append(_file_entry(plan, item, outcome, None))
@@ -816,40 +885,34 @@ def _run_folder(plan, pending, pool, journal, tmp_dir, result, bar) -> None:
 
 
 def _run_shards(plan, pending, pool, journal, tmp_dir, result, bar) -> None:
-    for start in range(0, len(pending), 4 if pool is None else max(4, 2 * pool._max_workers)):
-        # A few tars at a time: the pool converts their images in order, this process writes the tars.
-        batch = pending[start:start + (4 if pool is None else max(4, 2 * pool._max_workers))]
-        tasks = [(str(plan.src), item, plan.settings, None, None) for unit in batch for item in plan.unit_items(unit)]
-        if pool is None:
-            outcomes = map(_convert_task, tasks)
-        else:
-            outcomes = pool.map(_convert_task, tasks, chunksize=max(1, min(32, len(tasks) // (4 * pool._max_workers) or 1)))
-        outcomes = iter(outcomes)
-        for unit in batch:
-            name = plan.shard_name(unit)
-            writer = ShardWriter(plan.dst / name, tmp_dir / name)
-            record = {"unit": unit, "files": [], "failures": []}
-            try:
-                for item in plan.unit_items(unit):
-                    outcome = next(outcomes)
-                    key = plan.key(item)
-                    if outcome["ok"]:
-                        writer.add(f"{key}.jpg", outcome["data"])
-                        if item.label >= 0:
-                            writer.add(f"{key}.cls", str(item.label).encode("ascii"))
-                        record["files"].append(_file_entry(plan, item, outcome, name))
-                        result.converted += 1
-                    else:
-                        record["failures"].append({"source": item.source, "reason": outcome["reason"]})
-                    result.bytes_in += outcome["source_bytes"]
-                    bar.update(1)
-                size, digest = writer.commit()
-            except BaseException:
-                writer.abort()
-                raise
-            record["shard"] = {"name": name, "bytes": size, "sha256": digest, "count": len(record["files"])}
-            result.bytes_out += size
-            journal.append(record)
+    # One ordered stream over the images of all pending tars: workers convert, this process writes the tars.
+    tasks = ((str(plan.src), item, plan.settings, None, None) for unit in pending for item in plan.unit_items(unit))
+    outcomes = _ordered_outcomes(pool, tasks)
+    for unit in pending:
+        name = plan.shard_name(unit)
+        writer = ShardWriter(plan.dst / name, tmp_dir / name)
+        record = {"unit": unit, "files": [], "failures": []}
+        try:
+            for item in plan.unit_items(unit):
+                outcome = next(outcomes)
+                key = plan.key(item)
+                if outcome["ok"]:
+                    writer.add(f"{key}.jpg", outcome["data"])
+                    if item.label >= 0:
+                        writer.add(f"{key}.cls", str(item.label).encode("ascii"))
+                    record["files"].append(_file_entry(plan, item, outcome, name))
+                    result.converted += 1
+                else:
+                    record["failures"].append({"source": item.source, "reason": outcome["reason"]})
+                result.bytes_in += outcome["source_bytes"]
+                bar.update(1)
+            size, digest = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        record["shard"] = {"name": name, "bytes": size, "sha256": digest, "count": len(record["files"])}
+        result.bytes_out += size
+        journal.append(record)
 
 
 # --------------------------------------------------------------------------------------------- merge

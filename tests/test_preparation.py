@@ -223,6 +223,9 @@ def test_cli_exit_codes(tmp_path, mixed_src, capsys):
     # other settings into the same DST are refused; a bad option is a usage error
     assert preparation.main([str(mixed_src), str(tmp_path / "b"), "--quality", "90", "--no-progress"]) == 2
     assert "other settings" in capsys.readouterr().err
+    assert preparation.main([str(mixed_src), str(tmp_path / "b"), "--workers", "1", "--no-progress",
+                             "--allow-failures"]) == 0  # the refused command left nothing in the way
+    assert tree_bytes(tmp_path / "b") == before
     with pytest.raises(SystemExit):
         preparation.main([str(mixed_src), str(tmp_path / "c"), "--subsampling", "411"])
     assert preparation.main([str(mixed_src), str(mixed_src / "inside")]) == 2
@@ -342,6 +345,11 @@ def test_torn_journal_line_is_dropped(tmp_path):
     assert [json.loads(line).get("unit") for line in lines] == [None, 0, 1, 2]
     with pytest.raises(PrepareError):
         preparation._Journal(path, {"journal": 1, "settings": {"quality": 90}})
+    # a journal holding only a header (a mistaken command stopped at once) gives way to new settings
+    fresh = tmp_path / "fresh.jsonl"
+    preparation._Journal(fresh, header).close()
+    preparation._Journal(fresh, {"journal": 1, "settings": {"quality": 90}}).close()
+    assert [json.loads(line) for line in fresh.read_bytes().splitlines()] == [{"journal": 1, "settings": {"quality": 90}}]
 
 
 def test_damaged_output_is_redone(tmp_path, shared_data):
