@@ -358,10 +358,10 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
         if random_crop and grid != crop_hw:
             top = fn.random.uniform(values=[float(v) for v in range(grid[0] - crop_hw[0] + 1)])
             left = fn.random.uniform(values=[float(v) for v in range(grid[1] - crop_hw[1] + 1)])
-            images = fn.slice(images, fn.stack(top, left), list(crop_hw), axes=[1, 2])
+            images = fn.slice(images, start=fn.cast(fn.stack(top, left), dtype=types.INT32), shape=list(crop_hw), axes=[1, 2])
         elif grid != crop_hw:
             top, left = (grid[0] - crop_hw[0]) // 2, (grid[1] - crop_hw[1]) // 2
-            images = fn.slice(images, [top, left], list(crop_hw), axes=[1, 2])
+            images = fn.slice(images, start=[top, left], shape=list(crop_hw), axes=[1, 2])
         if flip_probability > 0:
             coin = fn.random.coin_flip(probability=flip_probability, dtype=types.INT32)
             odd_u = np.array([(c % 8) % 2 for c in out_channels], dtype=np.int32).reshape(-1, 1, 1)
