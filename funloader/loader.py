@@ -129,6 +129,8 @@ class DCTLoader:
         keep, keep_mode: frequency selection after normalisation (``"44/10/10"``; ``"drop"`` removes
             the other channels, ``"zero"`` zeroes them).
         on_error, strict: override the dataset's policies (``"raise"`` / ``"skip"``).
+        chunk_size: CPU only: items transformed together (cache-sized pieces of the batch; the
+            random draws depend on it).
 
     Each item is ``(x, y)``: ``x`` ``(B, C, size[0], size[1])`` of ``dtype`` on ``device`` (``C`` = 192, or
     the kept count with ``keep_mode="drop"``), ``y`` int64 ``(B,)`` labels on ``device``.
@@ -141,7 +143,7 @@ class DCTLoader:
                  rank: Optional[int] = None, world_size: Optional[int] = None, size=28,
                  transform: Optional[Callable] = None, dequantize: Optional[bool] = None, normalize="auto",
                  keep: KeepSpec = None, keep_mode: str = "drop", on_error: Optional[str] = None,
-                 strict: Optional[bool] = None):
+                 strict: Optional[bool] = None, chunk_size: int = 8):
         if isinstance(dataset_or_root, DCTImageFolder):
             dataset = dataset_or_root
         else:
@@ -182,6 +184,7 @@ class DCTLoader:
         self.stats = _resolve_stats(normalize, dataset, dataset.dequantize)
         self.keep = keep
         self.keep_mode = keep_mode
+        self.chunk_size = int(chunk_size)
         self._kept = None if keep is None else channel_indices(keep)
         if pin_memory is None:
             pin_memory = self.device.type == "cuda" and torch.cuda.is_available()
@@ -238,11 +241,37 @@ class DCTLoader:
         return decode_into(self.dataset, batch_indices, out[:len(batch_indices)], threads=self.num_threads)
 
     def finish(self, raw: torch.Tensor, labels: Sequence[int], batch_number: int, epoch: Optional[int] = None):
-        """Float conversion, transform, normalisation, frequency selection, layout — on ``raw``'s device."""
-        x = raw.to(torch.float32)
+        """Float conversion, transform, normalisation, frequency selection, layout — on ``raw``'s device.
+
+        On the CPU the batch is processed in chunks of ``chunk_size`` items (so each step works in
+        cache instead of streaming the whole batch through memory once per operation); the
+        transform's generator is passed to the chunks in order, so the result is deterministic for
+        a given ``(seed, epoch, rank, batch)`` and ``chunk_size``."""
+        generator = None
         if self.transform is not None:
             generator = torch.Generator()
             generator.manual_seed(_batch_seed(self.seed, self.epoch if epoch is None else epoch, self.rank, batch_number))
+        count = raw.shape[0]
+        step = count if raw.device.type != "cpu" else max(1, int(self.chunk_size))
+        out = None
+        for start in range(0, count, step):
+            piece = self._process(raw[start:start + step], generator)
+            if out is None:
+                memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+                if step >= count and piece.dtype == self.dtype and not _shares_memory(piece, raw):
+                    out = piece.contiguous(memory_format=memory_format)
+                    break
+                out = torch.empty((count,) + tuple(piece.shape[1:]), dtype=self.dtype, device=piece.device,
+                                  memory_format=memory_format)
+            out[start:start + step].copy_(piece)
+        y = torch.as_tensor(labels, dtype=torch.int64)
+        if self.device.type != "cpu":
+            y = y.to(self.device, non_blocking=True)
+        return out, y
+
+    def _process(self, raw: torch.Tensor, generator) -> torch.Tensor:
+        x = raw if raw.dtype == torch.float32 else raw.to(torch.float32)
+        if self.transform is not None:
             x = self.transform(x, generator=generator) if isinstance(self.transform, T.DCTTransform) else self.transform(x)
             if not x.is_floating_point():
                 x = x.to(torch.float32)
@@ -250,16 +279,7 @@ class DCTLoader:
             x = T.normalize(x, self.stats[0], self.stats[1])
         if self._kept is not None:
             x = T.select_frequencies(x, self.keep, self.keep_mode)
-        if x.dtype != self.dtype:
-            x = x.to(self.dtype)
-        if x.device == raw.device and x.untyped_storage().data_ptr() == raw.untyped_storage().data_ptr():
-            x = x.clone()  # never hand out the reused decode buffer itself
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.as_tensor(labels, dtype=torch.int64)
-        if self.device.type != "cpu":
-            y = y.to(self.device, non_blocking=True)
-        return x, y
+        return x
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         for old in list(self._live):
@@ -282,6 +302,10 @@ class DCTLoader:
         return (f"DCTLoader({len(self.dataset)} samples, batch_size={self.batch_size}, shuffle={self.shuffle}, "
                 f"drop_last={self.drop_last}, size={self.size}, device={self.device}, rank={self.rank}/{self.world_size}, "
                 f"normalized={self.stats is not None}, transform={self.transform!r})")
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 class _State:

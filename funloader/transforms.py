@@ -175,14 +175,16 @@ def random_crop_params(shape: Tuple[int, int], size: SizeLike, padding: int = 0,
 
 def _gather_windows(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Per-item block gather: ``x`` (N, C, H, W); ``rows`` (N, h), ``cols`` (N, w) block indices,
-    -1 meaning a zero block. Returns (N, C, h, w)."""
-    N = x.shape[0]
-    padded = F.pad(x, (1, 0, 1, 0))  # index 0 is a zero row/column; real blocks shift by one
-    rows = (rows + 1).clamp_(min=0).to(x.device)
-    cols = (cols + 1).clamp_(min=0).to(x.device)
-    items = torch.arange(N, device=x.device)[:, None, None]
-    out = padded[items, :, rows[:, :, None], cols[:, None, :]]  # (N, h, w, C)
-    return out.permute(0, 3, 1, 2).contiguous()
+    -1 meaning a zero block. Returns (N, C, h, w) (one ``torch.gather`` over the flattened grid)."""
+    N, C, H, W = x.shape
+    rows = rows.to(device=x.device, dtype=torch.int64)
+    cols = cols.to(device=x.device, dtype=torch.int64)
+    h, w = rows.shape[1], cols.shape[1]
+    if bool((rows < 0).any()) or bool((cols < 0).any()):
+        x = F.pad(x, (1, 0, 1, 0))  # index 0 is a zero row/column; real blocks shift by one
+        rows, cols, H, W = rows + 1, cols + 1, H + 1, W + 1
+    flat = (rows[:, :, None] * W + cols[:, None, :]).reshape(N, 1, h * w).expand(N, C, h * w)
+    return x.reshape(N, C, H * W).gather(2, flat).reshape(N, C, h, w)
 
 
 def _window_indices(starts: torch.Tensor, length: int, blocks: int) -> torch.Tensor:
@@ -418,9 +420,9 @@ def normalize(x: Array, mean: Sequence[float], std: Sequence[float],
         std_c = np.where(std_c <= 0, 1.0, std_c)  # constant channels (e.g. all zero): centre only
     if isinstance(x, torch.Tensor):
         out_dtype = dtype or (x.dtype if x.is_floating_point() else torch.float32)
-        m = torch.as_tensor(mean_c, dtype=out_dtype, device=x.device)[:, None, None]
-        s = torch.as_tensor(1.0 / std_c, dtype=out_dtype, device=x.device)[:, None, None]
-        return (x.to(out_dtype) - m) * s
+        scale = torch.as_tensor(1.0 / std_c, dtype=out_dtype, device=x.device)[:, None, None]
+        shift = torch.as_tensor(-mean_c / std_c, dtype=out_dtype, device=x.device)[:, None, None]
+        return torch.addcmul(shift, x.to(out_dtype), scale)  # x * (1/std) - mean/std in one pass
     out_dtype = dtype or (x.dtype if x.dtype.kind == "f" else np.float32)
     return ((x.astype(out_dtype) - mean_c.astype(out_dtype)[:, None, None]) * (1.0 / std_c).astype(out_dtype)[:, None, None])
 
@@ -468,10 +470,20 @@ class _RandomFlip(DCTTransform):
             return _flip(x, self._axis, self.channels) if bool(flip[0]) else x
         if not bool(flip.any()):
             return x
-        flipped = _flip(x, self._axis, self.channels)
-        if isinstance(x, torch.Tensor):
-            return torch.where(flip.to(x.device)[:, None, None, None], flipped, x)
-        return np.where(flip.numpy()[:, None, None, None], flipped, x)
+        if isinstance(x, np.ndarray):
+            return np.where(flip.numpy()[:, None, None, None], _flip(x, self._axis, self.channels), x)
+        # one gather (reversed block order for the flipped items) and one per-item, per-channel sign
+        N, C, H, W = x.shape
+        length = W if self._axis == "h" else H
+        forward = torch.arange(length)
+        order = torch.where(flip[:, None], forward.flip(0)[None, :], forward[None, :])  # (N, length)
+        sign = torch.from_numpy(flip_signs(self._axis, _channels_of(x, self.channels)).astype(np.float32))
+        signs = torch.where(flip[:, None], sign[None, :], torch.ones(1))  # (N, C)
+        if self._axis == "h":
+            out = _gather_windows(x, torch.arange(H).expand(N, H), order)
+        else:
+            out = _gather_windows(x, order, torch.arange(W).expand(N, W))
+        return out.mul_(signs.to(device=x.device, dtype=out.dtype)[:, :, None, None])
 
 
 class RandomHorizontalFlip(_RandomFlip):
