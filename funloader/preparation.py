@@ -34,8 +34,9 @@ Output (``DST``)
       depend on how the work was split or interrupted.
     * ``index.json`` (settings, classes, shards, one entry per image: key, path, source, label,
       width, height, bytes, sha256 of the output bytes), ``index.tsv`` (the same rows),
-      ``failures.tsv`` (source, reason) and, with ``stats=True``, ``stats.json``: the 192
-      per-channel means/stds of :func:`funloader.read_fun` over the outputs.
+      ``failures.tsv`` (source, reason) and, with ``stats``, ``stats-dequantized.json`` and/or
+      ``stats-raw.json``: the 192 per-channel means/stds of :func:`funloader.compute_stats` over the
+      outputs (found by ``funloader.load_stats(DST)``).
 
 Robustness
     Every output is written under ``DST/.funloader-prepare/tmp-*`` and ``os.replace``-d into place;
@@ -70,17 +71,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .shards import ShardWriter, iter_shard
+from .shards import ShardWriter
 
 __all__ = [
     "prepare", "merge", "main", "PrepareResult", "PrepareError", "PrepareFailures",
-    "parse_byte_size", "parse_shard", "scan_source", "encode_image", "prepared_stats",
+    "parse_byte_size", "parse_shard", "scan_source", "encode_image",
 ]
 
 MANIFEST_FORMAT = "funloader-prepared"
 MANIFEST_VERSION = 1
 STATE_DIR = ".funloader-prepare"
-INDEX_JSON, INDEX_TSV, FAILURES_TSV, STATS_JSON = "index.json", "index.tsv", "failures.tsv", "stats.json"
+INDEX_JSON, INDEX_TSV, FAILURES_TSV = "index.json", "index.tsv", "failures.tsv"
 KEY_DIGITS = 8
 CALIBRATION_SAMPLES = 16
 TAR_OVERHEAD_PER_SAMPLE = 1536  # 512-byte header + padding for .jpg, header + block for .cls
@@ -619,7 +620,7 @@ def _read_failures_tsv(path: Path) -> List[dict]:
 def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, crop: str = "center",
             quality: int = 100, subsampling: str = "420", progressive: bool = False,
             workers: Optional[int] = None, format: str = "folder", shard_size="1GB", shuffle: bool = True,
-            shard=None, stats: bool = False, allow_failures: bool = False,
+            shard=None, stats=False, allow_failures: bool = False,
             progress: bool = True, verbose: bool = True) -> PrepareResult:
     """Convert the images under ``src`` into FUN-ready JPEGs under ``dst`` (see the module docstring).
 
@@ -638,7 +639,9 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
         shard_size: tar size: ``"1GB"``-style bytes (turned into an image count) or an image count.
         shuffle: shards only: spread images over tars in a fixed hash order (mixes classes per tar).
         shard: ``(I, N)`` or ``"I/N"``: this job's share of a distributed run; finish with :func:`merge`.
-        stats: also write ``stats.json`` (192 per-channel means/stds of ``read_fun`` over the outputs).
+        stats: also write the 192 per-channel means/stds with :func:`funloader.compute_stats`:
+            ``True``/``"dequantized"`` (the loader's default) -> ``stats-dequantized.json``,
+            ``"raw"`` (quantised integers, the paper's released models) -> ``stats-raw.json``, or ``"both"``.
         allow_failures: do not raise :class:`PrepareFailures` when some inputs could not be converted.
         progress / verbose: tqdm bar / printed summary (stderr).
 
@@ -661,6 +664,7 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
     if dst_path == src_path or src_path in dst_path.parents:
         raise PrepareError(f"DST {dst_path} must not be inside SRC {src_path}")
     workers = _default_workers() if workers is None else max(1, int(workers))
+    stats_modes = _stats_modes(stats)
 
     classes, items, ignored = scan_source(src_path)
     if not items:
@@ -700,7 +704,7 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
         pending = [u for u in my_units if u not in done]
         # Re-running a finished command (index.json already covers this job's share): change nothing.
         finished = (not pending and all(u in from_index for u in my_units)
-                    and (not stats or (dst_path / STATS_JSON).exists()))
+                    and all((dst_path / f"stats-{mode}.json").exists() for mode in stats_modes))
         for unit, record in done.items():
             if not finished and unit not in journal.units and unit % job[1] == job[0]:
                 journal.append(record)  # adopt units known from index.json / an old part file
@@ -740,14 +744,14 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
         part = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "job": list(job),
                 "settings": plan.settings_record(), "inventory": plan.inventory, "classes": classes,
                 "ignored": ignored, "total_images": len(items), "units": [journal.units[u] for u in my_units],
-                "stats_requested": bool(stats)}
+                "stats_requested": list(stats_modes)}
         _write_atomic(part_path, _json_bytes(part))
         journal_path.unlink()
         shutil.rmtree(tmp_dir, ignore_errors=True)
         result.failures = [f for u in my_units for f in journal.units[u]["failures"]]
         result.failed = len(result.failures)
         if job[1] == 1:
-            merged = _merge_parts(dst_path, [part], stats=stats, workers=workers, pool=pool, progress=progress)
+            merged = _merge_parts(dst_path, [part], stats=stats_modes, progress=progress)
             result.complete = True
             result.failures = merged["failures"]
             result.failed = len(result.failures)
@@ -917,15 +921,15 @@ def _run_shards(plan, pending, pool, journal, tmp_dir, result, bar) -> None:
 
 # --------------------------------------------------------------------------------------------- merge
 
-def merge(dst, parts: Sequence = (), *, stats: Optional[bool] = None, workers: Optional[int] = None,
-          allow_failures: bool = False, progress: bool = True, verbose: bool = True) -> PrepareResult:
+def merge(dst, parts: Sequence = (), *, stats=None, allow_failures: bool = False, progress: bool = True,
+          verbose: bool = True) -> PrepareResult:
     """Join the ``--shard I/N`` jobs of one preparation into the final manifests in ``dst``.
 
     ``dst`` must hold ``.funloader-prepare/part-I-of-N.json`` for every ``I`` in ``0..N-1`` (jobs that
     all wrote to ``dst``), or ``parts`` names the output folders of jobs that wrote elsewhere: their
     outputs and part files are first moved into ``dst``.  The parts must agree on settings and
-    inputs.  Writes ``index.json``, ``index.tsv``, ``failures.tsv`` (and ``stats.json`` when ``stats``
-    is true or any job asked for it), removes the part files, and returns the summary; raises
+    inputs.  Writes ``index.json``, ``index.tsv``, ``failures.tsv`` (and the statistics the jobs asked
+    for, or ``stats`` as in :func:`prepare` when given), removes the part files, and returns the summary; raises
     :class:`PrepareFailures` when inputs failed unless ``allow_failures``.
     """
     started = time.monotonic()
@@ -937,13 +941,7 @@ def merge(dst, parts: Sequence = (), *, stats: Optional[bool] = None, workers: O
     if not part_files:
         raise PrepareError(f"no part files (.funloader-prepare/part-I-of-N.json) in {dst_path}")
     loaded = [json.loads(path.read_text(encoding="utf-8")) for path in part_files]
-    workers = _default_workers() if workers is None else max(1, int(workers))
-    pool = _make_pool(workers)
-    try:
-        merged = _merge_parts(dst_path, loaded, stats=stats, workers=workers, pool=pool, progress=progress)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    merged = _merge_parts(dst_path, loaded, stats=None if stats is None else _stats_modes(stats), progress=progress)
     result = PrepareResult(dst=dst_path, total=merged["total"], skipped=merged["total"], ignored=merged["ignored"],
                            complete=True, failures=merged["failures"], failed=len(merged["failures"]),
                            seconds=time.monotonic() - started)
@@ -975,7 +973,7 @@ def _gather(part_dir: Path, dst: Path) -> None:
         shutil.move(str(part_file), str(_state_dir(dst) / part_file.name))
 
 
-def _merge_parts(dst: Path, parts: List[dict], *, stats: Optional[bool], workers: int, pool, progress: bool) -> dict:
+def _merge_parts(dst: Path, parts: List[dict], *, stats: Optional[Sequence[str]], progress: bool) -> dict:
     first = parts[0]
     count = first["job"][1]
     seen = sorted(part["job"][0] for part in parts)
@@ -1001,11 +999,11 @@ def _merge_parts(dst: Path, parts: List[dict], *, stats: Optional[bool], workers
              "files": files}
     if settings["format"] == "shards":
         index["shards"] = [record["shard"] for record in units]
-    want_stats = stats if stats is not None else any(part.get("stats_requested") for part in parts)
-    if want_stats:
-        stats_record = prepared_stats(dst, index, workers=workers, pool=pool, progress=progress)
-        _write_atomic(dst / STATS_JSON, _json_bytes(stats_record))
-        index["stats"] = STATS_JSON
+    if stats is None:  # what the jobs asked for
+        stats = [mode for mode in STATS_MODES if any(mode in (part.get("stats_requested") or []) for part in parts)]
+    stats_files = _write_stats(dst, index, stats, progress)
+    if stats_files:
+        index["stats"] = stats_files
     rows = ["\t".join(TSV_COLUMNS)]
     for entry in files:
         class_name = classes[entry["label"]] if entry["label"] >= 0 else ""
@@ -1022,68 +1020,49 @@ def _merge_parts(dst: Path, parts: List[dict], *, stats: Optional[bool], workers
 
 # --------------------------------------------------------------------------------------------- stats
 
-def _stats_chunk(task):
-    """Worker: per-channel float64 sums over a list of JPEG paths or (tar, keys) -> (count, n, sum, sumsq)."""
-    import numpy as np
+STATS_MODES = ("dequantized", "raw")
 
-    from . import read_fun
 
-    kind, dst, names = task
-    total = np.zeros(192, np.float64)
-    squares = np.zeros(192, np.float64)
-    positions = 0
-    images = 0
-
-    def add(source):
-        nonlocal positions, images
-        coefficients = read_fun(source).astype(np.float64).reshape(192, -1)
-        total[:] += coefficients.sum(axis=1)
-        squares[:] += np.square(coefficients).sum(axis=1)
-        positions += coefficients.shape[1]
-        images += 1
-
-    if kind == "files":
-        for name in names:
-            add(os.path.join(dst, name))
+def _stats_modes(stats) -> Tuple[str, ...]:
+    """``False``/``None`` -> (); ``True``/``"dequantized"`` -> loader default; ``"raw"``; ``"both"``."""
+    if stats is None or stats is False:
+        return ()
+    if stats is True:
+        return ("dequantized",)
+    if isinstance(stats, (list, tuple)):
+        modes = tuple(stats)
     else:
-        for _, fields in iter_shard(os.path.join(dst, names)):
-            if "jpg" in fields:
-                add(fields["jpg"])
-    return images, positions, total, squares
+        modes = STATS_MODES if stats == "both" else (stats,)
+    for mode in modes:
+        if mode not in STATS_MODES:
+            raise PrepareError(f"stats must be true, 'dequantized', 'raw' or 'both', got {stats!r}")
+    return tuple(m for m in STATS_MODES if m in modes)
 
 
-def prepared_stats(dst, index: dict, *, workers: int = 1, pool=None, progress: bool = True) -> dict:
-    """The 192 per-channel mean/std of ``read_fun`` (quantized int16 coefficients, as float64) over a prepared set.
+def _write_stats(dst: Path, index: dict, modes: Sequence[str], progress: bool) -> List[str]:
+    """Run :func:`funloader.compute_stats` over the outputs for each mode; returns the file names written.
 
-    Means/stds are over every block position of every image (``channel = 64*component + 8*v + u``).
-    Deterministic: fixed chunks summed in a fixed order, whatever the number of workers.
+    Same files and format as ``funloader stats DST``: ``stats-dequantized.json`` / ``stats-raw.json``
+    (192 per-channel means/stds over the size grid), found by ``funloader.load_stats(DST)``.
     """
-    import numpy as np
+    if not modes or not index["files"]:
+        return []
+    from .dataset import DCTImageFolder
+    from .stats import compute_stats, stats_filename
 
-    dst = Path(dst)
     if index["settings"]["format"] == "shards":
-        tasks = [("shards", str(dst), shard["name"]) for shard in index["shards"]]
+        dataset = DCTImageFolder([str(dst / shard["name"]) for shard in index["shards"] if shard["count"]])
     else:
-        paths = [entry["path"] for entry in index["files"]]
-        tasks = [("files", str(dst), paths[i:i + 256]) for i in range(0, len(paths), 256)]
-    outcomes = pool.map(_stats_chunk, tasks) if pool is not None else map(_stats_chunk, tasks)
-    total = np.zeros(192, np.float64)
-    squares = np.zeros(192, np.float64)
-    positions = images = 0
-    bar = _progress(len(index["files"]), 0, "stats", progress)
-    try:
-        for chunk_images, chunk_positions, chunk_total, chunk_squares in outcomes:
-            total += chunk_total
-            squares += chunk_squares
-            positions += chunk_positions
-            images += chunk_images
-            bar.update(chunk_images)
-    finally:
-        bar.close()
-    mean = total / max(positions, 1)
-    std = np.sqrt(np.maximum(squares / max(positions, 1) - mean * mean, 0.0))
-    return {"count": images, "positions": positions, "dequantized": False,
-            "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+        dataset = DCTImageFolder([(str(dst / entry["path"]), entry["label"]) for entry in index["files"]])
+    settings = index["settings"]
+    side = settings["size"] if settings["crop"] == "center" else (settings["resize_shorter"] or settings["size"])
+    grid = -(-side // 8)
+    names = []
+    for mode in modes:
+        name = stats_filename(mode == "dequantized")
+        compute_stats(dataset, dequantize=mode == "dequantized", size=grid, output=dst / name, progress=progress)
+        names.append(name)
+    return names
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -1114,7 +1093,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-shuffle", action="store_true", help="shards: keep sorted order instead of mixing classes")
     parser.add_argument("--shard", default=None, metavar="I/N", help="process only job I of N (0-based)")
     parser.add_argument("--merge", action="store_true", help="join the parts of a --shard I/N run into DST")
-    parser.add_argument("--stats", action="store_true", help="also write stats.json (192 per-channel means/stds)")
+    parser.add_argument("--stats", nargs="?", const="dequantized", default=None, choices=("dequantized", "raw", "both"),
+                        help="also write the 192 per-channel means/stds (funloader stats): stats-dequantized.json "
+                             "(default: the loader's default input), stats-raw.json (raw quantised, the paper's "
+                             "released models) or both")
     parser.add_argument("--allow-failures", action="store_true", help="exit 0 even if some inputs failed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -1126,7 +1108,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
         if args.merge:
-            merge(args.paths[0], args.paths[1:], stats=True if args.stats else None, workers=args.workers,
+            merge(args.paths[0], args.paths[1:], stats=args.stats,
                   allow_failures=args.allow_failures, progress=not args.no_progress)
         else:
             if len(args.paths) != 2:

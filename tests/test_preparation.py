@@ -271,19 +271,23 @@ def test_encoding_options(tmp_path, mixed_src):
 
 def test_stats_match_direct_computation(tmp_path, shared_data):
     src = shared_data / "labelled" / "dlib_johns"
-    prepare(src, tmp_path / "f", workers=2, stats=True, progress=False, verbose=False)
-    prepare(src, tmp_path / "s", workers=2, stats=True, format="shards", shard_size="10", progress=False,
+    prepare(src, tmp_path / "f", workers=2, stats="both", progress=False, verbose=False)
+    prepare(src, tmp_path / "s", workers=2, stats="both", format="shards", shard_size="10", progress=False,
             verbose=False)
     index = load_index(tmp_path / "f")
-    stack = np.stack([funloader.read_fun(tmp_path / "f" / e["path"]) for e in index["files"]]).astype(np.float64)
-    mean = stack.mean(axis=(0, 2, 3))
-    std = stack.std(axis=(0, 2, 3))
+    for mode in ("raw", "dequantized"):
+        stack = np.stack([funloader.read_fun(tmp_path / "f" / e["path"], dequantize=mode == "dequantized")
+                          for e in index["files"]]).astype(np.float64)
+        mean, std = stack.mean(axis=(0, 2, 3)), stack.std(axis=(0, 2, 3))
+        for dst in (tmp_path / "f", tmp_path / "s"):
+            stats = json.loads((dst / f"stats-{mode}.json").read_text())
+            assert stats["dequantized"] == (mode == "dequantized") and stats["count"] == 55
+            assert stats["size"] == [28, 28] and len(stats["mean"]) == len(stats["std"]) == 192
+            np.testing.assert_allclose(stats["mean"], mean, rtol=1e-7, atol=1e-7)
+            np.testing.assert_allclose(stats["std"], std, rtol=1e-7, atol=1e-7)
     for dst in (tmp_path / "f", tmp_path / "s"):
-        stats = json.loads((dst / "stats.json").read_text())
-        assert len(stats["mean"]) == len(stats["std"]) == 192 and stats["count"] == 55
-        np.testing.assert_allclose(stats["mean"], mean, rtol=1e-9, atol=1e-9)
-        np.testing.assert_allclose(stats["std"], std, rtol=1e-9, atol=1e-9)
-        assert load_index(dst)["stats"] == "stats.json"
+        assert load_index(dst)["stats"] == ["stats-dequantized.json", "stats-raw.json"]
+        assert funloader.load_stats(dst)["path"] == str(dst / "stats-dequantized.json")  # what the loader finds
 
 
 # ---------------------------------------------------------------------------------------------- resume
