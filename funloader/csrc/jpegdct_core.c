@@ -351,7 +351,7 @@ static size_t fl_dtype_size(int dtype) { return dtype == FL_DTYPE_FLOAT32 ? 4 : 
 #include <emmintrin.h>
 
 /* In: r[i] = 8 consecutive coefficients of block i. Out: r[j] = coefficient j of blocks 0..7. */
-static inline void fl_transpose8x8(__m128i r[8]) {
+static inline __attribute__((always_inline)) void fl_transpose8x8(__m128i r[8]) {
   __m128i a0 = _mm_unpacklo_epi16(r[0], r[1]), a1 = _mm_unpackhi_epi16(r[0], r[1]);
   __m128i a2 = _mm_unpacklo_epi16(r[2], r[3]), a3 = _mm_unpackhi_epi16(r[2], r[3]);
   __m128i a4 = _mm_unpacklo_epi16(r[4], r[5]), a5 = _mm_unpackhi_epi16(r[4], r[5]);
@@ -371,46 +371,74 @@ static inline void fl_transpose8x8(__m128i r[8]) {
 }
 #endif
 
-/* Transposes one row of `cols` consecutive blocks (block-major, 64 coefficients each) into 64
- * planes: plane k, element x = blocks[x][k].  dst points at element 0 of plane 0's row. */
-static void fl_transpose_row(const JCOEF (*blocks)[64], int cols, void *dst, size_t plane, int dtype,
-                             const float *scale) {
-  int x = 0;
+/* Stores 8 int16 values (one coefficient of 8 output columns) to `rows` output rows. */
 #if defined(__SSE2__)
-  for (; x + 8 <= cols; x += 8) {
+static inline __attribute__((always_inline)) void fl_store8(void *dst, size_t index, size_t row_stride, int rows, int dtype, __m128i values,
+                             float scale) {
+  if (dtype == FL_DTYPE_INT16) {
+    for (int r = 0; r < rows; r++) _mm_storeu_si128((__m128i *)((int16_t *)dst + index + r * row_stride), values);
+  } else {
+    __m128 s = _mm_set1_ps(scale);
+    __m128 low = _mm_mul_ps(_mm_cvtepi32_ps(_mm_srai_epi32(_mm_unpacklo_epi16(values, values), 16)), s);
+    __m128 high = _mm_mul_ps(_mm_cvtepi32_ps(_mm_srai_epi32(_mm_unpackhi_epi16(values, values), 16)), s);
+    for (int r = 0; r < rows; r++) {
+      float *target = (float *)dst + index + r * row_stride;
+      _mm_storeu_ps(target, low);
+      _mm_storeu_ps(target + 4, high);
+    }
+  }
+}
+#endif
+
+/* Transposes one row of source blocks (block-major, 64 coefficients each) into 64 planes:
+ * plane k, output column x = blocks[x / dup][k], for x in [0, cols), written to `rows` identical
+ * output rows (row_stride elements apart).  dup is 1 (full-width component) or 2 (horizontally
+ * half-sampled chroma, duplicated on the fly).  dst points at element 0 of plane 0's first row. */
+static inline __attribute__((always_inline)) void fl_transpose_row(const JCOEF (*blocks)[64], int cols, int dup, int rows, size_t row_stride, void *dst,
+                             size_t plane, int dtype, const float *scale) {
+  int source = 0; /* next source block */
+#if defined(__SSE2__)
+  const int whole = cols / dup; /* source blocks whose every output column lies in [0, cols) */
+  for (int done = 0; whole >= 8 && done < whole;) {
+    /* 8 source blocks at a time; the last group overlaps the previous one rather than falling
+     * back to scalar code (the overlapping columns are written twice with the same values). */
+    int start = done + 8 <= whole ? done : whole - 8;
+    size_t x = (size_t)start * dup;
     for (int group = 0; group < 8; group++) {
       __m128i r[8];
-      for (int i = 0; i < 8; i++) r[i] = _mm_loadu_si128((const __m128i *)&blocks[x + i][8 * group]);
+      for (int i = 0; i < 8; i++) r[i] = _mm_loadu_si128((const __m128i *)&blocks[start + i][8 * group]);
       fl_transpose8x8(r);
       for (int j = 0; j < 8; j++) {
         size_t k = (size_t)(8 * group + j);
-        if (dtype == FL_DTYPE_INT16) {
-          _mm_storeu_si128((__m128i *)((int16_t *)dst + k * plane + x), r[j]);
+        if (dup == 1) {
+          fl_store8(dst, k * plane + x, row_stride, rows, dtype, r[j], scale[k]);
         } else {
-          __m128 s = _mm_set1_ps(scale[k]);
-          __m128i low = _mm_srai_epi32(_mm_unpacklo_epi16(r[j], r[j]), 16);
-          __m128i high = _mm_srai_epi32(_mm_unpackhi_epi16(r[j], r[j]), 16);
-          float *target = (float *)dst + k * plane + x;
-          _mm_storeu_ps(target, _mm_mul_ps(_mm_cvtepi32_ps(low), s));
-          _mm_storeu_ps(target + 4, _mm_mul_ps(_mm_cvtepi32_ps(high), s));
+          fl_store8(dst, k * plane + x, row_stride, rows, dtype, _mm_unpacklo_epi16(r[j], r[j]), scale[k]);
+          fl_store8(dst, k * plane + x + 8, row_stride, rows, dtype, _mm_unpackhi_epi16(r[j], r[j]), scale[k]);
         }
       }
     }
+    done = start + 8;
+    source = done;
   }
 #endif
-  for (; x < cols; x++) {
+  for (int x = source * dup; x < cols; x++) {
+    const JCOEF *block = blocks[x / dup];
     for (size_t k = 0; k < 64; k++) {
-      if (dtype == FL_DTYPE_INT16) ((int16_t *)dst)[k * plane + x] = blocks[x][k];
-      else ((float *)dst)[k * plane + x] = (float)blocks[x][k] * scale[k];
+      for (int r = 0; r < rows; r++) {
+        size_t index = k * plane + (size_t)x + (size_t)r * row_stride;
+        if (dtype == FL_DTYPE_INT16) ((int16_t *)dst)[index] = block[k];
+        else ((float *)dst)[index] = (float)block[k] * scale[k];
+      }
     }
   }
 }
 
 /* Lays one component out as 64 planes of (out_h8, out_w8), for output rows [dst_y0, dst_y0+rows)
  * and columns [dst_x0, dst_x0+cols) taken from full-resolution block rows/columns starting at
- * src_y0/src_x0.  A subsampled component's blocks are first replicated into a contiguous row
- * (128-byte copies), then every row goes through the same SIMD transpose; output rows that map
- * to the same source row are copied from the previous one. */
+ * src_y0/src_x0 (source block = floor(full-resolution block * samp / max_samp)).  Every run of
+ * output rows that maps to one source row is written by one SIMD transpose; full-width and
+ * half-width components are read in place, other factors through a row of replicated blocks. */
 static int fl_layout_component(fl_decoder *decoder, jvirt_barray_ptr array, const fl_header *header,
                                int c, void *out, int dtype, int dequantize, int out_h8, int out_w8,
                                int src_y0, int src_x0, int dst_y0, int dst_x0, int rows, int cols) {
@@ -420,8 +448,15 @@ static int fl_layout_component(fl_decoder *decoder, jvirt_barray_ptr array, cons
   const int h = header->h_samp[c], v = header->v_samp[c];
   const int hmax = header->max_h_samp, vmax = header->max_v_samp;
   const int last_col = header->blocks_w[c] - 1, last_row = header->blocks_h[c] - 1;
-  const int full_width = h == hmax && src_x0 + cols - 1 <= last_col;
-  if (!full_width && (size_t)cols * 64 > decoder->row_capacity) {
+  int dup = 0, first = 0; /* in-place read: output column x takes source block first + x / dup */
+  if (h == hmax && src_x0 + cols - 1 <= last_col) {
+    dup = 1;
+    first = src_x0;
+  } else if (2 * h == hmax && src_x0 % 2 == 0 && (src_x0 + cols - 1) / 2 <= last_col) {
+    dup = 2;
+    first = src_x0 / 2;
+  }
+  if (!dup && (size_t)cols * 64 > decoder->row_capacity) {
     JCOEF(*row)[64] = (JCOEF(*)[64])realloc(decoder->row_scratch, (size_t)cols * 64 * sizeof(JCOEF));
     if (!row) return FL_ERR_NOMEM;
     decoder->row_scratch = row;
@@ -430,33 +465,42 @@ static int fl_layout_component(fl_decoder *decoder, jvirt_barray_ptr array, cons
   float scale[64];
   for (int k = 0; k < 64; k++) scale[k] = dequantize ? (float)header->qtables[c][k] : 1.0f;
   char *base = (char *)out + ((size_t)64 * c * plane) * element;
-  int previous_row = -1;
-  for (int y = 0; y < rows; y++) {
+  for (int y = 0; y < rows;) {
     int source_row = (int)(((long long)(src_y0 + y) * v) / vmax);
     if (source_row > last_row) source_row = last_row;
-    size_t offset = (size_t)(dst_y0 + y) * (size_t)out_w8 + (size_t)dst_x0;
-    if (source_row == previous_row) { /* vertical replication: copy the row above, per plane */
-      for (size_t k = 0; k < 64; k++) {
-        char *target = base + (k * plane + offset) * element;
-        memcpy(target, target - (size_t)out_w8 * element, (size_t)cols * element);
-      }
-      continue;
+    int run = 1; /* following output rows with the same source row */
+    while (y + run < rows) {
+      int next = (int)(((long long)(src_y0 + y + run) * v) / vmax);
+      if ((next > last_row ? last_row : next) != source_row) break;
+      run++;
     }
-    previous_row = source_row;
     JBLOCKROW blocks = (*cinfo->mem->access_virt_barray)((j_common_ptr)cinfo, array,
                                                          (JDIMENSION)source_row, 1, FALSE)[0];
-    const JCOEF(*row)[64];
-    if (full_width) {
-      row = (const JCOEF(*)[64])blocks[src_x0];
+    size_t offset = (size_t)(dst_y0 + y) * (size_t)out_w8 + (size_t)dst_x0;
+    if (dup) {
+      const JCOEF(*row)[64] = (const JCOEF(*)[64])blocks[first];
+      void *target = base + offset * element;
+      /* constant dtype/dup/run arguments let the compiler specialise the inlined transpose */
+      if (dtype == FL_DTYPE_INT16 && dup == 1 && run == 1)
+        fl_transpose_row(row, cols, 1, 1, (size_t)out_w8, target, plane, FL_DTYPE_INT16, scale);
+      else if (dtype == FL_DTYPE_INT16 && dup == 2 && run == 2)
+        fl_transpose_row(row, cols, 2, 2, (size_t)out_w8, target, plane, FL_DTYPE_INT16, scale);
+      else if (dtype == FL_DTYPE_FLOAT32 && dup == 1 && run == 1)
+        fl_transpose_row(row, cols, 1, 1, (size_t)out_w8, target, plane, FL_DTYPE_FLOAT32, scale);
+      else if (dtype == FL_DTYPE_FLOAT32 && dup == 2 && run == 2)
+        fl_transpose_row(row, cols, 2, 2, (size_t)out_w8, target, plane, FL_DTYPE_FLOAT32, scale);
+      else
+        fl_transpose_row(row, cols, dup, run, (size_t)out_w8, target, plane, dtype, scale);
     } else {
       JCOEF(*expanded)[64] = decoder->row_scratch;
       for (int x = 0; x < cols; x++) {
-        int source = (int)(((long long)(src_x0 + x) * h) / hmax);
-        memcpy(expanded[x], blocks[source > last_col ? last_col : source], 64 * sizeof(JCOEF));
+        int column = (int)(((long long)(src_x0 + x) * h) / hmax);
+        memcpy(expanded[x], blocks[column > last_col ? last_col : column], 64 * sizeof(JCOEF));
       }
-      row = (const JCOEF(*)[64])expanded;
+      fl_transpose_row((const JCOEF(*)[64])expanded, cols, 1, run, (size_t)out_w8, base + offset * element, plane,
+                       dtype, scale);
     }
-    fl_transpose_row(row, cols, base + offset * element, plane, dtype, scale);
+    y += run;
   }
   return FL_OK;
 }
