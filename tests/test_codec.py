@@ -273,13 +273,16 @@ def _centre(array, height, width):
     return out
 
 
-@pytest.mark.parametrize("grid", [(28, 28), (16, 90), (70, 20)])
-def test_read_batch_crops_and_pads_like_slicing(sample_jpegs, grid):
-    out = np.empty((len(sample_jpegs), 192, *grid), np.int16)
-    errors = read_batch(sample_jpegs, out, threads=2)
+@pytest.mark.parametrize("dequantize", [False, True])
+@pytest.mark.parametrize("grid", [(28, 28), (16, 90), (70, 20), (27, 33), (5, 7)])
+def test_read_batch_crops_and_pads_like_slicing(sample_jpegs, grid, dequantize):
+    dtype = np.float32 if dequantize else np.int16
+    out = np.empty((len(sample_jpegs), 192, *grid), dtype)
+    errors = read_batch(sample_jpegs, out, threads=2, dequantize=dequantize)
     assert errors == [None] * len(sample_jpegs)
     for index, path in enumerate(sample_jpegs):
-        np.testing.assert_array_equal(out[index], _centre(read_fun(path), *grid), err_msg=path.name)
+        expected = _centre(read_fun(path, dequantize=dequantize), *grid)
+        np.testing.assert_array_equal(out[index], expected, err_msg=path.name)
 
 
 def test_read_batch_threads_agree_and_errors_are_per_item(sample_jpegs, tmp_path):
