@@ -185,6 +185,7 @@ class DCTLoader:
         self.keep = keep
         self.keep_mode = keep_mode
         self.chunk_size = int(chunk_size)
+        self._normalizers: dict = {}
         self._kept = None if keep is None else channel_indices(keep)
         if pin_memory is None:
             pin_memory = self.device.type == "cuda" and torch.cuda.is_available()
@@ -253,33 +254,50 @@ class DCTLoader:
             generator.manual_seed(_batch_seed(self.seed, self.epoch if epoch is None else epoch, self.rank, batch_number))
         count = raw.shape[0]
         step = count if raw.device.type != "cpu" else max(1, int(self.chunk_size))
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        direct = self.stats is not None and self._kept is None and self.dtype == torch.float32 and not self.channels_last
         out = None
         for start in range(0, count, step):
-            piece = self._process(raw[start:start + step], generator)
+            x = raw[start:start + step]
+            x = x if x.dtype == torch.float32 else x.to(torch.float32)
+            if self.transform is not None:
+                x = self.transform(x, generator=generator) if isinstance(self.transform, T.DCTTransform) else self.transform(x)
+                if not x.is_floating_point():
+                    x = x.to(torch.float32)
+            if direct:  # normalise straight into the output: x * (1/std) + (-mean/std)
+                if out is None:
+                    out = torch.empty((count,) + tuple(x.shape[1:]), dtype=torch.float32, device=x.device)
+                    scale, shift = self._normalizer(x.device)
+                dest = out[start:start + step]
+                torch.mul(x, scale, out=dest)
+                dest.add_(shift)
+                continue
+            if self.stats is not None:
+                x = T.normalize(x, self.stats[0], self.stats[1])
+            if self._kept is not None:
+                x = T.select_frequencies(x, self.keep, self.keep_mode)
             if out is None:
-                memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-                if step >= count and piece.dtype == self.dtype and not _shares_memory(piece, raw):
-                    out = piece.contiguous(memory_format=memory_format)
+                if step >= count and x.dtype == self.dtype and not _shares_memory(x, raw):
+                    out = x.contiguous(memory_format=memory_format)
                     break
-                out = torch.empty((count,) + tuple(piece.shape[1:]), dtype=self.dtype, device=piece.device,
+                out = torch.empty((count,) + tuple(x.shape[1:]), dtype=self.dtype, device=x.device,
                                   memory_format=memory_format)
-            out[start:start + step].copy_(piece)
+            out[start:start + step].copy_(x)
         y = torch.as_tensor(labels, dtype=torch.int64)
         if self.device.type != "cpu":
             y = y.to(self.device, non_blocking=True)
         return out, y
 
-    def _process(self, raw: torch.Tensor, generator) -> torch.Tensor:
-        x = raw if raw.dtype == torch.float32 else raw.to(torch.float32)
-        if self.transform is not None:
-            x = self.transform(x, generator=generator) if isinstance(self.transform, T.DCTTransform) else self.transform(x)
-            if not x.is_floating_point():
-                x = x.to(torch.float32)
-        if self.stats is not None:
-            x = T.normalize(x, self.stats[0], self.stats[1])
-        if self._kept is not None:
-            x = T.select_frequencies(x, self.keep, self.keep_mode)
-        return x
+    def _normalizer(self, device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(1/std, -mean/std)`` as ``(192, 1, 1)`` float32 tensors on ``device`` (cached)."""
+        cached = self._normalizers.get(str(device))
+        if cached is None:
+            mean, std = self.stats
+            std = np.where(std <= 0, 1.0, std)
+            cached = (torch.as_tensor(1.0 / std, dtype=torch.float32, device=device)[:, None, None],
+                      torch.as_tensor(-mean / std, dtype=torch.float32, device=device)[:, None, None])
+            self._normalizers[str(device)] = cached
+        return cached
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         for old in list(self._live):

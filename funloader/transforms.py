@@ -472,18 +472,34 @@ class _RandomFlip(DCTTransform):
             return x
         if isinstance(x, np.ndarray):
             return np.where(flip.numpy()[:, None, None, None], _flip(x, self._axis, self.channels), x)
-        # one gather (reversed block order for the flipped items) and one per-item, per-channel sign
-        N, C, H, W = x.shape
-        length = W if self._axis == "h" else H
-        forward = torch.arange(length)
-        order = torch.where(flip[:, None], forward.flip(0)[None, :], forward[None, :])  # (N, length)
-        sign = torch.from_numpy(flip_signs(self._axis, _channels_of(x, self.channels)).astype(np.float32))
-        signs = torch.where(flip[:, None], sign[None, :], torch.ones(1))  # (N, C)
-        if self._axis == "h":
-            out = _gather_windows(x, torch.arange(H).expand(N, H), order)
-        else:
-            out = _gather_windows(x, order, torch.arange(W).expand(N, W))
-        return out.mul_(signs.to(device=x.device, dtype=out.dtype)[:, :, None, None])
+        sign = flip_signs(self._axis, _channels_of(x, self.channels))
+        if x.device.type == "cpu":  # per item: a flip kernel for the chosen ones, a copy for the rest
+            signs = torch.from_numpy(sign).to(x.dtype)[:, None, None]
+            out = torch.empty_like(x)
+            dim = -1 if self._axis == "h" else -2
+            for item in range(x.shape[0]):
+                if flip[item]:
+                    torch.mul(x[item].flip(dim), signs, out=out[item])
+                else:
+                    out[item].copy_(x[item])
+            return out
+        return _flip_gather(x, flip, sign, self._axis)  # on a GPU: one gather kernel
+
+
+def _flip_gather(x: torch.Tensor, flip: torch.Tensor, sign: np.ndarray, axis: str) -> torch.Tensor:
+    """Flip the items of ``x`` (N, C, H, W) where ``flip`` (N,) bool: one gather (reversed block order
+    for the flipped items) and one per-item channel sign (``sign``: (C,) +-1)."""
+    N, C, H, W = x.shape
+    length = W if axis == "h" else H
+    forward = torch.arange(length)
+    order = torch.where(flip[:, None], forward.flip(0)[None, :], forward[None, :])  # (N, length)
+    sign = torch.from_numpy(sign.astype(np.float32))
+    signs = torch.where(flip[:, None], sign[None, :], torch.ones(1))  # (N, C)
+    if axis == "h":
+        out = _gather_windows(x, torch.arange(H).expand(N, H), order)
+    else:
+        out = _gather_windows(x, order, torch.arange(W).expand(N, W))
+    return out.mul_(signs.to(device=x.device, dtype=out.dtype)[:, :, None, None])
 
 
 class RandomHorizontalFlip(_RandomFlip):

@@ -128,6 +128,10 @@ def test_random_flip_per_item(sample_jpegs):
     for item in range(8):
         expected = T.hflip(batch[item]) if decisions[item] else batch[item]
         assert torch.equal(out[item], expected)
+    # the single-gather variant used on GPUs gives the same result
+    assert torch.equal(T._flip_gather(batch, decisions, T.flip_signs("h"), "h"), out)
+    vertical = T._flip_gather(batch, decisions, T.flip_signs("v"), "v")
+    assert torch.equal(vertical[0], T.vflip(batch[0]) if decisions[0] else batch[0])
     assert torch.equal(T.RandomVerticalFlip(1.0)(batch), T.vflip(batch))
     assert torch.equal(T.RandomVerticalFlip(0.0)(batch), batch)
 
