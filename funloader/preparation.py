@@ -634,7 +634,9 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
         crop: ``"center"`` (square ``size x size``) or ``"none"`` (keep aspect; shorter side =
             ``resize_shorter`` or ``size``).
         quality / subsampling / progressive: JPEG encoding (``subsampling`` ``"420"`` or ``"444"``).
-        workers: processes (default: the CPUs available); 1 converts in this process.
+        workers: processes (default: the CPUs available); 1 converts in this process.  Workers are
+            started with ``spawn``, so a script calling ``prepare`` needs the usual
+            ``if __name__ == "__main__":`` guard.
         format: ``"folder"`` or ``"shards"`` (WebDataset tars).
         shard_size: tar size: ``"1GB"``-style bytes (turned into an image count) or an image count.
         shuffle: shards only: spread images over tars in a fixed hash order (mixes classes per tar).
@@ -1093,10 +1095,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-shuffle", action="store_true", help="shards: keep sorted order instead of mixing classes")
     parser.add_argument("--shard", default=None, metavar="I/N", help="process only job I of N (0-based)")
     parser.add_argument("--merge", action="store_true", help="join the parts of a --shard I/N run into DST")
-    parser.add_argument("--stats", nargs="?", const="dequantized", default=None, choices=("dequantized", "raw", "both"),
-                        help="also write the 192 per-channel means/stds (funloader stats): stats-dequantized.json "
-                             "(default: the loader's default input), stats-raw.json (raw quantised, the paper's "
-                             "released models) or both")
+    parser.add_argument("--stats", action="store_true",
+                        help="also write the 192 per-channel means/stds the loader normalises with (as 'funloader stats')")
+    parser.add_argument("--stats-mode", choices=("dequantized", "raw", "both"), default="dequantized",
+                        help="with --stats: stats-dequantized.json (default, the loader's default input), "
+                             "stats-raw.json (raw quantised integers, the paper's released models) or both")
     parser.add_argument("--allow-failures", action="store_true", help="exit 0 even if some inputs failed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -1108,7 +1111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
         if args.merge:
-            merge(args.paths[0], args.paths[1:], stats=args.stats,
+            merge(args.paths[0], args.paths[1:], stats=args.stats_mode if args.stats else None,
                   allow_failures=args.allow_failures, progress=not args.no_progress)
         else:
             if len(args.paths) != 2:
@@ -1116,7 +1119,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             prepare(args.paths[0], args.paths[1], size=args.size, resize_shorter=args.resize_shorter, crop=args.crop,
                     quality=args.quality, subsampling=args.subsampling, progressive=args.progressive,
                     workers=args.workers, format=args.format, shard_size=args.shard_size,
-                    shuffle=not args.no_shuffle, shard=args.shard, stats=args.stats,
+                    shuffle=not args.no_shuffle, shard=args.shard, stats=args.stats_mode if args.stats else False,
                     allow_failures=args.allow_failures, progress=not args.no_progress)
     except PrepareFailures as exc:
         print(f"funloader prepare: {exc}", file=sys.stderr)
