@@ -529,6 +529,7 @@ def _train(cfg: TrainConfig, info: fdist.DistInfo) -> Dict[str, Any]:
     cfg = resolve_config(cfg)
     if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))
+    train_dir, val_dir = _split_dirs(cfg)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         overrides = user_overrides
@@ -541,7 +542,6 @@ def _train(cfg: TrainConfig, info: fdist.DistInfo) -> Dict[str, Any]:
              "world_size": info.world_size, "device": str(info.device), "argv": sys.argv}, indent=2) + "\n")
     fdist.barrier()
 
-    train_dir, val_dir = _split_dirs(cfg)
     train_set = DCTImageFolder(train_dir, dequantize=cfg.dequantize)
     val_set = DCTImageFolder(val_dir, dequantize=cfg.dequantize) if val_dir else None
     num_classes = len(train_set.classes)
