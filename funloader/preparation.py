@@ -114,7 +114,8 @@ class PrepareResult:
     ignored: int = 0        # files in SRC that are not images of the layout
     bytes_in: int = 0       # source bytes read by this call
     bytes_out: int = 0      # JPEG bytes written by this call
-    seconds: float = 0.0
+    seconds: float = 0.0            # wall time of the whole call
+    convert_seconds: float = 0.0    # of which converting images (the images/s of the summary)
     complete: bool = False  # index.json written (single run or merge)
     failures: List[Dict[str, str]] = field(default_factory=list)
 
@@ -123,10 +124,10 @@ class PrepareResult:
         return self.dst / FAILURES_TSV if self.complete else self.dst / STATE_DIR
 
     def summary(self) -> str:
-        rate = self.converted / self.seconds if self.seconds > 0 else 0.0
+        rate = self.converted / self.convert_seconds if self.convert_seconds > 0 else 0.0
         return (f"prepare {self.dst}: converted {self.converted}, skipped {self.skipped}, failed {self.failed}, "
                 f"ignored {self.ignored}; read {_human(self.bytes_in)}, wrote {_human(self.bytes_out)} "
-                f"in {self.seconds:.1f} s ({rate:.1f} images/s)")
+                f"in {self.seconds:.1f} s ({rate:.1f} images/s converting)")
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -720,6 +721,7 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
                   f"(e.g. {ignored[0]})", file=sys.stderr)
         bar = _progress(result.total, result.skipped, f"prepare {job_name}" if job[1] > 1 else "prepare",
                         progress)
+        convert_started = time.monotonic()
         try:
             if format == "folder":
                 _run_folder(plan, pending, pool, journal, tmp_dir, result, bar)
@@ -727,6 +729,7 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
                 _run_shards(plan, pending, pool, journal, tmp_dir, result, bar)
         finally:
             bar.close()
+            result.convert_seconds = time.monotonic() - convert_started
         journal.close()
         if finished:
             journal_path.unlink()
