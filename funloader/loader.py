@@ -257,13 +257,13 @@ class DCTLoader:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         direct = self.stats is not None and self._kept is None and self.dtype == torch.float32 and not self.channels_last
         out = None
+        keep_integers = not raw.is_floating_point() and (self.transform is None or getattr(self.transform, "integer_exact", False))
         for start in range(0, count, step):
             x = raw[start:start + step]
-            x = x if x.dtype == torch.float32 else x.to(torch.float32)
+            if not keep_integers and x.dtype != torch.float32:
+                x = x.to(torch.float32)  # raw int16 stays int16 through integer-exact transforms
             if self.transform is not None:
                 x = self.transform(x, generator=generator) if isinstance(self.transform, T.DCTTransform) else self.transform(x)
-                if not x.is_floating_point():
-                    x = x.to(torch.float32)
             if direct:  # normalise straight into the output: x * (1/std) + (-mean/std)
                 if out is None:
                     out = torch.empty((count,) + tuple(x.shape[1:]), dtype=torch.float32, device=x.device)
@@ -272,6 +272,8 @@ class DCTLoader:
                 torch.mul(x, scale, out=dest)
                 dest.add_(shift)
                 continue
+            if not x.is_floating_point():
+                x = x.to(torch.float32)
             if self.stats is not None:
                 x = T.normalize(x, self.stats[0], self.stats[1])
             if self._kept is not None:

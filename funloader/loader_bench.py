@@ -6,6 +6,8 @@ per-channel normalisation, all using ``threads`` CPU threads):
 
 - ``funloader``: ``DCTLoader`` (``read_batch`` native threads) with ``RandomResizedCrop(28,
   mode="nearest")`` + ``RandomHorizontalFlip`` in the DCT domain, normalised with 192 channel stats.
+- ``funloader_raw``: the same on raw quantised integers (``dequantize=False``: what the paper's
+  released models take, and what (b) produces); int16 stays int16 through crop and flip.
 - ``funloader_dct``: the same with the exact DCT-domain resampling (``mode="dct"``, matrix products).
 - ``pillow``: (a) the torchvision-style pipeline written with Pillow + torch: decode, RandomResizedCrop
   to 224 (bilinear), flip, to tensor, normalise (3 channels); images decoded in a thread pool.
@@ -36,7 +38,7 @@ import torch
 
 __all__ = ["measure_loaders", "make_imagenet_like", "machine_description", "PIPELINES"]
 
-PIPELINES = ("funloader", "funloader_dct", "pillow", "paper", "dctnet")
+PIPELINES = ("funloader", "funloader_raw", "funloader_dct", "pillow", "paper", "dctnet")
 _RGB_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _RGB_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -215,7 +217,8 @@ def measure_loaders(folder, threads: Sequence[int] = (1, 2), batch_size: int = 2
     Returns ``{"folder", "images", "batch_size", "repeats", "machine", "results": {str(threads):
     {pipeline: {"images_per_s" (median), "images_per_s_all", "seconds", "images_per_epoch"}}},
     "speedup": {str(threads): {"vs_pillow": x, "vs_paper": x, "vs_dctnet": x}}}`` (speedups of
-    ``funloader``; ``paper`` is skipped when ``jpeg2dct`` is not installed)."""
+    ``funloader``, and ``raw_vs_paper``: ``funloader_raw`` against ``paper``; ``paper`` is skipped
+    when ``jpeg2dct`` is not installed)."""
     from . import transforms as T
     from .dataset import DCTImageFolder
     from .loader import DCTLoader
@@ -249,8 +252,11 @@ def measure_loaders(folder, threads: Sequence[int] = (1, 2), batch_size: int = 2
                     progress(f"{name} threads={count}")
                 if name.startswith("funloader"):
                     mode = "dct" if name == "funloader_dct" else "nearest"
-                    loader = DCTLoader(dataset, batch_size, shuffle=True, num_threads=int(count), prefetch=2,
-                                       normalize=(stats["mean"], stats["std"]),
+                    use_raw = name == "funloader_raw"
+                    chosen = raw_stats if use_raw else stats
+                    source = DCTImageFolder(folder, dequantize=not use_raw)
+                    loader = DCTLoader(source, batch_size, shuffle=True, num_threads=int(count), prefetch=2,
+                                       normalize=(chosen["mean"], chosen["std"]),
                                        transform=T.Compose([T.RandomResizedCrop(28, mode=mode), T.RandomHorizontalFlip()]))
 
                     def run(epoch, loader=loader):
@@ -273,6 +279,8 @@ def measure_loaders(folder, threads: Sequence[int] = (1, 2), batch_size: int = 2
             ours = row["funloader"]["images_per_s"]
             speedup[count] = {f"vs_{name}": ours / row[name]["images_per_s"] for name in ("pillow", "paper", "dctnet")
                               if name in row}
+            if "funloader_raw" in row and "paper" in row:  # like for like: both yield raw integer coefficients
+                speedup[count]["raw_vs_paper"] = row["funloader_raw"]["images_per_s"] / row["paper"]["images_per_s"]
     return {"folder": str(folder), "images": len(files), "batch_size": batch_size, "repeats": repeats,
             "machine": machine_description(), "results": results, "speedup": speedup}
 
@@ -281,10 +289,10 @@ def format_table(report: dict, title: str = "") -> str:
     """A plain-text table of ``measure_loaders``' result."""
     lines = [title] if title else []
     names = [n for n in PIPELINES if any(n in row for row in report["results"].values())]
-    lines.append(f"{'threads':>7} " + " ".join(f"{n:>14}" for n in names) + f" {'vs (a)':>7} {'vs (b)':>7} {'vs (c)':>7}")
+    lines.append(f"{'threads':>7} " + " ".join(f"{n:>14}" for n in names) + f" {'vs (a)':>7} {'vs (b)':>7} {'vs (c)':>7} {'raw/(b)':>7}")
     for count, row in report["results"].items():
         cells = " ".join(f"{row[n]['images_per_s']:14.0f}" if n in row else f"{'-':>14}" for n in names)
         ratio = report["speedup"].get(count, {})
-        extra = " ".join(f"{ratio[k]:6.1f}x" if k in ratio else f"{'-':>7}" for k in ("vs_pillow", "vs_paper", "vs_dctnet"))
+        extra = " ".join(f"{ratio[k]:6.1f}x" if k in ratio else f"{'-':>7}" for k in ("vs_pillow", "vs_paper", "vs_dctnet", "raw_vs_paper"))
         lines.append(f"{count:>7} {cells} {extra}")
     return "\n".join(lines)

@@ -430,7 +430,12 @@ def normalize(x: Array, mean: Sequence[float], std: Sequence[float],
 # ----------------------------------------------------------------------------------------------
 # composable classes
 class DCTTransform:
-    """Base class: ``transform(x, generator=None)`` on ``(C, H8, W8)`` or ``(N, C, H8, W8)``."""
+    """Base class: ``transform(x, generator=None)`` on ``(C, H8, W8)`` or ``(N, C, H8, W8)``.
+
+    ``integer_exact``: True when the transform only moves, negates or zeroes coefficients, so it can
+    run on raw int16 coefficients (half the memory traffic) with the same result as on floats."""
+
+    integer_exact = False
 
     def __call__(self, x: Array, generator: Optional[torch.Generator] = None) -> Array:
         raise NotImplementedError
@@ -446,6 +451,10 @@ class Compose(DCTTransform):
     def __init__(self, transforms: Sequence):
         self.transforms = list(transforms)
 
+    @property
+    def integer_exact(self) -> bool:
+        return all(getattr(t, "integer_exact", False) for t in self.transforms)
+
     def __call__(self, x, generator=None):
         for transform in self.transforms:
             x = transform(x, generator=generator) if isinstance(transform, DCTTransform) else transform(x)
@@ -459,6 +468,8 @@ def _random_mask(x: Array, p: float, generator) -> torch.Tensor:
 
 class _RandomFlip(DCTTransform):
     _axis = "h"
+
+    integer_exact = True
 
     def __init__(self, p: float = 0.5, channels: Optional[Sequence[int]] = None):
         self.p = float(p)
@@ -515,6 +526,8 @@ class RandomVerticalFlip(_RandomFlip):
 class CenterCrop(DCTTransform):
     """Centred block-aligned crop / zero padding to ``size`` blocks (default 28x28 = 224 px)."""
 
+    integer_exact = True
+
     def __init__(self, size: SizeLike = 28):
         self.size = _pair(size)
 
@@ -525,6 +538,8 @@ class CenterCrop(DCTTransform):
 class RandomCrop(DCTTransform):
     """Block-aligned random crop to ``size`` blocks with ``padding`` blocks of zeros on each side
     (see ``random_crop``)."""
+
+    integer_exact = True
 
     def __init__(self, size: SizeLike = 28, padding: int = 0):
         self.size = _pair(size)
@@ -550,6 +565,10 @@ class RandomResizedCrop(DCTTransform):
         self.mode = mode
         self.channels = None if channels is None else list(channels)
 
+    @property
+    def integer_exact(self) -> bool:
+        return self.mode == "nearest"
+
     def __call__(self, x, generator=None):
         was_numpy = isinstance(x, np.ndarray)
         t = torch.from_numpy(np.ascontiguousarray(x)) if was_numpy else x
@@ -563,6 +582,8 @@ class RandomResizedCrop(DCTTransform):
 class SelectFrequencies(DCTTransform):
     """Keep the lowest zigzag frequencies per component (``keep="44/10/10"``), zeroing (``mode="zero"``)
     or dropping (``mode="drop"``) the others; see ``select_frequencies``."""
+
+    integer_exact = True
 
     def __init__(self, keep: KeepSpec, mode: str = "zero"):
         if mode not in ("zero", "drop"):

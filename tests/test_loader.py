@@ -238,3 +238,20 @@ def test_benchmark_pipelines_compute_comparable_coefficients(tmp_path, shared_da
     assert set(row) == {"funloader", "pillow", "dctnet"}
     assert all(r["images_per_s"] > 0 and r["images_per_epoch"] == 12 for r in row.values())
     assert set(report["speedup"]["1"]) == {"vs_pillow", "vs_dctnet"}
+
+
+def test_integer_path_equals_float_path(johns):
+    """Raw int16 batches stay integers through crop/flip and give the float pipeline's result."""
+    pipeline = T.Compose([T.RandomResizedCrop(16, mode="nearest"), T.RandomHorizontalFlip(), T.CenterCrop(14)])
+    assert pipeline.integer_exact and not T.RandomResizedCrop(16).integer_exact
+    stats = (np.linspace(-5, 5, 192), np.linspace(1, 30, 192))
+    loader = DCTLoader(johns, batch_size=20, size=19, dequantize=False, transform=pipeline, normalize=stats, seed=9)
+    x, _ = next(iter(loader))
+    raw = torch.from_numpy(np.stack([T.center_crop(funloader.read_fun(p), 19) for p, _ in loader.dataset.samples[:20]]))
+    generator = torch.Generator()
+    from funloader.loader import _batch_seed
+    generator.manual_seed(_batch_seed(9, 0, 0, 0))
+    chunks = [pipeline(raw[i:i + 8].float(), generator=generator) for i in range(0, 20, 8)]
+    expected = T.normalize(torch.cat(chunks), *stats)
+    assert x.dtype == torch.float32 and x.shape == (20, 192, 14, 14)
+    assert torch.allclose(x, expected, rtol=1e-6, atol=1e-5)
