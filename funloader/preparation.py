@@ -235,7 +235,8 @@ def _image_extensions() -> frozenset:
     from PIL import Image
 
     Image.init()
-    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+    # MPO (multi-picture JPEG) files are opened through the JPEG plugin, so MPO has no OPEN entry of its own.
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN or fmt == "MPO")
 
 
 def scan_source(src) -> Tuple[List[str], List[SourceItem], List[str]]:
@@ -461,7 +462,23 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _json_bytes(obj) -> bytes:
-    return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    """Deterministic JSON: sorted keys, one line per element of any top-level list of objects.
+
+    (``index.json`` holds one entry per image: one line each keeps it greppable, diffable and about
+    half the size of fully indented JSON.)
+    """
+    if not isinstance(obj, dict):
+        return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    compact = dict(sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
+    lines = []
+    for key in sorted(obj):
+        value = obj[key]
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            body = ",\n".join("  " + json.dumps(v, **compact) for v in value)
+            lines.append(f" {json.dumps(key)}: [\n{body}\n ]")
+        else:
+            lines.append(f" {json.dumps(key)}: {json.dumps(value, **compact)}")
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")
 
 
 # --------------------------------------------------------------------------------------------- planning

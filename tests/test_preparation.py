@@ -267,6 +267,26 @@ def test_encoding_options(tmp_path, mixed_src):
             preparation.parse_shard(bad)
 
 
+def test_edge_corpus_failures_match_manifest(tmp_path, shared_data):
+    """Every edge-case file Pillow decodes (MANIFEST pillow_decode ok) converts; every other one is listed."""
+    import csv
+
+    rows = [r for r in csv.DictReader(open(shared_data / "MANIFEST.tsv", newline=""), delimiter="\t")
+            if r["file"].startswith("edge/") and r["file"].count("/") == 1]
+    src = tmp_path / "edge"
+    src.mkdir()
+    for row in rows:
+        os.symlink(shared_data / row["file"], src / row["file"].split("/", 1)[1])
+    dst = tmp_path / "out"
+    result = prepare(src, dst, workers=2, allow_failures=True, progress=False, verbose=False)
+    expected_failures = {r["file"].split("/", 1)[1] for r in rows if r["pillow_decode"].startswith("FAIL")}
+    assert set(failures_of(dst)) == expected_failures and len(expected_failures) >= 5
+    assert result.ignored == 0 and result.converted == len(rows) - len(expected_failures)
+    for entry in load_index(dst)["files"]:
+        assert funloader.read_fun(dst / entry["path"]).shape == (192, 28, 28)
+    assert any(e["source"].endswith(".mpo") for e in load_index(dst)["files"])
+
+
 # ---------------------------------------------------------------------------------------------- stats
 
 def test_stats_match_direct_computation(tmp_path, shared_data):
