@@ -116,6 +116,7 @@ class TrainConfig:
 # Fields that may differ when a run is resumed (they do not change what is computed).
 _RESUME_MUTABLE = {"output", "resume", "progress", "log_every", "num_threads", "torch_threads", "epochs",
                    "log_samples", "data", "train_data", "val_data", "stats"}
+_RESUME_RUNTIME = {"output", "resume", "progress", "log_every", "num_threads", "torch_threads", "log_samples"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -523,7 +524,9 @@ def _train(cfg: TrainConfig, info: fdist.DistInfo) -> Dict[str, Any]:
         if changed and info.is_main:
             print(f"funloader train: --resume keeps the checkpoint's settings; ignoring {sorted(changed)}",
                   file=sys.stderr)
-        mutable = {name: getattr(cfg, name) for name in _RESUME_MUTABLE if name in _overrides(cfg)}
+        # runtime settings come from this invocation; epochs and data paths only when given again
+        mutable = {name: getattr(cfg, name) for name in _RESUME_MUTABLE
+                   if name in _RESUME_RUNTIME or getattr(cfg, name) is not None}
         cfg = dataclasses.replace(saved, **mutable)
     user_overrides = _overrides(cfg)
     cfg = resolve_config(cfg)

@@ -178,18 +178,30 @@ def test_learns_fashion_mnist(learning_run):
 
 
 @pytest.mark.slow
-def test_eval_sweep_zeroed_equals_pruned(learning_run, fashion64, capsys):
+def test_eval_matches_training_metrics(learning_run, fashion64, capsys):
+    run_dir, _ = learning_run
+    out = run_dir / "eval-full"
+    assert main_eval(["--checkpoint", str(run_dir / "last.pt"), "--data", str(fashion64), "--output", str(out),
+                      "--no-progress"]) == 0
+    assert "top-1" in capsys.readouterr().out
+    result = json.loads((out / "eval.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert result["count"] == 1000 and result["weights"] == "ema" and result["data"].endswith("test")
+    assert result["top1"] == pytest.approx(summary["final"]["ema_val_top1"], abs=0.002)  # eval batch 256 vs 64
+    assert result["top5"] == pytest.approx(summary["final"]["ema_val_top5"], abs=0.002)
+
+
+@pytest.mark.slow
+def test_eval_sweep_zeroed_equals_pruned(learning_run, fashion64_small, capsys):
     run_dir, _ = learning_run
     out = run_dir / "sweep"
-    code = main_eval(["--checkpoint", str(run_dir / "last.pt"), "--data", str(fashion64), "--split", "test",
+    code = main_eval(["--checkpoint", str(run_dir / "last.pt"), "--data", str(fashion64_small), "--split", "test",
                       "--sweep-channels", "--keep-channels", "20/4/4", "--output", str(out), "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| 88 | 64/12/12 |" in printed
     result = json.loads((out / "eval.json").read_text())
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert result["count"] == 1000 and result["weights"] == "ema"
-    assert result["top1"] == pytest.approx(summary["final"]["ema_val_top1"], abs=0.002)  # eval batch 256 vs 64
+    assert result["count"] == 200
     rows = {row["keep"]: row for row in result["channels"]}
     assert list(rows) == ["64/64/64", "64/12/12", "44/10/10", "32/8/8", "14/5/5", "20/4/4"]
     for row in rows.values():
