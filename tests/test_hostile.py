@@ -675,3 +675,72 @@ def test_regression_file(path, sample_jpegs):
         out = np.ones((2, 192, 5, 5), dtype=np.int16)
         errors = codec.read_batch([path, sample_jpegs[0]], out, threads=2, strict=strict)
         assert type(errors[0]) is type(result) and errors[1] is None and not out[0].any()
+
+
+# ----------------------------------------------------------------------------- DALI operator
+
+
+def check_dali(paths, strict: bool) -> dict:
+    """Every path through the DALI plugin operator (``on_error="zero"``, 28x28 centre grid) and through
+    read_batch; returns the indices where they differ and where read_batch failed."""
+    from funloader.dali import FUNIterator, fun_pipeline
+
+    warnings.simplefilter("ignore", JPEGWarning)
+    pairs = [(path, index) for index, path in enumerate(paths)]
+    pipe = fun_pipeline(pairs, 16, num_threads=2, backend="plugin", on_error="zero", strict=strict)
+    images, labels = [], []
+    for batch_images, batch_labels in FUNIterator(pipe):
+        images.append(batch_images.cpu().numpy())
+        labels.append(batch_labels.cpu().numpy().reshape(-1))
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    reference = np.zeros((len(paths), 192, 28, 28), dtype=np.int16)
+    errors = codec.read_batch(list(paths), reference, threads=2, strict=strict)
+    order = labels.tolist()
+    differ = [index for index in range(len(paths)) if not np.array_equal(images[order.index(index)], reference[index])]
+    return {"differ": differ, "failed": [i for i, e in enumerate(errors) if e is not None], "labels": sorted(order)}
+
+
+def _dali_plugin_or_skip():
+    pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed")
+    try:
+        from funloader.dali import load_plugin
+    except ImportError:
+        pytest.skip("funloader.dali not available")
+    load_plugin()  # builds into the cache on first use (~10 s); a build failure fails the test
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_hostile_files_through_the_dali_operator(sample_jpegs, tmp_path):
+    """Edge files, truncations, bit flips, bomb headers and the regression files through
+    ``fn.funloader.dct_decode`` in a child process: bad ones come out as zeros (``on_error="zero"``),
+    good ones equal read_batch, in both modes; with ``on_error="raise"`` a bomb raises naming it."""
+    _dali_plugin_or_skip()
+    paths = [str(row_path) for row_path in (SHARED / row["file"] for row in EDGE_ROWS if int(row["bytes"]) < 1_000_000)] \
+        if SHARED is not None else []
+    rng = random.Random(7)
+    for source in mutation_sources(sample_jpegs):
+        data = source.read_bytes()
+        mutants = {"bomb": patch_sof(data, 64250, 64250), "half": data[:len(data) // 2],
+                   "header": data[:entropy_ranges(data)[0][0] - 3], "flips": _flip(data, rng, protect_header=True)}
+        for name, mutant in mutants.items():
+            target = tmp_path / f"{source.stem}_{name}.jpg"
+            target.write_bytes(mutant)
+            paths.append(str(target))
+    paths += [str(path) for path in REGRESSION_FILES]
+    for strict in (True, False):
+        report = run_in_child(f"h.check_dali({paths!r}, {strict})", timeout=120)
+        assert report["labels"] == list(range(len(paths)))
+        assert report["differ"] == [], [paths[i] for i in report["differ"]]
+        assert len(report["failed"]) >= 3 * len(mutation_sources(sample_jpegs))
+
+    from funloader.dali import DALIDecodeError, FUNIterator, fun_pipeline
+
+    bomb = str(tmp_path / f"{mutation_sources(sample_jpegs)[0].stem}_bomb.jpg")
+    good = str(sample_jpegs[0])
+    started = time.perf_counter()
+    with pytest.raises(DALIDecodeError) as info:
+        for _ in FUNIterator(fun_pipeline([(good, 0), (bomb, 1)], 2, num_threads=2, backend="plugin")):
+            pass
+    assert info.value.filename == bomb and "max_pixels" in str(info.value)
+    assert time.perf_counter() - started < 60
