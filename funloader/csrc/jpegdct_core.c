@@ -162,7 +162,9 @@ void fl_abort(fl_decoder *decoder) {
 int fl_load_file(fl_decoder *decoder, const char *path, const uint8_t **data, size_t *size,
                  fl_result *result) {
   fl_result_reset(result);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: opening a FIFO (or a device) named like an image must not block forever waiting
+   * for a writer; it is refused below as not a regular file. No effect on regular-file reads. */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     result->os_errno = errno;
     fl_fail(result, FL_ERR_IO, strerror(errno));
