@@ -28,6 +28,11 @@ static int source_acquire(PyObject *object, Source *source) {
   memset(source, 0, sizeof *source);
   if (PyUnicode_Check(object)) {
     source->path = PyUnicode_EncodeFSDefault(object);
+    if (source->path && strlen(PyBytes_AS_STRING(source->path)) != (size_t)PyBytes_GET_SIZE(source->path)) {
+      /* as open(): "a.jpg\0.png" must not silently read "a.jpg" */
+      Py_CLEAR(source->path);
+      PyErr_SetString(PyExc_ValueError, "embedded null byte in a JPEG path");
+    }
     return source->path ? 0 : -1;
   }
   if (PyObject_GetBuffer(object, &source->view, PyBUF_SIMPLE) != 0) {
