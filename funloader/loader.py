@@ -459,6 +459,10 @@ def _shutdown(state: _State, thread: threading.Thread) -> None:
             break
     if thread is not threading.current_thread():
         thread.join(timeout=30)
+    for event in state.events:  # GPU copies still reading a pinned slot must end before the slot is reused
+        if event is not None:
+            event.synchronize()
+    state.events = [None] * len(state.events)
 
 
 class BatchDataset(torch.utils.data.Dataset):

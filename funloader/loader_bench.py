@@ -199,15 +199,17 @@ def _pixel_epoch(files: List[str], batch_size: int, pool: ThreadPoolExecutor, ep
 
 def _time_epochs(run_epoch: Callable[[int], int], repeats: int) -> dict:
     run_epoch(-1)  # warm-up: file cache, allocations, thread pools
-    rates, seconds = [], []
+    rates, seconds, cpu_rates = [], [], []
     for repeat in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         images = run_epoch(repeat)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
         rates.append(images / elapsed)
+        cpu_rates.append(images / max(cpu, 1e-9))
         seconds.append(elapsed)
+    # images per CPU-second (all threads of this process): the cost, less sensitive to other load
     return {"images_per_s": statistics.median(rates), "images_per_s_all": rates, "seconds": seconds,
-            "images_per_epoch": images}
+            "images_per_cpu_s": statistics.median(cpu_rates), "images_per_epoch": images}
 
 
 def measure_loaders(folder, threads: Sequence[int] = (1, 2), batch_size: int = 256, repeats: int = 3,
@@ -241,6 +243,7 @@ def measure_loaders(folder, threads: Sequence[int] = (1, 2), batch_size: int = 2
             import jpeg2dct.numpy  # noqa: F401
         except ImportError:
             selected.remove("paper")
+    load_before = list(os.getloadavg())
     previous_threads = torch.get_num_threads()
     results: Dict[str, dict] = {}
     try:
@@ -281,8 +284,13 @@ def measure_loaders(folder, threads: Sequence[int] = (1, 2), batch_size: int = 2
                               if name in row}
             if "funloader_raw" in row and "paper" in row:  # like for like: both yield raw integer coefficients
                 speedup[count]["raw_vs_paper"] = row["funloader_raw"]["images_per_s"] / row["paper"]["images_per_s"]
+        if "funloader" in row:
+            ours_cpu = row["funloader"]["images_per_cpu_s"]
+            speedup[count].update({f"cpu_vs_{name}": ours_cpu / row[name]["images_per_cpu_s"]
+                                   for name in ("pillow", "paper", "dctnet") if name in row})
     return {"folder": str(folder), "images": len(files), "batch_size": batch_size, "repeats": repeats,
-            "machine": machine_description(), "results": results, "speedup": speedup}
+            "machine": machine_description(), "load_average_before": load_before,
+            "load_average_after": list(os.getloadavg()), "results": results, "speedup": speedup}
 
 
 def format_table(report: dict, title: str = "") -> str:
@@ -295,4 +303,11 @@ def format_table(report: dict, title: str = "") -> str:
         ratio = report["speedup"].get(count, {})
         extra = " ".join(f"{ratio[k]:6.1f}x" if k in ratio else f"{'-':>7}" for k in ("vs_pillow", "vs_paper", "vs_dctnet", "raw_vs_paper"))
         lines.append(f"{count:>7} {cells} {extra}")
+    lines.append("images per CPU-second (all threads of the process; less sensitive to other load):")
+    for count, row in report["results"].items():
+        cells = " ".join(f"{row[n]['images_per_cpu_s']:14.0f}" if n in row else f"{'-':>14}" for n in names)
+        ratio = report["speedup"].get(count, {})
+        extra = " ".join(f"{ratio[k]:6.1f}x" if k in ratio else f"{'-':>7}" for k in ("cpu_vs_pillow", "cpu_vs_paper", "cpu_vs_dctnet"))
+        lines.append(f"{count:>7} {cells} {extra}")
+    lines.append(f"load average (1, 5, 15 min) before {report['load_average_before']}, after {report['load_average_after']}")
     return "\n".join(lines)

@@ -237,7 +237,8 @@ def test_benchmark_pipelines_compute_comparable_coefficients(tmp_path, shared_da
     row = report["results"]["1"]
     assert set(row) == {"funloader", "pillow", "dctnet"}
     assert all(r["images_per_s"] > 0 and r["images_per_epoch"] == 12 for r in row.values())
-    assert set(report["speedup"]["1"]) == {"vs_pillow", "vs_dctnet"}
+    assert set(report["speedup"]["1"]) == {"vs_pillow", "vs_dctnet", "cpu_vs_pillow", "cpu_vs_dctnet"}
+    assert all(r["images_per_cpu_s"] > 0 for r in row.values())
 
 
 def test_integer_path_equals_float_path(johns):
