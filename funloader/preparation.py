@@ -329,7 +329,7 @@ def encode_image(data: bytes, settings: EncodeSettings) -> Tuple[bytes, Tuple[in
         warnings.simplefilter("ignore")  # Pillow's EXIF/ICC chatter; real damage raises below
         with Image.open(io.BytesIO(data)) as opened:
             shorter = settings.shorter_side
-            if opened.format == "JPEG":
+            if opened.format in ("JPEG", "MPO"):
                 opened.draft("RGB", (2 * shorter, 2 * shorter))  # DCT-domain reduction, keeps >= 2x target
             opened.load()
             image = ImageOps.exif_transpose(opened)
@@ -717,7 +717,15 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
                      _inventory_digest(classes, items), order, per_unit, shard_size_text, bool(shuffle))
         header = {"journal": MANIFEST_VERSION, "settings": plan.settings_record(), "inventory": plan.inventory,
                   "job": list(job)}
-        index_records = _index_records(plan, header)  # raises before anything is written if DST is incompatible
+        try:
+            index_records = _index_records(plan, header)  # DST made with other settings: refuse, write nothing
+        except PrepareError:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            try:
+                state.rmdir()
+            except OSError:
+                pass
+            raise
         journal = _Journal(journal_path, header)
         done, from_index = _load_done(plan, journal, part_path, header, index_records)
         my_units = [u for u in range(plan.unit_count) if u % job[1] == job[0]]

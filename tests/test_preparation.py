@@ -223,6 +223,7 @@ def test_cli_exit_codes(tmp_path, mixed_src, capsys):
     # other settings into the same DST are refused; a bad option is a usage error
     assert preparation.main([str(mixed_src), str(tmp_path / "b"), "--quality", "90", "--no-progress"]) == 2
     assert "other settings" in capsys.readouterr().err
+    assert not (tmp_path / "b" / preparation.STATE_DIR).exists()
     assert preparation.main([str(mixed_src), str(tmp_path / "b"), "--workers", "1", "--no-progress",
                              "--allow-failures"]) == 0  # the refused command left nothing in the way
     assert tree_bytes(tmp_path / "b") == before
