@@ -744,3 +744,45 @@ def test_hostile_files_through_the_dali_operator(sample_jpegs, tmp_path):
             pass
     assert info.value.filename == bomb and "max_pixels" in str(info.value)
     assert time.perf_counter() - started < 60
+
+
+# ----------------------------------------------------------------------------- hostile paths
+
+
+def check_hostile_paths(directory: str, good: str) -> dict:
+    """Decode paths that are not plain JPEG files; return ``{name: [how each entry point failed]}``."""
+    fifo = os.path.join(directory, "pipe.jpg")
+    if not os.path.exists(fifo):
+        os.mkfifo(fifo)
+    cases = {"fifo": fifo, "directory": directory, "missing": os.path.join(directory, "missing.jpg"),
+             "nul": good + "\0.png", "dev_zero": "/dev/zero"}
+    found = {}
+    for name, path in cases.items():
+        outcomes = []
+        for call in (lambda: codec.read_dct(path), lambda: codec.read_fun(path)):
+            try:
+                call()
+                outcomes.append("decoded")
+            except Exception as error:  # noqa: BLE001 - the class is what is checked
+                outcomes.append(type(error).__name__)
+        out = np.ones((2, 192, 3, 3), dtype=np.int16)
+        try:
+            errors = codec.read_batch([path, good], out, threads=2)
+            outcomes.append([None if e is None else type(e).__name__ for e in errors] + [bool(out[0].any())])
+        except Exception as error:  # noqa: BLE001
+            outcomes.append(type(error).__name__)
+        found[name] = outcomes
+    return found
+
+
+@pytest.mark.timeout(60)
+def test_paths_that_are_not_jpeg_files(sample_jpegs, tmp_path):
+    """A FIFO named like an image is refused (it used to block in open() forever), so are
+    directories, devices and missing files (OSError per item in read_batch); a path with an
+    embedded NUL raises ValueError (it used to read the file named by the part before the NUL)."""
+    found = run_in_child(f"h.check_hostile_paths({str(tmp_path)!r}, {str(sample_jpegs[0])!r})", timeout=30)
+    for name in ("fifo", "dev_zero"):
+        assert found[name] == ["OSError", "OSError", ["OSError", None, False]], (name, found[name])
+    assert found["directory"] == ["IsADirectoryError", "IsADirectoryError", ["IsADirectoryError", None, False]]
+    assert found["missing"] == ["FileNotFoundError", "FileNotFoundError", ["FileNotFoundError", None, False]]
+    assert found["nul"] == ["ValueError", "ValueError", "ValueError"], found["nul"]
