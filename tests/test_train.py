@@ -382,3 +382,17 @@ def test_train_on_kept_channels_then_eval(fashion64_small, tmp_path):
 def test_train_reports_bad_data(tmp_path, capsys):
     assert main_train(["--data", str(tmp_path / "missing"), "--output", str(tmp_path / "run")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_dali_loader_trains(fashion64_small, tmp_path):
+    pytest.importorskip("nvidia.dali")
+    out = tmp_path / "dali"
+    command = _cli(*_train_args(fashion64_small, out, "--model", "fun_test", "--epochs", "1", "--loader", "dali",
+                                "--augment", "crop-flip", "--device", "cpu"))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final"]["train_images"] == 640 and summary["val_images"] == 200
+    assert summary["config"]["loader"] == "dali"
+    assert math.isfinite(summary["final"]["train_loss"])
