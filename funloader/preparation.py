@@ -359,6 +359,10 @@ def _failure_reason(exc: BaseException, absolute: str, relative: str) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+#: Tests set FUNLOADER_PREPARE_TEST_CRASH=<file name> to make a worker process die on that input.
+_CRASH_TEST_NAME = os.environ.get("FUNLOADER_PREPARE_TEST_CRASH", "")
+
+
 def _convert_task(task):
     """Worker: ``(src_root, SourceItem, settings, out_file or None, tmp_dir)`` -> result dict.
 
@@ -367,6 +371,8 @@ def _convert_task(task):
     """
     src_root, item, settings, out_file, tmp_dir = task
     absolute = os.path.join(src_root, *item.source.split("/"))
+    if _CRASH_TEST_NAME and item.source.endswith(_CRASH_TEST_NAME) and multiprocessing.parent_process() is not None:
+        os._exit(70)  # testing hook: simulate a worker killed by a decoder crash (see tests)
     result = {"index": item.index, "ok": False, "source_bytes": 0}
     try:
         with open(absolute, "rb") as handle:
@@ -537,7 +543,7 @@ def _calibrate_per_shard(plan_order: List[SourceItem], src: Path, settings: Enco
     count = min(CALIBRATION_SAMPLES, len(plan_order))
     samples = [plan_order[(i * len(plan_order)) // count] for i in range(count)]
     tasks = [(str(src), item, settings, None, None) for item in samples]
-    results = list(pool.map(_convert_task, tasks)) if pool is not None else [_convert_task(t) for t in tasks]
+    results = list(_ordered_outcomes(pool, tasks))
     sizes = [r["bytes"] for r in results if r["ok"]]
     mean = sum(sizes) / len(sizes) if sizes else settings.size * settings.size  # ~1 byte/pixel if nothing decodes
     per_sample = mean + TAR_OVERHEAD_PER_SAMPLE - (0 if labelled else 1024)
@@ -561,14 +567,33 @@ def _default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _make_pool(workers: int):
-    if workers <= 1:
-        return None
-    from concurrent.futures import ProcessPoolExecutor
+class _Pool:
+    """A ``spawn`` process pool that can be rebuilt after a worker dies (segfault, OOM kill)."""
 
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-    pool.funloader_workers = workers
-    return pool
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.executor = None
+        self.restart()
+
+    def restart(self) -> None:
+        from concurrent.futures import ProcessPoolExecutor
+
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, function, *args):
+        return self.executor.submit(function, *args)
+
+    def map(self, function, iterable):
+        return self.executor.map(function, iterable)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _make_pool(workers: int) -> Optional[_Pool]:
+    return _Pool(workers) if workers > 1 else None
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
@@ -789,7 +814,7 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
         if journal is not None:
             journal.close()
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown()
     return _finish(result, started, verbose, allow_failures, job, job_name, part_path)
 
 
@@ -872,34 +897,60 @@ def _convert_many(tasks):
     return [_convert_task(task) for task in tasks]
 
 
-def _ordered_outcomes(pool, tasks: Iterable, chunk: int = 8):
+def _ordered_outcomes(pool: Optional[_Pool], tasks: Iterable, chunk: int = 8):
     """Results of :func:`_convert_task` over ``tasks`` in order, with a bounded number in flight.
 
     At most ``4 * workers`` chunks are submitted ahead of the consumer, so memory stays bounded
-    (JPEG bytes of shards travel back to this process) however many images there are.
+    (JPEG bytes of shards travel back to this process) however many images there are.  If a worker
+    process dies (a crash inside a decoder, an OOM kill), the pool is rebuilt and the images that
+    were in flight are converted again one at a time, so that only the image that kills a worker
+    is reported as failed and the job goes on.
     """
     if pool is None:
         yield from map(_convert_task, tasks)
         return
     from collections import deque
+    from concurrent.futures.process import BrokenProcessPool
     from itertools import islice
 
     iterator = iter(tasks)
-    in_flight = deque()
+    in_flight = deque()  # (future, batch)
 
     def submit() -> bool:
         batch = list(islice(iterator, chunk))
         if batch:
-            in_flight.append(pool.submit(_convert_many, batch))
+            in_flight.append((pool.submit(_convert_many, batch), batch))
         return bool(batch)
 
-    for _ in range(4 * pool.funloader_workers):
+    for _ in range(4 * pool.workers):
         if not submit():
             break
     while in_flight:
-        outcomes = in_flight.popleft().result()
-        submit()
+        future, batch = in_flight.popleft()
+        try:
+            outcomes = future.result()
+        except BrokenProcessPool:
+            suspects = batch + [task for _, other in in_flight for task in other]
+            in_flight.clear()
+            pool.restart()
+            outcomes = [_convert_isolated(pool, task) for task in suspects]
+        for _ in range(len(in_flight), 4 * pool.workers):
+            if not submit():
+                break
         yield from outcomes
+
+
+def _convert_isolated(pool: _Pool, task) -> dict:
+    """Convert one image alone in the pool; a worker death becomes this image's failure."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        return pool.submit(_convert_task, task).result()
+    except BrokenProcessPool:
+        pool.restart()
+        item = task[1]
+        return {"index": item.index, "ok": False, "source_bytes": 0,
+                "reason": "worker process died while converting this image (crash in the decoder or out of memory)"}
 
 
 def _run_folder(plan, pending, pool, journal, tmp_dir, result, bar) -> None:

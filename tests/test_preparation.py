@@ -208,6 +208,19 @@ def test_mixed_inputs_failures_and_orientation(tmp_path, mixed_src, layout):
     assert red[0] > 200 and red[1] < 60 and red[2] < 60
 
 
+@pytest.mark.parametrize("layout", ["folder", "shards"])
+def test_worker_death_fails_only_that_image(tmp_path, mixed_src, monkeypatch, layout):
+    victim = sorted(p.name for p in (mixed_src / "photos").glob("*.jpg") if not p.name.startswith("."))[2]
+    monkeypatch.setenv("FUNLOADER_PREPARE_TEST_CRASH", victim)  # read by the (spawned) worker processes
+    dst = tmp_path / "out"
+    result = prepare(mixed_src, dst, workers=2, format=layout, shard_size="4", allow_failures=True,
+                     progress=False, verbose=False)
+    failures = failures_of(dst)
+    assert set(failures) == BAD_INPUTS | {f"photos/{victim}"}
+    assert "worker process died" in failures[f"photos/{victim}"]
+    assert result.converted == 10 and load_index(dst)["counts"]["images"] == 10
+
+
 def test_cli_exit_codes(tmp_path, mixed_src, capsys):
     assert preparation.main([str(mixed_src), str(tmp_path / "a"), "--workers", "1", "--no-progress"]) == 1
     assert "4 input(s) failed" in capsys.readouterr().err
