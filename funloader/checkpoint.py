@@ -54,6 +54,8 @@ def save_atomic(obj, path) -> Path:
 def load_checkpoint(path, map_location="cpu") -> dict:
     """Load a checkpoint written by ``funloader train`` (a dict with at least ``model``).
 
+    Checkpoints are pickles (they hold RNG states): load only files you trust.
+
     Raises :class:`CheckpointError` naming the file when it is missing or not such a checkpoint."""
     path = Path(path)
     if not path.is_file():

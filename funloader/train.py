@@ -325,7 +325,7 @@ class _DaliTrainData:
         return []
 
 
-def _eval_loader(dataset, cfg_like, stats, info: fdist.DistInfo, batch_size: int, *, keep=None,
+def _eval_loader(dataset, stats, info: fdist.DistInfo, batch_size: int, *, keep=None,
                  channels_last: bool = False, num_threads=None, input_blocks: int = 28, dequantize: bool = True):
     """Validation batches of this rank: samples ``rank, rank + world, ...`` (no padding, so counts
     summed over ranks are exact), centre ``input_blocks`` grid, no augmentation."""
@@ -478,7 +478,11 @@ def _load_finetune_weights(model: nn.Module, path: str, num_classes: int) -> Dic
     source_classes = int(state.get("num_classes", -1))
     classifier_keys = [k for k in weights if k.startswith("classifier.")]
     body = {k: v for k, v in weights.items() if k not in classifier_keys}
-    missing, unexpected = model.load_state_dict(body, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(body, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"{path}: weights do not fit model {getattr(model, 'default_cfg', {}).get('name')}: "
+                              f"{str(exc).splitlines()[-1].strip()}") from None
     missing = [k for k in missing if not k.startswith("classifier.")]
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit model {state.get('config', {}).get('model')}: "
@@ -491,7 +495,8 @@ def _load_finetune_weights(model: nn.Module, path: str, num_classes: int) -> Dic
 def train(cfg: TrainConfig) -> Dict[str, Any]:
     """Run (or resume) a training run; returns the summary dict (rank 0 also writes it).
 
-    Raises ``SystemExit(143)``-style :class:`TrainingInterrupted` after checkpointing on SIGTERM."""
+    Raises :class:`TrainingInterrupted` after checkpointing when SIGTERM/SIGUSR1 arrives (the CLI
+    then exits with 128 + the signal number)."""
     info = fdist.setup(cfg.device)
     try:
         return _train(cfg, info)
@@ -631,7 +636,7 @@ def _train(cfg: TrainConfig, info: fdist.DistInfo) -> Dict[str, Any]:
 
     val_loaders = None
     if val_set is not None:
-        val_loaders = _eval_loader(val_set, cfg, stats, info, per_rank_batch, keep=cfg.keep_channels,
+        val_loaders = _eval_loader(val_set, stats, info, per_rank_batch, keep=cfg.keep_channels,
                                    channels_last=cfg.channels_last, num_threads=cfg.num_threads,
                                    input_blocks=cfg.input_blocks, dequantize=cfg.dequantize)
     tensorboard = _TensorBoard(run_dir, info.is_main)
@@ -856,7 +861,7 @@ def evaluate_checkpoint(checkpoint, data, *, split: Optional[str] = None, batch_
             specs.append(spec)
     if keep_channels and trained_keep and format_keep(keep_channels) != format_keep(trained_keep):
         raise ValueError(f"the model was trained on channels {trained_keep}; it cannot take {keep_channels}")
-    loader = _eval_loader(dataset, None, state.get("stats"), info, batch_size,
+    loader = _eval_loader(dataset, state.get("stats"), info, batch_size,
                           keep=trained_keep, num_threads=num_threads,
                           input_blocks=int(state.get("input_blocks", 28)),
                           dequantize=bool(state.get("dequantize", True)))
