@@ -40,16 +40,19 @@ Output (``DST``)
 
 Robustness
     Every output is written under ``DST/.funloader-prepare/tmp-*`` and ``os.replace``-d into place;
-    a journal (``journal-I-of-N.jsonl``, one fsync'd JSON line per finished file or shard, a torn
-    last line is ignored) records progress.  Re-running the same command verifies the journal
+    a journal (``journal-I-of-N.jsonl``, one JSON line per finished file or shard, fsync'd every
+    second; a torn last line is ignored) records progress.  Re-running the same command verifies the journal
     against the files on disk (size), skips what is done and finishes the rest; the final files and
     manifests are byte-identical to an uninterrupted run (sorted inputs, deterministic names, keys
-    and shard contents, timestamp-free tar headers, no timestamps in manifests).
+    and shard contents, timestamp-free tar headers, no timestamps in manifests).  An input that
+    kills a worker process (decoder crash, OOM kill) is listed as failed and the job goes on.
+    Bookkeeping costs about 2 KB of memory per image in the main process (~2.5 GB for ImageNet's
+    1.28M training images).
 
 Distributed
     ``shard=(I, N)`` (CLI ``--shard I/N``) processes work units ``u`` with ``u % N == I`` (a unit is one
     image for folders, one tar for shards) and leaves ``DST/.funloader-prepare/part-I-of-N.json``;
-    when all N parts are in ``DST`` (a shared filesystem, or copied there with :func:`merge`'s
+    when all N parts are in ``DST`` (a shared filesystem, or moved there by :func:`merge`'s
     ``parts``), :func:`merge` (CLI ``funloader prepare --merge DST [PART_DIR ...]``) checks them and
     writes the same manifests a single run writes.
 """
