@@ -271,7 +271,7 @@ def _mutate_structure(data: bytes, rng: random.Random) -> bytes:
         return data[:a[0]] + data[b[0]:b[1]] + data[a[1]:b[0]] + data[a[0]:a[1]] + data[b[1]:]
     if choice == 3:  # cut a segment's payload short (e.g. a Huffman table) and fix up its length
         if end - start > 6:
-            keep = rng.randrange(4, end - start)
+            keep = rng.randrange(4, min(end - start, 65537))  # a scan's span includes its entropy data
             body = bytearray(data[start:start + keep])
             body[2:4] = struct.pack(">H", keep - 2)
             return data[:start] + bytes(body) + data[end:]
