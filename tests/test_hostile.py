@@ -786,3 +786,56 @@ def test_paths_that_are_not_jpeg_files(sample_jpegs, tmp_path):
     assert found["directory"] == ["IsADirectoryError", "IsADirectoryError", ["IsADirectoryError", None, False]]
     assert found["missing"] == ["FileNotFoundError", "FileNotFoundError", ["FileNotFoundError", None, False]]
     assert found["nul"] == ["ValueError", "ValueError", "ValueError"], found["nul"]
+
+
+def scan_bomb(path: str, repeats: int) -> bytes:
+    """A progressive re-encode (Pillow) of ``path`` with its last scan repeated ``repeats`` times."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    with Image.open(path) as image:
+        image.convert("RGB").resize((512, 512)).save(buffer, "JPEG", quality=90, progressive=True)
+    data = buffer.getvalue()
+    scans = [(s, e) for m, s, e in segments(data) if m == 0xDA]
+    start, end = scans[-1]
+    return data[:end] + data[start:end] * repeats + data[end:]
+
+
+def check_scan_bomb(path: str) -> list:
+    warnings.simplefilter("ignore", JPEGWarning)
+    data = scan_bomb(path, 1500)
+    results = []
+    for strict in (True, False):
+        for entry in ("read_dct", "read_fun", "read_batch"):
+            started = time.perf_counter()
+            try:
+                if entry == "read_dct":
+                    codec.read_dct(data, strict=strict)
+                elif entry == "read_fun":
+                    codec.read_fun(data, strict=strict)
+                else:
+                    error = codec.read_batch([data], np.zeros((1, 192, 8, 8), np.int16), strict=strict)[0]
+                    if error is not None:
+                        raise error
+                results.append([entry, strict, "decoded", "", time.perf_counter() - started])
+            except JPEGDecodeError as error:
+                results.append([entry, strict, type(error).__name__, error.reason, time.perf_counter() - started])
+    return results
+
+
+@pytest.mark.timeout(120)
+def test_progressive_scan_bomb_is_refused(sample_jpegs):
+    """A progressive file whose last scan is repeated 1,500 times (a CPU bomb: each scan walks the
+    whole image) is refused: strictly at the first bogus progression, leniently by the max_scans
+    guard (1,000) after a bounded time."""
+    results = run_in_child(f"h.check_scan_bomb({str(sample_jpegs[0])!r})", timeout=100)
+    assert len(results) == 6
+    for entry, strict, outcome, reason, seconds in results:
+        assert outcome == "JPEGDecodeError", (entry, strict, outcome)
+        if strict:
+            assert seconds < 1, (entry, seconds)
+        else:
+            assert "too many scans" in reason, (entry, reason)
+            assert seconds < 15, (entry, seconds)
