@@ -112,22 +112,29 @@ def test_keep_mode_zero_and_float16(backend, plugin, image_folder, samples):
 
 
 def test_equals_dct_loader(plugin, image_folder):
-    """The same files and no random augmentation: DALI (both backends) == DCTLoader, bit for bit."""
+    """The same files and no random augmentation: DALI (both backends) == DCTLoader. Coefficients
+    (raw or dequantized, frequency selection) bit for bit; normalised batches to float32 rounding
+    (DCTLoader's torch normalisation may round differently from ``(x - mean) * (1 / std)``)."""
     from funloader import DCTLoader
 
     rng = np.random.default_rng(1)
     stats = {"mean": rng.normal(0, 10, 192).tolist(), "std": rng.uniform(1, 30, 192).tolist()}
-    for dequantize, normalize, keep in [(False, None, None), (True, stats, "44/10/10")]:
-        loader = DCTLoader(image_folder, 5, num_threads=2, dequantize=dequantize, normalize=normalize, keep=keep)
+    for dequantize, normalize, keep, keep_mode in [(False, None, None, "drop"), (True, None, "44/10/10", "drop"),
+                                                   (True, stats, "44/10/10", "drop"), (False, stats, "16/8/8", "zero")]:
+        loader = DCTLoader(image_folder, 5, num_threads=2, dequantize=dequantize, normalize=normalize or False,
+                           keep=keep, keep_mode=keep_mode)
         expected = [(x.numpy(), y.numpy()) for x, y in loader]
         for backend in BACKENDS:
             pipe = fun_pipeline(image_folder, 5, num_threads=2, backend=backend, dequantize=dequantize,
-                                normalize_stats=normalize, keep_channels=keep, dtype="float32")
+                                normalize_stats=normalize, keep_channels=keep, keep_mode=keep_mode, dtype="float32")
             got = [(x.numpy(), y.numpy()) for x, y in FUNIterator(pipe)]
             assert len(got) == len(expected)
             for (x, y), (ex, ey) in zip(got, expected):
-                assert x.dtype == ex.dtype
-                np.testing.assert_array_equal(x, ex)
+                assert x.dtype == ex.dtype and x.shape == ex.shape
+                if normalize is None:
+                    np.testing.assert_array_equal(x, ex)
+                else:
+                    np.testing.assert_allclose(x, ex, rtol=1e-6, atol=1e-6)
                 np.testing.assert_array_equal(y, ey)
 
 
@@ -137,6 +144,21 @@ def test_flip_always_equals_hflip(backend, plugin, image_folder, samples):
     pipe = fun_pipeline(image_folder, 12, num_threads=2, backend=backend, flip=1.0, seed=3)
     images, _ = _epoch(FUNIterator(pipe))
     np.testing.assert_array_equal(images, T.hflip(_reference(names)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dequantize", [False, True])
+def test_flip_then_normalize(backend, dequantize, plugin, image_folder, samples):
+    """CPU plugin pipelines flip and normalise inside the operator; external_source with DALI ops."""
+    names, _ = samples
+    rng = np.random.default_rng(4)
+    stats = {"mean": rng.normal(0, 10, 192).tolist(), "std": rng.uniform(1, 30, 192).tolist()}
+    pipe = fun_pipeline(image_folder, 12, num_threads=2, backend=backend, flip=1.0, dequantize=dequantize,
+                        normalize_stats=stats, keep_channels="20/6/6")
+    images, _ = _epoch(FUNIterator(pipe))
+    reference = _reference(names, dtype=np.float32, dequantize=dequantize)
+    expected = T.normalize(T.hflip(reference), stats["mean"], stats["std"])[:, channel_indices("20/6/6")]
+    np.testing.assert_array_equal(images, expected)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

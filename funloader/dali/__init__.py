@@ -317,6 +317,16 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     effective_limit = get_max_pixels() if limit is None else limit
     gpu = device_id is not None
 
+    normalization = None  # (mean, 1/std) float32 (C, 1, 1) per output channel
+    if stats is not None:
+        chans = np.asarray(out_channels)
+        std_c = np.where(stats[1][chans] <= 0, 1.0, stats[1][chans])
+        normalization = (stats[0][chans].astype(np.float32).reshape(-1, 1, 1),
+                         (1.0 / std_c).astype(np.float32).reshape(-1, 1, 1))
+    # On CPU the plugin flips and normalises in the operator (one pass on its threads) when that
+    # equals flip-after-crop: the crop is random or absent (a centred crop of an odd margin is not
+    # symmetric under the flip).
+    fuse = backend == "plugin" and not gpu and (flip_probability == 0 or grid == crop_hw or random_crop)
     feeder = None
     if backend == "external_source":
         feeder = _FallbackSource(resolved, batch_size, shard_id, num_shards, random_shuffle, seed, grid,
@@ -347,6 +357,12 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
                                            strict=strict, max_pixels=int(effective_limit), on_error=on_error)
             if decode_channels is not None:
                 op_args["channels"] = list(decode_channels)
+            if fuse:  # CPU pipeline: flip and normalise inside the operator, on its threads
+                if flip_probability > 0:
+                    op_args["flip"] = fn.random.coin_flip(probability=flip_probability, dtype=types.INT32)
+                if normalization is not None:
+                    op_args["mean"] = normalization[0].reshape(-1).tolist()
+                    op_args["inv_std"] = normalization[1].reshape(-1).tolist()
             images = fn.funloader.dct_decode(jpegs, **op_args)
         else:
             images, labels = fn.external_source(source=feeder, num_outputs=2, parallel=True, batch=False,
@@ -355,31 +371,28 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
         if gpu:
             images = images.gpu()
             labels = labels.gpu()
+        device = "gpu" if gpu else "cpu"
         if random_crop and grid != crop_hw:
             top = fn.random.uniform(values=[float(v) for v in range(grid[0] - crop_hw[0] + 1)])
             left = fn.random.uniform(values=[float(v) for v in range(grid[1] - crop_hw[1] + 1)])
-            images = fn.slice(images, start=fn.cast(fn.stack(top, left), dtype=types.INT32), shape=list(crop_hw), axes=[1, 2])
+            images = fn.slice(images, start=fn.cast(fn.stack(top, left), dtype=types.INT32), shape=list(crop_hw),
+                              axes=[1, 2])
         elif grid != crop_hw:
             top, left = (grid[0] - crop_hw[0]) // 2, (grid[1] - crop_hw[1]) // 2
             images = fn.slice(images, start=[top, left], shape=list(crop_hw), axes=[1, 2])
-        if flip_probability > 0:
+        if flip_probability > 0 and not fuse:
             coin = fn.random.coin_flip(probability=flip_probability, dtype=types.INT32)
             odd_u = np.array([(c % 8) % 2 for c in out_channels], dtype=np.int32).reshape(-1, 1, 1)
-            signs = 1 - 2 * coin * types.Constant(odd_u, device="gpu" if gpu else "cpu")
+            signs = 1 - 2 * coin * types.Constant(odd_u, device=device)
             images = fn.flip(images, horizontal=coin) * fn.cast(signs, dtype=decode_dali_dtype)
-        if keep_mode == "zero" and not all_channels:
-            mask = np.zeros((192, 1, 1), dtype=decode_np_dtype)
+        if normalization is not None and not fuse:
+            images = (fn.cast(images, dtype=types.FLOAT) - types.Constant(normalization[0], device=device)) \
+                * types.Constant(normalization[1], device=device)
+        if keep_mode == "zero" and not all_channels:  # after normalisation, as DCTLoader
+            mask = np.zeros((192, 1, 1), dtype=np.float32 if (decode_float or normalization is not None)
+                            else decode_np_dtype)
             mask[kept] = 1
-            images = images * types.Constant(mask, device="gpu" if gpu else "cpu")
-        if stats is not None:
-            mean, std = stats
-            chans = np.asarray(out_channels)
-            std_c = np.where(std[chans] <= 0, 1.0, std[chans])
-            mean_c = mean[chans].astype(np.float32).reshape(-1, 1, 1)
-            inv_std = (1.0 / std_c).astype(np.float32).reshape(-1, 1, 1)
-            device = "gpu" if gpu else "cpu"
-            images = (fn.cast(images, dtype=types.FLOAT) - types.Constant(mean_c, device=device)) \
-                * types.Constant(inv_std, device=device)
+            images = images * types.Constant(mask, device=device)
         if dtype_name == "float16" or (dtype_name == "float32" and decode_dali_dtype != types.FLOAT):
             images = fn.cast(images, dtype=dali_out_dtype)
         return images, labels

@@ -69,6 +69,43 @@ DctDecode::DctDecode(const ::dali::OpSpec &spec) : ::dali::Operator<::dali::CPUB
     DALI_ENFORCE(channels_[i] >= 0 && channels_[i] < 192,
                  "funloader.dct_decode: `channels` entries must be in 0..191");
   }
+  if (channels_.empty()) {
+    for (int c = 0; c < 192; c++) out_channels_.push_back(c);
+  } else {
+    out_channels_ = channels_;
+  }
+  mean_ = spec.GetRepeatedArgument<float>("mean");
+  std::vector<float> inv_std = spec.GetRepeatedArgument<float>("inv_std");
+  DALI_ENFORCE(mean_.size() == inv_std.size(),
+               "funloader.dct_decode: `mean` and `inv_std` must have the same length");
+  if (!mean_.empty()) {
+    DALI_ENFORCE(mean_.size() == out_channels_.size(),
+                 "funloader.dct_decode: `mean`/`inv_std` need one value per output channel");
+    DALI_ENFORCE(dtype_ == DALI_FLOAT, "funloader.dct_decode: normalisation needs dtype FLOAT");
+  }
+  inv_std_ = inv_std;
+}
+
+template <typename T>
+void DctDecode::Postprocess(T *out, bool flip) const {
+  const size_t plane = static_cast<size_t>(out_h8_) * out_w8_;
+  for (size_t i = 0; i < out_channels_.size(); i++) {
+    T *channel = out + i * plane;
+    if (flip) {
+      const bool negate = (out_channels_[i] % 8) % 2 == 1;  // odd horizontal frequency u
+      for (int row = 0; row < out_h8_; row++) {
+        T *line = channel + static_cast<size_t>(row) * out_w8_;
+        std::reverse(line, line + out_w8_);
+        if (negate)
+          for (int col = 0; col < out_w8_; col++) line[col] = static_cast<T>(-line[col]);
+      }
+    }
+    if (!mean_.empty()) {
+      const float mean = mean_[i], scale = inv_std_[i];
+      for (size_t k = 0; k < plane; k++)
+        channel[k] = static_cast<T>((static_cast<float>(channel[k]) - mean) * scale);
+    }
+  }
 }
 
 std::unique_ptr<DecoderSlot> DctDecode::Acquire() {
@@ -102,7 +139,7 @@ bool DctDecode::SetupImpl(std::vector<::dali::OutputDesc> &output_desc,
   return true;
 }
 
-std::string DctDecode::DecodeSample(const uint8_t *data, size_t size, void *out) {
+std::string DctDecode::DecodeSample(const uint8_t *data, size_t size, void *out, bool flip) {
   const size_t plane = static_cast<size_t>(out_h8_) * out_w8_ * elem_size_;
   std::unique_ptr<DecoderSlot> slot = Acquire();
   void *target = out;
@@ -127,6 +164,12 @@ std::string DctDecode::DecodeSample(const uint8_t *data, size_t size, void *out)
       std::memcpy(dst + i * plane, slot->scratch.data() + channels_[i] * plane, plane);
   }
   Release(std::move(slot));
+  if (flip || !mean_.empty()) {
+    if (fl_dtype_ == FL_DTYPE_FLOAT32)
+      Postprocess(static_cast<float *>(out), flip);
+    else
+      Postprocess(static_cast<int16_t *>(out), flip);
+  }
   if (status == FL_OK) return std::string();
   std::string message = result.message[0] ? std::string(result.message) : std::string("decoding failed");
   return std::string(ErrorKind(status)) + "|" + message;
@@ -138,13 +181,14 @@ void DctDecode::RunImpl(::dali::Workspace &ws) {
   output.SetLayout("CHW");
   int batch_size = input.num_samples();
   std::vector<std::string> errors(batch_size);
+  GetPerSampleArgument<int>(flip_, "flip", ws, batch_size);
   auto &thread_pool = ws.GetThreadPool();
   for (int i = 0; i < batch_size; i++) {
     thread_pool.AddWork([this, &input, &output, &errors, i](int) {
       const auto &sample = input[i];
       const uint8_t *data = sample.data<uint8_t>();
       size_t size = static_cast<size_t>(sample.shape().num_elements());
-      errors[i] = DecodeSample(data, size, output.raw_mutable_tensor(i));
+      errors[i] = DecodeSample(data, size, output.raw_mutable_tensor(i), flip_[i] != 0);
     }, -i);  // FIFO: earlier samples first
   }
   thread_pool.RunAll();
@@ -230,7 +274,15 @@ grayscale gives zero chroma). Each image is centre-cropped or zero-padded by who
                     std::string("raise"))
     .AddOptionalArg<int>("channels",
                          "Indices (0..191) of the channels to output, in this order; empty: all 192.",
-                         std::vector<int>{});
+                         std::vector<int>{})
+    .AddOptionalArg("flip",
+                    "Per sample: nonzero flips the output horizontally in the DCT domain (block columns "
+                    "reversed, coefficients with odd u negated), before normalisation.",
+                    0, true)
+    .AddOptionalArg<float>("mean", "Per output channel: subtracted after decoding (and flipping); "
+                           "needs dtype FLOAT. Empty: no normalisation.", std::vector<float>{})
+    .AddOptionalArg<float>("inv_std", "Per output channel: multiplies (x - mean); same length as mean.",
+                           std::vector<float>{});
 
 DALI_REGISTER_OPERATOR(funloader__ParseLabel, ::funloader_dali::ParseLabel, CPU);
 

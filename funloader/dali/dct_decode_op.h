@@ -45,7 +45,11 @@ class DctDecode : public ::dali::Operator<::dali::CPUBackend> {
   std::unique_ptr<DecoderSlot> Acquire();
   void Release(std::unique_ptr<DecoderSlot> slot);
   // Decodes sample `index` into `out`; returns "" on success or the error text.
-  std::string DecodeSample(const uint8_t *data, size_t size, void *out);
+  std::string DecodeSample(const uint8_t *data, size_t size, void *out, bool flip);
+  // Horizontal flip in the DCT domain (reverse block columns, negate odd-u channels), then
+  // (x - mean[c]) * inv_std[c]; in place on one output sample.
+  template <typename T>
+  void Postprocess(T *out, bool flip) const;
 
   int out_h8_, out_w8_;
   bool dequantize_;
@@ -57,6 +61,9 @@ class DctDecode : public ::dali::Operator<::dali::CPUBackend> {
   int fl_dtype_;
   size_t elem_size_;
   std::vector<int> channels_;  // empty: all 192 in order
+  std::vector<int> out_channels_;  // FUN channel index of every output channel
+  std::vector<float> mean_, inv_std_;  // per output channel; empty: no normalisation
+  std::vector<int> flip_;  // per sample of the current batch
   std::mutex pool_mutex_;
   std::vector<std::unique_ptr<DecoderSlot>> pool_;
 };
