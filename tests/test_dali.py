@@ -28,6 +28,8 @@ from funloader.errors import JPEGDecodeError, UnsupportedJPEGError  # noqa: E402
 
 from conftest import requires_cuda  # noqa: E402
 
+pytestmark = pytest.mark.timeout(300)  # a hung external_source worker fails instead of stalling CI
+
 BACKENDS = ["plugin", "external_source"]
 REPO = Path(__file__).resolve().parents[1]
 
