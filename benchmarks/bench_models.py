@@ -35,7 +35,7 @@ def parse_args(argv):
     parser.add_argument("--repeats", type=int, default=20, help="timed passes per batch size")
     parser.add_argument("--warmup", type=int, default=3, help="untimed passes first")
     parser.add_argument("--quick", action="store_true",
-                        help="3 repeats (batch 1: 10) after 1 warm-up: a coarse but short run")
+                        help="batch 1: 10 repeats after 2 warm-up; larger batches: 2 after 1 (coarse but short)")
     parser.add_argument("--channels-last", action="store_true", help="run in channels_last memory format")
     parser.add_argument("--output", type=Path, default=None, help="write results as JSON here")
     parser.add_argument("--plot", type=Path, default=None, help="write the two-panel PNG here")
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
                                  channels_last=args.channels_last)
         large = [b for b in args.batch_sizes if b != 1]
         if large:
-            big = measure_models(names, args.device, large, repeats=3, threads=args.threads, warmup=1,
+            big = measure_models(names, args.device, large, repeats=2, threads=args.threads, warmup=1,
                                  channels_last=args.channels_last)
             for row, extra in zip(results, big):
                 row["timings"] += extra["timings"]
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     report = {
         "benchmark": "funloader.models inference", "machine": machine,
         "settings": {"device": args.device, "threads": args.threads, "batch_sizes": args.batch_sizes,
-                     "repeats": "quick: batch 1 x10 after 2 warm-up, larger x3 after 1" if args.quick else args.repeats,
+                     "repeats": "quick: batch 1 x10 after 2 warm-up, larger batches x2 after 1" if args.quick else args.repeats,
                      "warmup": args.warmup, "quick": args.quick, "channels_last": args.channels_last,
                      "inference_mode": True, "statistic": "median"},
         "wall_s": round(time.time() - started, 1), "results": results,

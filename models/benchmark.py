@@ -7,7 +7,8 @@
      "paper_images_per_s", "paper_mflops",
      "timings": [{"batch", "repeats", "median_s", "min_s", "latency_ms", "images_per_s"}, ...]}
 
-Speeds are medians over ``repeats`` timed forward passes after ``warmup`` untimed ones, under
+Speeds are medians over ``repeats`` timed forward passes after ``warmup`` untimed ones (models
+timed interleaved, round by round, so that drifting load from other processes hits all alike), under
 ``torch.inference_mode()`` with the model in eval mode, on random inputs of the model's
 ``default_cfg["input_size"]`` (FUN: 192x28x28 DCT, RGB: 3x224x224, EfficientNet-B1 3x240x240).
 On CUDA every pass is synchronised. Multiply-adds are ``FlopCounterMode`` total / 2 at batch 1.
@@ -68,21 +69,13 @@ def count_mmacs(model: torch.nn.Module, input_size: Sequence[int]) -> float:
     return counter.get_total_flops() / 2e6
 
 
-def _time_batches(model, x: torch.Tensor, warmup: int, repeats: int) -> List[float]:
+def _run_once(model, x: torch.Tensor) -> float:
     cuda = x.device.type == "cuda"
-    with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        if cuda:
-            torch.cuda.synchronize(x.device)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            if cuda:
-                torch.cuda.synchronize(x.device)
-            times.append(time.perf_counter() - start)
-    return times
+    start = time.perf_counter()
+    model(x)
+    if cuda:
+        torch.cuda.synchronize(x.device)
+    return time.perf_counter() - start
 
 
 def measure_models(names: Optional[Sequence[str]] = None, device: str = "cpu", batch_sizes: Sequence[int] = (1, 64),
@@ -90,31 +83,33 @@ def measure_models(names: Optional[Sequence[str]] = None, device: str = "cpu", b
                    channels_last: bool = False, progress: bool = True) -> List[Dict[str, object]]:
     """Benchmark ``names`` (default: every registered model except ``fun_test``) on ``device``.
 
-    ``batch_sizes``: batches to time (``repeats`` timed passes each, after ``warmup``). ``threads``:
-    ``torch.set_num_threads`` for the run (restored afterwards), None = leave as is.
-    Returns one dict per model (see the module docstring).
+    ``batch_sizes``: batches to time. For each batch size every model first runs ``warmup``
+    untimed passes, then the models are timed *interleaved*: ``repeats`` rounds, each timing one
+    pass of every model in turn, so that load from other processes drifting over time hits all
+    models alike (the median per model is reported). ``threads``: ``torch.set_num_threads`` for
+    the run (restored afterwards), None = leave as is. Returns one dict per model (see the module
+    docstring).
     """
     if names is None:
         names = [n for n in list_models() if n != "fun_test"]
+    names = list(names)
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("measure_models: device 'cuda' requested but CUDA is not available")
+    from tqdm import tqdm
+
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))
-    results = []
     try:
-        from tqdm import tqdm
-
-        iterator = tqdm(list(names), desc="models", disable=not progress)
-        for name in iterator:
-            iterator.set_postfix_str(name)
+        models, results = [], []
+        for name in names:
             model = create_model(name).eval().to(device)
-            cfg = model.default_cfg
-            input_size = tuple(cfg["input_size"])
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
+            cfg = model.default_cfg
+            input_size = tuple(cfg["input_size"])
             row: Dict[str, object] = {
                 "name": name, "family": cfg["family"], "input": cfg["input"], "input_size": list(input_size),
                 "params": sum(p.numel() for p in model.parameters()),
@@ -123,20 +118,31 @@ def measure_models(names: Optional[Sequence[str]] = None, device: str = "cpu", b
             for key in ("reference_params", "reference_mmacs", "paper_top1", "paper_params_m",
                         "paper_images_per_s", "paper_mflops"):
                 row[key] = cfg[key]
-            timings = []
-            for batch in batch_sizes:
-                x = torch.randn((batch,) + input_size, device=device)
-                if cfg["input"] == "ycbcr":
-                    x = x.uniform_(0, 255)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                times = _time_batches(model, x, warmup, repeats)
-                median = statistics.median(times)
-                timings.append({"batch": batch, "repeats": repeats, "median_s": median, "min_s": min(times),
-                                "latency_ms": round(median * 1000, 3), "images_per_s": round(batch / median, 2)})
-            row["timings"] = timings
+            row["timings"] = []
+            models.append(model)
             results.append(row)
-            del model
+        with torch.inference_mode():
+            for batch in batch_sizes:
+                inputs = []
+                for model, row in zip(models, results):
+                    x = torch.randn((batch,) + tuple(row["input_size"]), device=device)
+                    if row["input"] == "ycbcr":
+                        x = x.uniform_(0, 255)
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    inputs.append(x)
+                    for _ in range(warmup):
+                        _run_once(model, x)
+                times: List[List[float]] = [[] for _ in models]
+                for _ in tqdm(range(repeats), desc=f"batch {batch} rounds", disable=not progress):
+                    for index, (model, x) in enumerate(zip(models, inputs)):
+                        times[index].append(_run_once(model, x))
+                for row, model_times in zip(results, times):
+                    median = statistics.median(model_times)
+                    row["timings"].append({
+                        "batch": batch, "repeats": repeats, "median_s": median, "min_s": min(model_times),
+                        "latency_ms": round(median * 1000, 3), "images_per_s": round(batch / median, 2)})
+                del inputs
     finally:
         torch.set_num_threads(previous_threads)
     return results
