@@ -400,6 +400,10 @@ def _plot_curves(path: Path, history: List[dict], title: str) -> None:
         values = [row.get(key) for row in history]
         if any(v is not None for v in values):
             ax_acc.plot(epochs, [np.nan if v is None else 100 * v for v in values], marker="o", label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("cross-entropy")
     ax_acc.set_xlabel("epoch")
@@ -929,6 +933,7 @@ def _plot_sweep(path: Path, result: Dict[str, Any]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = sorted(result["channels"], key=lambda r: r["channels"])
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -946,6 +951,9 @@ def _plot_sweep(path: Path, result: Dict[str, Any]) -> None:
     ax.set_title(f"{result['model']}: accuracy vs input channels (no retraining)")
     secondary = ax.secondary_xaxis("top", functions=(lambda c: 192 / np.maximum(c, 1e-9),
                                                      lambda r: 192 / np.maximum(r, 1e-9)))
+    largest_ratio = 192 / max(1, min(r["channels"] for r in rows))
+    secondary.set_xticks([r for r in (1, 1.5, 2, 3, 4, 8, 16) if r <= largest_ratio + 1e-9])
+    secondary.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     secondary.set_xlabel("compression ratio (192 / kept)")
     ax.grid(alpha=0.3)
     ax.legend()
