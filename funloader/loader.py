@@ -257,19 +257,28 @@ class DCTLoader:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         direct = self.stats is not None and self._kept is None and self.dtype == torch.float32 and not self.channels_last
         out = None
+        fused = getattr(self.transform, "plannable", False) and hasattr(self.transform, "plan")
         keep_integers = not raw.is_floating_point() and (self.transform is None or getattr(self.transform, "integer_exact", False))
         for start in range(0, count, step):
             x = raw[start:start + step]
             if not keep_integers and x.dtype != torch.float32:
                 x = x.to(torch.float32)  # raw int16 stays int16 through integer-exact transforms
-            if self.transform is not None:
+            signs = None
+            if fused:  # crops/flips/nearest resized crops as one gather; flip signs folded into the scale
+                plan = self.transform.plan(tuple(x.shape), generator)
+                x = plan.apply(x, with_sign=not direct)
+                signs = plan.sign if direct else None
+            elif self.transform is not None:
                 x = self.transform(x, generator=generator) if isinstance(self.transform, T.DCTTransform) else self.transform(x)
             if direct:  # normalise straight into the output: x * (1/std) + (-mean/std)
                 if out is None:
                     out = torch.empty((count,) + tuple(x.shape[1:]), dtype=torch.float32, device=x.device)
                     scale, shift = self._normalizer(x.device)
                 dest = out[start:start + step]
-                torch.mul(x, scale, out=dest)
+                if signs is None:
+                    torch.mul(x, scale, out=dest)
+                else:
+                    torch.mul(x, signs.to(device=x.device)[:, :, None, None] * scale, out=dest)
                 dest.add_(shift)
                 continue
             if not x.is_floating_point():

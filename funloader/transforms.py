@@ -40,7 +40,7 @@ __all__ = [
     "hflip", "vflip", "crop", "center_crop", "random_crop", "resized_crop", "select_frequencies",
     "dequantize", "qtable_vector", "normalize", "flip_signs",
     "Compose", "RandomHorizontalFlip", "RandomVerticalFlip", "CenterCrop", "RandomCrop",
-    "RandomResizedCrop", "SelectFrequencies", "Dequantize", "Normalize", "ToDtype",
+    "RandomResizedCrop", "SelectFrequencies", "Dequantize", "Normalize", "ToDtype", "GatherPlan",
 ]
 
 _ALL_CHANNELS = np.arange(192)
@@ -445,8 +445,51 @@ class DCTTransform:
         return f"{type(self).__name__}({fields})"
 
 
+class GatherPlan:
+    """A batch transform that only moves and negates whole blocks, as one gather:
+    ``out[n, c, i, j] = sign[n, c] * x[n, c, rows[n, i], cols[n, j]]`` (index -1: a zero block).
+
+    ``rows`` (N, h) and ``cols`` (N, w) int64, ``sign`` (N, C) float32 or None. Crops, flips and
+    nearest-neighbour resized crops produce plans (``transform.plan(shape, generator)``, drawing the
+    same random numbers as ``transform(x, generator)``); consecutive plans compose into one."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, sign: Optional[torch.Tensor] = None):
+        self.rows, self.cols, self.sign = rows, cols, sign
+
+    @staticmethod
+    def _compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        picked = torch.gather(first, 1, second.clamp(min=0))
+        return torch.where(second >= 0, picked, torch.full_like(picked, -1))
+
+    def then(self, other: "GatherPlan") -> "GatherPlan":
+        """This plan followed by ``other``."""
+        if self.sign is None:
+            sign = other.sign
+        elif other.sign is None:
+            sign = self.sign
+        else:
+            sign = self.sign * other.sign
+        return GatherPlan(self._compose(self.rows, other.rows), self._compose(self.cols, other.cols), sign)
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        return self.rows.shape[1], self.cols.shape[1]
+
+    def apply(self, x: torch.Tensor, with_sign: bool = True) -> torch.Tensor:
+        out = _gather_windows(x, self.rows, self.cols)
+        if with_sign and self.sign is not None:
+            out.mul_(self.sign.to(device=out.device, dtype=out.dtype)[:, :, None, None])
+        return out
+
+
+def _identity_indices(count: int, length: int) -> torch.Tensor:
+    return torch.arange(length).expand(count, length).clone()
+
+
 class Compose(DCTTransform):
-    """Apply transforms in order, passing the same generator to each."""
+    """Apply transforms in order, passing the same generator to each. On a batch tensor, runs of
+    block-moving transforms (crops, flips, ``RandomResizedCrop(mode="nearest")``) are fused into one
+    gather (same result, same random draws)."""
 
     def __init__(self, transforms: Sequence):
         self.transforms = list(transforms)
@@ -455,9 +498,36 @@ class Compose(DCTTransform):
     def integer_exact(self) -> bool:
         return all(getattr(t, "integer_exact", False) for t in self.transforms)
 
-    def __call__(self, x, generator=None):
+    @property
+    def plannable(self) -> bool:
+        return all(getattr(t, "plannable", False) for t in self.transforms)
+
+    def plan(self, shape, generator=None) -> "GatherPlan":
+        """The whole composition as one ``GatherPlan`` (needs ``plannable``)."""
+        N, C, H, W = shape
+        combined = GatherPlan(_identity_indices(N, H), _identity_indices(N, W))
         for transform in self.transforms:
+            step = transform.plan((N, C) + combined.shape, generator)
+            combined = combined.then(step)
+        return combined
+
+    def __call__(self, x, generator=None):
+        if not (isinstance(x, torch.Tensor) and x.ndim == 4):
+            for transform in self.transforms:
+                x = transform(x, generator=generator) if isinstance(transform, DCTTransform) else transform(x)
+            return x
+        pending: Optional[GatherPlan] = None
+        for transform in self.transforms:
+            if getattr(transform, "plannable", False):
+                shape = tuple(x.shape[:2]) + (pending.shape if pending is not None else tuple(x.shape[2:]))
+                step = transform.plan(shape, generator)
+                pending = step if pending is None else pending.then(step)
+                continue
+            if pending is not None:
+                x, pending = pending.apply(x), None
             x = transform(x, generator=generator) if isinstance(transform, DCTTransform) else transform(x)
+        if pending is not None:
+            x = pending.apply(x)
         return x
 
 
@@ -495,6 +565,23 @@ class _RandomFlip(DCTTransform):
                     out[item].copy_(x[item])
             return out
         return _flip_gather(x, flip, sign, self._axis)  # on a GPU: one gather kernel
+
+    plannable = True
+
+    def plan(self, shape, generator=None) -> GatherPlan:
+        N, C, H, W = shape
+        flip = torch.rand(N, generator=generator) < self.p  # the same draw as __call__
+        chans = _ALL_CHANNELS if self.channels is None else np.asarray(self.channels)
+        if len(chans) != C:
+            raise ValueError(f"input has {C} channels, not {len(chans)}: pass channels=")
+        sign = torch.from_numpy(flip_signs(self._axis, chans).astype(np.float32))
+        length = W if self._axis == "h" else H
+        forward = torch.arange(length)
+        order = torch.where(flip[:, None], forward.flip(0)[None, :], forward[None, :])
+        signs = torch.where(flip[:, None], sign[None, :], torch.ones(1))
+        if self._axis == "h":
+            return GatherPlan(_identity_indices(N, H), order, signs)
+        return GatherPlan(order, _identity_indices(N, W), signs)
 
 
 def _flip_gather(x: torch.Tensor, flip: torch.Tensor, sign: np.ndarray, axis: str) -> torch.Tensor:
@@ -534,6 +621,15 @@ class CenterCrop(DCTTransform):
     def __call__(self, x, generator=None):
         return center_crop(x, self.size)
 
+    plannable = True
+
+    def plan(self, shape, generator=None) -> GatherPlan:
+        N, _, H, W = shape
+        h, w = self.size
+        tops = torch.full((N,), center_offsets(H, h), dtype=torch.int64)
+        lefts = torch.full((N,), center_offsets(W, w), dtype=torch.int64)
+        return GatherPlan(_window_indices(tops, h, H), _window_indices(lefts, w, W))
+
 
 class RandomCrop(DCTTransform):
     """Block-aligned random crop to ``size`` blocks with ``padding`` blocks of zeros on each side
@@ -547,6 +643,14 @@ class RandomCrop(DCTTransform):
 
     def __call__(self, x, generator=None):
         return random_crop(x, self.size, self.padding, generator)
+
+    plannable = True
+
+    def plan(self, shape, generator=None) -> GatherPlan:
+        N, _, H, W = shape
+        h, w = self.size
+        tops, lefts = random_crop_params((H, W), (h, w), self.padding, N, generator)
+        return GatherPlan(_window_indices(tops, h, H), _window_indices(lefts, w, W))
 
 
 class RandomResizedCrop(DCTTransform):
@@ -568,6 +672,18 @@ class RandomResizedCrop(DCTTransform):
     @property
     def integer_exact(self) -> bool:
         return self.mode == "nearest"
+
+    @property
+    def plannable(self) -> bool:
+        return self.mode == "nearest"
+
+    def plan(self, shape, generator=None) -> GatherPlan:
+        if self.mode != "nearest":
+            raise ValueError("only mode='nearest' is a block gather")
+        N, _, H, W = shape
+        boxes = resized_crop_params((H, W), self.scale, self.ratio, N, generator)
+        return GatherPlan(_nearest_indices(boxes[:, 0], boxes[:, 2], self.size[0]),
+                          _nearest_indices(boxes[:, 1], boxes[:, 3], self.size[1]))
 
     def __call__(self, x, generator=None):
         was_numpy = isinstance(x, np.ndarray)

@@ -251,3 +251,23 @@ def test_compose_pipeline_shapes(sample_jpegs):
         T.RandomResizedCrop(28, mode="bicubic")
     with pytest.raises(ValueError):
         T.select_frequencies(torch.zeros(64, 4, 4), "44/10/10")
+
+
+def test_fused_gather_plan_equals_sequential_transforms(sample_jpegs):
+    batch = torch.from_numpy(np.stack([T.center_crop(funloader.read_fun(p), 30) for p in sample_jpegs[:6]]))
+    steps = [T.RandomCrop(29, padding=1), T.RandomResizedCrop(24, mode="nearest"), T.RandomHorizontalFlip(),
+             T.RandomVerticalFlip(), T.CenterCrop(22)]
+    sequential = batch
+    generator = torch.Generator().manual_seed(21)
+    for step in steps:
+        sequential = step(sequential, generator=generator)
+    pipeline = T.Compose(steps)
+    assert pipeline.plannable and not T.Compose([T.RandomResizedCrop(24)]).plannable
+    fused = pipeline(batch, generator=torch.Generator().manual_seed(21))
+    assert fused.dtype == torch.int16 and torch.equal(fused, sequential)
+    plan = pipeline.plan(tuple(batch.shape), torch.Generator().manual_seed(21))
+    assert plan.shape == (22, 22) and torch.equal(plan.apply(batch), sequential)
+    # a non-block transform in the middle splits the fusion but keeps the result
+    mixed = T.Compose([T.RandomHorizontalFlip(), T.ToDtype(torch.float32), T.CenterCrop(20)])
+    expected = T.center_crop(T.RandomHorizontalFlip()(batch, generator=torch.Generator().manual_seed(2)).float(), 20)
+    assert torch.equal(mixed(batch, generator=torch.Generator().manual_seed(2)), expected)
