@@ -507,8 +507,13 @@ static int fl_layout_component(fl_decoder *decoder, jvirt_barray_ptr array, cons
   return FL_OK;
 }
 
+/* zero_on_error: fl_decode_fun's contract (batch slots must not keep a previous image). fl_read_fun
+ * (read_fun's fresh or caller-owned buffer) does not: libjpeg fails before out is written, and
+ * zero-filling a fresh buffer sized from a hostile header (a 600-byte file claiming 13000x13000)
+ * would touch 1-2 GB only to throw it away. */
 static int fl_read_fun_begun(fl_decoder *decoder, fl_header *header, void *out, size_t out_bytes,
-                             int dtype, int dequantize, int out_h8, int out_w8, fl_result *result) {
+                             int dtype, int dequantize, int out_h8, int out_w8, int zero_on_error,
+                             fl_result *result) {
   if (out_h8 <= 0 || out_w8 <= 0) {
     out_h8 = header->grid_h;
     out_w8 = header->grid_w;
@@ -530,7 +535,7 @@ static int fl_read_fun_begun(fl_decoder *decoder, fl_header *header, void *out, 
 
   if (setjmp(decoder->err.jump)) {
     fl_abort(decoder);
-    memset(out, 0, needed);
+    if (zero_on_error) memset(out, 0, needed);
     return result->status;
   }
   jvirt_barray_ptr *arrays = fl_read_coefficients(decoder, header);
@@ -554,7 +559,7 @@ int fl_read_fun(fl_decoder *decoder, fl_header *header, void *out, size_t out_by
     fl_fail(result, FL_ERR_ARGUMENT, "fl_read_fun without a successful fl_begin");
     return result->status;
   }
-  return fl_read_fun_begun(decoder, header, out, out_bytes, dtype, dequantize, out_h8, out_w8, result);
+  return fl_read_fun_begun(decoder, header, out, out_bytes, dtype, dequantize, out_h8, out_w8, 0, result);
 }
 
 int fl_decode_fun(fl_decoder *decoder, const uint8_t *data, size_t size, const fl_options *options,
@@ -572,7 +577,7 @@ int fl_decode_fun(fl_decoder *decoder, const uint8_t *data, size_t size, const f
     }
     return result->status;
   }
-  return fl_read_fun_begun(decoder, header, out, out_bytes, dtype, dequantize, out_h8, out_w8, result);
+  return fl_read_fun_begun(decoder, header, out, out_bytes, dtype, dequantize, out_h8, out_w8, 1, result);
 }
 
 int fl_libjpeg_version(void) {

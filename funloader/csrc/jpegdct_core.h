@@ -86,7 +86,8 @@ int fl_begin(fl_decoder *decoder, const uint8_t *data, size_t size, const fl_opt
              fl_header *header, fl_result *result);
 int fl_read_components(fl_decoder *decoder, fl_header *header, int16_t *const *components,
                        fl_result *result);
-/* FUN layout of a begun image (see fl_decode_fun); always ends the image. */
+/* FUN layout of a begun image (see fl_decode_fun); always ends the image. Unlike fl_decode_fun it
+ * does not zero-fill out on a decode error (out is left as it was). */
 int fl_read_fun(fl_decoder *decoder, fl_header *header, void *out, size_t out_bytes, int dtype,
                 int dequantize, int out_h8, int out_w8, fl_result *result);
 void fl_abort(fl_decoder *decoder);
