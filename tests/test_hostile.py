@@ -651,6 +651,43 @@ def test_bomb_headers_fail_fast_without_allocating(sample_jpegs):
         assert rss_growth < 32, (name, rss_growth)
 
 
+def check_truncated_large(path: str) -> list:
+    """A small file whose SOF claims 13000x13000 (169 Mpx, under the default limit): strict decodes
+    fail at the first missing byte; return ``[entry, outcome, seconds, peak RSS growth MB]``."""
+    data = patch_sof(Path(path).read_bytes(), 13000, 13000)
+    results = []
+    for entry in ("read_dct", "read_fun", "read_fun_float", "read_batch"):
+        _reset_peak_rss()
+        base = _peak_rss_mb()
+        started = time.perf_counter()
+        try:
+            if entry == "read_dct":
+                codec.read_dct(data)
+            elif entry == "read_fun":
+                codec.read_fun(data)
+            elif entry == "read_fun_float":
+                codec.read_fun(data, dequantize=True)
+            else:
+                error = codec.read_batch([data], np.zeros((1, 192, 28, 28), np.int16))[0]
+                if error is not None:
+                    raise error
+            outcome = "decoded"
+        except JPEGDecodeError as error:
+            outcome = type(error).__name__
+        results.append([entry, outcome, time.perf_counter() - started, _peak_rss_mb() - base])
+    return results
+
+
+@pytest.mark.timeout(60)
+def test_truncated_large_header_fails_strictly_without_touching_its_size(sample_jpegs):
+    """Regression: read_fun zero-filled its (1-2 GB) output buffer after such a failure, so a
+    600-byte file cost 1.6 s and 967 MB (int16; float32 twice that) in strict mode."""
+    results = run_in_child(f"h.check_truncated_large({str(sample_jpegs[0])!r})", timeout=50)
+    for entry, outcome, seconds, rss_growth in results:
+        assert outcome == "JPEGDecodeError", (entry, outcome)
+        assert seconds < 0.5 and rss_growth < 64, (entry, seconds, rss_growth)
+
+
 # ----------------------------------------------------------------------------- regression files
 
 #: Files kept from fuzzing / sanitizer runs (tests/data/regressions/README.md says where each came from).
