@@ -241,12 +241,16 @@ class ModelEma:
     def update(self, model: nn.Module, step: int) -> None:
         d = min(self.decay, (1.0 + step) / (10.0 + step))
         ema_state = self.module.state_dict()
+        targets, values = [], []
         for name, value in model.state_dict().items():
             target = ema_state[name]
             if target.dtype.is_floating_point:
-                target.mul_(d).add_(value.detach().to(target.dtype), alpha=1.0 - d)
+                targets.append(target)
+                values.append(value.detach().to(target.dtype))
             else:
                 target.copy_(value)
+        if targets:  # ema += (1 - d) * (value - ema), one fused kernel per dtype/device
+            torch._foreach_lerp_(targets, values, 1.0 - d)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "module": self.module.state_dict()}

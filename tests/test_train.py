@@ -136,6 +136,23 @@ def test_rmsprop_tf_matches_tensorflow_update():
     torch.testing.assert_close(p.detach(), w, rtol=1e-6, atol=1e-7)
 
 
+def test_model_ema_follows_tensorflow_num_updates():
+    from funloader.recipes import ModelEma
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    ema = ModelEma(model, decay=0.9999)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model(torch.randn(2, 3, 4, 4))  # train mode: updates the BN running statistics
+    ema.update(model, step=90)
+    d = min(0.9999, 91 / 100)
+    torch.testing.assert_close(ema.module[0].weight, d * start + (1 - d) * model[0].weight)
+    torch.testing.assert_close(ema.module[1].running_mean, (1 - d) * model[1].running_mean)
+    assert int(ema.module[1].num_batches_tracked) == 1  # integer buffers copied
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
 def test_atomic_checkpoint_keeps_old_file_on_failure(tmp_path):
     path = tmp_path / "last.pt"
     save_atomic({"model": {"w": torch.ones(2)}}, path)
