@@ -384,6 +384,14 @@ def _write_metrics_csv(path: Path, history: List[dict]) -> None:
     os.replace(tmp, path)
 
 
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _plot_curves(path: Path, history: List[dict], title: str) -> None:
     import matplotlib
 
@@ -790,7 +798,11 @@ def _train(cfg: TrainConfig, info: fdist.DistInfo) -> Dict[str, Any]:
             print(f"funloader train: WARNING the ranks' weights differ: {checksums}", file=sys.stderr)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if history:
-            _plot_curves(run_dir / "curves.png", history, f"{cfg.model} ({cfg.recipe} recipe)")
+            if _have_matplotlib():
+                _plot_curves(run_dir / "curves.png", history, f"{cfg.model} ({cfg.recipe} recipe)")
+            else:
+                print("funloader train: matplotlib is not installed (pip install funloader[plot]); "
+                      "no curves.png", file=sys.stderr)
     return summary
 
 
@@ -1100,8 +1112,10 @@ def main_eval(argv: Optional[List[str]] = None) -> int:
             writer = csv.DictWriter(handle, fieldnames=list(result["channels"][0]))
             writer.writeheader()
             writer.writerows(result["channels"])
-        if sweep:
+        if sweep and _have_matplotlib():
             _plot_sweep(out_dir / "sweep.png", result)
+        elif sweep:
+            print("matplotlib is not installed (pip install funloader[plot]); no sweep.png")
         for row in result["channels"]:
             if row["pruned_unavailable"]:
                 print(f"  {row['keep']}: pruned first layer not available ({row['pruned_unavailable']})")
