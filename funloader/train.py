@@ -771,9 +771,9 @@ def _train(cfg: TrainConfig, info: fdist.DistInfo) -> Dict[str, Any]:
                 tensorboard.log(row)
                 shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
                 print(f"funloader train: {shown}", file=sys.stderr)
-            fdist.barrier()
-            if stop.signal is not None:
-                raise TrainingInterrupted(run_dir / "last.pt", stop.signal)
+            flag = torch.tensor([1 if stop.signal is not None else 0], device=info.device)
+            if int(fdist.all_reduce_max(flag).item()) and epoch + 1 < cfg.epochs:  # every rank stops together
+                raise TrainingInterrupted(run_dir / "last.pt", stop.signal or signal.SIGTERM)
     finally:
         stop.restore()
         tensorboard.close()
