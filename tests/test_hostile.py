@@ -683,9 +683,12 @@ def test_truncated_large_header_fails_strictly_without_touching_its_size(sample_
     """Regression: read_fun zero-filled its (1-2 GB) output buffer after such a failure, so a
     600-byte file cost 1.6 s and 967 MB (int16; float32 twice that) in strict mode."""
     results = run_in_child(f"h.check_truncated_large({str(sample_jpegs[0])!r})", timeout=50)
+    # read_fun still allocates the output its header asks for (1-2 GB, untouched): under
+    # AddressSanitizer that costs 1/8 of it in shadow memory, which ASan writes
+    rss_limit = 64 + (300 if "libasan" in os.environ.get("LD_PRELOAD", "") else 0)
     for entry, outcome, seconds, rss_growth in results:
         assert outcome == "JPEGDecodeError", (entry, outcome)
-        assert seconds < 0.5 and rss_growth < 64, (entry, seconds, rss_growth)
+        assert seconds < 0.5 and rss_growth < rss_limit, (entry, seconds, rss_growth)
 
 
 # ----------------------------------------------------------------------------- regression files
