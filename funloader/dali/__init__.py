@@ -270,7 +270,7 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
         stick_to_shard: keep reading the same shard every epoch (DALI's readers otherwise move to the
             next shard each epoch).
         py_num_workers, py_start_method: external_source worker processes (default ``num_threads``;
-            ``"fork"`` on CPU-only pipelines, ``"spawn"`` with a GPU).
+            ``"spawn"``: forking a process that already runs threads (a DCTLoader, torch) can deadlock).
 
     Returns:
         A built ``nvidia.dali.Pipeline`` with outputs ``images`` and ``labels``, and attributes
@@ -336,7 +336,7 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
                   seed=None if seed is None or seed < 0 else int(seed),
                   prefetch_queue_depth=prefetch_queue_depth,
                   py_num_workers=int(py_num_workers or threads),
-                  py_start_method=py_start_method or ("spawn" if gpu else "fork"))
+                  py_start_method=py_start_method or "spawn")
     def _pipeline():
         if backend == "plugin":
             if resolved.shards:
