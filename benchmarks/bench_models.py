@@ -7,7 +7,7 @@ measured images/s vs paper top-1). FUN models run on 192x28x28 DCT inputs, RGB b
 
     python benchmarks/bench_models.py --threads 2 --output benchmarks/results/models_cpu.json \
         --plot benchmarks/results/models_cpu.png
-    python benchmarks/bench_models.py --quick                 # fewer repeats (a few minutes on 2 cores)
+    python benchmarks/bench_models.py --quick --threads 1     # fewer repeats (~10 min on 2 busy cores)
     python benchmarks/bench_models.py --device cuda --batch-sizes 1 64   # the paper's setting: batch 1
 
 Speeds: medians of ``--repeats`` timed passes after ``--warmup`` untimed ones, under
@@ -70,7 +70,8 @@ def main(argv=None) -> int:
         "settings": {"device": args.device, "threads": args.threads, "batch_sizes": args.batch_sizes,
                      "repeats": "quick: batch 1 x10 after 2 warm-up, larger batches x2 after 1" if args.quick else args.repeats,
                      "warmup": args.warmup, "quick": args.quick, "channels_last": args.channels_last,
-                     "inference_mode": True, "statistic": "median"},
+                     "inference_mode": True, "statistic": "median", "interleaved_rounds": True,
+                     "flush_denormal": bool(results and results[0].get("flush_denormal"))},
         "wall_s": round(time.time() - started, 1), "results": results,
     }
     if args.output:
