@@ -204,6 +204,7 @@ def test_batch_dataset_in_dataloader_with_workers(johns):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
 
+@pytest.mark.gpu
 @requires_cuda
 def test_cuda_device_and_pinned_ring(johns):
     loader = DCTLoader(johns, batch_size=16, size=19, normalize=False, device="cuda",
