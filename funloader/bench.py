@@ -92,9 +92,11 @@ def run(args) -> Dict[str, object]:
                                                            floor_binary=floor, progress=_log)
         if "loader" in sections:
             _log("section 2/4: loader (images/s to normalised batches)")
-            report["loader"] = _loader_section(corpora["224_q100_420"], tmp_path, threads, args.batch_size, repeats)
+            report["loader"] = _loader_section(corpora["224_q100_420"], tmp_path, threads, args.batch_size, repeats,
+                                               args.quick)
         if "dali" in sections:
-            report["dali"] = _dali_section(corpora["224_q100_420"], tmp_path, threads, args.batch_size, repeats)
+            report["dali"] = _dali_section(corpora["224_q100_420"], tmp_path, threads,
+                                           min(args.batch_size, 16) if args.quick else args.batch_size, repeats)
         if "models" in sections:
             _log(f"section 4/4: models on {args.device}")
             report["models"] = _models_section(args, threads, repeats)
@@ -103,16 +105,32 @@ def run(args) -> Dict[str, object]:
     return report
 
 
-def _loader_section(files: List[Path], tmp_path: Path, threads: int, batch_size: int, repeats: int) -> Dict[str, object]:
-    from .loader_bench import measure_loaders
+def _loader_section(files: List[Path], tmp_path: Path, threads: int, batch_size: int, repeats: int,
+                    quick: bool) -> Dict[str, object]:
+    from .loader_bench import PIPELINES, measure_loaders
 
     folder = tmp_path / "loader_folder"
     for index, path in enumerate(files):  # a two-class ImageFolder over the corpus
         target = folder / f"class_{index % 2}" / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists():
-            os.link(path, target) if hasattr(os, "link") else target.write_bytes(path.read_bytes())
-    return measure_loaders(folder, threads=threads, batch_size=batch_size, repeats=repeats)
+            target.write_bytes(path.read_bytes())
+    pipelines = [p for p in PIPELINES if not (quick and p in ("funloader_dct", "dctnet"))]
+    raw = measure_loaders(folder, threads=(threads,), batch_size=batch_size, repeats=repeats, pipelines=pipelines,
+                          progress=_log)
+    results = raw["results"][str(threads)]
+    methods = {name: {"images_per_s": round(stats["images_per_s"], 1),
+                      "min_images_per_s": round(min(stats.get("images_per_s_all", [stats["images_per_s"]])), 1),
+                      "max_images_per_s": round(max(stats.get("images_per_s_all", [stats["images_per_s"]])), 1)}
+               for name, stats in results.items()}
+    speedup = raw.get("speedup", {}).get(str(threads), {})
+    ratios = {}
+    for key, name in (("vs_pillow", "speedup_vs_pillow_pipeline"), ("vs_paper", "speedup_vs_paper_pipeline"),
+                      ("vs_dctnet", "speedup_vs_dctnet_pipeline"), ("raw_vs_paper", "raw_speedup_vs_paper_pipeline")):
+        if speedup.get(key):
+            ratios[name] = round(speedup[key], 3)
+    return {"threads": threads, "batch_size": batch_size, "images": raw.get("images"), "methods": methods,
+            "ratios": ratios}
 
 
 def _dali_section(files: List[Path], tmp_path: Path, threads: int, batch_size: int, repeats: int) -> Dict[str, object]:
@@ -130,9 +148,16 @@ def _dali_section(files: List[Path], tmp_path: Path, threads: int, batch_size: i
         if not target.exists():
             target.write_bytes(path.read_bytes())
     try:
-        return measure_dali(folder, threads=threads, batch_size=batch_size, repeats=repeats)
+        raw = measure_dali(folder, threads=threads, batch_size=batch_size, repeats=repeats, progress=_log)
     except Exception as error:  # e.g. no compiler for the plugin: report, keep the rest of the run
         return {"skipped": f"{type(error).__name__}: {error}"}
+    methods = {name: {"images_per_s": round(stats["images_per_s"], 1), "min_images_per_s": round(stats["min"], 1),
+                      "max_images_per_s": round(stats["max"], 1)} for name, stats in raw["methods"].items()}
+    names = {"fun_plugin/dali_rgb": "plugin_over_dali_rgb", "fun_plugin/fun_external_source": "plugin_over_fallback",
+             "fun_plugin/dali_rgb_mixed": "plugin_over_dali_rgb_mixed"}
+    ratios = {names.get(key, key): value for key, value in raw["ratios"].items()}
+    return {"threads": threads, "batch_size": batch_size, "files": raw["files"], "methods": methods, "ratios": ratios,
+            "plugin_build_or_load_s": raw.get("plugin_build_or_load_s")}
 
 
 def _models_section(args, threads: int, repeats: int) -> Dict[str, object]:
@@ -256,14 +281,14 @@ def plot(report: Dict[str, object], output: Path) -> List[Path]:
     for name in ("loader", "dali"):
         section = report.get(name)
         if section and "methods" in section:
-            reference = "dct_loader" if "dct_loader" in section["methods"] else next(iter(section["methods"]))
+            reference = next((m for m in ("funloader", "fun_plugin") if m in section["methods"]), next(iter(section["methods"])))
             bars.append((name, {k: v["images_per_s"] for k, v in section["methods"].items() if v.get("images_per_s")}, reference))
     if bars:
         fig, axes = plt.subplots(len(bars), 1, figsize=(9, 2.2 + 0.45 * sum(len(b[1]) for b in bars)), squeeze=False)
         for axis, (title, values, reference) in zip(axes[:, 0], bars):
             names = list(values)
             speeds = [values[n] for n in names]
-            colours = ["tab:red" if n.startswith(("read_", "dct", "plugin", "funloader")) or n == reference else "tab:gray" for n in names]
+            colours = ["tab:red" if n.startswith(("read_", "fun")) or n == reference else "tab:gray" for n in names]
             axis.barh(names, speeds, color=colours)
             ours = values.get(reference)
             for index, speed in enumerate(speeds):
