@@ -21,6 +21,7 @@ atheris does see as coverage.
 Usage (see tests/fuzz/README.md):
     python tests/fuzz/fuzz_decode.py CORPUS_DIR [SEED_DIR ...] -max_total_time=600 -max_len=131072
     python tests/fuzz/fuzz_decode.py crash-<sha1>          # replay one input
+    python tests/fuzz/fuzz_decode.py --loop 600 1 ARTIFACT_DIR CORPUS_DIR...   # no libFuzzer (ASan builds)
 """
 from __future__ import annotations
 
@@ -351,7 +352,63 @@ def CustomCrossOver(data1: bytes, data2: bytes, max_out_size: int, seed: int) ->
     return (data1[:cut1] + data2[cut2:])[:max_out_size]
 
 
+def _flip_bytes(data: bytes, rng: random.Random) -> bytes:
+    buffer = bytearray(data)
+    for _ in range(rng.randrange(1, 9)):
+        if not buffer:
+            break
+        position = rng.randrange(len(buffer))
+        buffer[position] = rng.choice((rng.randrange(256), buffer[position] ^ (1 << rng.randrange(8)), 0xFF, 0x00))
+    return bytes(buffer)
+
+
+def mutation_loop(directories, seconds: float, seed: int, artifacts: str) -> int:
+    """Coverage-blind fuzzing without libFuzzer, for sanitizer builds (gcc's libasan breaks atheris'
+    coverage): mutate random corpus files with the JPEG-aware mutator and byte flips for ``seconds``,
+    check each with :func:`check_one`; a failing input is written to ``artifacts`` and re-raised.
+    Returns the number of inputs run."""
+    import time
+
+    rng = random.Random(seed)
+    corpus = []
+    for directory in directories:
+        for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                with open(path, "rb") as handle:
+                    corpus.append(handle.read())
+    deadline = time.monotonic() + seconds
+    count = 0
+    while time.monotonic() < deadline:
+        data = rng.choice(corpus)
+        for _ in range(rng.randrange(1, 4)):
+            if rng.random() < 0.6:
+                data = _mutate_structure(data, rng)
+            elif rng.random() < 0.5:
+                data = CustomCrossOver(data, rng.choice(corpus), 1 << 17, rng.randrange(1 << 30))
+            else:
+                data = _flip_bytes(data, rng)
+        try:
+            check_one(data)
+        except BaseException:
+            os.makedirs(artifacts, exist_ok=True)
+            path = os.path.join(artifacts, f"loop-crash-{zlib.crc32(data):08x}")
+            with open(path, "wb") as handle:
+                handle.write(data)
+            print(f"finding after {count} inputs written to {path}", file=sys.stderr)
+            raise
+        count += 1
+        if count % 5000 == 0:
+            print(f"#{count} inputs", file=sys.stderr, flush=True)
+    print(f"mutation loop: {count} inputs in {seconds:.0f} s, no finding", file=sys.stderr)
+    return count
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--loop":
+        # python fuzz_decode.py --loop SECONDS SEED ARTIFACT_DIR CORPUS_DIR [CORPUS_DIR ...]
+        mutation_loop(sys.argv[5:], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+        return
     atheris.instrument_func(_note)
     atheris.Setup(sys.argv, TestOneInput, custom_mutator=CustomMutator, custom_crossover=CustomCrossOver)
     atheris.Fuzz()
