@@ -77,7 +77,7 @@ setup(
     extras_require={
         "plot": ["matplotlib>=3.5"],
         "dali": ["nvidia-dali-cuda120>=1.30"],
-        "test": ["pytest>=7", "pytest-timeout", "matplotlib>=3.5", "jpeg2dct", "webdataset", "nvidia-dali-cuda120>=1.30"],
+        "test": ["pytest>=7", "pytest-timeout", "matplotlib>=3.5", "jpeg2dct", "webdataset", "nvidia-dali-cuda120>=1.30", "onnx", "onnxscript"],
     },
     entry_points={"console_scripts": ["funloader=funloader.cli:main"]},
     zip_safe=False,
