@@ -37,6 +37,8 @@ __all__ = [
 
 
 def __getattr__(name):
+    if name in ("models", "transforms", "dali"):  # subpackages, imported on first use
+        return importlib.import_module(f"funloader.{name}")
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
