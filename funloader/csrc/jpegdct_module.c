@@ -152,6 +152,26 @@ static int decoder_enter(DecoderObject *self) {
 
 static size_t dtype_size(int dtype) { return dtype == FL_DTYPE_FLOAT32 ? 4 : 2; }
 
+/* Common start of read_fun/read_dct: take the source, mark the decoder busy, then (GIL released)
+ * load the file and parse the header.  Returns -1 with a Python exception set (nothing to release),
+ * else the FL_* status; on return >= 0 the caller owns `source` and must clear self->busy. */
+static int decoder_open(DecoderObject *self, PyObject *source_object, Source *source, const fl_options *options,
+                        fl_header *header, fl_result *result) {
+  if (source_acquire(source_object, source) != 0) return -1;
+  if (decoder_enter(self) != 0) {
+    source_release(source);
+    return -1;
+  }
+  const uint8_t *data = NULL;
+  size_t size = 0;
+  int status;
+  Py_BEGIN_ALLOW_THREADS
+  status = source_load(self->decoder, source, &data, &size, result);
+  if (status == FL_OK) status = fl_begin(self->decoder, data, size, options, header, result);
+  Py_END_ALLOW_THREADS
+  return status;
+}
+
 /* read_fun(source, out, dtype, dequantize, strict, max_pixels, max_scans)
  *   -> (out_or_new_bytearray_or_None, header_or_None, result) */
 static PyObject *Decoder_read_fun(DecoderObject *self, PyObject *args) {
@@ -166,21 +186,11 @@ static PyObject *Decoder_read_fun(DecoderObject *self, PyObject *args) {
     return NULL;
   }
   Source source;
-  if (source_acquire(source_object, &source) != 0) return NULL;
-  if (decoder_enter(self) != 0) {
-    source_release(&source);
-    return NULL;
-  }
   fl_options options = {strict, (uint64_t)max_pixels, max_scans};
   fl_header header;
   fl_result result;
-  const uint8_t *data = NULL;
-  size_t size = 0;
-  int status;
-  Py_BEGIN_ALLOW_THREADS
-  status = source_load(self->decoder, &source, &data, &size, &result);
-  if (status == FL_OK) status = fl_begin(self->decoder, data, size, &options, &header, &result);
-  Py_END_ALLOW_THREADS
+  int status = decoder_open(self, source_object, &source, &options, &header, &result);
+  if (status < 0) return NULL;
 
   PyObject *target = NULL, *answer = NULL;
   Py_buffer out_view;
@@ -231,21 +241,11 @@ static PyObject *Decoder_read_dct(DecoderObject *self, PyObject *args) {
   unsigned long long max_pixels;
   if (!PyArg_ParseTuple(args, "OpKi", &source_object, &strict, &max_pixels, &max_scans)) return NULL;
   Source source;
-  if (source_acquire(source_object, &source) != 0) return NULL;
-  if (decoder_enter(self) != 0) {
-    source_release(&source);
-    return NULL;
-  }
   fl_options options = {strict, (uint64_t)max_pixels, max_scans};
   fl_header header;
   fl_result result;
-  const uint8_t *data = NULL;
-  size_t size = 0;
-  int status;
-  Py_BEGIN_ALLOW_THREADS
-  status = source_load(self->decoder, &source, &data, &size, &result);
-  if (status == FL_OK) status = fl_begin(self->decoder, data, size, &options, &header, &result);
-  Py_END_ALLOW_THREADS
+  int status = decoder_open(self, source_object, &source, &options, &header, &result);
+  if (status < 0) return NULL;
 
   PyObject *arrays = NULL, *answer = NULL;
   if (status == FL_OK) {
