@@ -73,7 +73,7 @@ setup(
     package_data={"funloader": ["csrc/*.c", "csrc/*.h", "csrc/*.cc"], "funloader.data": ["*.jpg", "*.txt", "*.md"],
                   "funloader.dali": ["*.cc", "*.h"]},
     ext_modules=[_extension()],
-    install_requires=["numpy>=1.22", "torch>=2.3", "tqdm>=4.60", "pillow>=9.0"],
+    install_requires=["numpy>=1.22", "torch>=2.3", "tqdm>=4.60", "pillow>=9.0", "matplotlib>=3.5"],
     extras_require={
         "plot": ["matplotlib>=3.5"],
         "dali": ["nvidia-dali-cuda120>=1.30"],
