@@ -259,7 +259,7 @@ def _default_threads() -> int:
 
 def read_batch(sources: Sequence[Source], out, *, threads: Optional[int] = None, dequantize: bool = False,
                strict: bool = True, max_pixels: Optional[int] = None, max_scans: int = DEFAULT_MAX_SCANS,
-               warn: bool = True) -> List[Optional[Exception]]:
+               warn: bool = True, row_maps=None, col_maps=None, gain=None, bias=None) -> List[Optional[Exception]]:
     """Decode many JPEGs into a preallocated batch with native threads (GIL released).
 
     Args:
@@ -272,6 +272,15 @@ def read_batch(sources: Sequence[Source], out, *, threads: Optional[int] = None,
         dequantize: multiply by the quantization tables (float32 ``out`` only).
         strict, max_pixels, max_scans: as :func:`read_dct`.
         warn: issue :class:`JPEGWarning` for recoverable problems (lenient mode).
+        row_maps, col_maps: optional ``(N, H8)`` / ``(N, W8)`` integer block maps, applied while laying
+            out: output block row ``i`` of item ``n`` is row ``row_maps[n, i]`` of the centre-cropped /
+            padded grid described above (``-1``: a zero block); columns likewise. This is how
+            block-aligned crops, flips (reversed columns) and nearest-block resized crops are done
+            without a second pass; the caller draws them (``funloader.transforms.GatherPlan``).
+        gain, bias: optional ``(N, 192)`` and ``(192,)`` float32 (float32 ``out`` only): each output
+            value becomes ``x * gain[n, c] + bias[c]`` with ``x`` the (dequantized) coefficient,
+            evaluated in float32 in that order (a zero block gives ``bias``). Folds normalisation
+            ``(x - mean) / std`` and the sign flips of mirrored coefficients into the decode.
 
     Returns:
         A list of N entries: ``None`` where the image decoded, or the exception
@@ -287,8 +296,9 @@ def read_batch(sources: Sequence[Source], out, *, threads: Optional[int] = None,
     code = _dtype_code(array.dtype, dequantize)
     resolved = [_resolve(source) for source in sources]
     threads = _default_threads() if threads is None else max(1, int(threads))
+    maps = _batch_maps(count, array.shape[2], array.shape[3], array.dtype, row_maps, col_maps, gain, bias)
     results = _jpegdct.decode_batch([data for data, _ in resolved], array, array.shape[2], array.shape[3], code,
-                                    dequantize, threads, strict, _limit(max_pixels), max_scans)
+                                    dequantize, threads, strict, _limit(max_pixels), max_scans, *maps)
     errors: List[Optional[Exception]] = []
     for (data, filename), result in zip(resolved, results):
         if result is None:
@@ -300,6 +310,28 @@ def read_batch(sources: Sequence[Source], out, *, threads: Optional[int] = None,
                 _warn(result, filename)
             errors.append(None)
     return errors
+
+
+def _batch_maps(count, height, width, dtype, row_maps, col_maps, gain, bias):
+    """Validated C-contiguous int32/float32 copies (or None) of read_batch's optional maps."""
+    def as_array(value, kind, shape, name):
+        if value is None:
+            return None
+        if type(value).__module__.startswith("torch"):
+            value = value.detach().cpu().numpy()
+        array = np.ascontiguousarray(value, dtype=kind)
+        if array.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
+        return array
+
+    if (gain is None) != (bias is None):
+        raise ValueError("gain and bias go together")
+    if gain is not None and np.dtype(dtype) != np.float32:
+        raise ValueError("gain/bias need a float32 out")
+    return (as_array(row_maps, np.int32, (count, height), "row_maps"),
+            as_array(col_maps, np.int32, (count, width), "col_maps"),
+            as_array(gain, np.float32, (count, 192), "gain"),
+            as_array(bias, np.float32, (192,), "bias"))
 
 
 def libjpeg_info() -> dict:

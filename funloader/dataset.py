@@ -404,14 +404,21 @@ class DCTImageFolder(torch.utils.data.Dataset):
         self._lock = threading.Lock()
 
 
-def decode_into(dataset: DCTImageFolder, indices: Sequence[int], out, *, threads: Optional[int] = None):
+def decode_into(dataset: DCTImageFolder, indices: Sequence[int], out, *, threads: Optional[int] = None,
+                layout: Optional[dict] = None):
     """Decode samples ``indices`` of ``dataset`` into ``out`` ``(len(indices), 192, H8, W8)`` (int16,
     or float32 when ``dataset.dequantize``) with ``read_batch`` (centre crop / zero padding to the
     grid), applying ``dataset.on_error``. Returns the labels (list of int) actually placed, which
-    differ from ``dataset.targets[indices]`` where a bad sample was replaced."""
+    differ from ``dataset.targets[indices]`` where a bad sample was replaced. ``layout``: per-item
+    ``row_maps``/``col_maps``/``gain`` arrays (and a shared ``bias``) passed on to ``read_batch``."""
     indices = [int(i) for i in indices]
+    layout = layout or {}
+
+    def item_layout(slot):
+        return {key: (value if key == "bias" or value is None else value[slot:slot + 1]) for key, value in layout.items()}
+
     errors = read_batch(dataset.sources(indices), out, threads=threads, dequantize=dataset.dequantize,
-                        strict=dataset.strict)
+                        strict=dataset.strict, **layout)
     labels = [dataset.targets[i] for i in indices]
     for slot, error in enumerate(errors):
         if error is None:
@@ -423,7 +430,7 @@ def decode_into(dataset: DCTImageFolder, indices: Sequence[int], out, *, threads
         dataset.mark_bad(index, error)
         for candidate in dataset.replacement_candidates(index):
             retry = read_batch([dataset.source(candidate)], out[slot:slot + 1], threads=1,
-                               dequantize=dataset.dequantize, strict=dataset.strict)[0]
+                               dequantize=dataset.dequantize, strict=dataset.strict, **item_layout(slot))[0]
             if retry is None:
                 labels[slot] = dataset.targets[candidate]
                 break

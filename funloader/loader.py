@@ -299,6 +299,38 @@ class DCTLoader:
             y = y.to(self.device, non_blocking=True)
         return out, y
 
+    def fused_layout(self, count: int, batch_number: int, epoch: Optional[int] = None) -> Optional[dict]:
+        """``read_batch`` block maps and affine that make the decode itself produce what
+        :meth:`finish` would (same random draws, bit-identical values), or None when the batch needs
+        :meth:`finish`: only on the CPU, for normalised float32 output without frequency selection
+        or channels_last, with no transform or a plannable one (crops, flips, nearest resized crops)
+        that keeps the grid. Saves the gather and normalisation passes over the batch."""
+        if (self.device.type != "cpu" or self.stats is None or self._kept is not None or self.dtype != torch.float32
+                or self.channels_last):
+            return None
+        scale, shift = self._normalizer(torch.device("cpu"))
+        scale = scale.reshape(1, 192)
+        if self.transform is None:
+            return {"gain": scale.expand(count, 192), "bias": shift.reshape(192)}
+        if not (getattr(self.transform, "plannable", False) and hasattr(self.transform, "plan")):
+            return None
+        generator = torch.Generator()
+        generator.manual_seed(_batch_seed(self.seed, self.epoch if epoch is None else epoch, self.rank, batch_number))
+        step = max(1, int(self.chunk_size))  # the chunks finish() plans, in the same order
+        plans = [self.transform.plan((min(step, count - start), 192) + self.size, generator)
+                 for start in range(0, count, step)]
+        if any(tuple(plan.shape) != self.size for plan in plans):
+            return None
+        signs = [plan.sign if plan.sign is not None else torch.ones(plan.rows.shape[0], 192) for plan in plans]
+        return {"row_maps": torch.cat([plan.rows for plan in plans]), "col_maps": torch.cat([plan.cols for plan in plans]),
+                "gain": torch.cat(signs).to(torch.float32) * scale, "bias": shift.reshape(192)}
+
+    def decode_fused(self, batch_indices: Sequence[int], layout: dict, batch_number: int):
+        """Decode straight into a new normalised, augmented float32 batch (see :meth:`fused_layout`)."""
+        out = torch.empty((len(batch_indices), 192) + self.size, dtype=torch.float32)
+        labels = decode_into(self.dataset, batch_indices, out, threads=self.num_threads, layout=layout)
+        return out, torch.as_tensor(labels, dtype=torch.int64)
+
     def _normalizer(self, device) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(1/std, -mean/std)`` as ``(192, 1, 1)`` float32 tensors on ``device`` (cached)."""
         cached = self._normalizers.get(str(device))
@@ -376,6 +408,13 @@ def _produce(loader: DCTLoader, batches: List[List[int]], buffers: List[torch.Te
                 event.synchronize()  # the GPU copy out of this pinned slot has finished
                 state.events[slot] = None
             buffer = buffers[slot]
+            layout = loader.fused_layout(len(batch), number, epoch) if finish_here else None
+            if layout is not None:  # CPU: augmentation and normalisation done by the decode itself
+                item = loader.decode_fused(batch, layout, number)
+                state.free.put(slot)
+                if not _put(state, ("batch", item)):
+                    return
+                continue
             labels = loader.decode(batch, buffer)
             if finish_here:
                 item = loader.finish(buffer[:len(batch)], labels, number, epoch)

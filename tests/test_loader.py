@@ -257,3 +257,47 @@ def test_integer_path_equals_float_path(johns):
     expected = T.normalize(torch.cat(chunks), *stats)
     assert x.dtype == torch.float32 and x.shape == (20, 192, 14, 14)
     assert torch.allclose(x, expected, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("dequantize", [True, False])
+@pytest.mark.parametrize("transform", ["augment", "crop_pad", None])
+def test_fused_decode_equals_decode_then_finish(johns, tmp_path, transform, dequantize):
+    """On the CPU the loader lets read_batch do the augmentation and normalisation while laying the
+    coefficients out (block maps + per-channel affine); that must equal decode + finish bit for bit,
+    including padded (smaller-than-grid) images and the chunked random draws."""
+    transforms = {
+        "augment": T.Compose([T.RandomResizedCrop(28, mode="nearest"), T.RandomHorizontalFlip()]),
+        "crop_pad": T.Compose([T.RandomCrop(28, padding=3), T.RandomHorizontalFlip(), T.RandomVerticalFlip()]),
+        None: None,
+    }
+    stats = funloader.compute_stats(johns, dequantize=dequantize, output=None, progress=False)
+    loader = DCTLoader(johns, batch_size=20, size=28, transform=transforms[transform], dequantize=dequantize,
+                       normalize=stats, num_threads=2, seed=3, chunk_size=8)
+    count = 20
+    layout = loader.fused_layout(count, batch_number=1, epoch=2)
+    assert layout is not None
+    batch = list(range(20, 40))
+    fused, labels = loader.decode_fused(batch, layout, 1)
+    buffer = torch.empty((count, 192, 28, 28), dtype=torch.float32 if dequantize else torch.int16)
+    plain_labels = loader.decode(batch, buffer)
+    reference, reference_labels = loader.finish(buffer, plain_labels, 1, 2)
+    assert labels.tolist() == reference_labels.tolist()
+    assert torch.equal(fused, reference)
+    # the iterator takes the fused path on the CPU and gives the same epoch as finish() would
+    loader.set_epoch(2)
+    first = next(iter(loader))[0]
+    layout0 = loader.fused_layout(20, batch_number=0, epoch=2)
+    assert layout0 is not None
+    indices = loader.batches()[0]
+    buffer0 = torch.empty((len(indices), 192, 28, 28), dtype=buffer.dtype)
+    expected, _ = loader.finish(buffer0, loader.decode(indices, buffer0), 0, 2)
+    assert torch.equal(first, expected)
+
+
+def test_fused_layout_not_used_where_finish_is_needed(johns):
+    loader = DCTLoader(johns, batch_size=8, normalize=False)
+    assert loader.fused_layout(8, 0) is None  # no normalisation: nothing to fold
+    stats = funloader.compute_stats(johns, output=None, progress=False)
+    assert DCTLoader(johns, batch_size=8, normalize=stats, keep="44/10/10").fused_layout(8, 0) is None
+    assert DCTLoader(johns, batch_size=8, normalize=stats, channels_last=True).fused_layout(8, 0) is None
+    assert DCTLoader(johns, batch_size=8, normalize=stats, transform=T.CenterCrop(24)).fused_layout(8, 0) is None

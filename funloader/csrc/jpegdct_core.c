@@ -34,6 +34,8 @@ struct fl_decoder {
   uint8_t *file_buffer;
   size_t file_capacity;
   JCOEF (*row_scratch)[64]; /* scratch: one output row of (replicated) blocks */
+  int *map_scratch;         /* scratch: composed full-resolution row and column maps */
+  size_t map_capacity;
   size_t row_capacity;      /* in coefficients */
 };
 
@@ -136,6 +138,7 @@ void fl_decoder_free(fl_decoder *decoder) {
   if (decoder->created) jpeg_destroy_decompress(&decoder->cinfo);
   free(decoder->file_buffer);
   free(decoder->row_scratch);
+  free(decoder->map_scratch);
   free(decoder);
 }
 
@@ -376,13 +379,18 @@ static inline __attribute__((always_inline)) void fl_transpose8x8(__m128i r[8]) 
 /* Stores 8 int16 values (one coefficient of 8 output columns) to `rows` output rows. */
 #if defined(__SSE2__)
 static inline __attribute__((always_inline)) void fl_store8(void *dst, size_t index, size_t row_stride, int rows, int dtype, __m128i values,
-                             float scale) {
+                             float scale, const float *gain, const float *bias, size_t k) {
   if (dtype == FL_DTYPE_INT16) {
     for (int r = 0; r < rows; r++) _mm_storeu_si128((__m128i *)((int16_t *)dst + index + r * row_stride), values);
   } else {
     __m128 s = _mm_set1_ps(scale);
     __m128 low = _mm_mul_ps(_mm_cvtepi32_ps(_mm_srai_epi32(_mm_unpacklo_epi16(values, values), 16)), s);
     __m128 high = _mm_mul_ps(_mm_cvtepi32_ps(_mm_srai_epi32(_mm_unpackhi_epi16(values, values), 16)), s);
+    if (gain) { /* (x * scale) * gain + bias, in this order: bit-exact with the loader's torch ops */
+      __m128 g = _mm_set1_ps(gain[k]), b = _mm_set1_ps(bias[k]);
+      low = _mm_add_ps(_mm_mul_ps(low, g), b);
+      high = _mm_add_ps(_mm_mul_ps(high, g), b);
+    }
     for (int r = 0; r < rows; r++) {
       float *target = (float *)dst + index + r * row_stride;
       _mm_storeu_ps(target, low);
@@ -397,7 +405,7 @@ static inline __attribute__((always_inline)) void fl_store8(void *dst, size_t in
  * output rows (row_stride elements apart).  dup is 1 (full-width component) or 2 (horizontally
  * half-sampled chroma, duplicated on the fly).  dst points at element 0 of plane 0's first row. */
 static inline __attribute__((always_inline)) void fl_transpose_row(const JCOEF (*blocks)[64], int cols, int dup, int rows, size_t row_stride, void *dst,
-                             size_t plane, int dtype, const float *scale) {
+                             size_t plane, int dtype, const float *scale, const float *gain, const float *bias) {
   int source = 0; /* next source block */
 #if defined(__SSE2__)
   const int whole = cols / dup; /* source blocks whose every output column lies in [0, cols) */
@@ -413,10 +421,11 @@ static inline __attribute__((always_inline)) void fl_transpose_row(const JCOEF (
       for (int j = 0; j < 8; j++) {
         size_t k = (size_t)(8 * group + j);
         if (dup == 1) {
-          fl_store8(dst, k * plane + x, row_stride, rows, dtype, r[j], scale[k]);
+          fl_store8(dst, k * plane + x, row_stride, rows, dtype, r[j], scale[k], gain, bias, k);
         } else {
-          fl_store8(dst, k * plane + x, row_stride, rows, dtype, _mm_unpacklo_epi16(r[j], r[j]), scale[k]);
-          fl_store8(dst, k * plane + x + 8, row_stride, rows, dtype, _mm_unpackhi_epi16(r[j], r[j]), scale[k]);
+          fl_store8(dst, k * plane + x, row_stride, rows, dtype, _mm_unpacklo_epi16(r[j], r[j]), scale[k], gain, bias, k);
+          fl_store8(dst, k * plane + x + 8, row_stride, rows, dtype, _mm_unpackhi_epi16(r[j], r[j]), scale[k], gain,
+                    bias, k);
         }
       }
     }
@@ -429,8 +438,13 @@ static inline __attribute__((always_inline)) void fl_transpose_row(const JCOEF (
     for (size_t k = 0; k < 64; k++) {
       for (int r = 0; r < rows; r++) {
         size_t index = k * plane + (size_t)x + (size_t)r * row_stride;
-        if (dtype == FL_DTYPE_INT16) ((int16_t *)dst)[index] = block[k];
-        else ((float *)dst)[index] = (float)block[k] * scale[k];
+        if (dtype == FL_DTYPE_INT16) {
+          ((int16_t *)dst)[index] = block[k];
+        } else {
+          float value = (float)block[k] * scale[k];
+          if (gain) value = value * gain[k] + bias[k];
+          ((float *)dst)[index] = value;
+        }
       }
     }
   }
@@ -484,15 +498,15 @@ static int fl_layout_component(fl_decoder *decoder, jvirt_barray_ptr array, cons
       void *target = base + offset * element;
       /* constant dtype/dup/run arguments let the compiler specialise the inlined transpose */
       if (dtype == FL_DTYPE_INT16 && dup == 1 && run == 1)
-        fl_transpose_row(row, cols, 1, 1, (size_t)out_w8, target, plane, FL_DTYPE_INT16, scale);
+        fl_transpose_row(row, cols, 1, 1, (size_t)out_w8, target, plane, FL_DTYPE_INT16, scale, NULL, NULL);
       else if (dtype == FL_DTYPE_INT16 && dup == 2 && run == 2)
-        fl_transpose_row(row, cols, 2, 2, (size_t)out_w8, target, plane, FL_DTYPE_INT16, scale);
+        fl_transpose_row(row, cols, 2, 2, (size_t)out_w8, target, plane, FL_DTYPE_INT16, scale, NULL, NULL);
       else if (dtype == FL_DTYPE_FLOAT32 && dup == 1 && run == 1)
-        fl_transpose_row(row, cols, 1, 1, (size_t)out_w8, target, plane, FL_DTYPE_FLOAT32, scale);
+        fl_transpose_row(row, cols, 1, 1, (size_t)out_w8, target, plane, FL_DTYPE_FLOAT32, scale, NULL, NULL);
       else if (dtype == FL_DTYPE_FLOAT32 && dup == 2 && run == 2)
-        fl_transpose_row(row, cols, 2, 2, (size_t)out_w8, target, plane, FL_DTYPE_FLOAT32, scale);
+        fl_transpose_row(row, cols, 2, 2, (size_t)out_w8, target, plane, FL_DTYPE_FLOAT32, scale, NULL, NULL);
       else
-        fl_transpose_row(row, cols, dup, run, (size_t)out_w8, target, plane, dtype, scale);
+        fl_transpose_row(row, cols, dup, run, (size_t)out_w8, target, plane, dtype, scale, NULL, NULL);
     } else {
       JCOEF(*expanded)[64] = decoder->row_scratch;
       for (int x = 0; x < cols; x++) {
@@ -500,11 +514,70 @@ static int fl_layout_component(fl_decoder *decoder, jvirt_barray_ptr array, cons
         memcpy(expanded[x], blocks[column > last_col ? last_col : column], 64 * sizeof(JCOEF));
       }
       fl_transpose_row((const JCOEF(*)[64])expanded, cols, 1, run, (size_t)out_w8, base + offset * element, plane,
-                       dtype, scale);
+                       dtype, scale, NULL, NULL);
     }
     y += run;
   }
   return FL_OK;
+}
+
+
+/* Mapped layout (fl_decode_fun_mapped): output block (y, x) of component c takes the block at
+ * full-resolution row row_full[y], column col_full[x] (-1: a zero block), then out = (x * q) *
+ * gain + bias per channel when gain is given (float32 only). */
+static int fl_layout_mapped(fl_decoder *decoder, jvirt_barray_ptr array, const fl_header *header, int c, void *out,
+                            int dtype, int dequantize, int out_h8, int out_w8, const int *row_full,
+                            const int *col_full, const float *gain, const float *bias) {
+  static const JCOEF zero_block[64];
+  j_decompress_ptr cinfo = &decoder->cinfo;
+  const size_t plane = (size_t)out_h8 * (size_t)out_w8;
+  const size_t element = dtype == FL_DTYPE_FLOAT32 ? 4 : 2;
+  const int h = header->h_samp[c], v = header->v_samp[c];
+  const int hmax = header->max_h_samp, vmax = header->max_v_samp;
+  const int last_col = header->blocks_w[c] - 1, last_row = header->blocks_h[c] - 1;
+  if ((size_t)out_w8 * 64 > decoder->row_capacity) {
+    JCOEF(*row)[64] = (JCOEF(*)[64])realloc(decoder->row_scratch, (size_t)out_w8 * 64 * sizeof(JCOEF));
+    if (!row) return FL_ERR_NOMEM;
+    decoder->row_scratch = row;
+    decoder->row_capacity = (size_t)out_w8 * 64;
+  }
+  float scale[64];
+  for (int k = 0; k < 64; k++) scale[k] = dequantize ? (float)header->qtables[c][k] : 1.0f;
+  char *base = (char *)out + ((size_t)64 * c * plane) * element;
+  JCOEF(*expanded)[64] = decoder->row_scratch;
+  for (int y = 0; y < out_h8; y++) {
+    int full_row = row_full[y];
+    JBLOCKROW blocks = NULL;
+    if (full_row >= 0) {
+      int source_row = (int)(((long long)full_row * v) / vmax);
+      blocks = (*cinfo->mem->access_virt_barray)((j_common_ptr)cinfo, array,
+                                                 (JDIMENSION)(source_row > last_row ? last_row : source_row), 1,
+                                                 FALSE)[0];
+    }
+    for (int x = 0; x < out_w8; x++) {
+      const JCOEF *source = zero_block;
+      if (blocks && col_full[x] >= 0) {
+        int column = (int)(((long long)col_full[x] * h) / hmax);
+        source = blocks[column > last_col ? last_col : column];
+      }
+      memcpy(expanded[x], source, 64 * sizeof(JCOEF));
+    }
+    fl_transpose_row((const JCOEF(*)[64])expanded, out_w8, 1, 1, (size_t)out_w8,
+                     base + (size_t)y * (size_t)out_w8 * element, plane, dtype, scale, gain, bias);
+  }
+  return FL_OK;
+}
+
+/* Fills the planes of an absent component (grayscale chroma) with zeros, or bias when given. */
+static void fl_fill_component(void *out, int c, int dtype, size_t plane, const float *bias) {
+  if (dtype == FL_DTYPE_INT16 || !bias) {
+    memset((char *)out + (size_t)64 * c * plane * (dtype == FL_DTYPE_FLOAT32 ? 4 : 2), 0,
+           (size_t)64 * plane * (dtype == FL_DTYPE_FLOAT32 ? 4 : 2));
+    return;
+  }
+  float *base = (float *)out + (size_t)64 * c * plane;
+  for (size_t k = 0; k < 64; k++)
+    for (size_t i = 0; i < plane; i++) base[k * plane + i] = bias[k];
 }
 
 /* zero_on_error: fl_decode_fun's contract (batch slots must not keep a previous image). fl_read_fun
@@ -513,7 +586,7 @@ static int fl_layout_component(fl_decoder *decoder, jvirt_barray_ptr array, cons
  * would touch 1-2 GB only to throw it away. */
 static int fl_read_fun_begun(fl_decoder *decoder, fl_header *header, void *out, size_t out_bytes,
                              int dtype, int dequantize, int out_h8, int out_w8, int zero_on_error,
-                             fl_result *result) {
+                             const fl_mapping *mapping, fl_result *result) {
   if (out_h8 <= 0 || out_w8 <= 0) {
     out_h8 = header->grid_h;
     out_w8 = header->grid_w;
@@ -539,6 +612,33 @@ static int fl_read_fun_begun(fl_decoder *decoder, fl_header *header, void *out, 
     return result->status;
   }
   jvirt_barray_ptr *arrays = fl_read_coefficients(decoder, header);
+  if (mapping) {
+    /* Compose the caller's maps (indices into the centre-cropped/padded grid) with that geometry. */
+    int *row_full = decoder->map_scratch, *col_full = decoder->map_scratch + out_h8;
+    for (int y = 0; y < out_h8; y++) {
+      int index = mapping->rows ? mapping->rows[y] : y;
+      row_full[y] = (index >= dst_y0 && index < dst_y0 + rows) ? src_y0 + index - dst_y0 : -1;
+    }
+    for (int x = 0; x < out_w8; x++) {
+      int index = mapping->cols ? mapping->cols[x] : x;
+      col_full[x] = (index >= dst_x0 && index < dst_x0 + cols) ? src_x0 + index - dst_x0 : -1;
+    }
+    for (int c = 0; c < 3; c++) {
+      const float *gain = mapping->gain ? mapping->gain + 64 * c : NULL;
+      const float *bias = mapping->gain ? mapping->bias + 64 * c : NULL;
+      if (c >= header->num_components) {
+        fl_fill_component(out, c, dtype, (size_t)out_h8 * (size_t)out_w8, bias);
+      } else if (fl_layout_mapped(decoder, arrays[c], header, c, out, dtype, dequantize, out_h8, out_w8, row_full,
+                                  col_full, gain, bias) != FL_OK) {
+        fl_fail(result, FL_ERR_NOMEM, "out of memory");
+        fl_abort(decoder);
+        memset(out, 0, needed);
+        return result->status;
+      }
+    }
+    fl_abort(decoder);
+    return FL_OK;
+  }
   if (padded) memset(out, 0, needed);
   for (int c = 0; c < header->num_components && c < 3; c++) {
     if (fl_layout_component(decoder, arrays[c], header, c, out, dtype, dequantize, out_h8, out_w8,
@@ -559,16 +659,38 @@ int fl_read_fun(fl_decoder *decoder, fl_header *header, void *out, size_t out_by
     fl_fail(result, FL_ERR_ARGUMENT, "fl_read_fun without a successful fl_begin");
     return result->status;
   }
-  return fl_read_fun_begun(decoder, header, out, out_bytes, dtype, dequantize, out_h8, out_w8, 0, result);
+  return fl_read_fun_begun(decoder, header, out, out_bytes, dtype, dequantize, out_h8, out_w8, 0, NULL, result);
 }
 
 int fl_decode_fun(fl_decoder *decoder, const uint8_t *data, size_t size, const fl_options *options,
                   void *out, size_t out_bytes, int dtype, int dequantize, int out_h8, int out_w8,
                   fl_header *header, fl_result *result) {
-  if (dtype != FL_DTYPE_INT16 && dtype != FL_DTYPE_FLOAT32) {
+  return fl_decode_fun_mapped(decoder, data, size, options, out, out_bytes, dtype, dequantize, out_h8, out_w8,
+                              NULL, header, result);
+}
+
+int fl_decode_fun_mapped(fl_decoder *decoder, const uint8_t *data, size_t size, const fl_options *options,
+                         void *out, size_t out_bytes, int dtype, int dequantize, int out_h8, int out_w8,
+                         const fl_mapping *mapping, fl_header *header, fl_result *result) {
+  const char *invalid = NULL;
+  if (dtype != FL_DTYPE_INT16 && dtype != FL_DTYPE_FLOAT32) invalid = "unknown output dtype";
+  else if (mapping && (out_h8 <= 0 || out_w8 <= 0)) invalid = "a block mapping needs a fixed output grid";
+  else if (mapping && mapping->gain && (dtype != FL_DTYPE_FLOAT32 || !mapping->bias))
+    invalid = "gain/bias need float32 output and both arrays";
+  if (invalid) {
     fl_result_reset(result);
-    fl_fail(result, FL_ERR_ARGUMENT, "unknown output dtype");
+    fl_fail(result, FL_ERR_ARGUMENT, invalid);
     return result->status;
+  }
+  if (mapping && (size_t)(out_h8 + out_w8) > decoder->map_capacity) {
+    int *maps = (int *)realloc(decoder->map_scratch, (size_t)(out_h8 + out_w8) * sizeof(int));
+    if (!maps) {
+      fl_result_reset(result);
+      fl_fail(result, FL_ERR_NOMEM, "out of memory");
+      return result->status;
+    }
+    decoder->map_scratch = maps;
+    decoder->map_capacity = (size_t)(out_h8 + out_w8);
   }
   if (fl_begin(decoder, data, size, options, header, result) != FL_OK) {
     if (out_h8 > 0 && out_w8 > 0) {
@@ -577,7 +699,7 @@ int fl_decode_fun(fl_decoder *decoder, const uint8_t *data, size_t size, const f
     }
     return result->status;
   }
-  return fl_read_fun_begun(decoder, header, out, out_bytes, dtype, dequantize, out_h8, out_w8, 1, result);
+  return fl_read_fun_begun(decoder, header, out, out_bytes, dtype, dequantize, out_h8, out_w8, 1, mapping, result);
 }
 
 int fl_libjpeg_version(void) {

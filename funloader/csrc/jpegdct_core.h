@@ -101,6 +101,22 @@ int fl_decode_fun(fl_decoder *decoder, const uint8_t *data, size_t size, const f
                   void *out, size_t out_bytes, int dtype, int dequantize, int out_h8, int out_w8,
                   fl_header *header, fl_result *result);
 
+/* A per-image block mapping and affine for fl_decode_fun_mapped (the loader's augmentations done
+ * while laying out): output block row y takes row rows[y] of the grid fl_decode_fun would have
+ * produced (centre crop/pad to out_h8 x out_w8), column x takes column cols[x]; -1 is a zero block;
+ * NULL maps mean identity.  With gain (192 floats) the float32 output is (x * q) * gain[ch] +
+ * bias[ch] per channel (x * gain + bias without dequantize), evaluated in that order. */
+typedef struct {
+  const int32_t *rows;
+  const int32_t *cols;
+  const float *gain;
+  const float *bias;
+} fl_mapping;
+
+int fl_decode_fun_mapped(fl_decoder *decoder, const uint8_t *data, size_t size, const fl_options *options,
+                         void *out, size_t out_bytes, int dtype, int dequantize, int out_h8, int out_w8,
+                         const fl_mapping *mapping, fl_header *header, fl_result *result);
+
 /* libjpeg-turbo version number (e.g. 2001005) and whether SIMD was compiled in (-1 unknown). */
 int fl_libjpeg_version(void);
 

@@ -309,6 +309,8 @@ typedef struct {
   size_t item_bytes;
   int out_h8, out_w8, dtype, dequantize;
   fl_options options;
+  const int32_t *row_maps, *col_maps; /* optional (N, out_h8) / (N, out_w8) block maps */
+  const float *gains, *bias;          /* optional (N, 192) gains and (192,) bias */
 } BatchJob;
 
 static void *batch_worker(void *argument) {
@@ -332,21 +334,43 @@ static void *batch_worker(void *argument) {
       memset(slot, 0, job->item_bytes);
       continue;
     }
-    fl_decode_fun(decoder, data, size, &job->options, slot, job->item_bytes, job->dtype,
-                  job->dequantize, job->out_h8, job->out_w8, &header, result);
+    fl_mapping mapping = {job->row_maps ? job->row_maps + (size_t)index * job->out_h8 : NULL,
+                          job->col_maps ? job->col_maps + (size_t)index * job->out_w8 : NULL,
+                          job->gains ? job->gains + (size_t)index * 192 : NULL, job->bias};
+    int mapped = job->row_maps || job->col_maps || job->gains;
+    fl_decode_fun_mapped(decoder, data, size, &job->options, slot, job->item_bytes, job->dtype, job->dequantize,
+                         job->out_h8, job->out_w8, mapped ? &mapping : NULL, &header, result);
   }
   fl_decoder_free(decoder);
   return NULL;
 }
 
+/* Read-only view of an optional C-contiguous array of exactly `bytes` bytes (None: has = 0). */
+static int optional_view(PyObject *object, Py_buffer *view, int *has, size_t bytes, const char *name) {
+  *has = 0;
+  if (object == Py_None) return 0;
+  if (PyObject_GetBuffer(object, view, PyBUF_C_CONTIGUOUS) != 0) return -1;
+  *has = 1;
+  if ((size_t)view->len != bytes) {
+    PyErr_Format(PyExc_ValueError, "%s has %zd bytes, expected %zu", name, view->len, bytes);
+    return -1;
+  }
+  return 0;
+}
+
 /* decode_batch(sources, out, out_h8, out_w8, dtype, dequantize, threads, strict, max_pixels,
- *              max_scans) -> [None or result tuple per item] (None: decoded without warnings) */
+ *              max_scans[, row_maps, col_maps, gains, bias])
+ *   -> [None or result tuple per item] (None: decoded without warnings)
+ * row_maps int32 (N, out_h8), col_maps int32 (N, out_w8), gains float32 (N, 192), bias float32 (192):
+ * see fl_mapping; None for each that is not used. */
 static PyObject *decode_batch(PyObject *module, PyObject *args) {
   PyObject *sequence, *out_object;
+  PyObject *row_object = Py_None, *col_object = Py_None, *gain_object = Py_None, *bias_object = Py_None;
   int out_h8, out_w8, dtype, dequantize, threads, strict, max_scans;
   unsigned long long max_pixels;
-  if (!PyArg_ParseTuple(args, "OOiiipipKi", &sequence, &out_object, &out_h8, &out_w8, &dtype,
-                        &dequantize, &threads, &strict, &max_pixels, &max_scans))
+  if (!PyArg_ParseTuple(args, "OOiiipipKi|OOOO", &sequence, &out_object, &out_h8, &out_w8, &dtype,
+                        &dequantize, &threads, &strict, &max_pixels, &max_scans, &row_object, &col_object,
+                        &gain_object, &bias_object))
     return NULL;
   if (dtype != FL_DTYPE_INT16 && dtype != FL_DTYPE_FLOAT32) {
     PyErr_SetString(PyExc_ValueError, "dtype code must be 0 (int16) or 1 (float32)");
@@ -373,8 +397,8 @@ static PyObject *decode_batch(PyObject *module, PyObject *args) {
   atomic_init(&job.next, 0);
 
   PyObject *answer = NULL;
-  Py_buffer out_view;
-  int has_out = 0;
+  Py_buffer out_view, row_view, col_view, gain_view, bias_view;
+  int has_out = 0, has_rows = 0, has_cols = 0, has_gains = 0, has_bias = 0;
   Py_ssize_t acquired = 0;
   job.sources = (Source *)PyMem_Calloc((size_t)(count ? count : 1), sizeof(Source));
   job.results = (fl_result *)PyMem_Calloc((size_t)(count ? count : 1), sizeof(fl_result));
@@ -390,6 +414,19 @@ static PyObject *decode_batch(PyObject *module, PyObject *args) {
     goto done;
   }
   job.out = (uint8_t *)out_view.buf;
+  if (optional_view(row_object, &row_view, &has_rows, (size_t)count * out_h8 * 4, "row_maps") != 0 ||
+      optional_view(col_object, &col_view, &has_cols, (size_t)count * out_w8 * 4, "col_maps") != 0 ||
+      optional_view(gain_object, &gain_view, &has_gains, (size_t)count * 192 * 4, "gains") != 0 ||
+      optional_view(bias_object, &bias_view, &has_bias, (size_t)192 * 4, "bias") != 0)
+    goto done;
+  if (has_gains != has_bias || (has_gains && dtype != FL_DTYPE_FLOAT32)) {
+    PyErr_SetString(PyExc_ValueError, "gains and bias go together, with a float32 output");
+    goto done;
+  }
+  job.row_maps = has_rows ? (const int32_t *)row_view.buf : NULL;
+  job.col_maps = has_cols ? (const int32_t *)col_view.buf : NULL;
+  job.gains = has_gains ? (const float *)gain_view.buf : NULL;
+  job.bias = has_bias ? (const float *)bias_view.buf : NULL;
   for (; acquired < count; acquired++)
     if (source_acquire(PySequence_Fast_GET_ITEM(items, acquired), &job.sources[acquired]) != 0) goto done;
 
@@ -427,6 +464,10 @@ done:
   PyMem_Free(job.sources);
   PyMem_Free(job.results);
   if (has_out) PyBuffer_Release(&out_view);
+  if (has_rows) PyBuffer_Release(&row_view);
+  if (has_cols) PyBuffer_Release(&col_view);
+  if (has_gains) PyBuffer_Release(&gain_view);
+  if (has_bias) PyBuffer_Release(&bias_view);
   Py_DECREF(items);
   return answer;
 }
