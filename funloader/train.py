@@ -257,6 +257,9 @@ def _make_skipping_loader_class():
         def finish(self, raw, labels, batch_number, epoch=None):
             return super().finish(raw, labels, batch_number + self.skip, epoch)
 
+        def fused_layout(self, count, batch_number, epoch=None):  # the CPU path's random draws
+            return super().fused_layout(count, batch_number + self.skip, epoch)
+
         def __len__(self):
             return max(0, super().__len__() - self.skip)
 
