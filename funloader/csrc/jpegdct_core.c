@@ -450,6 +450,16 @@ static inline __attribute__((always_inline)) void fl_transpose_row(const JCOEF (
   }
 }
 
+/* Grows the decoder's scratch row to `cols` blocks; FL_OK or FL_ERR_NOMEM. */
+static int fl_reserve_row(fl_decoder *decoder, int cols) {
+  if ((size_t)cols * 64 <= decoder->row_capacity) return FL_OK;
+  JCOEF(*row)[64] = (JCOEF(*)[64])realloc(decoder->row_scratch, (size_t)cols * 64 * sizeof(JCOEF));
+  if (!row) return FL_ERR_NOMEM;
+  decoder->row_scratch = row;
+  decoder->row_capacity = (size_t)cols * 64;
+  return FL_OK;
+}
+
 /* Lays one component out as 64 planes of (out_h8, out_w8), for output rows [dst_y0, dst_y0+rows)
  * and columns [dst_x0, dst_x0+cols) taken from full-resolution block rows/columns starting at
  * src_y0/src_x0 (source block = floor(full-resolution block * samp / max_samp)).  Every run of
@@ -472,12 +482,7 @@ static int fl_layout_component(fl_decoder *decoder, jvirt_barray_ptr array, cons
     dup = 2;
     first = src_x0 / 2;
   }
-  if (!dup && (size_t)cols * 64 > decoder->row_capacity) {
-    JCOEF(*row)[64] = (JCOEF(*)[64])realloc(decoder->row_scratch, (size_t)cols * 64 * sizeof(JCOEF));
-    if (!row) return FL_ERR_NOMEM;
-    decoder->row_scratch = row;
-    decoder->row_capacity = (size_t)cols * 64;
-  }
+  if (!dup && fl_reserve_row(decoder, cols) != FL_OK) return FL_ERR_NOMEM;
   float scale[64];
   for (int k = 0; k < 64; k++) scale[k] = dequantize ? (float)header->qtables[c][k] : 1.0f;
   char *base = (char *)out + ((size_t)64 * c * plane) * element;
@@ -535,12 +540,7 @@ static int fl_layout_mapped(fl_decoder *decoder, jvirt_barray_ptr array, const f
   const int h = header->h_samp[c], v = header->v_samp[c];
   const int hmax = header->max_h_samp, vmax = header->max_v_samp;
   const int last_col = header->blocks_w[c] - 1, last_row = header->blocks_h[c] - 1;
-  if ((size_t)out_w8 * 64 > decoder->row_capacity) {
-    JCOEF(*row)[64] = (JCOEF(*)[64])realloc(decoder->row_scratch, (size_t)out_w8 * 64 * sizeof(JCOEF));
-    if (!row) return FL_ERR_NOMEM;
-    decoder->row_scratch = row;
-    decoder->row_capacity = (size_t)out_w8 * 64;
-  }
+  if (fl_reserve_row(decoder, out_w8) != FL_OK) return FL_ERR_NOMEM;
   float scale[64];
   for (int k = 0; k < 64; k++) scale[k] = dequantize ? (float)header->qtables[c][k] : 1.0f;
   char *base = (char *)out + ((size_t)64 * c * plane) * element;
