@@ -612,6 +612,7 @@ static int fl_read_fun_begun(fl_decoder *decoder, fl_header *header, void *out, 
     return result->status;
   }
   jvirt_barray_ptr *arrays = fl_read_coefficients(decoder, header);
+  int status = FL_OK;
   if (mapping) {
     /* Compose the caller's maps (indices into the centre-cropped/padded grid) with that geometry. */
     int *row_full = decoder->map_scratch, *col_full = decoder->map_scratch + out_h8;
@@ -623,33 +624,27 @@ static int fl_read_fun_begun(fl_decoder *decoder, fl_header *header, void *out, 
       int index = mapping->cols ? mapping->cols[x] : x;
       col_full[x] = (index >= dst_x0 && index < dst_x0 + cols) ? src_x0 + index - dst_x0 : -1;
     }
-    for (int c = 0; c < 3; c++) {
+    for (int c = 0; c < 3 && status == FL_OK; c++) {
       const float *gain = mapping->gain ? mapping->gain + 64 * c : NULL;
       const float *bias = mapping->gain ? mapping->bias + 64 * c : NULL;
-      if (c >= header->num_components) {
+      if (c >= header->num_components)
         fl_fill_component(out, c, dtype, (size_t)out_h8 * (size_t)out_w8, bias);
-      } else if (fl_layout_mapped(decoder, arrays[c], header, c, out, dtype, dequantize, out_h8, out_w8, row_full,
-                                  col_full, gain, bias) != FL_OK) {
-        fl_fail(result, FL_ERR_NOMEM, "out of memory");
-        fl_abort(decoder);
-        memset(out, 0, needed);
-        return result->status;
-      }
+      else
+        status = fl_layout_mapped(decoder, arrays[c], header, c, out, dtype, dequantize, out_h8, out_w8, row_full,
+                                  col_full, gain, bias);
     }
-    fl_abort(decoder);
-    return FL_OK;
-  }
-  if (padded) memset(out, 0, needed);
-  for (int c = 0; c < header->num_components && c < 3; c++) {
-    if (fl_layout_component(decoder, arrays[c], header, c, out, dtype, dequantize, out_h8, out_w8,
-                            src_y0, src_x0, dst_y0, dst_x0, rows, cols) != FL_OK) {
-      fl_fail(result, FL_ERR_NOMEM, "out of memory");
-      fl_abort(decoder);
-      memset(out, 0, needed);
-      return result->status;
-    }
+  } else {
+    if (padded) memset(out, 0, needed);
+    for (int c = 0; c < header->num_components && c < 3 && status == FL_OK; c++)
+      status = fl_layout_component(decoder, arrays[c], header, c, out, dtype, dequantize, out_h8, out_w8, src_y0,
+                                   src_x0, dst_y0, dst_x0, rows, cols);
   }
   fl_abort(decoder);
+  if (status != FL_OK) { /* the only layout failure is a scratch allocation */
+    fl_fail(result, FL_ERR_NOMEM, "out of memory");
+    memset(out, 0, needed);
+    return result->status;
+  }
   return FL_OK;
 }
 
