@@ -20,6 +20,7 @@ from PIL import Image
 
 import funloader
 from funloader import JPEGDecodeError, JPEGWarning, UnsupportedJPEGError, read_batch, read_dct, read_fun
+from reference import fun_from_dct
 
 JPEGTRAN = shutil.which("jpegtran")
 needs_jpegtran = pytest.mark.skipif(JPEGTRAN is None, reason="jpegtran (libjpeg-turbo-progs) not installed")
@@ -161,19 +162,6 @@ def test_numpy_idct_and_colour_conversion_reproduce_pillow_rgb(sample_jpegs, tmp
 # ---------------------------------------------------------------- FUN layout
 
 
-def _reference_fun(image):
-    """Independent numpy version of the FUN layout: floor(block * samp / max) replication."""
-    grid_h, grid_w = image.grid
-    vmax = max(v for _, v in image.sampling)
-    hmax = max(h for h, _ in image.sampling)
-    out = np.zeros((192, grid_h, grid_w), np.int16)
-    for component, (plane, (h, v)) in enumerate(zip(image.coefficients[:3], image.sampling)):
-        rows = np.minimum(np.arange(grid_h) * v // vmax, plane.shape[0] - 1)
-        cols = np.minimum(np.arange(grid_w) * h // hmax, plane.shape[1] - 1)
-        out[64 * component: 64 * component + 64] = plane[rows][:, cols].transpose(2, 0, 1)
-    return out
-
-
 def test_fun_layout_all_sampling_factors(shared_data):
     derived = shared_data / "edge" / "derived"
     names = ["B_sample_420.jpg", "B_sample_422.jpg", "B_sample_440.jpg", "B_sample_444.jpg", "B_sample_411.jpg",
@@ -184,7 +172,7 @@ def test_fun_layout_all_sampling_factors(shared_data):
         image = read_dct(derived / name)
         fun = read_fun(derived / name)
         assert fun.shape == (192, (image.height + 7) // 8, (image.width + 7) // 8), name
-        np.testing.assert_array_equal(fun, _reference_fun(image), err_msg=name)
+        np.testing.assert_array_equal(fun, fun_from_dct(image), err_msg=name)
 
 
 def test_fun_420_chroma_is_block_replicated(sample_jpegs):

@@ -285,7 +285,7 @@ def test_resume_after_sigkill_and_sigterm_matches_uninterrupted(fashion64_small,
     finally:
         process.wait()
     killed_at = load_checkpoint(run / "last.pt")["epoch"]
-    assert 1 <= killed_at < 3
+    assert killed_at in (1, 2)  # killed after its first epoch, before the last
     # 2) resume; SIGTERM it inside its next epoch (after a few steps, seen on the progress bar).
     args = _train_args(fashion64_small, run, *common, "--resume", "--log-every", "1")
     args[args.index("--no-progress")] = "--progress"
