@@ -16,3 +16,21 @@ def fun_from_dct(image) -> np.ndarray:
         cols = np.minimum(np.arange(grid_w) * h // h_max, plane.shape[1] - 1)
         fun[64 * component:64 * component + 64] = plane[rows][:, cols].transpose(2, 0, 1)
     return fun
+
+
+def centre_fit(fun: np.ndarray, grid) -> np.ndarray:
+    """``fun`` ``(C, h, w)`` centre-cropped (first block ``(h - H) // 2``) or zero-padded (placed at
+    ``(H - h) // 2``) by whole blocks to ``grid = (H, W)``, per axis: read_batch's documented rule."""
+    out = np.zeros((fun.shape[0], *grid), dtype=fun.dtype)
+    src, dst = [], []
+    for size, target in zip(fun.shape[1:], grid):
+        if size >= target:
+            start = (size - target) // 2
+            src.append(slice(start, start + target))
+            dst.append(slice(0, target))
+        else:
+            start = (target - size) // 2
+            src.append(slice(0, size))
+            dst.append(slice(start, start + size))
+    out[:, dst[0], dst[1]] = fun[:, src[0], src[1]]
+    return out

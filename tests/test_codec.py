@@ -20,7 +20,7 @@ from PIL import Image
 
 import funloader
 from funloader import JPEGDecodeError, JPEGWarning, UnsupportedJPEGError, read_batch, read_dct, read_fun
-from reference import fun_from_dct
+from reference import centre_fit, fun_from_dct
 
 JPEGTRAN = shutil.which("jpegtran")
 needs_jpegtran = pytest.mark.skipif(JPEGTRAN is None, reason="jpegtran (libjpeg-turbo-progs) not installed")
@@ -250,15 +250,6 @@ def test_read_fun_into_out(sample_jpegs):
         read_fun(path, out=np.zeros(expected.shape, np.int16), dequantize=True)
 
 
-def _centre(array, height, width):
-    """Reference centre crop / zero pad of a (192, h, w) array to (192, height, width)."""
-    out = np.zeros((192, height, width), array.dtype)
-    _, h, w = array.shape
-    sy, dy = ((h - height) // 2, 0) if h >= height else (0, (height - h) // 2)
-    sx, dx = ((w - width) // 2, 0) if w >= width else (0, (width - w) // 2)
-    rows, cols = min(h, height), min(w, width)
-    out[:, dy: dy + rows, dx: dx + cols] = array[:, sy: sy + rows, sx: sx + cols]
-    return out
 
 
 @pytest.mark.parametrize("dequantize", [False, True])
@@ -269,7 +260,7 @@ def test_read_batch_crops_and_pads_like_slicing(sample_jpegs, grid, dequantize):
     errors = read_batch(sample_jpegs, out, threads=2, dequantize=dequantize)
     assert errors == [None] * len(sample_jpegs)
     for index, path in enumerate(sample_jpegs):
-        expected = _centre(read_fun(path, dequantize=dequantize), *grid)
+        expected = centre_fit(read_fun(path, dequantize=dequantize), grid)
         np.testing.assert_array_equal(out[index], expected, err_msg=path.name)
 
 

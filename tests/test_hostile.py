@@ -35,7 +35,7 @@ import pytest
 import funloader
 from funloader import codec
 from funloader.errors import JPEGDecodeError, JPEGWarning, UnsupportedJPEGError
-from reference import fun_from_dct
+from reference import centre_fit, fun_from_dct
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -88,21 +88,6 @@ def expected_outcome(row: dict, strict: bool) -> str:
 
 
 
-def centre_fit(fun: np.ndarray, grid) -> np.ndarray:
-    """``fun`` centre-cropped / zero-padded by whole blocks to ``grid`` (read_batch's documented rule)."""
-    out = np.zeros((fun.shape[0], *grid), dtype=fun.dtype)
-    src, dst = [], []
-    for size, target in zip(fun.shape[1:], grid):
-        if size >= target:
-            start = (size - target) // 2
-            src.append(slice(start, start + target))
-            dst.append(slice(0, target))
-        else:
-            start = (target - size) // 2
-            src.append(slice(0, size))
-            dst.append(slice(start, start + size))
-    out[:, dst[0], dst[1]] = fun[:, src[0], src[1]]
-    return out
 
 
 def decode_recording(function, *args, **kwargs):
