@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from .layers import ConvBNAct, MBConv, init_efficientnet_weights
+from .layers import ClassifierNet, ConvBNAct, MBConv, init_efficientnet_weights
 
 __all__ = ["MBStage", "MBConvNetSpec", "MBConvNet", "MBCONV_SPECS"]
 
@@ -57,7 +57,7 @@ class MBConvNetSpec:
         return replace(self, stages=stages)
 
 
-class MBConvNet(nn.Module):
+class MBConvNet(ClassifierNet):
     """MBConv classifier. ``(N, in_channels, H, W)`` float -> ``(N, num_classes)`` logits.
 
     FUN models take ``(N, 192, 28, 28)`` (``channel = 64*component + 8*v + u``) and end at 14x14
@@ -118,13 +118,6 @@ class MBConvNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C_in, H, W) -> (N, num_features, H', W')`` feature map before pooling."""
         return self.head(self.blocks(self.stem(x)))
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Pool, dropout and classify a ``(N, num_features, H', W')`` map -> ``(N, num_classes)``."""
-        return self.classifier(self.dropout(torch.flatten(self.pool(features), 1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _stages(*rows) -> Tuple[MBStage, ...]:

@@ -31,6 +31,18 @@ def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = No
     return rounded
 
 
+class ClassifierNet(nn.Module):
+    """Shared tail of every network here: ``forward_features`` (defined by the subclass), then global
+    average pooling, dropout and the ``classifier`` (attributes ``pool``, ``dropout``, ``classifier``)."""
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Pool, dropout and classify ``(N, num_features, H', W')`` -> ``(N, num_classes)``."""
+        return self.classifier(self.dropout(torch.flatten(self.pool(features), 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
 class DropPath(nn.Module):
     """Stochastic depth: in training, zero whole samples of a residual branch with probability ``p``.
 

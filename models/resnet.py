@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from .layers import BasicBlock, Bottleneck, init_resnet_weights
+from .layers import ClassifierNet, BasicBlock, Bottleneck, init_resnet_weights
 
 __all__ = ["ResStage", "ResNetSpec", "ResNet", "RESNET_SPECS"]
 
@@ -42,7 +42,7 @@ class ResNetSpec:
     drop_path_rate: float = 0.0
 
 
-class ResNet(nn.Module):
+class ResNet(ClassifierNet):
     """ResNet classifier. ``(N, in_channels, H, W)`` float -> ``(N, num_classes)`` logits.
 
     ResFUN takes ``(N, 192, 28, 28)`` and ends at 7x7; RGB ResNets take ``(N, 3, 224, 224)``.
@@ -100,13 +100,6 @@ class ResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C_in, H, W) -> (N, num_features, H', W')`` feature map before pooling."""
         return self.blocks(self.stem(x))
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Pool, dropout and classify ``(N, num_features, H', W')`` -> ``(N, num_classes)``."""
-        return self.classifier(self.dropout(torch.flatten(self.pool(features), 1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _stages(*rows) -> Tuple[ResStage, ...]:
