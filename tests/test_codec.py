@@ -264,6 +264,48 @@ def test_read_batch_crops_and_pads_like_slicing(sample_jpegs, grid, dequantize):
         np.testing.assert_array_equal(out[index], expected, err_msg=path.name)
 
 
+_MAPPED_FILES = ["B_sample_420.jpg", "B_sample_422.jpg", "B_sample_444.jpg", "B_sample_411.jpg",
+                 "B_sample_chroma_above_luma.jpg", "B_grayscale.jpg", "B_1x1_420.jpg", "B_15x17_411.jpg"]
+
+
+@pytest.mark.parametrize("maps", ["none", "flip", "random"])
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("grid", [(28, 28), (6, 9), (70, 20)])
+def test_read_batch_block_maps_and_affine(shared_data, sample_jpegs, grid, maps, affine):
+    """read_batch's row/col maps and per-channel affine against gathering and scaling read_fun in numpy
+    (float32, multiply then add, each rounded): crops, pads, mirrored columns, zero blocks, all sampling
+    factors and grayscale; the affine alone takes the in-place layout path, with maps the mapped one."""
+    derived = shared_data / "edge" / "derived"
+    paths = list(sample_jpegs[:3]) + [derived / name for name in _MAPPED_FILES]
+    rng = np.random.default_rng(sum(grid) + len(maps) + affine)
+    count = len(paths)
+    row_maps = col_maps = None
+    if maps == "flip":
+        col_maps = np.tile(np.arange(grid[1])[::-1], (count, 1))
+    elif maps == "random":
+        row_maps = rng.integers(-1, grid[0], size=(count, grid[0]))
+        col_maps = rng.integers(-1, grid[1], size=(count, grid[1]))
+    gain = bias = None
+    if affine:
+        gain = (rng.normal(0, 0.05, size=(count, 192)) * rng.choice([-1, 1], size=(count, 192))).astype(np.float32)
+        bias = rng.normal(0, 1, size=192).astype(np.float32)
+    for dequantize in (False, True):
+        out = np.full((count, 192, *grid), 7.0, np.float32)
+        errors = read_batch(paths, out, threads=2, dequantize=dequantize, row_maps=row_maps, col_maps=col_maps,
+                            gain=gain, bias=bias)
+        assert errors == [None] * count
+        for index, path in enumerate(paths):
+            fitted = centre_fit(read_fun(path, dequantize=dequantize), grid).astype(np.float32)
+            rows = row_maps[index] if row_maps is not None else np.arange(grid[0])
+            cols = col_maps[index] if col_maps is not None else np.arange(grid[1])
+            padded = np.zeros((192, grid[0] + 1, grid[1] + 1), np.float32)  # index -1: the zero row/column
+            padded[:, :-1, :-1] = fitted
+            expected = padded[:, rows][:, :, cols]
+            if affine:
+                expected = expected * gain[index][:, None, None] + bias[:, None, None]
+            np.testing.assert_array_equal(out[index], expected, err_msg=f"{path.name} dequantize={dequantize}")
+
+
 def test_read_batch_threads_agree_and_errors_are_per_item(sample_jpegs, tmp_path):
     import torch
 

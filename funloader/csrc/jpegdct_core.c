@@ -467,7 +467,8 @@ static int fl_reserve_row(fl_decoder *decoder, int cols) {
  * half-width components are read in place, other factors through a row of replicated blocks. */
 static int fl_layout_component(fl_decoder *decoder, jvirt_barray_ptr array, const fl_header *header,
                                int c, void *out, int dtype, int dequantize, int out_h8, int out_w8,
-                               int src_y0, int src_x0, int dst_y0, int dst_x0, int rows, int cols) {
+                               int src_y0, int src_x0, int dst_y0, int dst_x0, int rows, int cols,
+                               const float *gain, const float *bias) {
   j_decompress_ptr cinfo = &decoder->cinfo;
   const size_t plane = (size_t)out_h8 * (size_t)out_w8;
   const size_t element = dtype == FL_DTYPE_FLOAT32 ? 4 : 2;
@@ -506,12 +507,16 @@ static int fl_layout_component(fl_decoder *decoder, jvirt_barray_ptr array, cons
         fl_transpose_row(row, cols, 1, 1, (size_t)out_w8, target, plane, FL_DTYPE_INT16, scale, NULL, NULL);
       else if (dtype == FL_DTYPE_INT16 && dup == 2 && run == 2)
         fl_transpose_row(row, cols, 2, 2, (size_t)out_w8, target, plane, FL_DTYPE_INT16, scale, NULL, NULL);
-      else if (dtype == FL_DTYPE_FLOAT32 && dup == 1 && run == 1)
+      else if (dtype == FL_DTYPE_FLOAT32 && dup == 1 && run == 1 && !gain)
         fl_transpose_row(row, cols, 1, 1, (size_t)out_w8, target, plane, FL_DTYPE_FLOAT32, scale, NULL, NULL);
-      else if (dtype == FL_DTYPE_FLOAT32 && dup == 2 && run == 2)
+      else if (dtype == FL_DTYPE_FLOAT32 && dup == 2 && run == 2 && !gain)
         fl_transpose_row(row, cols, 2, 2, (size_t)out_w8, target, plane, FL_DTYPE_FLOAT32, scale, NULL, NULL);
+      else if (dtype == FL_DTYPE_FLOAT32 && dup == 1 && run == 1)
+        fl_transpose_row(row, cols, 1, 1, (size_t)out_w8, target, plane, FL_DTYPE_FLOAT32, scale, gain, bias);
+      else if (dtype == FL_DTYPE_FLOAT32 && dup == 2 && run == 2)
+        fl_transpose_row(row, cols, 2, 2, (size_t)out_w8, target, plane, FL_DTYPE_FLOAT32, scale, gain, bias);
       else
-        fl_transpose_row(row, cols, dup, run, (size_t)out_w8, target, plane, dtype, scale, NULL, NULL);
+        fl_transpose_row(row, cols, dup, run, (size_t)out_w8, target, plane, dtype, scale, gain, bias);
     } else {
       JCOEF(*expanded)[64] = decoder->row_scratch;
       for (int x = 0; x < cols; x++) {
@@ -519,7 +524,7 @@ static int fl_layout_component(fl_decoder *decoder, jvirt_barray_ptr array, cons
         memcpy(expanded[x], blocks[column > last_col ? last_col : column], 64 * sizeof(JCOEF));
       }
       fl_transpose_row((const JCOEF(*)[64])expanded, cols, 1, run, (size_t)out_w8, base + offset * element, plane,
-                       dtype, scale, NULL, NULL);
+                       dtype, scale, gain, bias);
     }
     y += run;
   }
@@ -613,7 +618,7 @@ static int fl_read_fun_begun(fl_decoder *decoder, fl_header *header, void *out, 
   }
   jvirt_barray_ptr *arrays = fl_read_coefficients(decoder, header);
   int status = FL_OK;
-  if (mapping) {
+  if (mapping && (mapping->rows || mapping->cols || padded)) {
     /* Compose the caller's maps (indices into the centre-cropped/padded grid) with that geometry. */
     int *row_full = decoder->map_scratch, *col_full = decoder->map_scratch + out_h8;
     for (int y = 0; y < out_h8; y++) {
@@ -634,10 +639,14 @@ static int fl_read_fun_begun(fl_decoder *decoder, fl_header *header, void *out, 
                                   col_full, gain, bias);
     }
   } else {
+    /* Identity geometry (an affine alone, on a full grid, takes this in-place path too). */
     if (padded) memset(out, 0, needed);
-    for (int c = 0; c < header->num_components && c < 3 && status == FL_OK; c++)
+    for (int c = 0; c < header->num_components && c < 3 && status == FL_OK; c++) {
+      const float *gain = mapping && mapping->gain ? mapping->gain + 64 * c : NULL;
+      const float *bias = mapping && mapping->gain ? mapping->bias + 64 * c : NULL;
       status = fl_layout_component(decoder, arrays[c], header, c, out, dtype, dequantize, out_h8, out_w8, src_y0,
-                                   src_x0, dst_y0, dst_x0, rows, cols);
+                                   src_x0, dst_y0, dst_x0, rows, cols, gain, bias);
+    }
   }
   fl_abort(decoder);
   if (status != FL_OK) { /* the only layout failure is a scratch allocation */
