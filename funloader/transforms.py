@@ -410,9 +410,12 @@ def dequantize(x: Array, qtables: Array) -> Array:
 
 def normalize(x: Array, mean: Sequence[float], std: Sequence[float],
               channels: Optional[Sequence[int]] = None, dtype=None) -> Array:
-    """``(x - mean[c]) / std[c]`` per channel, in floating point. ``mean``/``std``: the 192 FUN-channel
-    statistics (see ``funloader.compute_stats``); for an input with dropped frequencies pass
-    ``channels``. Output dtype: ``dtype`` if given, else x's float dtype, else float32."""
+    """``(x - mean[c]) / std[c]`` per channel, computed as ``x * scale + shift`` with ``scale = 1/std``
+    and ``shift = -mean/std`` rounded to the output dtype, multiply then add (each rounded; no fused
+    multiply-add): the same bits as ``DCTLoader``, ``read_batch``'s affine and the DALI pipelines.
+    ``mean``/``std``: the 192 FUN-channel statistics (see ``funloader.compute_stats``); for an input
+    with dropped frequencies pass ``channels``. Output dtype: ``dtype`` if given, else x's float
+    dtype, else float32."""
     chans = _channels_of(x, channels)
     mean_c = np.asarray(mean, dtype=np.float64)[chans]
     std_c = np.asarray(std, dtype=np.float64)[chans]
@@ -422,9 +425,13 @@ def normalize(x: Array, mean: Sequence[float], std: Sequence[float],
         out_dtype = dtype or (x.dtype if x.is_floating_point() else torch.float32)
         scale = torch.as_tensor(1.0 / std_c, dtype=out_dtype, device=x.device)[:, None, None]
         shift = torch.as_tensor(-mean_c / std_c, dtype=out_dtype, device=x.device)[:, None, None]
-        return torch.addcmul(shift, x.to(out_dtype), scale)  # x * (1/std) - mean/std in one pass
+        return torch.mul(x.to(out_dtype), scale).add_(shift)
     out_dtype = dtype or (x.dtype if x.dtype.kind == "f" else np.float32)
-    return ((x.astype(out_dtype) - mean_c.astype(out_dtype)[:, None, None]) * (1.0 / std_c).astype(out_dtype)[:, None, None])
+    scale = (1.0 / std_c).astype(out_dtype)[:, None, None]
+    shift = (-mean_c / std_c).astype(out_dtype)[:, None, None]
+    out = np.multiply(x.astype(out_dtype), scale)
+    out += shift
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

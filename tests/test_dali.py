@@ -114,9 +114,8 @@ def test_keep_mode_zero_and_float16(backend, plugin, image_folder, samples):
 
 
 def test_equals_dct_loader(plugin, image_folder):
-    """The same files and no random augmentation: DALI (both backends) == DCTLoader. Coefficients
-    (raw or dequantized, frequency selection) bit for bit; normalised batches to float32 rounding
-    (DCTLoader's torch normalisation may round differently from ``(x - mean) * (1 / std)``)."""
+    """The same files and no random augmentation: DALI (both backends) == DCTLoader bit for bit, raw,
+    dequantized, normalised, with frequency selection (drop and zero)."""
     from funloader import DCTLoader
 
     rng = np.random.default_rng(1)
@@ -133,10 +132,7 @@ def test_equals_dct_loader(plugin, image_folder):
             assert len(got) == len(expected)
             for (x, y), (ex, ey) in zip(got, expected):
                 assert x.dtype == ex.dtype and x.shape == ex.shape
-                if normalize is None:
-                    np.testing.assert_array_equal(x, ex)
-                else:
-                    np.testing.assert_allclose(x, ex, rtol=1e-6, atol=1e-6)
+                np.testing.assert_array_equal(x, ex)
                 np.testing.assert_array_equal(y, ey)
 
 
@@ -244,6 +240,15 @@ def test_corrupt_file_raises_with_its_name_or_is_zeroed(backend, plugin, image_f
     good_indices = [i for i in range(len(names)) if i != bad_index]
     np.testing.assert_array_equal(images[good_indices], _reference([names[i] for i in good_indices]))
     assert labels.tolist() == dataset.targets
+
+    # Normalised: the replaced sample is zero coefficients normalised like the others, whether the
+    # normalisation runs in the decode (flip or not) or as a separate DALI step (centred crop + flip).
+    stats = {"mean": np.linspace(-3, 3, 192).tolist(), "std": np.linspace(1, 4, 192).tolist()}
+    shift = T.normalize(np.zeros((192, 1, 1), np.float32), stats["mean"], stats["std"])
+    for options in [dict(), dict(flip=1.0), dict(flip=1.0, decode_grid=29)]:
+        images, _ = _epoch(FUNIterator(fun_pipeline(root, 4, num_threads=2, backend=backend, on_error="zero",
+                                                    dequantize=True, normalize_stats=stats, **options)))
+        np.testing.assert_array_equal(images[bad_index], np.broadcast_to(shift, images.shape[1:]), err_msg=str(options))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

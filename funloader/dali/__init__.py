@@ -139,7 +139,8 @@ class _FallbackSource:
 
     def __init__(self, resolved: ResolvedSource, batch_size: int, shard_id: int, num_shards: int, shuffle: bool,
                  seed: int, grid: Tuple[int, int], out_dtype, dequantize: bool, channels: Optional[List[int]],
-                 strict: bool, max_pixels: Optional[int], on_error: str, stick_to_shard: bool):
+                 strict: bool, max_pixels: Optional[int], on_error: str, stick_to_shard: bool,
+                 flip_probability: float = 0.0, normalization: Optional[Tuple[np.ndarray, np.ndarray]] = None):
         self.dataset = resolved.dataset
         self.labels = resolved.labels
         self.batch_size = batch_size
@@ -151,6 +152,20 @@ class _FallbackSource:
         self.channels = channels
         self.strict, self.max_pixels, self.on_error = strict, max_pixels, on_error
         self.stick_to_shard = stick_to_shard
+        self.flip_probability = flip_probability
+        self.normalized = normalization is not None
+        # read_batch's affine over the 192 decoded channels: gain[flip] = scale (or 1) with the odd-u
+        # signs of a flip folded in, bias = shift (or 0); the plugin builds the same arrays.
+        self.gain = self.bias = None
+        if normalization is not None or flip_probability > 0:  # (used for float32 output only)
+            scale = np.ones(192, np.float32)
+            self.bias = np.zeros(192, np.float32)
+            if normalization is not None:
+                chans = channels if channels is not None else list(range(192))
+                scale[chans] = normalization[0].reshape(-1)
+                self.bias[chans] = normalization[1].reshape(-1)
+            signs = np.where(np.arange(192) % 8 % 2 == 1, -1, 1).astype(np.float32)
+            self.gain = (scale[None], (scale * signs)[None])
         self._orders: Dict[int, np.ndarray] = {}
 
     def order(self, epoch: int) -> np.ndarray:
@@ -174,8 +189,20 @@ class _FallbackSource:
             raise StopIteration
         index = int(order[min(sample_info.idx_in_epoch, len(order) - 1)])
         out = np.empty((1, 192, *self.grid), dtype=self.out_dtype)
+        layout = {}
+        flip = self.flip_probability > 0 and bool(
+            np.random.default_rng([max(self.seed, 0), sample_info.epoch_idx, sample_info.idx_in_epoch]).random()
+            < self.flip_probability)
+        if flip:
+            layout["col_maps"] = np.arange(self.grid[1])[None, ::-1]
+        if self.gain is not None and out.dtype == np.float32 and (flip or self.normalized):
+            layout.update(gain=self.gain[int(flip)], bias=self.bias)
         error = read_batch([self.dataset.source(index)], out, threads=1, dequantize=self.dequantize,
-                           strict=self.strict, max_pixels=self.max_pixels, warn=False)[0]
+                           strict=self.strict, max_pixels=self.max_pixels, warn=False, **layout)[0]
+        if error is None and flip and out.dtype == np.int16:  # the sign half of the flip
+            out[0, 1::2] *= -1  # odd u: channel % 8 odd, i.e. every other channel
+        elif error is not None and self.normalized and layout:  # zero coefficients, normalised like the rest
+            out[0] = self.bias[:, None, None]
         if error is not None and self.on_error == "raise":
             name = self.dataset.sample_name(index)
             reason = getattr(error, "reason", None) or str(error)
@@ -258,14 +285,15 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
             ``"zero"`` all 192 with the others zeroed.
         dequantize: multiply by the quantization tables (float32).
         normalize_stats: ``{"mean": [192], "std": [192]}``, a JSON file of it, or ``(mean, std)``
-            (of the same kind of values: raw or dequantized): ``(x - mean) * (1 / std)`` in float32
+            (of the same kind of values: raw or dequantized): ``x * (1 / std) + (-mean / std)`` in float32
             (std <= 0 counts as 1), as :func:`funloader.transforms.normalize`.
         dtype: output dtype: int16 (default for raw coefficients), float32 (default when dequantized
             or normalised) or float16.
         seed: random seed of shuffling and augmentation (-1: DALI picks one).
         backend: ``"plugin"`` (native operator) or ``"external_source"`` (no build).
         on_error: ``"raise"``: a bad file stops the pipeline with an error naming it (FUNIterator
-            raises :class:`DALIDecodeError`); ``"zero"``: its image is all zeros.
+            raises :class:`DALIDecodeError`); ``"zero"``: its coefficients are all zeros (a flat grey
+            image; with ``normalize_stats`` the output is then ``-mean/std``, as for any zero coefficient).
         strict, max_pixels: as :func:`funloader.read_fun`.
         stick_to_shard: keep reading the same shard every epoch (DALI's readers otherwise move to the
             next shard each epoch).
@@ -317,20 +345,22 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     effective_limit = get_max_pixels() if limit is None else limit
     gpu = device_id is not None
 
-    normalization = None  # (mean, 1/std) float32 (C, 1, 1) per output channel
+    normalization = None  # (scale, shift) float32 (C, 1, 1) per output channel: x * scale + shift
     if stats is not None:
         chans = np.asarray(out_channels)
-        std_c = np.where(stats[1][chans] <= 0, 1.0, stats[1][chans])
-        normalization = (stats[0][chans].astype(np.float32).reshape(-1, 1, 1),
-                         (1.0 / std_c).astype(np.float32).reshape(-1, 1, 1))
-    # On CPU the plugin flips and normalises in the operator (one pass on its threads) when that
-    # equals flip-after-crop: the crop is random or absent (a centred crop of an odd margin is not
-    # symmetric under the flip).
-    fuse = backend == "plugin" and not gpu and (flip_probability == 0 or grid == crop_hw or random_crop)
+        std_c = np.where(stats[1][chans] <= 0, 1.0, stats[1][chans])  # as DCTLoader: the same float32 bits
+        normalization = ((1.0 / std_c).astype(np.float32).reshape(-1, 1, 1),
+                         (-stats[0][chans] / std_c).astype(np.float32).reshape(-1, 1, 1))
+    # On CPU the decode itself flips and normalises (the plugin on DALI's threads, the fallback in its
+    # workers: no extra pass over the batch) when that equals flip-after-crop: the crop is random or
+    # absent (a centred crop of an odd margin is not symmetric under the flip).
+    fuse = not gpu and (flip_probability == 0 or grid == crop_hw or random_crop)
     feeder = None
     if backend == "external_source":
         feeder = _FallbackSource(resolved, batch_size, shard_id, num_shards, random_shuffle, seed, grid,
-                                 decode_np_dtype, dequantize, decode_channels, strict, limit, on_error, stick_to_shard)
+                                 decode_np_dtype, dequantize, decode_channels, strict, limit, on_error, stick_to_shard,
+                                 flip_probability=flip_probability if fuse else 0.0,
+                                 normalization=normalization if fuse else None)
 
     @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id,
                   seed=None if seed is None or seed < 0 else int(seed),
@@ -361,8 +391,8 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
                 if flip_probability > 0:
                     op_args["flip"] = fn.random.coin_flip(probability=flip_probability, dtype=types.INT32)
                 if normalization is not None:
-                    op_args["mean"] = normalization[0].reshape(-1).tolist()
-                    op_args["inv_std"] = normalization[1].reshape(-1).tolist()
+                    op_args["scale"] = normalization[0].reshape(-1).tolist()
+                    op_args["shift"] = normalization[1].reshape(-1).tolist()
             images = fn.funloader.dct_decode(jpegs, **op_args)
         else:
             images, labels = fn.external_source(source=feeder, num_outputs=2, parallel=True, batch=False,
@@ -386,8 +416,8 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
             signs = 1 - 2 * coin * types.Constant(odd_u, device=device)
             images = fn.flip(images, horizontal=coin) * fn.cast(signs, dtype=decode_dali_dtype)
         if normalization is not None and not fuse:
-            images = (fn.cast(images, dtype=types.FLOAT) - types.Constant(normalization[0], device=device)) \
-                * types.Constant(normalization[1], device=device)
+            images = fn.cast(images, dtype=types.FLOAT) * types.Constant(normalization[0], device=device) \
+                + types.Constant(normalization[1], device=device)
         if keep_mode == "zero" and not all_channels:  # after normalisation, as DCTLoader
             mask = np.zeros((192, 1, 1), dtype=np.float32 if (decode_float or normalization is not None)
                             else decode_np_dtype)

@@ -74,38 +74,32 @@ DctDecode::DctDecode(const ::dali::OpSpec &spec) : ::dali::Operator<::dali::CPUB
   } else {
     out_channels_ = channels_;
   }
-  mean_ = spec.GetRepeatedArgument<float>("mean");
-  std::vector<float> inv_std = spec.GetRepeatedArgument<float>("inv_std");
-  DALI_ENFORCE(mean_.size() == inv_std.size(),
-               "funloader.dct_decode: `mean` and `inv_std` must have the same length");
-  if (!mean_.empty()) {
-    DALI_ENFORCE(mean_.size() == out_channels_.size(),
-                 "funloader.dct_decode: `mean`/`inv_std` need one value per output channel");
+  std::vector<float> scale = spec.GetRepeatedArgument<float>("scale");
+  std::vector<float> shift = spec.GetRepeatedArgument<float>("shift");
+  DALI_ENFORCE(scale.size() == shift.size(),
+               "funloader.dct_decode: `scale` and `shift` must have the same length");
+  normalize_ = !scale.empty();
+  if (normalize_) {
+    DALI_ENFORCE(scale.size() == out_channels_.size(),
+                 "funloader.dct_decode: `scale`/`shift` need one value per output channel");
     DALI_ENFORCE(dtype_ == DALI_FLOAT, "funloader.dct_decode: normalisation needs dtype FLOAT");
   }
-  inv_std_ = inv_std;
-}
-
-template <typename T>
-void DctDecode::Postprocess(T *out, bool flip) const {
-  const size_t plane = static_cast<size_t>(out_h8_) * out_w8_;
+  // Per decoded channel (all 192; channels not selected keep gain 1, bias 0).
+  std::vector<int> seen(192, 0);
+  gain_[0].assign(192, 1.0f);
+  bias_.assign(192, 0.0f);
   for (size_t i = 0; i < out_channels_.size(); i++) {
-    T *channel = out + i * plane;
-    if (flip) {
-      const bool negate = (out_channels_[i] % 8) % 2 == 1;  // odd horizontal frequency u
-      for (int row = 0; row < out_h8_; row++) {
-        T *line = channel + static_cast<size_t>(row) * out_w8_;
-        std::reverse(line, line + out_w8_);
-        if (negate)
-          for (int col = 0; col < out_w8_; col++) line[col] = static_cast<T>(-line[col]);
-      }
-    }
-    if (!mean_.empty()) {
-      const float mean = mean_[i], scale = inv_std_[i];
-      for (size_t k = 0; k < plane; k++)
-        channel[k] = static_cast<T>((static_cast<float>(channel[k]) - mean) * scale);
+    int channel = out_channels_[i];
+    DALI_ENFORCE(!seen[channel]++, "funloader.dct_decode: `channels` must not repeat a channel");
+    if (normalize_) {
+      gain_[0][channel] = scale[i];
+      bias_[channel] = shift[i];
     }
   }
+  gain_[1] = gain_[0];
+  for (int channel = 0; channel < 192; channel++)
+    if ((channel % 8) % 2 == 1) gain_[1][channel] = -gain_[1][channel];  // odd horizontal frequency u
+  for (int x = 0; x < out_w8_; x++) reversed_cols_.push_back(out_w8_ - 1 - x);
 }
 
 std::unique_ptr<DecoderSlot> DctDecode::Acquire() {
@@ -153,10 +147,26 @@ std::string DctDecode::DecodeSample(const uint8_t *data, size_t size, void *out,
   options.strict = strict_ ? 1 : 0;
   options.max_pixels = max_pixels_ > 0 ? static_cast<uint64_t>(max_pixels_) : 0;
   options.max_scans = max_scans_;
+  fl_mapping mapping = {nullptr, nullptr, nullptr, nullptr};
+  if (flip) mapping.cols = reversed_cols_.data();
+  if (fl_dtype_ == FL_DTYPE_FLOAT32 && (flip || normalize_)) {
+    mapping.gain = gain_[flip ? 1 : 0].data();
+    mapping.bias = bias_.data();
+  }
+  const bool mapped = mapping.cols || mapping.gain;
   fl_header header;
   fl_result result;
-  int status = fl_decode_fun(slot->decoder, data, size, &options, target, target_bytes, fl_dtype_,
-                             dequantize_ ? 1 : 0, out_h8_, out_w8_, &header, &result);
+  int status = fl_decode_fun_mapped(slot->decoder, data, size, &options, target, target_bytes, fl_dtype_,
+                                    dequantize_ ? 1 : 0, out_h8_, out_w8_, mapped ? &mapping : nullptr, &header,
+                                    &result);
+  if (status != FL_OK && normalize_) {
+    // A replaced sample is all-zero coefficients, normalised like the others (as when the
+    // normalisation runs as a separate step): the core zero-filled the output, the shift is added.
+    const size_t count = static_cast<size_t>(out_h8_) * out_w8_;
+    float *planes = static_cast<float *>(target);
+    for (int channel = 0; channel < 192; channel++)
+      std::fill(planes + channel * count, planes + (channel + 1) * count, bias_[channel]);
+  }
   if (!channels_.empty()) {
     // On error the core zero-filled the scratch plane, so the selection is zero as well.
     uint8_t *dst = static_cast<uint8_t *>(out);
@@ -164,11 +174,13 @@ std::string DctDecode::DecodeSample(const uint8_t *data, size_t size, void *out,
       std::memcpy(dst + i * plane, slot->scratch.data() + channels_[i] * plane, plane);
   }
   Release(std::move(slot));
-  if (flip || !mean_.empty()) {
-    if (fl_dtype_ == FL_DTYPE_FLOAT32)
-      Postprocess(static_cast<float *>(out), flip);
-    else
-      Postprocess(static_cast<int16_t *>(out), flip);
+  if (flip && fl_dtype_ == FL_DTYPE_INT16) {  // the sign half of the flip (float folds it into the gain)
+    const size_t count = static_cast<size_t>(out_h8_) * out_w8_;
+    for (size_t i = 0; i < out_channels_.size(); i++) {
+      if ((out_channels_[i] % 8) % 2 == 0) continue;
+      int16_t *channel = static_cast<int16_t *>(out) + i * count;
+      for (size_t k = 0; k < count; k++) channel[k] = static_cast<int16_t>(-channel[k]);
+    }
   }
   if (status == FL_OK) return std::string();
   std::string message = result.message[0] ? std::string(result.message) : std::string("decoding failed");
@@ -270,7 +282,8 @@ grayscale gives zero chroma). Each image is centre-cropped or zero-padded by who
                     1000)
     .AddOptionalArg("on_error",
                     "\"raise\": a bad sample stops the pipeline with an error naming its file; "
-                    "\"zero\": the bad sample's output is all zeros and the pipeline goes on.",
+                    "\"zero\": the bad sample becomes all-zero coefficients (then normalised like the "
+                    "others when scale/shift are given) and the pipeline goes on.",
                     std::string("raise"))
     .AddOptionalArg<int>("channels",
                          "Indices (0..191) of the channels to output, in this order; empty: all 192.",
@@ -279,9 +292,10 @@ grayscale gives zero chroma). Each image is centre-cropped or zero-padded by who
                     "Per sample: nonzero flips the output horizontally in the DCT domain (block columns "
                     "reversed, coefficients with odd u negated), before normalisation.",
                     0, true)
-    .AddOptionalArg<float>("mean", "Per output channel: subtracted after decoding (and flipping); "
+    .AddOptionalArg<float>("scale", "Per output channel: normalisation x * scale + shift (float32, multiply "
+                           "then add) after decoding and flipping, e.g. scale = 1/std, shift = -mean/std; "
                            "needs dtype FLOAT. Empty: no normalisation.", std::vector<float>{})
-    .AddOptionalArg<float>("inv_std", "Per output channel: multiplies (x - mean); same length as mean.",
+    .AddOptionalArg<float>("shift", "Per output channel: added after `scale`; same length as scale.",
                            std::vector<float>{});
 
 DALI_REGISTER_OPERATOR(funloader__ParseLabel, ::funloader_dali::ParseLabel, CPU);

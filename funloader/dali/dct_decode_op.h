@@ -45,11 +45,11 @@ class DctDecode : public ::dali::Operator<::dali::CPUBackend> {
   std::unique_ptr<DecoderSlot> Acquire();
   void Release(std::unique_ptr<DecoderSlot> slot);
   // Decodes sample `index` into `out`; returns "" on success or the error text.
+  // A flip is done by the core while laying out (reversed block columns; for float output the odd-u
+  // sign folded into the per-channel gain, for int16 a negation pass over the odd-u output planes);
+  // normalisation x * scale + shift likewise (float32, multiply then add, each rounded: the same
+  // bits as funloader.DCTLoader).
   std::string DecodeSample(const uint8_t *data, size_t size, void *out, bool flip);
-  // Horizontal flip in the DCT domain (reverse block columns, negate odd-u channels), then
-  // (x - mean[c]) * inv_std[c]; in place on one output sample.
-  template <typename T>
-  void Postprocess(T *out, bool flip) const;
 
   int out_h8_, out_w8_;
   bool dequantize_;
@@ -62,7 +62,10 @@ class DctDecode : public ::dali::Operator<::dali::CPUBackend> {
   size_t elem_size_;
   std::vector<int> channels_;  // empty: all 192 in order
   std::vector<int> out_channels_;  // FUN channel index of every output channel
-  std::vector<float> mean_, inv_std_;  // per output channel; empty: no normalisation
+  bool normalize_;                     // `scale`/`shift` given
+  std::vector<float> gain_[2];         // per decoded channel (192): [0] scale (or 1), [1] with flip signs
+  std::vector<float> bias_;            // per decoded channel (192): shift (or 0)
+  std::vector<int32_t> reversed_cols_; // block map of a horizontal flip: out_w8 - 1 - x
   std::vector<int> flip_;  // per sample of the current batch
   std::mutex pool_mutex_;
   std::vector<std::unique_ptr<DecoderSlot>> pool_;
