@@ -346,3 +346,23 @@ def test_gpu_pipeline_equals_cpu(backend, plugin, image_folder, samples):
     assert torch.cat([y for _, y in gpu_batches]).cpu().tolist() == labels
     expected = T.normalize(T.hflip(_reference(names, dtype=np.float32, dequantize=True)), stats["mean"], stats["std"])
     np.testing.assert_allclose(gpu_images, expected[:, channel_indices("44/10/10")], rtol=1e-6, atol=1e-5)
+
+
+def test_plugin_pipeline_reuses_batch_memory(plugin, image_folder):
+    """Steady state: a plugin pipeline's 19 MB float32 batches come from DALI's buffer pool, not from
+    fresh pages (with plain malloc glibc could unmap and re-fault every batch: about 150 page faults
+    per 224x224 image). Counts page faults, not time."""
+    import resource
+
+    assert int(os.environ["DALI_MALLOC_POOL_THRESHOLD"].rstrip("kM")) >= 0  # set by funloader.dali (or the user)
+    batch = 32
+    pipe = fun_pipeline(image_folder, batch, num_threads=2, backend="plugin", dequantize=True)
+    for _ in range(5):
+        pipe.run()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    batches = 20
+    for _ in range(batches):
+        pipe.run()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    pages_per_image = 192 * 28 * 28 * 4 / 4096
+    assert faults / (batches * batch) < pages_per_image / 5, f"{faults / (batches * batch):.0f} page faults per image"

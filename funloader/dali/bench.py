@@ -13,7 +13,11 @@ of DALI threads, producing normalised float32 CHW batches:
   ``dali_rgb_mixed`` (nvJPEG ``device="mixed"`` decoding) is added.
 
 Each repeat times ``batches`` calls of ``Pipeline.run()`` after a warm-up (steady state with DALI's
-prefetching); methods are interleaved round-robin; the result holds medians, min and max.
+prefetching); methods are interleaved round-robin; the result holds medians, min and max. Between
+timed runs the harness waits ``settle_s``: an idle pipeline keeps filling its prefetch queue (and the
+external_source workers theirs) for a moment after its run, and that work must not land in the next
+method's timing. The default run length (at least 48 batches) keeps the few prefetched batches
+a timed run starts with to a few percent, the same for every method.
 """
 from __future__ import annotations
 
@@ -83,7 +87,8 @@ def _runner(pipe, batches: int) -> Callable[[], float]:
 
 def measure_dali(folder, threads: int = 2, batch_size: int = 32, repeats: int = 5, *,
                  device_id: Optional[int] = None, batches: Optional[int] = None, warmup_batches: int = 3,
-                 methods: Optional[Sequence[str]] = None, progress: Optional[Callable[[str], None]] = None) -> dict:
+                 methods: Optional[Sequence[str]] = None, progress: Optional[Callable[[str], None]] = None,
+                 settle_s: float = 0.3) -> dict:
     """Images/s of funloader's DALI pipelines and DALI's RGB pipeline on the JPEGs under ``folder``.
 
     Args:
@@ -92,8 +97,9 @@ def measure_dali(folder, threads: int = 2, batch_size: int = 32, repeats: int = 
         batch_size: samples per batch.
         repeats: timed repeats per method (round-robin); medians are reported.
         device_id: GPU index, or None for CPU-only pipelines.
-        batches: batches per repeat (default: enough for about 2 epochs, at least 8).
+        batches: batches per repeat (default: enough for about 4 epochs, at least 48).
         methods: subset of the method names (default: all that apply).
+        settle_s: idle seconds before each timed run (see the module docstring).
 
     Returns:
         ``{"files", "threads", "batch_size", "batches_per_repeat", "device_id", "methods": {name:
@@ -103,7 +109,7 @@ def measure_dali(folder, threads: int = 2, batch_size: int = 32, repeats: int = 
 
     say = progress or (lambda message: None)
     files = _files(folder)
-    batches = int(batches or max(8, -(-2 * len(files) // batch_size)))
+    batches = int(batches or max(48, -(-4 * len(files) // batch_size)))
     started = time.perf_counter()
     load_plugin()
     plugin_build_s = time.perf_counter() - started
@@ -134,6 +140,7 @@ def measure_dali(folder, threads: int = 2, batch_size: int = 32, repeats: int = 
     seconds: Dict[str, List[float]] = {name: [] for name in runners}
     for repeat in range(repeats):
         for name, run in runners.items():
+            time.sleep(settle_s)  # let the other pipelines' background prefetching finish first
             seconds[name].append(run())
         say(f"repeat {repeat + 1}/{repeats}: " + ", ".join(
             f"{name} {batches * batch_size / seconds[name][-1]:.0f} img/s" for name in runners))
@@ -151,5 +158,5 @@ def measure_dali(folder, threads: int = 2, batch_size: int = 32, repeats: int = 
             if other in results:
                 ratios[f"fun_plugin/{other}"] = round(plugin / results[other]["images_per_s"], 3)
     return {"files": len(files), "threads": threads, "batch_size": batch_size, "batches_per_repeat": batches,
-            "repeats": repeats, "device_id": device_id, "methods": results, "ratios": ratios,
+            "repeats": repeats, "settle_s": settle_s, "device_id": device_id, "methods": results, "ratios": ratios,
             "plugin_build_or_load_s": round(plugin_build_s, 2)}
