@@ -31,7 +31,9 @@ Output (``DST``)
       every shard mixes classes (``shuffle=False`` keeps sorted order).  Each shard holds a fixed
       number of images (``shard_size`` as a count, or a byte size such as ``"1GB"`` which is turned
       into a count from the mean encoded size of 16 sample images) so that shard contents never
-      depend on how the work was split or interrupted.
+      depend on how the work was split or interrupted. With DALI installed, each tar also gets DALI's
+      index ``shard-000000.idx`` (its ``wds2idx`` format), which :func:`funloader.dali.fun_pipeline`
+      passes to ``fn.readers.webdataset`` so that building a pipeline does not scan the tars.
     * ``index.json`` (settings, classes, shards, one entry per image: key, path, source, label,
       width, height, bytes, sha256 of the output bytes), ``index.tsv`` (the same rows),
       ``failures.tsv`` (source, reason) and, with ``stats``, ``stats-dequantized.json`` and/or
@@ -74,7 +76,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .shards import ShardWriter
+from .shards import ShardWriter, write_dali_index
 
 __all__ = [
     "prepare", "merge", "main", "PrepareResult", "PrepareError", "PrepareFailures",
@@ -1083,6 +1085,8 @@ def _merge_parts(dst: Path, parts: List[dict], *, stats: Optional[Sequence[str]]
              "files": files}
     if settings["format"] == "shards":
         index["shards"] = [record["shard"] for record in units]
+        for shard in index["shards"]:  # DALI's readers.webdataset index files, when DALI is installed
+            write_dali_index(dst / shard["name"])
     if stats is None:  # what the jobs asked for
         stats = [mode for mode in STATS_MODES if any(mode in (part.get("stats_requested") or []) for part in parts)]
     stats_files = _write_stats(dst, index, stats, progress)

@@ -18,7 +18,7 @@ import os
 import tarfile
 from typing import Dict, Iterator, Tuple
 
-__all__ = ["ShardWriter", "iter_shard", "split_member_name"]
+__all__ = ["ShardWriter", "iter_shard", "split_member_name", "dali_index_path", "write_dali_index"]
 
 
 class _HashingWriter:
@@ -108,6 +108,34 @@ def _fsync_directory(path: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def dali_index_path(shard) -> str:
+    """``shard-000000.tar`` -> ``shard-000000.idx``: where DALI's index of a shard lives (what
+    :func:`funloader.dali.fun_pipeline` passes to ``fn.readers.webdataset(index_paths=...)``)."""
+    path = os.fspath(shard)
+    return (path[:-4] if path.endswith(".tar") else path) + ".idx"
+
+
+def write_dali_index(shard) -> bool:
+    """Write DALI's index of ``shard`` (member offsets and sizes, DALI's ``wds2idx`` format v1.2) next
+    to it, atomically; returns False without writing when DALI's ``wds2idx`` module is not installed.
+
+    Without an index ``fn.readers.webdataset`` scans every tar when a pipeline is built."""
+    try:
+        from wds2idx import IndexCreator  # ships with nvidia-dali
+    except ImportError:
+        return False
+    final = dali_index_path(shard)
+    tmp = final + ".tmp"
+    try:
+        with IndexCreator(os.fspath(shard), tmp, verbose=False) as creator:
+            creator.create_index()
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return True
 
 
 def split_member_name(name: str) -> Tuple[str, str]:

@@ -161,22 +161,38 @@ def test_shards_read_by_dali(tmp_path, shared_data):
     prepare(shared_data / "labelled" / "dlib_johns", dst, workers=2, format="shards", shard_size="20",
             shuffle=False, progress=False, verbose=False)
     index = load_index(dst)
+    tars = [str(dst / s["name"]) for s in index["shards"]]
+    indexes = [t[:-4] + ".idx" for t in tars]  # DALI's index of every tar, written by prepare
+    for tar, idx in zip(tars, indexes):
+        lines = Path(idx).read_text().splitlines()
+        samples = list(iter_shard(tar))
+        assert lines[0] == f"v1.2 {len(samples)}"
+        data = Path(tar).read_bytes()
+        for line, (key, fields) in zip(lines[1:], samples):
+            parts = line.split()  # (ext offset size name) per member
+            for ext, offset, size, name in zip(parts[0::4], parts[1::4], parts[2::4], parts[3::4]):
+                assert name == f"{key}.{ext}" and data[int(offset):int(offset) + int(size)] == fields[ext]
 
-    @pipeline_def(batch_size=5, num_threads=1, device_id=None)
-    def pipe():
-        jpeg, cls = fn.readers.webdataset(paths=[str(dst / s["name"]) for s in index["shards"]],
-                                          ext=["jpg", "cls"], missing_component_behavior="error")
-        return jpeg, cls
+    def read_all(**index_args):
+        @pipeline_def(batch_size=5, num_threads=1, device_id=None)
+        def pipe():
+            jpeg, cls = fn.readers.webdataset(paths=tars, ext=["jpg", "cls"], missing_component_behavior="error",
+                                              **index_args)
+            return jpeg, cls
 
-    p = pipe()
-    p.build()
-    got = []
-    for _ in range(11):  # 55 samples in batches of 5
-        jpegs, classes = p.run()
-        for i in range(len(jpegs)):
-            got.append((hashlib.sha256(np.array(jpegs.at(i)).tobytes()).hexdigest(),
-                        int(np.array(classes.at(i)).tobytes().decode())))
-    assert got == [(e["sha256"], e["label"]) for e in index["files"]]  # shuffle=False: key order
+        p = pipe()
+        p.build()
+        got = []
+        for _ in range(11):  # 55 samples in batches of 5
+            jpegs, classes = p.run()
+            for i in range(len(jpegs)):
+                got.append((hashlib.sha256(np.array(jpegs.at(i)).tobytes()).hexdigest(),
+                            int(np.array(classes.at(i)).tobytes().decode())))
+        return got
+
+    expected = [(e["sha256"], e["label"]) for e in index["files"]]  # shuffle=False: key order
+    assert read_all() == expected
+    assert read_all(index_paths=indexes) == expected
 
 
 @pytest.mark.parametrize("layout", ["folder", "shards"])
