@@ -290,7 +290,9 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
         decode_grid: grid every image is first centre-cropped/zero-padded to (default ``crop``); with
             ``random_crop`` a random ``crop`` window of it is taken (block-aligned).
         random_crop: random block-aligned ``crop`` window of the ``decode_grid`` (else centred).
-        flip: random horizontal flip in the DCT domain with probability 0.5 (or the float given).
+        flip: random horizontal flip in the DCT domain with probability 0.5 (or the float given)
+            (plugin: DALI's ``coin_flip``; external_source on CPU: drawn per sample from ``seed``,
+            epoch and position, so the same for every run with the same seed; 0 when seed is -1).
         keep_channels: keep-spec (``"44/10/10"``) of the lowest zigzag frequencies to keep; with
             ``keep_mode="drop"`` only those channels are output (sorted channel order), with
             ``"zero"`` all 192 with the others zeroed.
