@@ -1,5 +1,8 @@
-"""Independent numpy references shared by the tests and the fuzz harness."""
+"""Independent references shared by the tests and the fuzz harness: numpy FUN layouts and a JPEG
+marker-segment scanner."""
 from __future__ import annotations
+
+import struct
 
 import numpy as np
 
@@ -34,3 +37,36 @@ def centre_fit(fun: np.ndarray, grid) -> np.ndarray:
             dst.append(slice(start, start + size))
     out[:, dst[0], dst[1]] = fun[:, src[0], src[1]]
     return out
+
+
+def segments(data: bytes):
+    """Marker segments of a JPEG as ``(marker, start, end)``; a scan's entropy-coded data is folded
+    into its SOS segment. Standalone markers (SOI, EOI, TEM) span 2 bytes; stuffed bytes, fill bytes
+    and restart markers inside scans are skipped."""
+    found = []
+    if len(data) < 2 or data[:2] != b"\xff\xd8":
+        return found
+    found.append((0xD8, 0, 2))
+    position, length = 2, len(data)
+    while position + 1 < length:
+        if data[position] != 0xFF or data[position + 1] in (0x00, 0xFF) or 0xD0 <= data[position + 1] <= 0xD7:
+            position += 1
+            continue
+        marker = data[position + 1]
+        if marker in (0xD9, 0x01):
+            found.append((marker, position, position + 2))
+            position += 2
+            continue
+        if position + 4 > length:
+            found.append((marker, position, length))
+            break
+        end = min(length, position + 2 + struct.unpack(">H", data[position + 2:position + 4])[0])
+        if marker == 0xDA:
+            scan = end
+            while scan + 1 < length and not (data[scan] == 0xFF and data[scan + 1] not in (0x00, 0xFF)
+                                             and not 0xD0 <= data[scan + 1] <= 0xD7):
+                scan += 1
+            end = scan if scan + 1 < length else length
+        found.append((marker, position, end))
+        position = max(end, position + 2)
+    return found

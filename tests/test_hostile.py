@@ -35,7 +35,7 @@ import pytest
 import funloader
 from funloader import codec
 from funloader.errors import JPEGDecodeError, JPEGWarning, UnsupportedJPEGError
-from reference import centre_fit, fun_from_dct
+from reference import centre_fit, fun_from_dct, segments
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -266,39 +266,7 @@ def test_every_manifest_row_in_a_child_process(shared_data):
     assert report["counts"].get("decodes", 0) > 8000  # both modes
 
 
-# ----------------------------------------------------------------------------- marker segments
-
-
-def segments(data: bytes):
-    """Marker segments of a JPEG as ``(marker, start, end)``; a scan's entropy-coded data is folded
-    into its SOS segment. Standalone markers (SOI, EOI) span 2 bytes."""
-    found = []
-    if len(data) < 2 or data[:2] != b"\xff\xd8":
-        return found
-    found.append((0xD8, 0, 2))
-    position, length = 2, len(data)
-    while position + 1 < length:
-        if data[position] != 0xFF or data[position + 1] in (0x00, 0xFF) or 0xD0 <= data[position + 1] <= 0xD7:
-            position += 1
-            continue
-        marker = data[position + 1]
-        if marker == 0xD9:
-            found.append((marker, position, position + 2))
-            position += 2
-            continue
-        if position + 4 > length:
-            found.append((marker, position, length))
-            break
-        end = min(length, position + 2 + struct.unpack(">H", data[position + 2:position + 4])[0])
-        if marker == 0xDA:
-            scan = end
-            while scan + 1 < length and not (data[scan] == 0xFF and data[scan + 1] not in (0x00, 0xFF)
-                                             and not 0xD0 <= data[scan + 1] <= 0xD7):
-                scan += 1
-            end = scan if scan + 1 < length else length
-        found.append((marker, position, end))
-        position = max(end, position + 2)
-    return found
+# ----------------------------------------------------------------------------- marker segments (reference.segments)
 
 
 def entropy_ranges(data: bytes):

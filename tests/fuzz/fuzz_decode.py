@@ -35,7 +35,7 @@ import zlib
 import atheris
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))  # tests/
-from reference import centre_fit, fun_from_dct  # noqa: E402  (the numpy reference the tests use too)
+from reference import centre_fit, fun_from_dct, segments  # noqa: E402  (the numpy reference the tests use too)
 
 with atheris.instrument_imports(include=["funloader"]):
     import numpy as np
@@ -189,48 +189,7 @@ def TestOneInput(data: bytes) -> None:
 
 # ----------------------------------------------------------------------------- JPEG-aware mutator
 
-_RST = set(range(0xD0, 0xD8))
 _INTERESTING_DIMS = (0, 1, 2, 7, 8, 9, 15, 16, 17, 255, 256, 4096, 32767, 32768, 64250, 65535)
-
-
-def segments(data: bytes):
-    """Marker segments ``(marker, start, end)`` of a JPEG, entropy-coded data folded into its SOS."""
-    found = []
-    if len(data) < 2 or data[0] != 0xFF or data[1] != 0xD8:
-        return found
-    found.append((0xD8, 0, 2))
-    position = 2
-    length = len(data)
-    while position + 1 < length:
-        if data[position] != 0xFF:
-            position += 1
-            continue
-        marker = data[position + 1]
-        if marker == 0xFF:
-            position += 1
-            continue
-        if marker == 0x00 or marker in _RST or marker == 0x01:
-            position += 2
-            continue
-        if marker == 0xD9:
-            found.append((marker, position, position + 2))
-            position += 2
-            continue
-        if position + 4 > length:
-            found.append((marker, position, length))
-            break
-        end = min(length, position + 2 + struct.unpack(">H", data[position + 2:position + 4])[0])
-        if marker == 0xDA:  # scan: extend over its entropy-coded data
-            scan_end = end
-            while scan_end + 1 < length:
-                if data[scan_end] == 0xFF and data[scan_end + 1] not in _RST and data[scan_end + 1] != 0x00 \
-                        and data[scan_end + 1] != 0xFF:
-                    break
-                scan_end += 1
-            end = scan_end if scan_end + 1 < length else length
-        found.append((marker, position, end))
-        position = max(end, position + 2)
-    return found
 
 
 def _mutate_structure(data: bytes, rng: random.Random) -> bytes:
