@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -27,6 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from funloader import benchmarking  # noqa: E402
 from funloader.preparation import _encoder_description, prepare  # noqa: E402
 
 
@@ -45,20 +45,8 @@ def _cpu_seconds() -> float:
 
 
 def _machine() -> dict:
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count()
-    return {"cpu": model, "cpus_available": cpus, "python": platform.python_version(),
-            "platform": platform.platform(), "encoder": _encoder_description()}
+    """funloader's benchmark machine description plus the encoder prepare uses."""
+    return {**benchmarking.machine_info(), "encoder": _encoder_description()}
 
 
 def main(argv=None) -> int:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import platform
 import random
 import statistics
 import time
@@ -44,27 +43,10 @@ _RGB_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def machine_description() -> dict:
-    """CPU model, core count, Python/torch/Pillow/libjpeg versions."""
-    import PIL
+    """CPU model, cores, load and library versions (:func:`funloader.benchmarking.machine_info`)."""
+    from .benchmarking import machine_info
 
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        from . import libjpeg_info
-
-        libjpeg = libjpeg_info()
-    except Exception as exc:  # pragma: no cover - informational only
-        libjpeg = str(exc)
-    return {"cpu": cpu, "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "pillow": PIL.__version__, "libjpeg": libjpeg}
+    return machine_info()
 
 
 def make_imagenet_like(source_dir, target_dir, count: int = 512, *, quality: int = 90, classes: int = 10,
