@@ -525,12 +525,13 @@ def patch_sof(data: bytes, width: int, height: int) -> bytes:
     return bytes(buffer)
 
 
-def _peak_rss_mb() -> float:
+def proc_status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status in MB: ``"VmRSS"``, ``"VmHWM"`` (peak)."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _reset_peak_rss() -> None:
@@ -554,7 +555,7 @@ def check_bombs(paths) -> list:
         for strict in (True, False):
             for entry in ("read_dct", "read_fun", "read_batch"):
                 _reset_peak_rss()
-                base = _peak_rss_mb()
+                base = proc_status_mb("VmHWM")
                 started = time.perf_counter()
                 try:
                     if entry == "read_dct":
@@ -570,7 +571,7 @@ def check_bombs(paths) -> list:
                 except JPEGDecodeError as error:
                     outcome, reason = type(error).__name__, error.reason
                 results.append([f"{name} {entry} strict={strict}", outcome, reason,
-                                time.perf_counter() - started, _peak_rss_mb() - base])
+                                time.perf_counter() - started, proc_status_mb("VmHWM") - base])
     return results
 
 
@@ -601,7 +602,7 @@ def check_truncated_large(path: str) -> list:
     results = []
     for entry in ("read_dct", "read_fun", "read_fun_float", "read_batch"):
         _reset_peak_rss()
-        base = _peak_rss_mb()
+        base = proc_status_mb("VmHWM")
         started = time.perf_counter()
         try:
             if entry == "read_dct":
@@ -617,7 +618,7 @@ def check_truncated_large(path: str) -> list:
             outcome = "decoded"
         except JPEGDecodeError as error:
             outcome = type(error).__name__
-        results.append([entry, outcome, time.perf_counter() - started, _peak_rss_mb() - base])
+        results.append([entry, outcome, time.perf_counter() - started, proc_status_mb("VmHWM") - base])
     return results
 
 

@@ -23,20 +23,12 @@ import pytest
 from funloader import codec
 from funloader.errors import JPEGDecodeError, JPEGWarning
 
-from test_hostile import REGRESSIONS, SHARED, patch_sof, run_in_child, segments
+from test_hostile import REGRESSIONS, SHARED, patch_sof, proc_status_mb, run_in_child, segments
 
 TOTAL_DECODES = 20_000
 WARM_UP = 4_000
 SAMPLE_EVERY = 1_000
 GROWTH_LIMIT_MB = 20
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def leak_items(photo_paths):
@@ -102,7 +94,7 @@ def leak_loop(photo_paths, total=TOTAL_DECODES) -> dict:
         done += 1
         if done // SAMPLE_EVERY > len(samples) - 1 or not samples:
             gc.collect()
-            samples.append([done, _rss_mb()])
+            samples.append([done, proc_status_mb("VmRSS")])
     return {"samples": samples, "decoded": decoded, "failed": failed, "items": len(items)}
 
 
