@@ -67,15 +67,8 @@ class MBConvNet(ClassifierNet):
     def __init__(self, spec: MBConvNetSpec, num_classes: int = 1000, in_channels: Optional[int] = None,
                  drop_rate: Optional[float] = None, drop_path_rate: Optional[float] = None):
         super().__init__()
-        in_channels = spec.in_channels if in_channels is None else int(in_channels)
-        drop_rate = spec.drop_rate if drop_rate is None else float(drop_rate)
-        drop_path_rate = spec.drop_path_rate if drop_path_rate is None else float(drop_path_rate)
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be positive, got {in_channels}")
-        self.spec = spec
-        self.in_channels = in_channels
-        self.drop_rate = drop_rate
-        self.drop_path_rate = drop_path_rate
+        self._set_options(spec, in_channels, drop_rate, drop_path_rate)
+        in_channels = self.in_channels
         act_layer = _ACTIVATIONS[spec.activation]
 
         if spec.stem_channels is None:
@@ -85,35 +78,15 @@ class MBConvNet(ClassifierNet):
             self.stem = ConvBNAct(in_channels, spec.stem_channels, 3, 2, act_layer=act_layer)
             width = spec.stem_channels
 
-        total_blocks = sum(stage.repeats for stage in spec.stages)
-        block_index = 0
-        stages = []
-        for stage in spec.stages:
-            blocks = []
-            for repeat in range(stage.repeats):
-                blocks.append(MBConv(
-                    width, stage.out_channels, kernel_size=stage.kernel,
-                    stride=stage.stride if repeat == 0 else 1, expansion=stage.expansion,
-                    se_ratio=stage.se_ratio, drop_path=drop_path_rate * block_index / total_blocks,
-                    act_layer=act_layer))
-                width = stage.out_channels
-                block_index += 1
-            stages.append(nn.Sequential(*blocks))
-        self.blocks = nn.Sequential(*stages)
-        self.num_features = spec.head_channels
-        self.head = ConvBNAct(width, self.num_features, 1, act_layer=act_layer)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.num_classes = num_classes
+        width = self._build_stages(width, lambda stage, in_width, stride, drop_path: MBConv(
+            in_width, stage.out_channels, kernel_size=stage.kernel, stride=stride, expansion=stage.expansion,
+            se_ratio=stage.se_ratio, drop_path=drop_path, act_layer=act_layer))
+        self.head = ConvBNAct(width, spec.head_channels, 1, act_layer=act_layer)
+        self._build_head(spec.head_channels, num_classes)
         init_efficientnet_weights(self)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the final Linear by a freshly initialised one with ``num_classes`` outputs (0: features)."""
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            init_efficientnet_weights(self.classifier)
+    def init_classifier(self, classifier: nn.Module) -> None:
+        init_efficientnet_weights(classifier)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C_in, H, W) -> (N, num_features, H', W')`` feature map before pooling."""

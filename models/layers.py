@@ -32,8 +32,57 @@ def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = No
 
 
 class ClassifierNet(nn.Module):
-    """Shared tail of every network here: ``forward_features`` (defined by the subclass), then global
-    average pooling, dropout and the ``classifier`` (attributes ``pool``, ``dropout``, ``classifier``)."""
+    """Shared frame of every network here: options resolved against the spec, stages of blocks with
+    linearly growing drop-path, ``forward_features`` (defined by the subclass), then global average
+    pooling, dropout and the ``classifier`` (attributes ``pool``, ``dropout``, ``classifier``)."""
+
+    def _set_options(self, spec, in_channels: Optional[int], drop_rate: Optional[float],
+                     drop_path_rate: Optional[float]) -> None:
+        """``spec``'s defaults for the options left as None; sets ``spec``, ``in_channels``,
+        ``drop_rate`` and ``drop_path_rate``."""
+        in_channels = spec.in_channels if in_channels is None else int(in_channels)
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be positive, got {in_channels}")
+        self.spec = spec
+        self.in_channels = in_channels
+        self.drop_rate = spec.drop_rate if drop_rate is None else float(drop_rate)
+        self.drop_path_rate = spec.drop_path_rate if drop_path_rate is None else float(drop_path_rate)
+
+    def _build_stages(self, width: int, make_block) -> int:
+        """``self.blocks``: one ``nn.Sequential`` per row of ``self.spec.stages`` (fields ``repeats``,
+        ``out_channels``, ``stride``) of ``make_block(stage, in_width, stride, drop_path)``; the stride
+        goes to each stage's first block, drop-path grows linearly from 0 over all blocks. Returns the
+        output width."""
+        total_blocks = sum(stage.repeats for stage in self.spec.stages)
+        block_index = 0
+        stages = []
+        for stage in self.spec.stages:
+            blocks = []
+            for repeat in range(stage.repeats):
+                blocks.append(make_block(stage, width, stage.stride if repeat == 0 else 1,
+                                         self.drop_path_rate * block_index / total_blocks))
+                width = stage.out_channels
+                block_index += 1
+            stages.append(nn.Sequential(*blocks))
+        self.blocks = nn.Sequential(*stages)
+        return width
+
+    def _build_head(self, num_features: int, num_classes: int) -> None:
+        """Pooling, dropout (``self.drop_rate``) and a Linear classifier over ``num_features``."""
+        self.num_features = num_features
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(self.drop_rate)
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def init_classifier(self, classifier: nn.Module) -> None:
+        """Initialise a new classifier (default: PyTorch's own Linear initialisation)."""
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the final Linear by a freshly initialised one with ``num_classes`` outputs (0: features)."""
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_classifier(self.classifier)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Pool, dropout and classify ``(N, num_features, H', W')`` -> ``(N, num_classes)``."""

@@ -51,17 +51,10 @@ class ResNet(ClassifierNet):
     def __init__(self, spec: ResNetSpec, num_classes: int = 1000, in_channels: Optional[int] = None,
                  drop_rate: Optional[float] = None, drop_path_rate: Optional[float] = None):
         super().__init__()
-        in_channels = spec.in_channels if in_channels is None else int(in_channels)
-        drop_rate = spec.drop_rate if drop_rate is None else float(drop_rate)
-        drop_path_rate = spec.drop_path_rate if drop_path_rate is None else float(drop_path_rate)
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be positive, got {in_channels}")
         if spec.block not in ("basic", "bottleneck"):
             raise ValueError(f"unknown residual block {spec.block!r}")
-        self.spec = spec
-        self.in_channels = in_channels
-        self.drop_rate = drop_rate
-        self.drop_path_rate = drop_path_rate
+        self._set_options(spec, in_channels, drop_rate, drop_path_rate)
+        in_channels = self.in_channels
         if spec.stem == "rgb":
             self.stem = nn.Sequential(
                 nn.Conv2d(in_channels, spec.stem_channels, 7, 2, 3, bias=False),
@@ -73,29 +66,10 @@ class ResNet(ClassifierNet):
         else:
             raise ValueError(f"unknown stem {spec.stem!r}")
         block_type = BasicBlock if spec.block == "basic" else Bottleneck
-        total_blocks = sum(stage.repeats for stage in spec.stages)
-        block_index = 0
-        stages = []
-        for stage in spec.stages:
-            blocks = []
-            for repeat in range(stage.repeats):
-                blocks.append(block_type(width, stage.out_channels, stride=stage.stride if repeat == 0 else 1,
-                                         drop_path=drop_path_rate * block_index / total_blocks))
-                width = stage.out_channels
-                block_index += 1
-            stages.append(nn.Sequential(*blocks))
-        self.blocks = nn.Sequential(*stages)
-        self.num_features = width
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
-        self.num_classes = num_classes
+        width = self._build_stages(width, lambda stage, in_width, stride, drop_path: block_type(
+            in_width, stage.out_channels, stride=stride, drop_path=drop_path))
+        self._build_head(width, num_classes)
         init_resnet_weights(self)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the final Linear by a freshly initialised one with ``num_classes`` outputs (0: features)."""
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C_in, H, W) -> (N, num_features, H', W')`` feature map before pooling."""
