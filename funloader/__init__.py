@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 
 from ._version import __version__
-from .errors import JPEGDecodeError, JPEGWarning, UnsupportedJPEGError
+from .errors import FunloaderError, JPEGDecodeError, JPEGWarning, UnsupportedJPEGError, UsageError
 from .codec import DCTImage, libjpeg_info, read_batch, read_dct, read_fun
 
 # Heavier parts (torch, the loader, preparation) load on first use.
@@ -32,7 +32,7 @@ _LAZY = {
 
 __all__ = [
     "__version__", "read_dct", "read_fun", "read_batch", "DCTImage", "libjpeg_info",
-    "JPEGDecodeError", "UnsupportedJPEGError", "JPEGWarning", *sorted(_LAZY),
+    "FunloaderError", "UsageError", "JPEGDecodeError", "UnsupportedJPEGError", "JPEGWarning", *sorted(_LAZY),
 ]
 
 

@@ -11,6 +11,7 @@ import sys
 from typing import List, Optional
 
 from ._version import __version__
+from .errors import FunloaderError
 
 #: command -> (module, function, one-line help)
 COMMANDS = {
@@ -51,6 +52,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("\nfunloader: interrupted", file=sys.stderr)
         return 130
+    except FunloaderError as error:  # a named bad input: one line, not a traceback
+        print(f"funloader {command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -4,10 +4,22 @@
 not a JPEG at all, too large).  ``UnsupportedJPEGError`` is a subclass for valid JPEGs that FUN
 models cannot take (CMYK/YCCK, RGB-coded without the YCbCr transform, 12-bit, lossless).
 Messages name the file (when a path was given) and the cause.
+
+``FunloaderError`` is the base of every error that names a bad input or argument (a file, a folder,
+a checkpoint, an option) and its cause.  The command line prints such an error as one line,
+``funloader <command>: error: <message>``, and exits with status 2 instead of a traceback.
 """
 
 
-class JPEGDecodeError(ValueError):
+class FunloaderError(Exception):
+    """A bad input or argument, named with its cause; the CLI reports it in one line (exit 2)."""
+
+
+class UsageError(FunloaderError, ValueError):
+    """A bad argument or input (option value, folder, index, checkpoint...) named in the message."""
+
+
+class JPEGDecodeError(FunloaderError, ValueError):
     """A JPEG could not be decoded. ``filename`` is the path (or None), ``reason`` the cause."""
 
     def __init__(self, reason, filename=None):
