@@ -761,6 +761,8 @@ class ToDtype(DCTTransform):
 
 # ----------------------------------------------------------------------------------------------
 # augmentations that live in their own modules (issue 16), re-exported here
-from .mixing import Cutmix, Mixup, RandomMixing, cutmix, cutmix_box, mixup, one_hot_targets  # noqa: E402
+from . import color as _color, mixing as _mixing  # noqa: E402
+from .color import *  # noqa: E402,F401,F403
+from .mixing import *  # noqa: E402,F401,F403
 
-__all__ += ["Mixup", "Cutmix", "RandomMixing", "mixup", "cutmix", "cutmix_box", "one_hot_targets"]
+__all__ += _color.__all__ + _mixing.__all__
