@@ -738,3 +738,10 @@ class ToDtype(DCTTransform):
     def __call__(self, x, generator=None):
         t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
         return t.to(self.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# augmentations that live in their own modules (issue 16), re-exported here
+from .mixing import Cutmix, Mixup, RandomMixing, cutmix, cutmix_box, mixup, one_hot_targets  # noqa: E402
+
+__all__ += ["Mixup", "Cutmix", "RandomMixing", "mixup", "cutmix", "cutmix_box", "one_hot_targets"]
