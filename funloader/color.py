@@ -145,6 +145,21 @@ class ColorAffine:
         self.chroma_angle = self.chroma_angle + 2.0 * math.pi * h
         return self
 
+    _FIELDS = ("y_gain", "dc_bias", "dc_mean_gain", "chroma_gain", "chroma_angle")
+
+    def subset(self, items: torch.Tensor) -> "ColorAffine":
+        """The maps of ``items`` (indices) only."""
+        part = ColorAffine(0)
+        for name in self._FIELDS:
+            setattr(part, name, getattr(self, name)[items])
+        return part
+
+    def reset(self, items: torch.Tensor) -> None:
+        """Set the maps of ``items`` back to the identity."""
+        fresh = ColorAffine(len(items))
+        for name in self._FIELDS:
+            getattr(self, name)[items] = getattr(fresh, name)
+
     @property
     def diagonal(self) -> bool:
         """True when every channel is only scaled and shifted independently of the image (no hue, no
@@ -293,8 +308,13 @@ class ColorJitter:
     @property
     def fusable(self) -> bool:
         """True when the drawn maps are per-channel affines (no contrast, no hue): the CPU loader then
-        folds them into ``read_batch``'s gain/bias."""
+        folds them into ``read_batch``'s gain/bias (see ``channel_affine``)."""
         return self.contrast is None and self.hue is None
+
+    def channel_affine(self, count: int, generator: Optional[torch.Generator] = None):
+        """``(gain, bias)`` ``(count, 192)`` float64 with ``out = x * gain + bias`` per item and channel,
+        from the same draws as ``__call__`` (needs ``fusable``)."""
+        return self.affine(count, generator).gain_bias()
 
     def __call__(self, x, generator: Optional[torch.Generator] = None):
         batch, restore = _as_batch(x, type(self).__name__)
@@ -348,6 +368,10 @@ class RandomGrayscale:
     def affine(self, count: int, generator: Optional[torch.Generator] = None) -> ColorAffine:
         chosen = torch.rand(count, generator=generator) < self.p
         return ColorAffine(count).saturation(torch.zeros(count, dtype=torch.float64), where=chosen)
+
+    def channel_affine(self, count: int, generator: Optional[torch.Generator] = None):
+        """``(gain, bias)`` ``(count, 192)`` float64 (chroma gain 0 for the chosen items), same draws as ``__call__``."""
+        return self.affine(count, generator).gain_bias()
 
     def __call__(self, x, generator: Optional[torch.Generator] = None):
         was_numpy = isinstance(x, np.ndarray)
