@@ -742,8 +742,9 @@ class ToDtype(DCTTransform):
 
 # ----------------------------------------------------------------------------------------------
 # augmentations that live in their own modules (issue 16), re-exported here
-from . import color as _color, mixing as _mixing  # noqa: E402
+from . import color as _color, geometry as _geometry, mixing as _mixing  # noqa: E402
 from .color import *  # noqa: E402,F401,F403
+from .geometry import *  # noqa: E402,F401,F403
 from .mixing import *  # noqa: E402,F401,F403
 
-__all__ += _color.__all__ + _mixing.__all__
+__all__ += _color.__all__ + _geometry.__all__ + _mixing.__all__
