@@ -83,9 +83,27 @@ class DCTImage:
         """The full-resolution block grid ``(ceil(H/8), ceil(W/8))`` of the FUN input."""
         return ((self.height + 7) // 8, (self.width + 7) // 8)
 
+    def __repr__(self) -> str:
+        """One line: size, colourspace, sampling, coding and file, not the coefficients."""
+        coding = ("progressive" if self.progressive else "baseline") + (", arithmetic" if self.arithmetic else "")
+        where = f", file={self.filename!r}" if self.filename else ""
+        sampling = f" {_sampling_name(self.sampling)}" if len(self.sampling) > 1 else ""
+        return f"DCTImage({self.width}x{self.height}, {self.colorspace}{sampling}, {coding}{where})"
+
     def dequantized(self) -> List[np.ndarray]:
         """Coefficients multiplied by their quantization tables, float32, same shapes."""
         return [plane.astype(np.float32) * table.astype(np.float32) for plane, table in zip(self.coefficients, self.qtables)]
+
+
+_SAMPLING_NAMES = {(1, 1): "4:4:4", (2, 1): "4:2:2", (1, 2): "4:4:0", (2, 2): "4:2:0", (4, 1): "4:1:1", (4, 2): "4:1:0"}
+
+
+def _sampling_name(sampling: Sequence[Tuple[int, int]]) -> str:
+    """``"4:2:0"`` etc. for the usual factors (chroma 1x1), else the factors, e.g. ``"3x1,1x1,1x1"``."""
+    factors = [tuple(f) for f in sampling]
+    if len(factors) == 3 and factors[1] == factors[2] == (1, 1) and factors[0] in _SAMPLING_NAMES:
+        return _SAMPLING_NAMES[factors[0]]
+    return ",".join(f"{h}x{v}" for h, v in factors)
 
 
 _local = threading.local()
