@@ -373,7 +373,7 @@ def read_sizes(sources: Sequence[Source], *, threads: Optional[int] = None, stri
     threads = _default_threads() if threads is None else max(1, int(threads))
     results = _jpegdct.read_sizes([data for data, _ in resolved], sizes, threads, strict, _limit(max_pixels), max_scans)
     for (data, filename), result in zip(resolved, results):
-        if result is not None:
+        if result is not None and result[0] != _jpegdct.OK:
             raise _error(result, filename)
     return sizes
 

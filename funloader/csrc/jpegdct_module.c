@@ -364,6 +364,7 @@ typedef struct {
   const double *boxes;                /* optional (N, 4) exact resized-crop boxes (resize.h) */
   int support, chroma;
   int64_t *sizes;                     /* read_sizes: (N, 2) (height, width) out, headers only */
+  Py_ssize_t acquired;                /* sources acquired so far (released by job_close) */
 } BatchJob;
 
 static void *batch_worker(void *argument) {
@@ -413,6 +414,65 @@ static void *batch_worker(void *argument) {
   return NULL;
 }
 
+/* Zeroes `job`, sets its options and takes its N sources from `items`; -1 with an exception set (call
+ * job_close in every case). */
+static int job_open(BatchJob *job, PyObject *items, int strict, unsigned long long max_pixels, int max_scans) {
+  Py_ssize_t count = PySequence_Fast_GET_SIZE(items);
+  memset(job, 0, sizeof *job);
+  job->count = count;
+  job->options.strict = strict;
+  job->options.max_pixels = (uint64_t)max_pixels;
+  job->options.max_scans = max_scans;
+  atomic_init(&job->next, 0);
+  job->sources = (Source *)PyMem_Calloc((size_t)(count ? count : 1), sizeof(Source));
+  job->results = (fl_result *)PyMem_Calloc((size_t)(count ? count : 1), sizeof(fl_result));
+  if (!job->sources || !job->results) {
+    PyErr_NoMemory();
+    return -1;
+  }
+  for (; job->acquired < count; job->acquired++)
+    if (source_acquire(PySequence_Fast_GET_ITEM(items, job->acquired), &job->sources[job->acquired]) != 0) return -1;
+  return 0;
+}
+
+static void job_close(BatchJob *job) {
+  for (Py_ssize_t i = 0; i < job->acquired; i++) source_release(&job->sources[i]);
+  PyMem_Free(job->sources);
+  PyMem_Free(job->results);
+}
+
+/* Runs `job` on `threads` native threads (the calling one included) with the GIL released, then returns
+ * the per-item list: None for an item that succeeded without warnings, else its result tuple. */
+static PyObject *run_job(BatchJob *job, int threads) {
+  const Py_ssize_t count = job->count;
+  if (threads < 1) threads = 1;
+  if (threads > count) threads = (int)(count ? count : 1);
+  if (threads > 256) threads = 256;
+  Py_BEGIN_ALLOW_THREADS
+  pthread_t workers[256];
+  int started = 0;
+  for (int t = 1; t < threads; t++) {
+    if (pthread_create(&workers[started], NULL, batch_worker, job) == 0) started++;
+  }
+  batch_worker(job); /* the calling thread works too */
+  for (int t = 0; t < started; t++) pthread_join(workers[t], NULL);
+  Py_END_ALLOW_THREADS
+  PyObject *answer = PyList_New(count);
+  if (!answer) return NULL;
+  for (Py_ssize_t i = 0; i < count; i++) {
+    PyObject *entry;
+    if (job->results[i].status == FL_OK && job->results[i].num_warnings == 0) {
+      entry = Py_None;
+      Py_INCREF(entry);
+    } else if (!(entry = result_tuple(&job->results[i]))) {
+      Py_DECREF(answer);
+      return NULL;
+    }
+    PyList_SET_ITEM(answer, i, entry);
+  }
+  return answer;
+}
+
 /* Read-only view of an optional C-contiguous array of exactly `bytes` bytes (None: has = 0). */
 static int optional_view(PyObject *object, Py_buffer *view, int *has, size_t bytes, const char *name) {
   *has = 0;
@@ -453,28 +513,15 @@ static PyObject *decode_batch(PyObject *module, PyObject *args) {
   if (!items) return NULL;
   Py_ssize_t count = PySequence_Fast_GET_SIZE(items);
   BatchJob job;
-  memset(&job, 0, sizeof job);
-  job.count = count;
+  PyObject *answer = NULL;
+  Py_buffer out_view, row_view, col_view, gain_view, bias_view, box_view;
+  int has_out = 0, has_rows = 0, has_cols = 0, has_gains = 0, has_bias = 0, has_boxes = 0;
+  if (job_open(&job, items, strict, max_pixels, max_scans) != 0) goto done;
   job.item_bytes = (size_t)192 * out_h8 * out_w8 * dtype_size(dtype);
   job.out_h8 = out_h8;
   job.out_w8 = out_w8;
   job.dtype = dtype;
   job.dequantize = dequantize;
-  job.options.strict = strict;
-  job.options.max_pixels = (uint64_t)max_pixels;
-  job.options.max_scans = max_scans;
-  atomic_init(&job.next, 0);
-
-  PyObject *answer = NULL;
-  Py_buffer out_view, row_view, col_view, gain_view, bias_view, box_view;
-  int has_out = 0, has_rows = 0, has_cols = 0, has_gains = 0, has_bias = 0, has_boxes = 0;
-  Py_ssize_t acquired = 0;
-  job.sources = (Source *)PyMem_Calloc((size_t)(count ? count : 1), sizeof(Source));
-  job.results = (fl_result *)PyMem_Calloc((size_t)(count ? count : 1), sizeof(fl_result));
-  if (!job.sources || !job.results) {
-    PyErr_NoMemory();
-    goto done;
-  }
   if (PyObject_GetBuffer(out_object, &out_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0) goto done;
   has_out = 1;
   if ((size_t)out_view.len < job.item_bytes * (size_t)count) {
@@ -500,42 +547,9 @@ static PyObject *decode_batch(PyObject *module, PyObject *args) {
   job.col_maps = has_cols ? (const int32_t *)col_view.buf : NULL;
   job.gains = has_gains ? (const float *)gain_view.buf : NULL;
   job.bias = has_bias ? (const float *)bias_view.buf : NULL;
-  for (; acquired < count; acquired++)
-    if (source_acquire(PySequence_Fast_GET_ITEM(items, acquired), &job.sources[acquired]) != 0) goto done;
-
-  if (threads < 1) threads = 1;
-  if (threads > count) threads = (int)(count ? count : 1);
-  Py_BEGIN_ALLOW_THREADS
-  pthread_t workers[256];
-  int started = 0;
-  if (threads > 256) threads = 256;
-  for (int t = 1; t < threads; t++) {
-    if (pthread_create(&workers[started], NULL, batch_worker, &job) == 0) started++;
-  }
-  batch_worker(&job); /* the calling thread works too */
-  for (int t = 0; t < started; t++) pthread_join(workers[t], NULL);
-  Py_END_ALLOW_THREADS
-
-  answer = PyList_New(count);
-  if (!answer) goto done;
-  for (Py_ssize_t i = 0; i < count; i++) {
-    PyObject *entry;
-    if (job.results[i].status == FL_OK && job.results[i].num_warnings == 0) {
-      entry = Py_None;
-      Py_INCREF(entry);
-    } else {
-      entry = result_tuple(&job.results[i]);
-      if (!entry) {
-        Py_CLEAR(answer);
-        goto done;
-      }
-    }
-    PyList_SET_ITEM(answer, i, entry);
-  }
+  answer = run_job(&job, threads);
 done:
-  for (Py_ssize_t i = 0; i < acquired; i++) source_release(&job.sources[i]);
-  PyMem_Free(job.sources);
-  PyMem_Free(job.results);
+  job_close(&job);
   if (has_out) PyBuffer_Release(&out_view);
   if (has_rows) PyBuffer_Release(&row_view);
   if (has_cols) PyBuffer_Release(&col_view);
@@ -556,63 +570,22 @@ static PyObject *read_sizes(PyObject *module, PyObject *args) {
     return NULL;
   PyObject *items = PySequence_Fast(sequence, "sources must be a sequence");
   if (!items) return NULL;
-  Py_ssize_t count = PySequence_Fast_GET_SIZE(items);
   BatchJob job;
-  memset(&job, 0, sizeof job);
-  job.count = count;
-  job.options.strict = strict;
-  job.options.max_pixels = (uint64_t)max_pixels;
-  job.options.max_scans = max_scans;
-  atomic_init(&job.next, 0);
   PyObject *answer = NULL;
   Py_buffer sizes_view;
   int has_sizes = 0;
-  Py_ssize_t acquired = 0;
-  job.sources = (Source *)PyMem_Calloc((size_t)(count ? count : 1), sizeof(Source));
-  job.results = (fl_result *)PyMem_Calloc((size_t)(count ? count : 1), sizeof(fl_result));
-  if (!job.sources || !job.results) {
-    PyErr_NoMemory();
-    goto done;
-  }
+  if (job_open(&job, items, strict, max_pixels, max_scans) != 0) goto done;
   if (PyObject_GetBuffer(sizes_object, &sizes_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0) goto done;
   has_sizes = 1;
-  if ((size_t)sizes_view.len != (size_t)count * 2 * sizeof(int64_t)) {
-    PyErr_Format(PyExc_ValueError, "sizes has %zd bytes, %zd items need %zu", sizes_view.len, count,
-                 (size_t)count * 2 * sizeof(int64_t));
+  if ((size_t)sizes_view.len != (size_t)job.count * 2 * sizeof(int64_t)) {
+    PyErr_Format(PyExc_ValueError, "sizes has %zd bytes, %zd items need %zu", sizes_view.len, job.count,
+                 (size_t)job.count * 2 * sizeof(int64_t));
     goto done;
   }
   job.sizes = (int64_t *)sizes_view.buf;
-  for (; acquired < count; acquired++)
-    if (source_acquire(PySequence_Fast_GET_ITEM(items, acquired), &job.sources[acquired]) != 0) goto done;
-  if (threads < 1) threads = 1;
-  if (threads > count) threads = (int)(count ? count : 1);
-  Py_BEGIN_ALLOW_THREADS
-  pthread_t workers[256];
-  int started = 0;
-  if (threads > 256) threads = 256;
-  for (int t = 1; t < threads; t++) {
-    if (pthread_create(&workers[started], NULL, batch_worker, &job) == 0) started++;
-  }
-  batch_worker(&job);
-  for (int t = 0; t < started; t++) pthread_join(workers[t], NULL);
-  Py_END_ALLOW_THREADS
-  answer = PyList_New(count);
-  if (!answer) goto done;
-  for (Py_ssize_t i = 0; i < count; i++) {
-    PyObject *entry;
-    if (job.results[i].status == FL_OK) {
-      entry = Py_None;
-      Py_INCREF(entry);
-    } else if (!(entry = result_tuple(&job.results[i]))) {
-      Py_CLEAR(answer);
-      goto done;
-    }
-    PyList_SET_ITEM(answer, i, entry);
-  }
+  answer = run_job(&job, threads);
 done:
-  for (Py_ssize_t i = 0; i < acquired; i++) source_release(&job.sources[i]);
-  PyMem_Free(job.sources);
-  PyMem_Free(job.results);
+  job_close(&job);
   if (has_sizes) PyBuffer_Release(&sizes_view);
   Py_DECREF(items);
   return answer;
