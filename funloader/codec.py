@@ -406,10 +406,12 @@ def read_batch(sources: Sequence[Source], out, *, threads: Optional[int] = None,
             padded grid described above (``-1``: a zero block); columns likewise. This is how
             block-aligned crops, flips (reversed columns) and nearest-block resized crops are done
             without a second pass; the caller draws them (``funloader.transforms.GatherPlan``).
-        gain, bias: optional ``(N, 192)`` and ``(192,)`` float32 (float32 ``out`` only): each output
-            value becomes ``x * gain[n, c] + bias[c]`` with ``x`` the (dequantized) coefficient,
-            evaluated in float32 in that order (a zero block gives ``bias``). Folds normalisation
-            ``(x - mean) / std`` and the sign flips of mirrored coefficients into the decode.
+        gain, bias: optional ``(N, 192)`` and ``(192,)`` or ``(N, 192)`` float32 (float32 ``out``
+            only): each output value becomes ``x * gain[n, c] + bias[n, c]`` (``bias[c]`` for a
+            ``(192,)`` bias) with ``x`` the (dequantized) coefficient, evaluated in float32 in that
+            order (a zero block gives ``bias``). Folds normalisation ``(x - mean) / std``, the sign
+            flips of mirrored coefficients and per-item colour maps (brightness needs a per-item
+            bias on the Y DC channel: the JPEG level shift) into the decode.
         boxes: optional ``(N, 4)`` array, list or tensor of ``(top, left, height, width)`` pixel windows of the
             original images: item ``n`` is then the exact resized crop of ``boxes[n]`` to ``out``'s ``(H8, W8)``
             (as :func:`read_fun` with ``box=``; float32 ``out`` holds dequantized units whatever
@@ -472,10 +474,16 @@ def _batch_maps(count, height, width, dtype, row_maps, col_maps, gain, bias):
         raise ValueError("gain and bias go together")
     if gain is not None and np.dtype(dtype) != np.float32:
         raise ValueError("gain/bias need a float32 out")
+    if bias is not None:  # one (192,) bias for every item, or one row per item: the C core takes (N, 192)
+        if type(bias).__module__.startswith("torch"):
+            bias = bias.detach().cpu().numpy()
+        bias = np.asarray(bias, dtype=np.float32)
+        if bias.shape == (192,):
+            bias = np.broadcast_to(bias, (count, 192))
     return (as_array(row_maps, np.int32, (count, height), "row_maps"),
             as_array(col_maps, np.int32, (count, width), "col_maps"),
             as_array(gain, np.float32, (count, 192), "gain"),
-            as_array(bias, np.float32, (192,), "bias"))
+            as_array(bias, np.float32, (count, 192), "bias"))
 
 
 def libjpeg_info() -> dict:

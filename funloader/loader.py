@@ -262,17 +262,21 @@ class DCTLoader:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         direct = self.stats is not None and self._kept is None and self.dtype == torch.float32 and not self.channels_last
         out = None
-        fused = getattr(self.transform, "plannable", False) and hasattr(self.transform, "plan")
+        fused = T.is_fusable(self.transform)  # block moves, then per-channel colour maps (funloader.color)
         keep_integers = not raw.is_floating_point() and (self.transform is None or getattr(self.transform, "integer_exact", False))
         for start in range(0, count, step):
             x = raw[start:start + step]
             if not keep_integers and x.dtype != torch.float32:
                 x = x.to(torch.float32)  # raw int16 stays int16 through integer-exact transforms
-            signs = None
-            if fused:  # crops/flips/nearest resized crops as one gather; flip signs folded into the scale
-                plan = self.transform.plan(tuple(x.shape), generator)
+            signs = gain = bias = None
+            if fused:  # crops/flips/nearest resized crops as one gather; flip signs and colour maps folded into the scale
+                plan, gain, bias = T.fused_plan(self.transform, tuple(x.shape), generator)
                 x = plan.apply(x, with_sign=not direct)
                 signs = plan.sign if direct else None
+                if not direct and gain is not None:  # raw integers only meet 0/1 masks (integer_exact steps)
+                    x = x * gain.to(device=x.device, dtype=x.dtype)[:, :, None, None]
+                    if x.is_floating_point():
+                        x = x + bias.to(device=x.device, dtype=x.dtype)[:, :, None, None]
             elif self.transform is not None:
                 x = self.transform(x, generator=generator) if isinstance(self.transform, T.DCTTransform) else self.transform(x)
             if direct:  # normalise straight into the output: x * (1/std) + (-mean/std)
@@ -280,11 +284,13 @@ class DCTLoader:
                     out = torch.empty((count,) + tuple(x.shape[1:]), dtype=torch.float32, device=x.device)
                     scale, shift = self._normalizer(x.device)
                 dest = out[start:start + step]
-                if signs is None:
+                if signs is None and gain is None:
                     torch.mul(x, scale, out=dest)
-                else:
-                    torch.mul(x, signs.to(device=x.device)[:, :, None, None] * scale, out=dest)
-                dest.add_(shift)
+                    dest.add_(shift)
+                    continue
+                total_gain, total_bias = T.fold_affine(signs, gain, bias, scale.cpu(), shift.cpu(), x.shape[0])
+                torch.mul(x, total_gain.to(device=x.device)[:, :, None, None], out=dest)
+                dest.add_(total_bias.to(device=x.device)[..., None, None])
                 continue
             if not x.is_floating_point():
                 x = x.to(torch.float32)
@@ -317,18 +323,20 @@ class DCTLoader:
         scale = scale.reshape(1, 192)
         if self.transform is None:
             return {"gain": scale.expand(count, 192), "bias": shift.reshape(192)}
-        if not (getattr(self.transform, "plannable", False) and hasattr(self.transform, "plan")):
+        if not T.is_fusable(self.transform):
             return None
         generator = torch.Generator()
         generator.manual_seed(_batch_seed(self.seed, self.epoch if epoch is None else epoch, self.rank, batch_number))
         step = max(1, int(self.chunk_size))  # the chunks finish() plans, in the same order
-        plans = [self.transform.plan((min(step, count - start), 192) + self.size, generator)
-                 for start in range(0, count, step)]
-        if any(tuple(plan.shape) != self.size for plan in plans):
+        chunks = [T.fused_plan(self.transform, (min(step, count - start), 192) + self.size, generator)
+                  for start in range(0, count, step)]
+        if any(tuple(plan.shape) != self.size for plan, _, _ in chunks):
             return None
-        signs = [plan.sign if plan.sign is not None else torch.ones(plan.rows.shape[0], 192) for plan in plans]
-        return {"row_maps": torch.cat([plan.rows for plan in plans]), "col_maps": torch.cat([plan.cols for plan in plans]),
-                "gain": torch.cat(signs).to(torch.float32) * scale, "bias": shift.reshape(192)}
+        affines = [T.fold_affine(plan.sign, gain, bias, scale, shift, plan.rows.shape[0]) for plan, gain, bias in chunks]
+        return {"row_maps": torch.cat([plan.rows for plan, _, _ in chunks]),
+                "col_maps": torch.cat([plan.cols for plan, _, _ in chunks]),
+                "gain": torch.cat([g for g, _ in affines]),
+                "bias": torch.cat([b.expand(g.shape[0], 192) for g, b in affines])}
 
     def decode_fused(self, batch_indices: Sequence[int], layout: dict, batch_number: int):
         """Decode straight into a new normalised, augmented float32 batch (see :meth:`fused_layout`)."""
