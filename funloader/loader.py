@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from . import transforms as T
-from .channels import KeepSpec, channel_indices
+from .channels import KeepSpec, channel_indices, normalization_affine
 from .dataset import DCTImageFolder, decode_into
 
 __all__ = ["DCTLoader", "BatchDataset", "epoch_indices"]
@@ -335,10 +335,9 @@ class DCTLoader:
         """``(1/std, -mean/std)`` as ``(192, 1, 1)`` float32 tensors on ``device`` (cached)."""
         cached = self._normalizers.get(str(device))
         if cached is None:
-            mean, std = self.stats
-            std = np.where(std <= 0, 1.0, std)
-            cached = (torch.as_tensor(1.0 / std, dtype=torch.float32, device=device)[:, None, None],
-                      torch.as_tensor(-mean / std, dtype=torch.float32, device=device)[:, None, None])
+            scale, shift = normalization_affine(*self.stats)
+            cached = (torch.as_tensor(scale, device=device)[:, None, None],
+                      torch.as_tensor(shift, device=device)[:, None, None])
             self._normalizers[str(device)] = cached
         return cached
 

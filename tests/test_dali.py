@@ -366,3 +366,44 @@ def test_plugin_pipeline_reuses_batch_memory(plugin, image_folder):
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     pages_per_image = 192 * 28 * 28 * 4 / 4096
     assert faults / (batches * batch) < pages_per_image / 5, f"{faults / (batches * batch):.0f} page faults per image"
+
+
+def test_operator_takes_flip_signs_and_affine_from_python(plugin, image_folder, samples):
+    """The C++ operator does not restate the layout rules: it applies the flip signs and the affine it
+    is handed (funloader.channels), bit for bit as read_batch with the same arrays; handed other signs
+    it follows them, and without signs it refuses to flip."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from funloader.channels import decode_affine, flip_signs, normalization_affine
+
+    names, _ = samples
+    rng = np.random.default_rng(5)
+    mean, std = rng.normal(0, 10, 192), rng.uniform(1, 30, 192)
+    scale, shift = normalization_affine(mean, std)
+
+    def run(signs, normalise=True, dtype=types.FLOAT):
+        @pipeline_def(batch_size=len(names), num_threads=2, device_id=None)
+        def pipe():
+            jpegs, _ = fn.readers.file(files=names, labels=list(range(len(names))))
+            args = dict(crop=[28, 28], dequantize=dtype == types.FLOAT, dtype=dtype,
+                        flip=fn.random.coin_flip(probability=1.0, dtype=types.INT32))
+            if signs is not None:
+                args["flip_signs"] = list(map(float, signs))
+            if normalise:
+                args.update(scale=scale.tolist(), shift=shift.tolist())
+            return fn.funloader.dct_decode(jpegs, **args)
+
+        built = pipe()
+        built.build()
+        return np.stack([np.asarray(t) for t in built.run()[0]])
+
+    gain, bias = decode_affine((scale, shift), flip=True)
+    expected = np.empty((len(names), 192, 28, 28), np.float32)
+    assert funloader.read_batch(names, expected, dequantize=True, col_maps=np.tile(np.arange(28)[::-1], (len(names), 1)),
+                                gain=np.tile(gain, (len(names), 1)), bias=bias) == [None] * len(names)
+    np.testing.assert_array_equal(run(flip_signs("h")), expected)
+    np.testing.assert_array_equal(run(flip_signs("h")), T.normalize(T.hflip(_reference(names, dtype=np.float32, dequantize=True)), mean, std))
+    other = -flip_signs("h")  # not the rule: the operator must use what it is given
+    np.testing.assert_array_equal(run(other, normalise=False, dtype=types.INT16), -T.hflip(_reference(names)))
+    with pytest.raises(RuntimeError, match="flip_signs"):
+        run(None, normalise=False, dtype=types.INT16)
