@@ -70,7 +70,7 @@ setup(
     python_requires=">=3.9",
     packages=["funloader", "funloader.bench", "funloader.models", "funloader.data", "funloader.dali"],
     package_dir={"funloader": "funloader", "funloader.models": "models"},
-    package_data={"funloader": ["csrc/*.c", "csrc/*.h", "csrc/*.cc"], "funloader.data": ["*.jpg", "*.txt", "*.md"],
+    package_data={"funloader": ["csrc/*.c", "csrc/*.h", "csrc/*.cc", "_jpegdct.pyi"], "funloader.data": ["*.jpg", "*.txt", "*.md"],
                   "funloader.dali": ["*.cc", "*.h"]},
     ext_modules=[_extension()],
     install_requires=["numpy>=1.22", "torch>=2.3", "tqdm>=4.60", "pillow>=9.0", "matplotlib>=3.5"],

@@ -83,9 +83,27 @@ class DCTImage:
         """The full-resolution block grid ``(ceil(H/8), ceil(W/8))`` of the FUN input."""
         return ((self.height + 7) // 8, (self.width + 7) // 8)
 
+    def __repr__(self) -> str:
+        """One line: size, colourspace, sampling, coding and file, not the coefficients."""
+        coding = ("progressive" if self.progressive else "baseline") + (", arithmetic" if self.arithmetic else "")
+        where = f", file={self.filename!r}" if self.filename else ""
+        sampling = f" {_sampling_name(self.sampling)}" if len(self.sampling) > 1 else ""
+        return f"DCTImage({self.width}x{self.height}, {self.colorspace}{sampling}, {coding}{where})"
+
     def dequantized(self) -> List[np.ndarray]:
         """Coefficients multiplied by their quantization tables, float32, same shapes."""
         return [plane.astype(np.float32) * table.astype(np.float32) for plane, table in zip(self.coefficients, self.qtables)]
+
+
+_SAMPLING_NAMES = {(1, 1): "4:4:4", (2, 1): "4:2:2", (1, 2): "4:4:0", (2, 2): "4:2:0", (4, 1): "4:1:1", (4, 2): "4:1:0"}
+
+
+def _sampling_name(sampling: Sequence[Tuple[int, int]]) -> str:
+    """``"4:2:0"`` etc. for the usual factors (chroma 1x1), else the factors, e.g. ``"3x1,1x1,1x1"``."""
+    factors = [tuple(f) for f in sampling]
+    if len(factors) == 3 and factors[1] == factors[2] == (1, 1) and factors[0] in _SAMPLING_NAMES:
+        return _SAMPLING_NAMES[factors[0]]
+    return ",".join(f"{h}x{v}" for h, v in factors)
 
 
 _local = threading.local()
@@ -277,10 +295,12 @@ def read_batch(sources: Sequence[Source], out, *, threads: Optional[int] = None,
             padded grid described above (``-1``: a zero block); columns likewise. This is how
             block-aligned crops, flips (reversed columns) and nearest-block resized crops are done
             without a second pass; the caller draws them (``funloader.transforms.GatherPlan``).
-        gain, bias: optional ``(N, 192)`` and ``(192,)`` float32 (float32 ``out`` only): each output
-            value becomes ``x * gain[n, c] + bias[c]`` with ``x`` the (dequantized) coefficient,
-            evaluated in float32 in that order (a zero block gives ``bias``). Folds normalisation
-            ``(x - mean) / std`` and the sign flips of mirrored coefficients into the decode.
+        gain, bias: optional ``(N, 192)`` and ``(192,)`` or ``(N, 192)`` float32 (float32 ``out``
+            only): each output value becomes ``x * gain[n, c] + bias[n, c]`` (``bias[c]`` for a
+            ``(192,)`` bias) with ``x`` the (dequantized) coefficient, evaluated in float32 in that
+            order (a zero block gives ``bias``). Folds normalisation ``(x - mean) / std``, the sign
+            flips of mirrored coefficients and per-item colour maps (brightness needs a per-item
+            bias on the Y DC channel: the JPEG level shift) into the decode.
 
     Returns:
         A list of N entries: ``None`` where the image decoded, or the exception
@@ -328,10 +348,16 @@ def _batch_maps(count, height, width, dtype, row_maps, col_maps, gain, bias):
         raise ValueError("gain and bias go together")
     if gain is not None and np.dtype(dtype) != np.float32:
         raise ValueError("gain/bias need a float32 out")
+    if bias is not None:  # one (192,) bias for every item, or one row per item: the C core takes (N, 192)
+        if type(bias).__module__.startswith("torch"):
+            bias = bias.detach().cpu().numpy()
+        bias = np.asarray(bias, dtype=np.float32)
+        if bias.shape == (192,):
+            bias = np.broadcast_to(bias, (count, 192))
     return (as_array(row_maps, np.int32, (count, height), "row_maps"),
             as_array(col_maps, np.int32, (count, width), "col_maps"),
             as_array(gain, np.float32, (count, 192), "gain"),
-            as_array(bias, np.float32, (192,), "bias"))
+            as_array(bias, np.float32, (count, 192), "bias"))
 
 
 def libjpeg_info() -> dict:

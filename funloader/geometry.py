@@ -10,9 +10,9 @@ coefficients of the same operation done on the pixels (8-pixel steps), with no r
   ``180`` = horizontal + vertical flip; ``270`` = transpose then vertical flip; ``transverse``
   = transpose then rotate 180. The flips (block order reversed, odd frequencies negated with the
   signs of ``funloader.channels.flip_signs``) are ``funloader.transforms.hflip``/``vflip``.
-* ``erase``: a block-aligned box filled with a constant pixel value (``fill``, in (Y, Cb, Cr)
-  sample units, default 128 = mid grey = all-zero coefficients; a constant block has
-  ``DC = 8 * (fill - 128)`` and no AC).
+* ``erase``: a block-aligned box filled with a constant colour (``fill``, an RGB value in 0..255
+  like torchvision's ``fill``; default 128 = mid grey = all-zero coefficients; a constant block has
+  ``DC = 8 * (sample - 128)`` per YCbCr component and no AC).
 * ``translate``: shift by whole blocks, uncovered blocks get ``fill``.
 
 Draws (``RandomErasing``, ``RandomTranslate``, ``RandomRotation``) are made per item on the CPU
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .errors import UsageError
+from .transform_base import DCTTransform
 
 __all__ = [
     "transpose", "rotate", "transverse", "erase", "translate", "fill_coefficients", "transpose_permutation",
@@ -100,17 +101,27 @@ def transverse(x, channels: Optional[Sequence[int]] = None):
 
 
 def fill_coefficients(fill: Fill = 128.0, channels: Optional[Sequence[int]] = None) -> np.ndarray:
-    """``(C,)`` float32 coefficients of a block of constant pixel value ``fill`` (one value, or a
-    ``(Y, Cb, Cr)`` triple, in 0..255 sample units): ``DC = 8 * (fill - 128)``, AC zero."""
-    values = np.asarray(fill, dtype=np.float64).reshape(-1)
-    if values.size == 1:
-        values = np.repeat(values, 3)
-    if values.shape != (3,):
-        raise UsageError(f"fill must be one value or a (Y, Cb, Cr) triple, got {fill!r}")
+    """``(C,)`` float32 coefficients of a block of constant colour ``fill``, an RGB value in 0..255 as
+    torchvision's ``fill`` (one number = that grey level, or an ``(R, G, B)`` triple): converted to
+    YCbCr with the JFIF matrix, then ``DC = 8 * (sample - 128)`` per component, AC zero. The default
+    grey 128 is the all-zero block."""
+    rgb = np.asarray(fill, dtype=np.float64).reshape(-1)
+    if rgb.size == 1:
+        rgb = np.repeat(rgb, 3)
+    if rgb.shape != (3,):
+        raise UsageError(f"fill must be one value or an (R, G, B) triple, got {fill!r}")
+    ycbcr = _JFIF_RGB_TO_YCBCR @ rgb + np.array([0.0, 128.0, 128.0])
     coefficients = np.zeros(192, dtype=np.float32)
-    coefficients[[0, 64, 128]] = 8.0 * (values - 128.0)
+    coefficients[[0, 64, 128]] = 8.0 * (ycbcr - 128.0)
+    coefficients[np.abs(coefficients) < 1e-4] = 0.0  # grey fills give exact zeros (rounding of the matrix)
     chans = np.arange(192) if channels is None else np.asarray(channels, dtype=np.int64)
     return coefficients[chans]
+
+
+#: JFIF RGB -> YCbCr (ITU-R BT.601 full range), without the +128 chroma offset.
+_JFIF_RGB_TO_YCBCR = np.array([[0.299, 0.587, 0.114],
+                               [-0.168735892, -0.331264108, 0.5],
+                               [0.5, -0.418687589, -0.081312411]])
 
 
 def _fill_like(fill, channels, t: torch.Tensor) -> Optional[torch.Tensor]:
@@ -180,7 +191,7 @@ def _translate_batch(batch, dy, dx, fill, channels):
 
 # ----------------------------------------------------------------------------------------------
 # random classes
-class RandomErasing:
+class RandomErasing(DCTTransform):
     """torchvision ``RandomErasing(p, scale, ratio, value)`` with block-aligned boxes: per item, with
     probability ``p``, up to 10 attempts of area fraction ``U(scale)`` and aspect ratio log-uniform
     in ``ratio``, sides ``round(sqrt(area*ratio))`` blocks (torchvision's rule on the block grid); a
@@ -236,7 +247,7 @@ class RandomErasing:
         return f"RandomErasing(p={self.p}, scale={self.scale}, ratio={self.ratio}, fill={self.fill!r})"
 
 
-class RandomTranslate:
+class RandomTranslate(DCTTransform):
     """Per-item shift by whole blocks, ``dy`` and ``dx`` uniform integers in ``[-max_dy, max_dy]`` and
     ``[-max_dx, max_dx]`` (``max_blocks`` an int or ``(max_dy, max_dx)``); uncovered blocks get ``fill``.
     With the default grey fill it is a block gather (``plan``), fused with the other block moves
@@ -279,7 +290,7 @@ class RandomTranslate:
         return f"RandomTranslate(max_blocks={self.max_blocks}, fill={self.fill!r})"
 
 
-class RandomRotation:
+class RandomRotation(DCTTransform):
     """Per item, rotate clockwise by an angle drawn uniformly from ``degrees`` (multiples of 90; default
     ``(0, 90, 180, 270)``), exactly (see ``rotate``). 90/270 need a square block grid in a batch."""
 
@@ -313,7 +324,7 @@ class RandomRotation:
         return f"RandomRotation(degrees={self.degrees})"
 
 
-class RandomTranspose:
+class RandomTranspose(DCTTransform):
     """Per item, transpose (``jpegtran -transpose``) with probability ``p``; needs a square grid."""
 
     integer_exact = True

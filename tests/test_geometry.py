@@ -11,7 +11,7 @@ import torch
 import funloader
 from funloader import transforms as T
 from funloader.errors import UsageError
-from pixel_reference import fun_to_planes, photos
+from pixel_reference import fun_to_planes, photos, rgb_to_ycbcr
 
 JPEGTRAN_OPS = {"-transpose": lambda x: T.transpose(x), "-transverse": lambda x: T.transverse(x),
                 "-rotate 90": lambda x: T.rotate(x, 90), "-rotate 180": lambda x: T.rotate(x, 180),
@@ -64,7 +64,8 @@ def test_erase_and_translate_equal_pixel_operations(shared_data):
     pixels = fun_to_planes(x)
     erased = fun_to_planes(T.erase(x, 2, 3, 4, 5, fill=(200, 90, 140)))
     expected = pixels.copy()
-    expected[:, 16:48, 24:64] = np.array([200, 90, 140])[:, None, None]  # torchvision erase(v=fill) of the 8-aligned box
+    fill = rgb_to_ycbcr(np.array([200.0, 90.0, 140.0])[:, None, None])  # torchvision erase(v=fill), in YCbCr
+    expected[:, 16:48, 24:64] = fill
     np.testing.assert_allclose(erased, expected, atol=1e-3)
     moved = fun_to_planes(T.translate(x, -2, 3))
     expected = np.full_like(pixels, 128.0)  # affine(translate=(24, -16), fill=128)

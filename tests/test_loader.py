@@ -276,3 +276,34 @@ def test_fused_layout_not_used_where_finish_is_needed(johns):
     assert DCTLoader(johns, batch_size=8, normalize=stats, keep="44/10/10").fused_layout(8, 0) is None
     assert DCTLoader(johns, batch_size=8, normalize=stats, channels_last=True).fused_layout(8, 0) is None
     assert DCTLoader(johns, batch_size=8, normalize=stats, transform=T.CenterCrop(24)).fused_layout(8, 0) is None
+
+
+def test_loader_leaves_the_callers_dataset_alone(tmp_path, shared_data):
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    for i, p in enumerate(sorted((shared_data / "photos").glob("foolbox__*.jpg"))[:4]):
+        shutil.copy(p, root / "a" / f"{i}.jpg")
+    (root / "a" / "1.jpg").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    dataset = DCTImageFolder(root)
+    settings = (dataset.dequantize, dataset.on_error, dataset.strict)
+    loader = DCTLoader(dataset, batch_size=4, normalize=False, dequantize=False, on_error="skip", strict=False)
+    x, _ = next(iter(loader))
+    assert (dataset.dequantize, dataset.on_error, dataset.strict) == settings == (True, "raise", True)
+    assert (loader.dequantize, loader.on_error, loader.strict) == (False, "skip", False)
+    assert x.dtype == torch.float32 and float(x.abs().max()) > 0
+    np.testing.assert_array_equal(x[0].numpy(), T.center_crop(funloader.read_fun(dataset.samples[0][0]), 28))
+    with pytest.raises(funloader.JPEGDecodeError):  # the dataset kept its own policy
+        dataset[1]
+
+
+def test_missing_stats_warning_points_at_the_callers_line(tmp_path, johns):
+    import warnings
+
+    root = tmp_path / "johns"
+    shutil.copytree(johns, root)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        DCTLoader(root, batch_size=8)
+    messages = [w for w in caught if "funloader stats" in str(w.message)]
+    assert len(messages) == 1
+    assert messages[0].filename == __file__

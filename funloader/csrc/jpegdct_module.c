@@ -310,7 +310,7 @@ typedef struct {
   int out_h8, out_w8, dtype, dequantize;
   fl_options options;
   const int32_t *row_maps, *col_maps; /* optional (N, out_h8) / (N, out_w8) block maps */
-  const float *gains, *bias;          /* optional (N, 192) gains and (192,) bias */
+  const float *gains, *bias;          /* optional (N, 192) gains and (N, 192) biases */
 } BatchJob;
 
 static void *batch_worker(void *argument) {
@@ -336,7 +336,8 @@ static void *batch_worker(void *argument) {
     }
     fl_mapping mapping = {job->row_maps ? job->row_maps + (size_t)index * job->out_h8 : NULL,
                           job->col_maps ? job->col_maps + (size_t)index * job->out_w8 : NULL,
-                          job->gains ? job->gains + (size_t)index * 192 : NULL, job->bias};
+                          job->gains ? job->gains + (size_t)index * 192 : NULL,
+                          job->bias ? job->bias + (size_t)index * 192 : NULL};
     int mapped = job->row_maps || job->col_maps || job->gains;
     fl_decode_fun_mapped(decoder, data, size, &job->options, slot, job->item_bytes, job->dtype, job->dequantize,
                          job->out_h8, job->out_w8, mapped ? &mapping : NULL, &header, result);
@@ -361,7 +362,7 @@ static int optional_view(PyObject *object, Py_buffer *view, int *has, size_t byt
 /* decode_batch(sources, out, out_h8, out_w8, dtype, dequantize, threads, strict, max_pixels,
  *              max_scans[, row_maps, col_maps, gains, bias])
  *   -> [None or result tuple per item] (None: decoded without warnings)
- * row_maps int32 (N, out_h8), col_maps int32 (N, out_w8), gains float32 (N, 192), bias float32 (192):
+ * row_maps int32 (N, out_h8), col_maps int32 (N, out_w8), gains float32 (N, 192), bias float32 (N, 192):
  * see fl_mapping; None for each that is not used. */
 static PyObject *decode_batch(PyObject *module, PyObject *args) {
   PyObject *sequence, *out_object;
@@ -417,7 +418,7 @@ static PyObject *decode_batch(PyObject *module, PyObject *args) {
   if (optional_view(row_object, &row_view, &has_rows, (size_t)count * out_h8 * 4, "row_maps") != 0 ||
       optional_view(col_object, &col_view, &has_cols, (size_t)count * out_w8 * 4, "col_maps") != 0 ||
       optional_view(gain_object, &gain_view, &has_gains, (size_t)count * 192 * 4, "gains") != 0 ||
-      optional_view(bias_object, &bias_view, &has_bias, (size_t)192 * 4, "bias") != 0)
+      optional_view(bias_object, &bias_view, &has_bias, (size_t)count * 192 * 4, "bias") != 0)
     goto done;
   if (has_gains != has_bias || (has_gains && dtype != FL_DTYPE_FLOAT32)) {
     PyErr_SetString(PyExc_ValueError, "gains and bias go together, with a float32 output");
