@@ -437,32 +437,38 @@ class DCTImageFolder(torch.utils.data.Dataset):
 
 
 def decode_into(dataset: DCTImageFolder, indices: Sequence[int], out, *, threads: Optional[int] = None,
-                layout: Optional[dict] = None):
+                layout: Optional[dict] = None, dequantize: Optional[bool] = None, strict: Optional[bool] = None,
+                on_error: Optional[str] = None):
     """Decode samples ``indices`` of ``dataset`` into ``out`` ``(len(indices), 192, H8, W8)`` (int16,
-    or float32 when ``dataset.dequantize``) with ``read_batch`` (centre crop / zero padding to the
-    grid), applying ``dataset.on_error``. Returns the labels (list of int) actually placed, which
-    differ from ``dataset.targets[indices]`` where a bad sample was replaced. ``layout``: per-item
-    ``row_maps``/``col_maps``/``gain`` arrays (and a shared ``bias``) passed on to ``read_batch``."""
+    or float32 when dequantized) with ``read_batch`` (centre crop / zero padding to the grid),
+    applying the error policy. Returns the labels (list of int) actually placed, which differ from
+    ``dataset.targets[indices]`` where a bad sample was replaced. ``layout``: per-item
+    ``row_maps``/``col_maps``/``gain`` arrays (and a shared ``bias``) passed on to ``read_batch``.
+    ``dequantize``, ``strict``, ``on_error``: the caller's settings (default: the dataset's; the
+    dataset is not changed)."""
     indices = [int(i) for i in indices]
     layout = layout or {}
+    dequantize = dataset.dequantize if dequantize is None else bool(dequantize)
+    strict = dataset.strict if strict is None else bool(strict)
+    on_error = dataset.on_error if on_error is None else on_error
 
     def item_layout(slot):
         return {key: (value if key == "bias" or value is None else value[slot:slot + 1]) for key, value in layout.items()}
 
-    errors = read_batch(dataset.sources(indices), out, threads=threads, dequantize=dataset.dequantize,
-                        strict=dataset.strict, **layout)
+    errors = read_batch(dataset.sources(indices), out, threads=threads, dequantize=dequantize, strict=strict,
+                        **layout)
     labels = [dataset.targets[i] for i in indices]
     for slot, error in enumerate(errors):
         if error is None:
             continue
         index = indices[slot]
         error = dataset.describe_error(index, error)
-        if dataset.on_error == "raise":
+        if on_error == "raise":
             raise error
         dataset.mark_bad(index, error)
         for candidate in dataset.replacement_candidates(index):
             retry = read_batch([dataset.source(candidate)], out[slot:slot + 1], threads=1,
-                               dequantize=dataset.dequantize, strict=dataset.strict, **item_layout(slot))[0]
+                               dequantize=dequantize, strict=strict, **item_layout(slot))[0]
             if retry is None:
                 labels[slot] = dataset.targets[candidate]
                 break

@@ -24,8 +24,8 @@ Example::
 
     from funloader.dali import fun_pipeline, FUNIterator
     pipe = fun_pipeline("/data/imagenet-fun/train", 256, num_threads=8, device_id=0,
-                        random_shuffle=True, flip=True, decode_grid=32, random_crop=True,
-                        dequantize=True, normalize_stats="/data/imagenet-fun/stats.json")
+                        random_shuffle=True, flip=True, decode_grid=32, random_crop=True)
+    # dequantised and normalised with the data's stats-dequantized.json, as DCTLoader
     for images, labels in FUNIterator(pipe):   # images: (256, 192, 28, 28) float32 on cuda:0
         ...
 """
@@ -41,6 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .._process import exit_with_parent
 from ..channels import KeepSpec, channel_indices, decode_affine, flip_signs, normalization_affine
 from ..errors import JPEGDecodeError, UnsupportedJPEGError
 
@@ -178,6 +179,13 @@ class _FallbackSource:
             unflipped, self.bias = decode_affine(affine)
             self.gain = (unflipped[None], decode_affine(affine, flip=True)[0][None])
         self._orders: Dict[int, np.ndarray] = {}
+        self._parent_pid = os.getpid()
+
+    def __setstate__(self, state) -> None:
+        # Unpickled in each external_source worker process: exit when the pipeline's process dies
+        # (even by SIGKILL).  Polling, not PR_SET_PDEATHSIG: the thread that built the pipeline may end.
+        self.__dict__.update(state)
+        exit_with_parent(self._parent_pid, death_signal=False)
 
     def order(self, epoch: int) -> np.ndarray:
         """Dataset indices read in ``epoch`` (without the padding)."""
@@ -243,21 +251,6 @@ def _decoded_affine(normalization: Tuple[np.ndarray, np.ndarray], channels: Opti
     return scale, shift
 
 
-def _load_stats(stats) -> Tuple[np.ndarray, np.ndarray]:
-    """``(mean, std)`` float64 ``(192,)`` from a dict/JSON file with ``mean``/``std`` or a pair."""
-    if isinstance(stats, (str, os.PathLike)):
-        stats = json.loads(Path(stats).read_text())
-    if isinstance(stats, dict):
-        mean, std = stats["mean"], stats["std"]
-    else:
-        mean, std = stats
-    mean = np.asarray(mean, dtype=np.float64).reshape(-1)
-    std = np.asarray(std, dtype=np.float64).reshape(-1)
-    if mean.shape != (192,) or std.shape != (192,):
-        raise ValueError(f"normalize_stats needs 192 means and stds, got {mean.shape} and {std.shape}")
-    return mean, std
-
-
 def _dali_dtype(dtype):
     """``(name, DALI type)`` of an output dtype given as a string, numpy or torch dtype."""
     from nvidia.dali import types
@@ -280,7 +273,7 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
                  shard_id: int = 0, num_shards: int = 1, random_shuffle: bool = False,
                  crop: Union[int, Tuple[int, int]] = 28, decode_grid: Union[int, Tuple[int, int], None] = None,
                  random_crop: bool = False, flip: Union[bool, float] = False, keep_channels: KeepSpec = None,
-                 keep_mode: str = "drop", dequantize: bool = False, normalize_stats=None, dtype=None, seed: int = -1,
+                 keep_mode: str = "drop", dequantize: bool = True, normalize_stats="auto", dtype=None, seed: int = -1,
                  backend: str = "plugin", on_error: str = "raise", strict: bool = True,
                  max_pixels: Optional[int] = None, stick_to_shard: bool = False, initial_fill: int = 1024,
                  prefetch_queue_depth: int = 2, py_num_workers: Optional[int] = None,
@@ -306,10 +299,12 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
         keep_channels: keep-spec (``"44/10/10"``) of the lowest zigzag frequencies to keep; with
             ``keep_mode="drop"`` only those channels are output (sorted channel order), with
             ``"zero"`` all 192 with the others zeroed.
-        dequantize: multiply by the quantization tables (float32).
-        normalize_stats: ``{"mean": [192], "std": [192]}``, a JSON file of it, or ``(mean, std)``
-            (of the same kind of values: raw or dequantized): ``x * (1 / std) + (-mean / std)`` in float32
-            (std <= 0 counts as 1), as :func:`funloader.transforms.normalize`.
+        dequantize: multiply by the quantization tables (float32; default True, as ``DCTLoader``).
+        normalize_stats: as ``DCTLoader(normalize=)``: ``"auto"`` (default: the statistics file next to
+            the data for this ``dequantize`` mode, ``stats-dequantized.json`` / ``stats-raw.json``, if
+            present, else no normalisation with a warning), True (require it), None/False, a stats
+            file path, a dict with ``mean``/``std`` or ``(mean, std)``. Applied as ``x * scale + shift``
+            (:func:`funloader.channels.normalization_affine`, float32), the same bits as ``DCTLoader``.
         dtype: output dtype: int16 (default for raw coefficients), float32 (default when dequantized
             or normalised) or float16.
         seed: random seed of shuffling and augmentation (-1: DALI picks one).
@@ -350,7 +345,9 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     all_channels = len(kept) == 192
     decode_channels = None if (all_channels or keep_mode == "zero") else kept
     out_channels = kept if decode_channels is not None else list(range(192))
-    stats = _load_stats(normalize_stats) if normalize_stats is not None else None
+    from ..loader import _resolve_stats
+
+    stats = _resolve_stats(normalize_stats, resolved.dataset, dequantize)  # the same rule as DCTLoader
     decode_float = dequantize or stats is not None
     if dtype is None:
         dtype = "float32" if decode_float else "int16"
