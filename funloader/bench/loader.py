@@ -101,7 +101,7 @@ def _funloader_augment(setup):
         crop = T.RandomResizedCrop(28, mode="nearest")
     dataset = DCTImageFolder(setup.folder)
     loader = DCTLoader(dataset, setup.batch_size, shuffle=True, num_threads=setup.threads, prefetch=2,
-                       size=setup.grid, normalize=(setup.stats["mean"], setup.stats["std"]),
+                       size=setup.grid, normalize=(setup.stats["mean"], setup.stats["std"]), device=setup.device,
                        transform=T.Compose([crop, T.RandomHorizontalFlip(), T.RandAugment(2, 9)]))
     mixup = T.Mixup(num_classes=max(1, len(dataset.classes)))
 
@@ -113,6 +113,7 @@ def _funloader_augment(setup):
         for x, y in loader:
             x, _ = mixup(x, y, generator)
             done += x.shape[0]
+        setup.synchronize()
         return done
     return run
 
