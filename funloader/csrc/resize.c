@@ -14,6 +14,23 @@
 #define FL_X86 1
 #endif
 
+/* 8 floats; GCC lowers the arithmetic to one AVX register (avx2 build of the kernel) or two SSE ones.
+ * aligned(4): loads and stores through it may be unaligned.  No fused multiply-add anywhere (ISO C's
+ * fp-contract=off), so both builds give the same bits. */
+typedef float fl_v8 __attribute__((vector_size(32), aligned(4)));
+typedef int32_t fl_v8i __attribute__((vector_size(32), aligned(4)));
+typedef int16_t fl_v8s_load __attribute__((vector_size(16), aligned(2)));
+
+/* lanes of a where mask is set, else b */
+static inline __attribute__((always_inline)) fl_v8 fl_select(fl_v8i mask, fl_v8 a, fl_v8 b) {
+  return (fl_v8)(((fl_v8i)a & mask) | ((fl_v8i)b & ~mask));
+}
+
+static inline __attribute__((always_inline)) fl_v8 fl_splat(float value) {
+  const fl_v8 first = {value};
+  return __builtin_shuffle(first, (fl_v8i){0, 0, 0, 0, 0, 0, 0, 0}); /* one broadcast instruction */
+}
+
 /* ---------------------------------------------------------------- plan */
 
 enum { FL_AXIS_DIRECT = 0, FL_AXIS_TRIANGLE = 1, FL_AXIS_REPLICATE = 2 };
@@ -225,6 +242,7 @@ static int fl_axis_build(fl_resize_scratch *scratch, fl_axis *axis, int mode, in
 static double fl_dct_table[8][8]; /* [u][x] = c(u) cos((2x + 1) u pi / 16): the orthonormal 8-point DCT */
 static float fl_dct[8][8];
 static float fl_dct_columns[8][8]; /* [x][u] = fl_dct[u][x] */
+static double fl_aan_scale[64];    /* [8v + u] = aan(v) aan(u) / 8, aan(0) = 1, aan(k) = sqrt 2 cos(k pi / 16) */
 static int fl_dct_ready;
 
 static void fl_dct_init(void) {
@@ -235,6 +253,12 @@ static void fl_dct_init(void) {
       fl_dct[u][x] = (float)fl_dct_table[u][x];
       fl_dct_columns[x][u] = fl_dct[u][x];
     }
+  for (int k = 0; k < 64; k++) {
+    const int v = k / 8, u = k % 8;
+    const double scale_v = v ? sqrt(2.0) * cos(v * 3.14159265358979323846 / 16.0) : 1.0;
+    const double scale_u = u ? sqrt(2.0) * cos(u * 3.14159265358979323846 / 16.0) : 1.0;
+    fl_aan_scale[k] = scale_v * scale_u / 8.0;
+  }
   __atomic_store_n(&fl_dct_ready, 1, __ATOMIC_RELEASE);
 }
 
@@ -272,9 +296,8 @@ static int fl_fuse(fl_fused *fused, const fl_axis *axis) {
       const int i = 8 * b + x;
       const float *weights = axis->weights + (size_t)i * axis->kmax;
       for (int tap = 0; tap < axis->taps[i]; tap++) {
-        float *column = matrix + (size_t)(axis->start[i] + tap - first) * 8;
-        const float weight = weights[tap];
-        for (int u = 0; u < 8; u++) column[u] += fl_dct_columns[x][u] * weight;
+        fl_v8 *column = (fl_v8 *)(matrix + (size_t)(axis->start[i] + tap - first) * 8);
+        *column += *(const fl_v8 *)fl_dct_columns[x] * fl_splat(weights[tap]);
       }
     }
   }
@@ -363,23 +386,6 @@ int fl_resize_plan(fl_resize_scratch *scratch, const fl_header *header, const fl
 }
 
 /* ---------------------------------------------------------------- kernels */
-
-/* 8 floats; GCC lowers the arithmetic to one AVX register (avx2 build of the kernel) or two SSE ones.
- * aligned(4): loads and stores through it may be unaligned.  No fused multiply-add anywhere (ISO C's
- * fp-contract=off), so both builds give the same bits. */
-typedef float fl_v8 __attribute__((vector_size(32), aligned(4)));
-typedef int32_t fl_v8i __attribute__((vector_size(32), aligned(4)));
-typedef int16_t fl_v8s_load __attribute__((vector_size(16), aligned(2)));
-
-/* lanes of a where mask is set, else b */
-static inline __attribute__((always_inline)) fl_v8 fl_select(fl_v8i mask, fl_v8 a, fl_v8 b) {
-  return (fl_v8)(((fl_v8i)a & mask) | ((fl_v8i)b & ~mask));
-}
-
-static inline __attribute__((always_inline)) fl_v8 fl_splat(float value) {
-  const fl_v8 first = {value};
-  return __builtin_shuffle(first, (fl_v8i){0, 0, 0, 0, 0, 0, 0, 0}); /* one broadcast instruction */
-}
 
 /* 8x8 transpose in registers (GCC emits unpack / shuffle / lane-swap instructions for these masks). */
 static inline __attribute__((always_inline)) void fl_transpose8(fl_v8 r[8]) {
@@ -496,29 +502,32 @@ static inline __attribute__((always_inline)) void fl_vertical_block_row(const fl
  * out[bx][u] = sum_k Mx[bx][k][u] * native[start[bx] + k]. */
 static inline __attribute__((always_inline)) void fl_horizontal_row(const fl_fused *fx, const float *pixels,
                                                                     int pixels_first, float *out) {
+  /* every block reads fx->span pixels (the matrices are zero past a block's length; the strip is padded with
+   * zeros), four blocks at a time on independent accumulation chains */
+  const int span = fx->span;
   int bx = 0;
-  for (; bx + 4 <= fx->blocks; bx += 4) { /* four independent accumulation chains */
-    const float *in[4];
-    const fl_v8 *matrix[4];
-    int common = fx->length[bx];
-    for (int j = 0; j < 4; j++) {
-      in[j] = pixels + (fx->start[bx + j] - pixels_first);
-      matrix[j] = (const fl_v8 *)(fx->matrix + (size_t)(bx + j) * fx->span * 8);
-      if (fx->length[bx + j] < common) common = fx->length[bx + j];
+  for (; bx + 4 <= fx->blocks; bx += 4) {
+    const float *in0 = pixels + (fx->start[bx] - pixels_first), *in1 = pixels + (fx->start[bx + 1] - pixels_first);
+    const float *in2 = pixels + (fx->start[bx + 2] - pixels_first), *in3 = pixels + (fx->start[bx + 3] - pixels_first);
+    const fl_v8 *matrix = (const fl_v8 *)(fx->matrix + (size_t)bx * span * 8);
+    fl_v8 sum0 = fl_splat(0.0f), sum1 = sum0, sum2 = sum0, sum3 = sum0;
+    for (int k = 0; k < span; k++) {
+      sum0 += fl_splat(in0[k]) * matrix[k];
+      sum1 += fl_splat(in1[k]) * matrix[span + k];
+      sum2 += fl_splat(in2[k]) * matrix[2 * span + k];
+      sum3 += fl_splat(in3[k]) * matrix[3 * span + k];
     }
-    fl_v8 sum[4] = {fl_splat(0.0f), fl_splat(0.0f), fl_splat(0.0f), fl_splat(0.0f)};
-    for (int k = 0; k < common; k++)
-      for (int j = 0; j < 4; j++) sum[j] += fl_splat(in[j][k]) * matrix[j][k];
-    for (int j = 0; j < 4; j++) {
-      for (int k = common; k < fx->length[bx + j]; k++) sum[j] += fl_splat(in[j][k]) * matrix[j][k];
-      *(fl_v8 *)(out + (size_t)(bx + j) * 8) = sum[j];
-    }
+    fl_v8 *target = (fl_v8 *)(out + (size_t)bx * 8);
+    target[0] = sum0;
+    target[1] = sum1;
+    target[2] = sum2;
+    target[3] = sum3;
   }
   for (; bx < fx->blocks; bx++) {
     const float *in = pixels + (fx->start[bx] - pixels_first);
-    const fl_v8 *matrix = (const fl_v8 *)(fx->matrix + (size_t)bx * fx->span * 8);
+    const fl_v8 *matrix = (const fl_v8 *)(fx->matrix + (size_t)bx * span * 8);
     fl_v8 sum = fl_splat(0.0f);
-    for (int k = 0; k < fx->length[bx]; k++) sum += fl_splat(in[k]) * matrix[k];
+    for (int k = 0; k < span; k++) sum += fl_splat(in[k]) * matrix[k];
     *(fl_v8 *)(out + (size_t)bx * 8) = sum;
   }
 }
@@ -551,7 +560,7 @@ static inline __attribute__((always_inline)) void fl_store_row(const float *sour
     }
     for (int v = 0; v < 8; v++) {
       fl_v8 r[8];
-      for (int i = 0; i < 8; i++) memcpy(&r[i], blocks[i] + v * v_stride, sizeof r[i]);
+      for (int i = 0; i < 8; i++) r[i] = *(const fl_v8 *)(blocks[i] + v * v_stride);
       fl_transpose8(r); /* r[u][i]: coefficient (v, u) of output column start + i */
       for (int u = 0; u < 8; u++) {
         const size_t k = (size_t)(8 * v + u);
@@ -591,7 +600,7 @@ static inline __attribute__((always_inline)) void fl_component_body(const fl_com
   const int c = job->c;
   const int row0 = window->first_row[c], rows = window->num_rows[c];
   const int col0 = window->first_col[c], cols = window->num_cols[c];
-  const size_t strip_stride = (size_t)cols * 8;
+  const size_t strip_stride = (size_t)cols * 8 + (size_t)plan->fx.span; /* zero padding: see fl_horizontal_row */
   const int grid_w = plan->grid_w, vectors = grid_w * 8;
   fl_v8 qrows[8];
   for (int v = 0; v < 8; v++) memcpy(&qrows[v], job->qtable + 8 * v, sizeof qrows[v]);
@@ -685,8 +694,8 @@ int fl_resize_run(fl_resize_scratch *scratch, const fl_header *header, const fl_
     }
     const fl_component_plan *plan = &scratch->comp[c];
     const size_t vectors = (size_t)plan->grid_w * 8;
-    if (!fl_grow((void **)&scratch->strip, &scratch->strip_capacity,
-                 (8 * (size_t)window->num_cols[c] * 8 + 8) * sizeof(float)) ||
+    const size_t strip_stride = (size_t)window->num_cols[c] * 8 + (size_t)plan->fx.span;
+    if (!fl_grow((void **)&scratch->strip, &scratch->strip_capacity, 8 * strip_stride * sizeof(float)) ||
         !fl_grow((void **)&scratch->rows, &scratch->rows_capacity,
                  (size_t)(plan->y.last - plan->y.first) * vectors * sizeof(float)) ||
         !fl_grow((void **)&scratch->blocks, &scratch->blocks_capacity,
@@ -699,13 +708,11 @@ int fl_resize_run(fl_resize_scratch *scratch, const fl_header *header, const fl_
       if (!(scratch->zero_row = (float *)calloc(8 * vectors, sizeof(float)))) return FL_ERR_NOMEM;
       scratch->zero_capacity = 8 * vectors * sizeof(float);
     }
-    float qtable[64]; /* dequantization and the AAN inverse DCT's input scaling, aan(0) = 1, aan(k) = sqrt 2 cos(k pi / 16) */
-    for (int k = 0; k < 64; k++) {
-      const int v = k / 8, u = k % 8;
-      const double scale_v = v ? sqrt(2.0) * cos(v * 3.14159265358979323846 / 16.0) : 1.0;
-      const double scale_u = u ? sqrt(2.0) * cos(u * 3.14159265358979323846 / 16.0) : 1.0;
-      qtable[k] = (float)(header->qtables[c][k] * scale_v * scale_u / 8.0);
-    }
+    for (int y = 0; y < 8; y++) /* the padding columns of the strip read as zeros */
+      memset(scratch->strip + (size_t)y * strip_stride + (size_t)window->num_cols[c] * 8, 0,
+             (size_t)plan->fx.span * sizeof(float));
+    float qtable[64]; /* dequantization and the AAN inverse DCT's input scaling (fl_aan_scale) */
+    for (int k = 0; k < 64; k++) qtable[k] = (float)(header->qtables[c][k] * fl_aan_scale[k]);
     fl_component_job job = {scratch, plan, window, c, qtable, out, dtype, mapping};
 #if defined(FL_X86) && defined(__GNUC__)
     if (fl_has_avx2()) {
