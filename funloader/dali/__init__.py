@@ -25,24 +25,24 @@ Example::
     from funloader.dali import fun_pipeline, FUNIterator
     pipe = fun_pipeline("/data/imagenet-fun/train", 256, num_threads=8, device_id=0,
                         random_shuffle=True, flip=True, decode_grid=32, random_crop=True,
-                        dequantize=True, normalize_stats="/data/imagenet-fun/stats.json")
+                        dequantize=True, normalize_stats="/data/imagenet-fun/stats-dequantized.json")
     for images, labels in FUNIterator(pipe):   # images: (256, 192, 28, 28) float32 on cuda:0
         ...
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import threading
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..channels import KeepSpec, channel_indices
 from ..errors import JPEGDecodeError, UnsupportedJPEGError
+from ..shards import dali_index_path
+from ..stats import resolve as resolve_stats
 
 __all__ = ["fun_pipeline", "FUNIterator", "load_plugin", "plugin_available", "resolve_source", "READER_NAME",
            "DALIDecodeError"]
@@ -233,21 +233,6 @@ def _pair(value) -> Tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
-def _load_stats(stats) -> Tuple[np.ndarray, np.ndarray]:
-    """``(mean, std)`` float64 ``(192,)`` from a dict/JSON file with ``mean``/``std`` or a pair."""
-    if isinstance(stats, (str, os.PathLike)):
-        stats = json.loads(Path(stats).read_text())
-    if isinstance(stats, dict):
-        mean, std = stats["mean"], stats["std"]
-    else:
-        mean, std = stats
-    mean = np.asarray(mean, dtype=np.float64).reshape(-1)
-    std = np.asarray(std, dtype=np.float64).reshape(-1)
-    if mean.shape != (192,) or std.shape != (192,):
-        raise ValueError(f"normalize_stats needs 192 means and stds, got {mean.shape} and {std.shape}")
-    return mean, std
-
-
 def _dali_dtype(dtype):
     """``(name, DALI type)`` of an output dtype given as a string, numpy or torch dtype."""
     from nvidia.dali import types
@@ -297,8 +282,10 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
             ``keep_mode="drop"`` only those channels are output (sorted channel order), with
             ``"zero"`` all 192 with the others zeroed.
         dequantize: multiply by the quantization tables (float32).
-        normalize_stats: ``{"mean": [192], "std": [192]}``, a JSON file of it, or ``(mean, std)``
-            (of the same kind of values: raw or dequantized): ``x * (1 / std) + (-mean / std)`` in float32
+        normalize_stats: ``{"mean": [192], "std": [192]}``, a JSON file of it (``stats-dequantized.json`` /
+            ``stats-raw.json`` as ``funloader stats`` writes), ``(mean, std)``, or ``"auto"``/``True`` (the
+            statistics of the data, as ``DCTLoader``), found and validated by :func:`funloader.stats.resolve`
+            (of the same kind of values: raw or dequantized); applied as ``x * (1 / std) + (-mean / std)`` in float32
             (std <= 0 counts as 1), as :func:`funloader.transforms.normalize`.
         dtype: output dtype: int16 (default for raw coefficients), float32 (default when dequantized
             or normalised) or float16.
@@ -340,7 +327,7 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     all_channels = len(kept) == 192
     decode_channels = None if (all_channels or keep_mode == "zero") else kept
     out_channels = kept if decode_channels is not None else list(range(192))
-    stats = _load_stats(normalize_stats) if normalize_stats is not None else None
+    stats = resolve_stats(normalize_stats, resolved.dataset.root, dequantize, argument="normalize_stats")
     decode_float = dequantize or stats is not None
     if dtype is None:
         dtype = "float32" if decode_float else "int16"
@@ -383,7 +370,7 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     def _pipeline():
         if backend == "plugin":
             if resolved.shards:
-                index_paths = [p[:-4] + ".idx" for p in resolved.shards]
+                index_paths = [dali_index_path(p) for p in resolved.shards]
                 extra = {"index_paths": index_paths} if all(os.path.exists(p) for p in index_paths) else {}
                 jpegs, label_bytes = fn.readers.webdataset(
                     paths=resolved.shards, ext=["jpg;jpeg", "cls"], missing_component_behavior="empty",
