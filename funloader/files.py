@@ -265,34 +265,27 @@ def cache_root() -> "Path":
 def untrusted_reason(path: PathLike, *, levels: int = 2) -> Optional[str]:
     """Why a cached file must not be trusted, or None when it may be.
 
-    Refused: a file (or a folder on the way to it, up to ``levels`` folders up) that is not owned
-    by the current user (or root), or that is group- or world-writable, except a folder with the
-    sticky bit (``/tmp``-like, where nobody can replace another user's entries). Another user who
-    can write there could have planted or swapped it. Symbolic links are judged by what they point to."""
+    Refused: a file (or a folder: ``path`` itself when it is one, then up to ``levels`` folders
+    above it) that is not owned by the current user (or root), or that is group- or world-writable,
+    except a folder with the sticky bit (``/tmp``-like, where nobody can replace another user's
+    entries). Another user who can write there could have planted or swapped it. Symbolic links
+    are judged by what they point to."""
     me = os.geteuid()
-    path = os.fspath(path)
-    try:
-        info = os.stat(path)
-    except OSError as exc:
-        return f"{path}: cannot be checked ({exc.strerror or exc})"
-    if info.st_uid not in (me, 0):
-        return f"{path} is owned by uid {info.st_uid}, not by you (uid {me})"
-    if info.st_mode & 0o022:
-        return f"{path} is writable by other users (mode {stat.S_IMODE(info.st_mode):04o})"
-    folder = os.path.dirname(os.path.abspath(path))
-    for _ in range(levels):
+    current = os.path.abspath(os.fspath(path))
+    for level in range(levels + 1):
         try:
-            info = os.stat(folder)
+            info = os.stat(current)
         except OSError as exc:
-            return f"{folder}: cannot be checked ({exc.strerror or exc})"
-        sticky = bool(info.st_mode & stat.S_ISVTX)
-        if info.st_uid not in (me, 0) and not sticky:
-            return f"{folder} is owned by uid {info.st_uid}, not by you (uid {me})"
-        if info.st_mode & 0o022 and not sticky:
-            return (f"{folder} is writable by other users without the sticky bit "
-                    f"(mode {stat.S_IMODE(info.st_mode):04o}), so its entries can be swapped")
-        parent = os.path.dirname(folder)
-        if parent == folder:
+            return f"{current}: cannot be checked ({exc.strerror or exc})"
+        shared_folder = stat.S_ISDIR(info.st_mode) and bool(info.st_mode & stat.S_ISVTX)
+        if info.st_uid not in (me, 0) and not shared_folder:
+            return f"{current} is owned by uid {info.st_uid}, not by you (uid {me})"
+        if info.st_mode & 0o022 and not shared_folder:
+            what = "folder" if stat.S_ISDIR(info.st_mode) else "file"
+            return (f"{current} is a {what} writable by other users (mode {stat.S_IMODE(info.st_mode):04o}"
+                    + (", no sticky bit)" if what == "folder" else ")"))
+        parent = os.path.dirname(current)
+        if parent == current:
             break
-        folder = parent
+        current = parent
     return None

@@ -83,10 +83,13 @@ def load_plugin(build: bool = True) -> str:
 
             from . import build as plugin_build
 
-            path = plugin_build.build() if build else plugin_build.library_path()
-            if not path.exists():
-                raise plugin_build.PluginBuildError(f"{path}: plugin not built (python -m funloader.dali.build)")
-            plugin_manager.load_library(str(path))
+            # both paths check the cached library (owner, modes, build manifest) before dlopen runs its code
+            path = plugin_build.build() if build else plugin_build.verified_library()
+            try:
+                plugin_manager.load_library(str(path))
+            except RuntimeError as error:
+                raise plugin_build.PluginBuildError(f"{path}: DALI could not load the plugin ({error}); rebuild it "
+                                                    f"with python -m funloader.dali.build --force") from None
             _plugin_path = str(path)
         return _plugin_path
 
