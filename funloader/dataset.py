@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .codec import read_batch, read_fun
-from .errors import JPEGDecodeError, UsageError
+from .errors import JPEGDecodeError, UsageError, user_stacklevel
 from .shards import ShardError, read_member, read_shard_index
 from .files import FileRefusedError, Listing, read_file, read_head, walk_files
 
@@ -88,7 +88,7 @@ def make_dataset(directory, class_to_idx: Dict[str, int], extensions: Sequence[s
     Folders are listed with :func:`funloader.files.walk_files` (links followed once, no loops, FIFOs
     and devices never opened); what could not be listed is reported in a warning."""
     samples, listing = _make_dataset(directory, class_to_idx, extensions, is_valid_file, allow_empty)
-    _warn_listing(directory, listing, stacklevel=3)
+    _warn_listing(directory, listing)
     return samples
 
 
@@ -102,11 +102,11 @@ def _as_label(value, where) -> int:
         raise UsageError(f"{where}: {value!r} is not a class index (an integer)") from None
 
 
-def _warn_listing(directory, listing: Listing, stacklevel: int = 4) -> None:
-    """Warn (pointing at the caller's caller) about what a folder walk could not list."""
+def _warn_listing(directory, listing: Listing) -> None:
+    """Warn (pointing at the user's line) about what a folder walk could not list."""
     problems = listing.problems()
     if problems:
-        warnings.warn(f"funloader: {directory}: not every entry was listed: {problems}", stacklevel=stacklevel)
+        warnings.warn(f"funloader: {directory}: not every entry was listed: {problems}", stacklevel=user_stacklevel())
 
 
 def _make_dataset(directory, class_to_idx: Dict[str, int], extensions: Sequence[str],
@@ -229,7 +229,7 @@ class DCTImageFolder(torch.utils.data.Dataset):
                 self.classes = list(found)
                 self.samples, self.walk_problems = _make_dataset(path, self.class_to_idx, extensions, is_valid_file,
                                                                  allow_empty)
-                _warn_listing(path, self.walk_problems, stacklevel=3)
+                _warn_listing(path, self.walk_problems)
                 self._sources = [p for p, _ in self.samples]
         if not self.samples and not allow_empty:
             raise FileNotFoundError(f"{root}: no images found")
@@ -343,7 +343,7 @@ class DCTImageFolder(torch.utils.data.Dataset):
         if self.on_error != "skip":
             raise UsageError(message + ". Re-create them, or pass on_error='skip' to load what is there")
         logger.warning(message)
-        warnings.warn(message + f"; loading the {len(self.samples)} samples that are there", stacklevel=4)
+        warnings.warn(message + f"; loading the {len(self.samples)} samples that are there", stacklevel=user_stacklevel())
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -409,12 +409,13 @@ class DCTImageFolder(torch.utils.data.Dataset):
                 self.bad_samples[index] = str(error)
                 logger.warning("funloader: skipping bad sample %d: %s", index, error)
 
-    def recover(self, index: int, error: BaseException, decode: Callable[[int], object]):
-        """The ``on_error`` policy, in one place, for a sample ``index`` that failed with ``error``:
-        raise it (``"raise"``), or record it and return ``(decode(candidate), label)`` for the first
+    def recover(self, index: int, error: BaseException, decode: Callable[[int], object], *,
+                on_error: Optional[str] = None):
+        """The error policy, in one place, for a sample ``index`` that failed with ``error``: raise it
+        (``"raise"``), or record it and return ``(decode(candidate), label)`` for the first
         replacement candidate that decodes (``"skip"``). ``decode(i)`` raises one of
-        ``SAMPLE_ERRORS`` for a bad sample."""
-        if self.on_error == "raise":
+        ``SAMPLE_ERRORS`` for a bad sample. ``on_error``: the caller's policy (default: the dataset's)."""
+        if (self.on_error if on_error is None else on_error) == "raise":
             raise error
         self.mark_bad(index, error)
         for candidate in self.replacement_candidates(index):
@@ -464,15 +465,20 @@ class DCTImageFolder(torch.utils.data.Dataset):
 
 
 def decode_into(dataset: DCTImageFolder, indices: Sequence[int], out, *, threads: Optional[int] = None,
-                layout: Optional[dict] = None):
+                layout: Optional[dict] = None, dequantize: Optional[bool] = None, strict: Optional[bool] = None,
+                on_error: Optional[str] = None):
     """Decode samples ``indices`` of ``dataset`` into ``out`` ``(len(indices), 192, H8, W8)`` (int16,
-    or float32 when ``dataset.dequantize``) with ``read_batch`` (centre crop / zero padding to the
-    grid), applying ``dataset.on_error`` (:meth:`DCTImageFolder.recover`). Returns the labels (list of
-    int) actually placed, which differ from ``dataset.targets[indices]`` where a bad sample was
-    replaced. ``layout``: per-item ``row_maps``/``col_maps``/``gain`` arrays (and a shared ``bias``)
-    passed on to ``read_batch``."""
+    or float32 when dequantized) with ``read_batch`` (centre crop / zero padding to the grid),
+    applying the error policy (:meth:`DCTImageFolder.recover`). Returns the labels (list of int)
+    actually placed, which differ from ``dataset.targets[indices]`` where a bad sample was replaced.
+    ``layout``: per-item ``row_maps``/``col_maps``/``gain`` arrays (and a shared ``bias``) passed on
+    to ``read_batch``. ``dequantize``, ``strict``, ``on_error``: the caller's settings (default: the
+    dataset's; the dataset is not changed)."""
     indices = [int(i) for i in indices]
     layout = layout or {}
+    dequantize = dataset.dequantize if dequantize is None else bool(dequantize)
+    strict = dataset.strict if strict is None else bool(strict)
+    on_error = dataset.on_error if on_error is None else on_error
 
     def item_layout(slot):
         return {key: (value if key == "bias" or value is None else value[slot:slot + 1]) for key, value in layout.items()}
@@ -484,7 +490,7 @@ def decode_into(dataset: DCTImageFolder, indices: Sequence[int], out, *, threads
         except (OSError, ShardError) as exc:  # a shard member that cannot be read: a bad sample
             sources.append(b"")
             unreadable[slot] = JPEGDecodeError(str(exc), dataset.sample_name(index))
-    errors = read_batch(sources, out, threads=threads, dequantize=dataset.dequantize, strict=dataset.strict, **layout)
+    errors = read_batch(sources, out, threads=threads, dequantize=dequantize, strict=strict, **layout)
     labels = [dataset.targets[i] for i in indices]
     for slot, error in enumerate(errors):
         error = unreadable.get(slot, error)
@@ -493,9 +499,10 @@ def decode_into(dataset: DCTImageFolder, indices: Sequence[int], out, *, threads
 
         def decode_slot(candidate, slot=slot):
             retry = read_batch([dataset.source(candidate)], out[slot:slot + 1], threads=1,
-                               dequantize=dataset.dequantize, strict=dataset.strict, **item_layout(slot))[0]
+                               dequantize=dequantize, strict=strict, **item_layout(slot))[0]
             if retry is not None:
                 raise dataset.describe_error(candidate, retry)
 
-        _, labels[slot] = dataset.recover(indices[slot], dataset.describe_error(indices[slot], error), decode_slot)
+        _, labels[slot] = dataset.recover(indices[slot], dataset.describe_error(indices[slot], error), decode_slot,
+                                          on_error=on_error)
     return labels

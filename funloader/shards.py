@@ -39,7 +39,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from .errors import UsageError
+from .errors import UsageError, user_stacklevel
 from .files import check_size, open_regular
 
 __all__ = ["ShardWriter", "iter_shard", "split_member_name", "dali_index_path", "write_dali_index", "ShardError",
@@ -222,7 +222,7 @@ def scan_shard(path) -> List[Member]:
         raise ShardError(f"{shard}: corrupt tar header ({type(exc).__name__}: {exc})") from None
     if members and shard_bytes - end < 1024:
         warnings.warn(f"funloader: {shard} ends without tar's end-of-archive blocks: it was probably truncated "
-                      f"(after member {members[-1].name!r}); samples after that point are missing", stacklevel=3)
+                      f"(after member {members[-1].name!r}); samples after that point are missing", stacklevel=user_stacklevel())
     return members
 
 
@@ -246,7 +246,7 @@ def shard_samples(members: List[Member], shard="shard", fold=None) -> List[Tuple
     if repeated:
         shown = ", ".join(repr(k) for k in repeated[:5]) + (", ..." if len(repeated) > 5 else "")
         warnings.warn(f"funloader: {shard}: {len(repeated)} key(s) appear in more than one sample ({shown}); each "
-                      f"copy is kept as its own sample, as WebDataset and DALI do", stacklevel=3)
+                      f"copy is kept as its own sample, as WebDataset and DALI do", stacklevel=user_stacklevel())
     return samples
 
 

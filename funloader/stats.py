@@ -34,7 +34,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .errors import UsageError
+from .errors import UsageError, user_stacklevel
 from .files import FileRefusedError, cache_root, read_file, untrusted_reason
 
 __all__ = ["compute_stats", "load_stats", "resolve", "stats_filename", "cache_path", "StatsError", "ChannelStats",
@@ -166,7 +166,7 @@ def _find_stats(path_or_root, dequantize: bool) -> Optional[Tuple[dict, Path]]:
         if candidate == candidates[-1] and len(candidates) > 1:
             reason = untrusted_reason(candidate)
             if reason is not None:
-                warnings.warn(f"funloader: ignoring cached statistics {candidate}: {reason}", stacklevel=4)
+                warnings.warn(f"funloader: ignoring cached statistics {candidate}: {reason}", stacklevel=user_stacklevel())
                 continue
         stats = _read_stats_file(candidate)
         if candidate != path and candidate.name == "stats.json" and bool(stats.get("dequantized", False)) != bool(dequantize):
@@ -194,8 +194,7 @@ def load_stats(path_or_root, *, dequantize: bool = True) -> Optional[dict]:
     return stats
 
 
-def resolve(spec, root, dequantize: bool, *, argument: str = "normalize", warn: bool = True,
-            stacklevel: int = 3) -> Optional[ChannelStats]:
+def resolve(spec, root, dequantize: bool, *, argument: str = "normalize", warn: bool = True) -> Optional[ChannelStats]:
     """The one place that finds, loads and validates channel statistics (CPU loader, DALI, training).
 
     ``spec``:
@@ -207,8 +206,7 @@ def resolve(spec, root, dequantize: bool, *, argument: str = "normalize", warn: 
         field contradicts ``dequantize`` is refused;
       - a dict with ``mean``/``std``, or a ``(mean, std)`` pair (lists, arrays or tensors).
     ``root``: the data location (a folder or a ``.tar`` shard, whose folder is used), may be None.
-    ``argument``: the name used in error messages for an in-memory ``spec``. ``stacklevel``: of the
-    missing-statistics warning, counted from ``resolve`` (3: the line that called its caller).
+    ``argument``: the name used in error messages for an in-memory ``spec``.
 
     Returns :class:`ChannelStats` ``(mean, std)`` float64 ``(192,)`` with ``.source``, or None.
     Raises :class:`StatsError` (a ``UsageError``) for unusable statistics, naming the file or argument.
@@ -225,7 +223,7 @@ def resolve(spec, root, dequantize: bool, *, argument: str = "normalize", warn: 
             if warn:
                 warnings.warn(f"funloader: no channel statistics next to {root} for {mode} coefficients "
                               f"(dequantize={dequantize}): batches are not normalised (run 'funloader stats DIR' "
-                              f"to compute them)", stacklevel=stacklevel)
+                              f"to compute them)", stacklevel=user_stacklevel())
             return None
         stats, where = found
         return ChannelStats(*_validate_pair(stats["mean"], stats["std"], where), str(where))

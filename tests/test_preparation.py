@@ -489,3 +489,401 @@ def test_output_loads_with_dctimagefolder(tmp_path, shared_data, layout):
     assert sorted(dataset.targets) == sorted(e["label"] for e in index["files"])
     coefficients, label = dataset[7]
     assert tuple(coefficients.shape) == (192, 28, 28) and 0 <= label < 5
+
+
+# ---------------------------------------------------------------------------------------------- merge hardening
+
+MERGE_OPTIONS = dict(workers=1, format="folder", allow_failures=True, progress=False, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def two_jobs(tmp_path_factory, mixed_src):
+    """Jobs 0/2 and 1/2 of mixed_src written to separate folders, and the single-run reference."""
+    root = tmp_path_factory.mktemp("two_jobs")
+    for i in range(2):
+        prepare(mixed_src, root / f"job{i}", shard=f"{i}/2", **MERGE_OPTIONS)
+    prepare(mixed_src, root / "single", **MERGE_OPTIONS)
+    return root
+
+
+def fresh_jobs(two_jobs, tmp_path):
+    import shutil
+
+    parts = []
+    for i in range(2):
+        shutil.copytree(two_jobs / f"job{i}", tmp_path / f"job{i}", symlinks=True)
+        parts.append(tmp_path / f"job{i}")
+    return parts
+
+
+def part_file_of(job_dir: Path) -> Path:
+    (path,) = (job_dir / preparation.STATE_DIR).glob("part-*.json")
+    return path
+
+
+def edit_first_file_path(part_file: Path, new_path: str) -> str:
+    part = json.loads(part_file.read_text())
+    record = next(r for r in part["units"] if r["files"])
+    old = record["files"][0]["path"]
+    record["files"][0]["path"] = new_path
+    part_file.write_text(json.dumps(part))
+    return old
+
+
+@pytest.mark.parametrize("hostile", ["../../victim/important.txt", "/abs/important.txt", "photos/../../x.jpg",
+                                     "linked/escape.jpg"])
+def test_merge_refuses_paths_outside_the_part_before_moving_anything(tmp_path, two_jobs, hostile):
+    """issue 19: a part file listing ../../victim/important.txt made merge overwrite a file outside DST."""
+    parts = fresh_jobs(two_jobs, tmp_path)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "important.txt").write_bytes(b"precious")
+    (victim / "escape.jpg").write_bytes(b"precious too")
+    (parts[1] / "linked").symlink_to(victim)  # a symlinked folder inside the part that leads outside it
+    (tmp_path / "abs").mkdir()
+    edit_first_file_path(part_file_of(parts[1]), hostile)
+    before = {str(p): tree_bytes(p) for p in [*parts, victim]}
+    gathered = tmp_path / "gathered"
+    with pytest.raises(PrepareError) as info:
+        merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
+    message = str(info.value)
+    assert str(part_file_of(parts[1])) in message and ("refusing" in message or "regular file inside" in message)
+    assert {str(p): tree_bytes(p) for p in [*parts, victim]} == before  # nothing moved, nothing overwritten
+    assert not any(p.is_file() for p in gathered.rglob("*"))
+
+
+def test_merge_refuses_a_symlink_listed_as_output(tmp_path, two_jobs):
+    parts = fresh_jobs(two_jobs, tmp_path)
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"not yours")
+    part = json.loads(part_file_of(parts[0]).read_text())
+    entry = next(r for r in part["units"] if r["files"])["files"][0]
+    (parts[0] / entry["path"]).unlink()
+    (parts[0] / entry["path"]).symlink_to(secret)
+    before = {str(p): tree_bytes(p) for p in parts}
+    with pytest.raises(PrepareError, match="not a regular file"):
+        merge(tmp_path / "gathered", parts, allow_failures=True, progress=False, verbose=False)
+    assert {str(p): tree_bytes(p) for p in parts} == before and secret.read_bytes() == b"not yours"
+
+
+def test_merge_checks_counts_and_structure_and_names_the_file(tmp_path, two_jobs, capsys):
+    parts = fresh_jobs(two_jobs, tmp_path)
+    part_path = part_file_of(parts[1])
+    original = part_path.read_bytes()
+    part = json.loads(original)
+    part["units"] = part["units"][:-1]  # one work unit dropped: counts no longer add up
+    part_path.write_text(json.dumps(part))
+    with pytest.raises(PrepareError, match="work units"):
+        merge(tmp_path / "g1", parts, allow_failures=True, progress=False, verbose=False)
+    part = json.loads(original)
+    part["units"][0]["files"].append({"key": "99999999", "path": "photos/extra.jpg", "source": "photos/extra.jpg",
+                                      "label": 1, "width": 1, "height": 1, "bytes": 1, "sha256": "0"})
+    part_path.write_text(json.dumps(part))
+    with pytest.raises(PrepareError, match="accounts for"):
+        merge(tmp_path / "g2", parts, allow_failures=True, progress=False, verbose=False)
+    for damaged in (b'{"format": "funloader-prepared", "job": [1, 2], "units": [{"unit": "x"}]}', b"{not json",
+                    b"[1, 2]"):
+        part_path.write_bytes(damaged)
+        assert preparation.main(["--merge", str(tmp_path / "g3"), *map(str, parts), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(part_path) in err and "Traceback" not in err
+    assert not (tmp_path / "g3").exists() or not any(p.is_file() for p in (tmp_path / "g3").rglob("*"))
+
+
+def test_merge_stopped_part_way_finishes_when_run_again(tmp_path, two_jobs, monkeypatch):
+    """issue 19: a merge that failed part-way could be recovered neither by re-running nor by --merge DST."""
+    parts = fresh_jobs(two_jobs, tmp_path)
+    gathered = tmp_path / "gathered"
+    real_move = preparation._move_file
+    moved = []
+
+    def disk_full_after_three(source, target):
+        if len(moved) == 3:
+            raise OSError(28, "No space left on device", str(target))
+        moved.append(target)
+        real_move(source, target)
+
+    monkeypatch.setattr(preparation, "_move_file", disk_full_after_three)
+    with pytest.raises(PrepareError, match="No space left on device.*run the same merge command again"):
+        merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
+    monkeypatch.setattr(preparation, "_move_file", real_move)
+    assert len(moved) == 3 and not (gathered / "index.json").exists()
+    merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
+    assert tree_bytes(gathered) == tree_bytes(two_jobs / "single")
+    # and once more: a finished merge is recognised, nothing changes
+    merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
+    assert tree_bytes(gathered) == tree_bytes(two_jobs / "single")
+
+
+def test_merge_with_a_missing_output_moves_nothing_until_the_job_is_redone(tmp_path, two_jobs, mixed_src):
+    parts = fresh_jobs(two_jobs, tmp_path)
+    part = json.loads(part_file_of(parts[1]).read_text())
+    lost = next(r for r in part["units"] if r["files"])["files"][0]["path"]
+    (parts[1] / lost).unlink()
+    before = {str(p): tree_bytes(p) for p in parts}
+    gathered = tmp_path / "gathered"
+    with pytest.raises(PrepareError, match="re-run job 1/2"):
+        merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
+    assert {str(p): tree_bytes(p) for p in parts} == before
+    # the part file of a finished job is adopted on re-run: only the lost file is converted again
+    result = prepare(mixed_src, parts[1], shard="1/2", **MERGE_OPTIONS)
+    assert result.converted == 1
+    merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
+    assert tree_bytes(gathered) == tree_bytes(two_jobs / "single")
+
+
+# ---------------------------------------------------------------------------------------------- concurrency
+
+def test_second_run_on_the_same_dst_is_refused_and_harms_nothing(tmp_path, shared_data):
+    """issue 19: a second run deleted the first's temp folder and the first died with a traceback."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for path in sorted((shared_data / "photos").glob("*.jpg"))[:40]:
+        os.symlink(path, src / path.name)
+    dst = tmp_path / "out"
+    journal = dst / preparation.STATE_DIR / "journal-0-of-1.jsonl"
+    command = [sys.executable, "-m", "funloader", "prepare", str(src), str(dst), "--workers", "1", "--no-progress"]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not journal.exists() and first.poll() is None:  # the journal exists once the lock is held
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert first.poll() is None, first.stderr.read().decode()
+        with pytest.raises(PrepareError, match="in use by another funloader prepare"):
+            prepare(src, dst, workers=1, progress=False, verbose=False)
+        with pytest.raises(PrepareError, match="in use by another funloader prepare"):
+            merge(dst, progress=False, verbose=False)
+        assert first.wait(timeout=120) == 0, first.stderr.read().decode()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert load_index(dst)["counts"]["images"] == 40
+
+
+def test_jobs_of_one_sharded_run_share_dst_but_not_a_job(tmp_path, mixed_src):
+    dst = tmp_path / "out"
+    dst.mkdir()
+    running_job = preparation._lock_directory(dst, exclusive=False)  # as a running --shard 1/2 job holds it
+    try:
+        prepare(mixed_src, dst, shard="0/2", **MERGE_OPTIONS)  # another job of the same run: allowed
+        with pytest.raises(PrepareError, match="in use"):
+            prepare(mixed_src, dst, **MERGE_OPTIONS)  # a whole run would collide with the running job
+        job_lock = preparation._lock_job(dst / preparation.STATE_DIR / "lock-1-of-2")
+        with pytest.raises(PrepareError, match="job 1-of-2 is already running"):
+            prepare(mixed_src, dst, shard="1/2", **MERGE_OPTIONS)
+        preparation._unlock(job_lock)
+    finally:
+        preparation._unlock(running_job)
+    prepare(mixed_src, dst, shard="1/2", **MERGE_OPTIONS)
+    merge(dst, allow_failures=True, progress=False, verbose=False)
+    assert load_index(dst)["counts"] == {"images": 11, "failed": 4, "ignored": 1}
+    assert not (dst / preparation.STATE_DIR).exists()
+
+
+# ---------------------------------------------------------------------------------------------- hostile sources
+
+def test_fifo_device_huge_file_and_link_loops_neither_hang_nor_exhaust(tmp_path, shared_data):
+    """issue 19: fifo.jpg hung prepare; zero.jpg -> /dev/zero read until MemoryError; two links to '..'
+    hung it and one link to '..' made it write every image 41 times, 40 folders deep.  Runs in a child
+    process with a time limit."""
+    src = tmp_path / "src"
+    photos = sorted((shared_data / "photos").glob("*.jpg"))[:3]
+    for folder in ("photos", "other"):
+        (src / folder).mkdir(parents=True)
+    for path in photos:
+        (src / "photos" / path.name).write_bytes(path.read_bytes())
+    (src / "other" / "one.jpg").write_bytes(photos[0].read_bytes())
+    os.mkfifo(src / "photos" / "fifo.jpg")
+    os.symlink("/dev/zero", src / "photos" / "zero.jpg")
+    with open(src / "photos" / "huge.jpg", "wb") as handle:  # sparse: 3 GB on paper, no blocks used
+        handle.truncate(3 * 10**9)
+    os.symlink("..", src / "photos" / "loop_a")
+    os.symlink("..", src / "photos" / "loop_b")
+    os.symlink("..", src / "other" / "up")
+    dst = tmp_path / "dst"
+    command = [sys.executable, "-m", "funloader", "prepare", str(src), str(dst), "--workers", "2", "--no-progress"]
+    try:
+        run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("prepare hung on a FIFO, a device or a link loop")
+    assert run.returncode == 1, run.stderr  # inputs failed: exit 1, not a crash
+    assert "Traceback" not in run.stderr and "not following 3 link(s)" in run.stderr
+    failures = {row["source"]: row["reason"] for row in preparation.read_tsv(dst / "failures.tsv")}
+    assert set(failures) == {"photos/fifo.jpg", "photos/zero.jpg", "photos/huge.jpg"}
+    assert "FIFO" in failures["photos/fifo.jpg"] and "character device" in failures["photos/zero.jpg"]
+    assert "larger than" in failures["photos/huge.jpg"]
+    index = load_index(dst)
+    assert sorted(e["source"] for e in index["files"]) == sorted(
+        ["other/one.jpg"] + [f"photos/{p.name}" for p in photos])  # each image once
+    assert all(p.relative_to(dst).parts[0] in ("photos", "other") and len(p.relative_to(dst).parts) == 2
+               for p in dst.rglob("*.jpg"))  # nothing written into nested link folders
+
+
+def test_unreadable_subfolder_is_reported(tmp_path, shared_data, monkeypatch, capsys):
+    """issue 19: an unreadable sub-folder was skipped and prepare still said "ignored 0".
+
+    Tests run as root on CI, and root lists a chmod-000 folder anyway, so as root the folder is made
+    unreadable by making ``os.scandir`` fail on it with EACCES (what a non-root user meets)."""
+    src = tmp_path / "src"
+    photos = sorted((shared_data / "photos").glob("*.jpg"))[:2]
+    for folder in ("good", "locked"):
+        (src / folder).mkdir(parents=True)
+        for path in photos:
+            (src / folder / path.name).write_bytes(path.read_bytes())
+    locked = src / "locked"
+    if os.geteuid() == 0:
+        real_scandir = os.scandir
+
+        def scandir(path="."):
+            if not isinstance(path, int) and os.fspath(path) == str(locked):
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return real_scandir(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+    else:
+        locked.chmod(0)
+    try:
+        result = prepare(src, tmp_path / "dst", workers=1, progress=False, verbose=True)
+    finally:
+        locked.chmod(0o755)
+    err = capsys.readouterr().err
+    assert result.unreadable == [("locked", "Permission denied")] and result.ignored == 1
+    assert "1 sub-folder(s)" in err and "locked (Permission denied)" in err and "1 unreadable folder(s)" in err
+    assert result.converted == 2
+
+
+def test_odd_file_names_round_trip_through_manifests_and_resume(tmp_path, shared_data):
+    """issue 19: a non-UTF-8 name aborted the run (UnicodeEncodeError); tabs/newlines broke the TSVs."""
+    photo = sorted((shared_data / "photos").glob("*.jpg"))[0].read_bytes()
+    src = tmp_path / "src"
+    (src / "odd").mkdir(parents=True)
+    names = [b"caf\xe9.jpg", b"tab\there.jpg", b"new\nline.jpg", b"back\\slash.jpg", b"plain.jpg"]
+    for name in names:
+        (Path(os.fsdecode(os.fsencode(src / "odd") + b"/" + name))).write_bytes(photo)
+    Path(os.fsdecode(os.fsencode(src / "odd") + b"/bad\tname\xff.jpg")).write_bytes(b"not an image")
+    for layout in ("folder", "shards"):
+        dst = tmp_path / layout
+        result = prepare(src, dst, workers=2, format=layout, allow_failures=True, progress=False, verbose=False)
+        assert result.converted == 5 and result.failed == 1
+        index = load_index(dst)
+        expected = sorted("odd/" + os.fsdecode(name) for name in names)
+        assert sorted(e["source"] for e in index["files"]) == expected
+        rows = preparation.read_tsv(dst / "index.tsv")
+        assert [r["source"] for r in rows] == [e["source"] for e in index["files"]]
+        assert [r["path"] for r in rows] == [e["path"] for e in index["files"]]
+        assert [r["source"] for r in preparation.read_tsv(dst / "failures.tsv")] == ["odd/" + os.fsdecode(b"bad\tname\xff.jpg")]
+        if layout == "folder":
+            for entry in index["files"]:  # the output is at the same bytes name
+                assert (dst / entry["path"]).read_bytes()[:2] == b"\xff\xd8"
+            assert os.path.exists(os.fsencode(dst) + b"/odd/caf\xe9.jpg")
+        before = tree_bytes(dst)
+        again = prepare(src, dst, workers=1, format=layout, allow_failures=True, progress=False, verbose=False)
+        assert again.converted == 0 and again.skipped == 6 and tree_bytes(dst) == before
+
+
+def test_output_name_too_long_is_one_failed_input(tmp_path, shared_data):
+    """issue 19: an output name over 255 bytes ended the whole run with a traceback."""
+    photo = sorted((shared_data / "photos").glob("*.jpg"))[0]
+    src = tmp_path / "src"
+    (src / "c").mkdir(parents=True)
+    stem = "x" * 251  # x...x.png and x...x.jpg collide as x...x.jpg, so each keeps its suffix: 259 bytes
+    with Image.open(photo) as image:
+        image.convert("RGB").save(src / "c" / f"{stem}.png")
+    (src / "c" / f"{stem}.jpg").write_bytes(photo.read_bytes())
+    (src / "c" / "short.jpg").write_bytes(photo.read_bytes())
+    dst = tmp_path / "dst"
+    with pytest.raises(PrepareFailures):
+        prepare(src, dst, workers=2, progress=False, verbose=False)
+    failures = {row["source"]: row["reason"] for row in preparation.read_tsv(dst / "failures.tsv")}
+    assert set(failures) == {f"c/{stem}.png", f"c/{stem}.jpg"}
+    assert all("259-byte name" in reason and "too long" in reason for reason in failures.values())
+    assert [e["source"] for e in load_index(dst)["files"]] == ["c/short.jpg"]
+    assert not (dst / preparation.STATE_DIR).exists()  # the run finished normally
+
+
+@pytest.mark.parametrize("layout", ["folder", "shards"])
+def test_disk_full_stops_with_a_resume_message_and_resumes_byte_identically(tmp_path, mixed_src, monkeypatch,
+                                                                          capsys, layout):
+    """Disk full used to end with a raw OSError traceback.  Simulated: os.replace into DST fails with
+    ENOSPC after a few outputs (a real full disk needs a small mount, which CI cannot make)."""
+    options = dict(workers=1, format=layout, shard_size="3", allow_failures=True, progress=False, verbose=False)
+    reference = tmp_path / "reference"
+    prepare(mixed_src, reference, **options)
+    dst = tmp_path / "dst"
+    real_replace = os.replace
+    written = []
+
+    def replace(source, target, **kwargs):
+        if str(target).startswith(str(dst)) and not str(target).endswith(".json"):
+            if len(written) == 2:
+                raise OSError(28, "No space left on device", str(target))
+            written.append(target)
+        return real_replace(source, target, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    args = [str(mixed_src), str(dst), "--workers", "1", "--format", layout, "--shard-size", "3", "--no-progress",
+            "--allow-failures"]
+    from funloader.cli import main as cli_main
+
+    assert cli_main(["prepare", *args]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if "error:" in line]  # one line, no traceback
+    assert "Traceback" not in err and "No space left on device" in line and "run the same command again" in line
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert cli_main(["prepare", *args]) == 0
+    assert "skipped 0" not in capsys.readouterr().err
+    assert tree_bytes(dst) == tree_bytes(reference)
+
+
+def test_unwritable_dst_is_a_message_not_a_traceback(tmp_path, mixed_src, monkeypatch, capsys):
+    """`prepare` into a read-only DST gave a traceback.  Root can write anywhere on CI, so two real
+    unwritable cases are used: a DST below a regular file (ENOTDIR), and a read-only file system
+    simulated by making mkdir under DST fail with EROFS (what a read-only mount returns)."""
+    from funloader.cli import main as cli_main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert cli_main(["prepare", str(mixed_src), str(blocker / "dst"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert "Traceback" not in err and "cannot create DST" in line and "Not a directory" in line
+
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(readonly)):
+            raise OSError(30, "Read-only file system", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    assert cli_main(["prepare", str(mixed_src), str(readonly), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert "Traceback" not in err and "Read-only file system" in line and "writable" in line
+    assert list(readonly.iterdir()) == []
+
+
+def test_damaged_index_and_journal_are_named(tmp_path, shared_data, capsys):
+    """A malformed index.json or journal line gave a traceback (KeyError/TypeError) or was dropped."""
+    src = shared_data / "labelled" / "dlib_johns"
+    dst = tmp_path / "out"
+    prepare(src, dst, workers=1, progress=False, verbose=False)
+    for damage in (b"{not json", b"[1, 2, 3]", (dst / "index.json").read_bytes().replace(b'"source"', b'"sauce"')):
+        (dst / "index.json").write_bytes(damage)
+        assert preparation.main([str(src), str(dst), "--workers", "1", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        (line,) = [line for line in err.splitlines() if "error:" in line]
+        assert "Traceback" not in err and str(dst / "index.json") in line, err
+
+    path = tmp_path / "journal.jsonl"
+    header = {"journal": 1, "settings": {"format": "folder"}}
+    good = {"unit": 0, "files": [], "failures": [{"source": "a.jpg", "reason": "r"}]}
+    for bad_line in (b"garbage", b'{"files": []}', b'{"unit": 1, "files": [{"path": "../../x"}], "failures": []}'):
+        path.write_bytes(b"\n".join([json.dumps(header).encode(), json.dumps(good).encode(), bad_line,
+                                     json.dumps(dict(good, unit=2)).encode()]) + b"\n")
+        with pytest.raises(PrepareError, match=f"{path}, line 3"):
+            preparation._Journal(path, header)
