@@ -1,14 +1,16 @@
 """``funloader prepare``: turn any image folder into a FUN-ready JPEG dataset, resumably.
 
-FUN models read the quantized DCT coefficients of 224x224 JPEGs (a 28x28 block grid).  This module
+FUN models read the quantized DCT coefficients of JPEGs (224x224: a 28x28 block grid).  This module
 re-encodes an arbitrary image collection (anything Pillow opens: JPEG of any kind, CMYK, PNG,
-EXIF-rotated photos, ...) into such JPEGs:
+EXIF-rotated photos, ...) into uniform JPEGs:
 
 1. decode with Pillow, apply the EXIF orientation (``ImageOps.exif_transpose``), convert to RGB;
-2. resize the shorter side to ``resize_shorter`` (default: ``size``) with Lanczos (large JPEGs are
-   first reduced in the DCT domain by libjpeg to no less than twice the target, as Pillow's
-   ``thumbnail`` does), then centre-crop to ``size x size`` (``crop="center"``) or keep the aspect
-   ratio (``crop="none"``);
+2. training sets (default): keep the aspect ratio, shorter side ``resize_shorter`` (default
+   :data:`TRAIN_SHORTER_SIDE`, 320; a smaller image is not enlarged), for exact
+   ``RandomResizedCrop`` at load time; evaluation sets (``size=224``): resize the shorter side to
+   ``resize_shorter`` (default ``size``), then centre-crop ``size x size``.  Lanczos, after large
+   JPEGs are reduced in the DCT domain by libjpeg to no less than twice the target (as Pillow's
+   ``thumbnail`` does);
 3. encode with Pillow's libjpeg-turbo at ``quality`` (default 100, as in the paper) and chroma
    ``subsampling`` ``"420"`` (paper) or ``"444"`` (the authors' released models), baseline unless
    ``progressive``; no EXIF/ICC metadata is copied.
@@ -199,9 +201,22 @@ def _human(count: int) -> str:
 
 # --------------------------------------------------------------------------------------------- settings
 
+#: Shorter side of a training set's images by default (aspect kept, never enlarged): see
+#: docs/prepare.md "Image size" for the measurements behind it.
+TRAIN_SHORTER_SIDE = 320
+#: Side of the square centre crop of ``--size`` without a value (evaluation sets: 28x28 blocks).
+EVAL_SIZE = 224
+
+
 @dataclass(frozen=True)
 class EncodeSettings:
-    """How every image is turned into the output JPEG (recorded in the manifest)."""
+    """How every image is turned into the output JPEG (recorded in the manifest).
+
+    ``crop="center"``: resize the shorter side to ``resize_shorter`` (default ``size``), then take the
+    centre ``size x size`` square.  ``crop="none"``: keep the aspect ratio with the shorter side
+    ``resize_shorter`` (default ``size``), never enlarging a smaller image.  :meth:`from_options`
+    fills in prepare's defaults.
+    """
 
     size: int = 224
     resize_shorter: Optional[int] = None
@@ -228,6 +243,22 @@ class EncodeSettings:
     @property
     def shorter_side(self) -> int:
         return self.resize_shorter if self.resize_shorter is not None else self.size
+
+    @classmethod
+    def from_options(cls, size: Optional[int] = None, resize_shorter: Optional[int] = None, crop: Optional[str] = None,
+                     **encoding) -> "EncodeSettings":
+        """Prepare's defaults: with ``size`` (or ``crop="center"``) a ``size x size`` centre crop (default
+        224, evaluation sets); otherwise a training set keeping the aspect ratio with the shorter side
+        ``resize_shorter`` (default :data:`TRAIN_SHORTER_SIDE`, never enlarged)."""
+        if crop is None:
+            crop = "center" if size is not None else "none"
+        if crop == "center":
+            size = EVAL_SIZE if size is None else size
+        elif crop == "none":
+            resize_shorter = resize_shorter or size or TRAIN_SHORTER_SIDE
+            size = resize_shorter
+        return cls(size=int(size), resize_shorter=None if resize_shorter is None else int(resize_shorter), crop=crop,
+                   **encoding).validate()
 
 
 def _encoder_description() -> str:
@@ -380,7 +411,7 @@ def encode_image(data: bytes, settings: EncodeSettings) -> Tuple[bytes, Tuple[in
         left, top = max(0.0, (width - side) / 2.0), max(0.0, (height - side) / 2.0)
         image = image.resize((settings.size, settings.size), Image.Resampling.LANCZOS,
                              box=(left, top, left + side, top + side))
-    else:
+    elif scale < 1:  # keep the aspect ratio; an image already smaller than the target is not enlarged
         target = (shorter, max(1, round(height * scale))) if width <= height else (max(1, round(width * scale)), shorter)
         image = image.resize(target, Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
@@ -588,6 +619,8 @@ class _Plan:
             "resample": "lanczos (after libjpeg DCT-domain reduction to >= 2x the shorter side)",
             "orientation": "exif_transpose", "encoder": _encoder_description(),
         }
+        if self.settings.crop == "none":
+            record["enlarge"] = False  # an image smaller than the shorter side is kept at its size
         if self.layout == "shards":
             record.update(shard_size=self.shard_size, images_per_shard=self.per_unit, shuffle=self.shuffle)
         return record
@@ -832,7 +865,7 @@ def _read_failures_tsv(path: Path) -> List[dict]:
 
 # --------------------------------------------------------------------------------------------- prepare
 
-def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, crop: str = "center",
+def prepare(src, dst, *, size: Optional[int] = None, resize_shorter: Optional[int] = None, crop: Optional[str] = None,
             quality: int = 100, subsampling: str = "420", progressive: bool = False,
             workers: Optional[int] = None, format: str = "folder", shard_size="1GB", shuffle: bool = True,
             shard=None, stats=False, allow_failures: bool = False,
@@ -844,10 +877,13 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
         dst: output folder (created; must not lie inside ``src``).  Re-running with the same
             arguments resumes an interrupted run; other settings into the same ``dst`` raise
             :class:`PrepareError`.
-        size: output side in pixels for ``crop="center"`` (224 -> a 28x28 block grid).
-        resize_shorter: shorter side before the crop (default ``size``; ImageNet eval uses 256).
-        crop: ``"center"`` (square ``size x size``) or ``"none"`` (keep aspect; shorter side =
-            ``resize_shorter`` or ``size``).
+        size: ``size x size`` centre crops (224 -> a 28x28 block grid), for evaluation sets.  Without
+            ``size`` (and ``crop``) the images keep their aspect ratio with the shorter side
+            ``resize_shorter`` (default :data:`TRAIN_SHORTER_SIDE` = 320, never enlarged): a training set
+            for exact ``RandomResizedCrop``.
+        resize_shorter: shorter side (before the crop with ``size``; default ``size`` there;
+            ``resize_shorter=256, size=224`` is ``Resize(256) + CenterCrop(224)``).
+        crop: ``"center"`` or ``"none"``; default ``"center"`` when ``size`` is given, else ``"none"``.
         quality / subsampling / progressive: JPEG encoding (``subsampling`` ``"420"`` or ``"444"``).
         workers: processes (default: the CPUs available); 1 converts in this process.  Workers are
             started with ``spawn``, so a script calling ``prepare`` needs the usual
@@ -867,10 +903,9 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
         failed and ``allow_failures`` is false.
     """
     started = time.monotonic()
-    settings = EncodeSettings(int(size), None if resize_shorter is None else int(resize_shorter), crop,
-                              int(quality), str(subsampling), bool(progressive))
     try:
-        settings.validate()
+        settings = EncodeSettings.from_options(size, resize_shorter, crop, quality=int(quality),
+                                               subsampling=str(subsampling), progressive=bool(progressive))
         job = parse_shard(shard) if shard is not None else (0, 1)
         shard_kind, shard_value = _parse_shard_size(shard_size)
     except ValueError as exc:
@@ -1699,8 +1734,10 @@ def _write_stats(dst: Path, index: dict, modes: Sequence[str], progress: bool) -
     else:
         dataset = DCTImageFolder([(str(dst / entry["path"]), entry["label"]) for entry in index["files"]])
     settings = index["settings"]
-    side = settings["size"] if settings["crop"] == "center" else (settings["resize_shorter"] or settings["size"])
-    grid = -(-side // 8)
+    if settings["crop"] == "center":
+        grid = -(-settings["size"] // 8)
+    else:  # sizes vary: the centre of the model's input size (224 px), as a centre-cropped evaluation reads it
+        grid = min(EVAL_SIZE // 8, -(-(settings["resize_shorter"] or settings["size"]) // 8))
     names = []
     for mode in modes:
         name = stats_filename(mode == "dequantized")
@@ -1721,10 +1758,15 @@ def _parser() -> argparse.ArgumentParser:
                "Re-running an interrupted command resumes it.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="SRC DST, or with --merge: DST [PART_DST ...]")
-    parser.add_argument("--size", type=int, default=224, help="output side in pixels for --crop center (default 224)")
+    parser.add_argument("--size", type=int, default=None,
+                        help=f"SIZE x SIZE centre crops, for evaluation sets (e.g. 224). Without it: a training "
+                             f"set, aspect ratio kept, shorter side --resize-shorter (default {TRAIN_SHORTER_SIDE}, "
+                             f"never enlarged)")
     parser.add_argument("--resize-shorter", type=int, default=None,
-                        help="resize the shorter side to this before cropping (default: --size)")
-    parser.add_argument("--crop", choices=("center", "none"), default="center")
+                        help="shorter side in pixels (with --size: before the centre crop, default --size; "
+                             "--resize-shorter 256 --size 224 is Resize(256) + CenterCrop(224))")
+    parser.add_argument("--crop", choices=("center", "none"), default=None,
+                        help="center (default with --size) or none (default without)")
     parser.add_argument("--quality", type=int, default=100, help="JPEG quality 1..100 (default 100, as in the paper)")
     parser.add_argument("--subsampling", choices=("420", "444"), default="420",
                         help="chroma subsampling (420: paper; 444: the authors' released models)")

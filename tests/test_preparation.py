@@ -100,7 +100,7 @@ def big_src(tmp_path_factory, shared_data):
 def test_dlib_johns_classes_labels_and_decode(tmp_path, shared_data, layout):
     src = shared_data / "labelled" / "dlib_johns"
     dst = tmp_path / "out"
-    result = prepare(src, dst, workers=2, format=layout, shard_size="16", progress=False, verbose=False)
+    result = prepare(src, dst, size=224, workers=2, format=layout, shard_size="16", progress=False, verbose=False)
     expected_classes = sorted(p.name for p in src.iterdir() if p.is_dir())
     sources = sorted(str(p.relative_to(src)) for p in src.rglob("*.jpg"))
     index = load_index(dst)
@@ -138,7 +138,7 @@ def test_dlib_johns_classes_labels_and_decode(tmp_path, shared_data, layout):
 def test_shards_read_by_webdataset(tmp_path, shared_data):
     wds = pytest.importorskip("webdataset")
     dst = tmp_path / "out"
-    prepare(shared_data / "labelled" / "dlib_johns", dst, workers=2, format="shards", shard_size="200KB",
+    prepare(shared_data / "labelled" / "dlib_johns", dst, size=224, workers=2, format="shards", shard_size="200KB",
             progress=False, verbose=False)
     index = load_index(dst)
     assert len(index["shards"]) > 1
@@ -158,7 +158,7 @@ def test_shards_read_by_dali(tmp_path, shared_data):
     from nvidia.dali import fn, pipeline_def
 
     dst = tmp_path / "out"
-    prepare(shared_data / "labelled" / "dlib_johns", dst, workers=2, format="shards", shard_size="20",
+    prepare(shared_data / "labelled" / "dlib_johns", dst, size=224, workers=2, format="shards", shard_size="20",
             shuffle=False, progress=False, verbose=False)
     index = load_index(dst)
     tars = [str(dst / s["name"]) for s in index["shards"]]
@@ -199,7 +199,7 @@ def test_shards_read_by_dali(tmp_path, shared_data):
 def test_mixed_inputs_failures_and_orientation(tmp_path, mixed_src, layout):
     dst = tmp_path / "out"
     with pytest.raises(PrepareFailures) as info:
-        prepare(mixed_src, dst, workers=2, format=layout, shard_size="4", progress=False, verbose=False)
+        prepare(mixed_src, dst, size=224, workers=2, format=layout, shard_size="4", progress=False, verbose=False)
     result = info.value.result
     assert result.failed == 4 and result.converted == 11 and result.ignored == 1  # README.txt
     failures = failures_of(dst)
@@ -229,7 +229,7 @@ def test_worker_death_fails_only_that_image(tmp_path, mixed_src, monkeypatch, la
     victim = sorted(p.name for p in (mixed_src / "photos").glob("*.jpg") if not p.name.startswith("."))[2]
     monkeypatch.setenv("FUNLOADER_PREPARE_TEST_CRASH", victim)  # read by the (spawned) worker processes
     dst = tmp_path / "out"
-    result = prepare(mixed_src, dst, workers=2, format=layout, shard_size="4", allow_failures=True,
+    result = prepare(mixed_src, dst, size=224, workers=2, format=layout, shard_size="4", allow_failures=True,
                      progress=False, verbose=False)
     failures = failures_of(dst)
     assert set(failures) == BAD_INPUTS | {f"photos/{victim}"}
@@ -308,7 +308,7 @@ def test_edge_corpus_failures_match_manifest(tmp_path, shared_data):
     for row in rows:
         os.symlink(shared_data / row["file"], src / row["file"].split("/", 1)[1])
     dst = tmp_path / "out"
-    result = prepare(src, dst, workers=2, allow_failures=True, progress=False, verbose=False)
+    result = prepare(src, dst, size=224, workers=2, allow_failures=True, progress=False, verbose=False)
     expected_failures = {r["file"].split("/", 1)[1] for r in rows if r["pillow_decode"].startswith("FAIL")}
     assert set(failures_of(dst)) == expected_failures and len(expected_failures) >= 5
     assert result.ignored == 0 and result.converted == len(rows) - len(expected_failures)
@@ -321,8 +321,8 @@ def test_edge_corpus_failures_match_manifest(tmp_path, shared_data):
 
 def test_stats_match_direct_computation(tmp_path, shared_data):
     src = shared_data / "labelled" / "dlib_johns"
-    prepare(src, tmp_path / "f", workers=2, stats="both", progress=False, verbose=False)
-    prepare(src, tmp_path / "s", workers=2, stats="both", format="shards", shard_size="10", progress=False,
+    prepare(src, tmp_path / "f", size=224, workers=2, stats="both", progress=False, verbose=False)
+    prepare(src, tmp_path / "s", size=224, workers=2, stats="both", format="shards", shard_size="10", progress=False,
             verbose=False)
     index = load_index(tmp_path / "f")
     for mode in ("raw", "dequantized"):
@@ -481,7 +481,7 @@ def test_shard_writer_is_deterministic_and_atomic(tmp_path):
 @pytest.mark.parametrize("layout", ["folder", "shards"])
 def test_output_loads_with_dctimagefolder(tmp_path, shared_data, layout):
     dst = tmp_path / "out"
-    prepare(shared_data / "labelled" / "dlib_johns", dst, workers=1, format=layout, shard_size="20",
+    prepare(shared_data / "labelled" / "dlib_johns", dst, size=224, workers=1, format=layout, shard_size="20",
             progress=False, verbose=False)
     index = load_index(dst)
     dataset = funloader.DCTImageFolder(dst, dequantize=False)
@@ -887,3 +887,44 @@ def test_damaged_index_and_journal_are_named(tmp_path, shared_data, capsys):
                                      json.dumps(dict(good, unit=2)).encode()]) + b"\n")
         with pytest.raises(PrepareError, match=f"{path}, line 3"):
             preparation._Journal(path, header)
+
+
+# ---------------------------------------------------------------------------------------------- image size policy
+
+def test_training_default_keeps_the_aspect_ratio_and_never_enlarges(tmp_path, shared_data):
+    """Without --size, prepare writes a training set for exact RandomResizedCrop: aspect ratio kept,
+    shorter side TRAIN_SHORTER_SIDE (320), smaller images kept at their size; --size gives squares."""
+    photos = sorted((shared_data / "photos").glob("*.jpg"))
+    by_size = {}
+    for path in photos:
+        with Image.open(path) as image:
+            by_size[path.name] = image.size
+    large = [p for p in photos if min(by_size[p.name]) > 400 and max(by_size[p.name]) / min(by_size[p.name]) > 1.2][:2]
+    small = [p for p in photos if min(by_size[p.name]) < preparation.TRAIN_SHORTER_SIDE][:1]
+    src = tmp_path / "src"
+    (src / "c").mkdir(parents=True)
+    for path in large + small:
+        os.symlink(path, src / "c" / path.name)
+    dst = tmp_path / "train"
+    prepare(src, dst, workers=1, progress=False, verbose=False)
+    index = load_index(dst)
+    assert index["settings"]["crop"] == "none" and index["settings"]["resize_shorter"] == 320
+    assert index["settings"]["enlarge"] is False
+    for entry in index["files"]:
+        width, height = by_size[Path(entry["source"]).name]
+        out = (entry["width"], entry["height"])
+        with Image.open(dst / entry["path"]) as image:
+            assert image.size == out
+        if min(width, height) > 320:
+            assert min(out) == 320 and abs(max(out) / min(out) - max(width, height) / min(width, height)) < 0.01
+            assert (out[0] > out[1]) == (width > height)
+        else:
+            assert out == (width, height)  # not enlarged
+        assert funloader.read_fun(dst / entry["path"]).shape == (192, -(-out[1] // 8), -(-out[0] // 8))
+    evaluation = tmp_path / "eval"
+    prepare(src, evaluation, size=224, resize_shorter=256, workers=1, progress=False, verbose=False)
+    assert {(e["width"], e["height"]) for e in load_index(evaluation)["files"]} == {(224, 224)}
+    assert preparation.main([str(src), str(tmp_path / "cli"), "--resize-shorter", "256", "--workers", "1",
+                             "--no-progress"]) == 0
+    assert all(min(e["width"], e["height"]) == min(256, *by_size[Path(e["source"]).name])
+               for e in load_index(tmp_path / "cli")["files"])
