@@ -721,7 +721,11 @@ def _flock(descriptor: int, path: Path, exclusive: bool, busy: str) -> Optional[
 
 def _lock_directory(path: Path, *, exclusive: bool) -> Optional[int]:
     """``flock`` a folder, shared or exclusive; returns the descriptor to :func:`_unlock` (see :func:`_flock`)."""
-    return _flock(os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)), path, exclusive,
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        raise PrepareError(_os_error_message(exc, path, "cannot open the folder")) from None
+    return _flock(descriptor, path, exclusive,
                   f"{path} is in use by another funloader prepare run or merge; wait for it to finish (two runs "
                   f"writing the same folder would destroy each other's work)")
 
@@ -1323,26 +1327,30 @@ def _merge_locked(dst_path: Path, part_dirs: List[Path], stats, allow_failures: 
     if not sources:
         if (dst_path / INDEX_JSON).exists() and not any(_state_dir(d).is_dir() for d in part_dirs):
             index = _load_json(dst_path / INDEX_JSON, "index")
+            if not (isinstance(index, dict) and isinstance(index.get("files"), list)
+                    and isinstance(index.get("counts"), dict) and _is_int(index["counts"].get("ignored"))):
+                raise PrepareError(f"{dst_path / INDEX_JSON} is not an index written by funloader prepare")
             failures = _read_failures_tsv(dst_path / FAILURES_TSV)
             if verbose:
                 print(f"{dst_path / INDEX_JSON} is already merged: nothing to do", file=sys.stderr)
-            counts = index.get("counts", {}) if isinstance(index, dict) else {}
-            result = PrepareResult(dst=dst_path, total=len(index.get("files", [])) + len(failures), complete=True,
-                                   failures=failures, failed=len(failures), ignored=int(counts.get("ignored", 0)),
+            result = PrepareResult(dst=dst_path, total=len(index["files"]) + len(failures), complete=True,
+                                   failures=failures, failed=len(failures), ignored=index["counts"]["ignored"],
                                    seconds=time.monotonic() - started)
             result.skipped = result.total
             if result.failed and not allow_failures:
                 raise PrepareFailures(result)
             return result
         where = [str(dst_path)] + [str(d) for d in part_dirs]
-        raise PrepareError(f"no part files (.funloader-prepare/part-I-of-N.json) in {', '.join(where)}")
+        hint = "" if part_dirs else ("; if the jobs wrote to other folders, name them: funloader prepare --merge "
+                                     "DST PART_DIR ...")
+        raise PrepareError(f"no part files (.funloader-prepare/part-I-of-N.json) in {', '.join(where)}{hint}")
     moves = _check_parts(dst_path, sources, gathered_already)  # raises before anything is moved
     for part_dir, part_file, names in moves:
         for name in names:
             _move_file(part_dir / name, dst_path / name)
         state.mkdir(exist_ok=True)
         _move_file(part_file, state / part_file.name)
-        _remove_empty_dirs(part_dir, {name for name in names} | {f"{STATE_DIR}/{part_file.name}"})
+        _remove_empty_dirs(part_dir, set(names) | {f"{STATE_DIR}/{part_file.name}"})
     loaded = [part for _, _, part in sources]
     merged = _merge_parts(dst_path, loaded, stats=None if stats is None else _stats_modes(stats), progress=progress,
                           checked=True)
@@ -1541,6 +1549,8 @@ def _check_parts(dst: Path, sources: List[Tuple[Path, Path, dict]],
     if missing:
         note = (f"; {', '.join(map(str, gathered_already))} held no part file (already moved?)"
                 if gathered_already else "")
+        if all(part_dir == dst for part_dir, _, _ in sources):
+            note += "; if the jobs wrote to other folders, name them: funloader prepare --merge DST PART_DIR ..."
         raise PrepareError(f"the parts do not form a complete set of {count} jobs (missing --shard "
                            f"{', '.join(f'{i}/{count}' for i in missing)}){note}")
     total = first["total_images"]

@@ -552,6 +552,20 @@ def test_merge_refuses_paths_outside_the_part_before_moving_anything(tmp_path, t
     assert not any(p.is_file() for p in gathered.rglob("*"))
 
 
+def test_merge_refuses_a_hostile_part_file_inside_dst(tmp_path, two_jobs):
+    """The shared-DST case: a planted part file in DST's own bookkeeping folder."""
+    import shutil
+
+    parts = fresh_jobs(two_jobs, tmp_path)
+    shutil.copy(part_file_of(parts[1]), parts[0] / preparation.STATE_DIR)
+    planted = parts[0] / preparation.STATE_DIR / part_file_of(parts[1]).name
+    edit_first_file_path(planted, "../victim.jpg")
+    before = tree_bytes(tmp_path)
+    with pytest.raises(PrepareError, match="refusing"):
+        merge(parts[0], allow_failures=True, progress=False, verbose=False)
+    assert tree_bytes(tmp_path) == before and not (parts[0] / "index.json").exists()
+
+
 def test_merge_refuses_a_symlink_listed_as_output(tmp_path, two_jobs):
     parts = fresh_jobs(two_jobs, tmp_path)
     secret = tmp_path / "secret.jpg"
@@ -608,6 +622,8 @@ def test_merge_stopped_part_way_finishes_when_run_again(tmp_path, two_jobs, monk
         merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
     monkeypatch.setattr(preparation, "_move_file", real_move)
     assert len(moved) == 3 and not (gathered / "index.json").exists()
+    with pytest.raises(PrepareError, match="name them"):  # without the part folders: a hint, nothing moves
+        merge(gathered, allow_failures=True, progress=False, verbose=False)
     merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
     assert tree_bytes(gathered) == tree_bytes(two_jobs / "single")
     # and once more: a finished merge is recognised, nothing changes
