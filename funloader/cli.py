@@ -1,7 +1,9 @@
 """The ``funloader`` command line: ``funloader <command> [options]``.
 
 Each command lives in its own module exposing ``main(argv) -> int``; this file only dispatches, and
-imports a command's module when that command runs (``funloader --version`` stays instant).
+imports a command's module when that command runs (``funloader --version`` stays instant). The
+top-level parser lists the commands as argparse subcommands, each with its one-line help; a
+command's own options are parsed by its module (``funloader <command> --help``).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ COMMANDS = {
     "prepare": ("funloader.preparation", "main", "turn an image folder into a FUN-ready JPEG dataset"),
     "stats": ("funloader.stats", "main", "compute the 192 per-channel means/stds of a dataset"),
     "train": ("funloader.train", "main_train", "train a FUN model from raw JPEGs"),
-    "eval": ("funloader.train", "main_eval", "evaluate a checkpoint (top-1/top-5, channel sweep)"),
+    "eval": ("funloader.evaluate", "main", "evaluate a checkpoint (top-1/top-5, channel sweep)"),
 }
 
 
@@ -31,8 +33,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Run 'funloader <command> --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"funloader {__version__}")
-    parser.add_argument("command", choices=sorted(COMMANDS), metavar="command",
-                        help="; ".join(f"{name}: {COMMANDS[name][2]}" for name in sorted(COMMANDS)))
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="<command>")
+    for name, (_, _, help_text) in COMMANDS.items():
+        commands.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
@@ -44,7 +47,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        parser.parse_args([command])  # prints the usage error and exits 2
+        parser.parse_args([command])  # prints the usage error (with the valid commands) and exits 2
     module_name, function_name, _ = COMMANDS[command]
     function = getattr(importlib.import_module(module_name), function_name)
     try:

@@ -14,7 +14,9 @@ from typing import Any, List, Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "setup", "cleanup", "all_reduce_sum", "all_reduce_max", "broadcast_object",
+from .errors import UsageError
+
+__all__ = ["DistInfo", "setup", "resolve_device", "cleanup", "all_reduce_sum", "all_reduce_max", "broadcast_object",
            "gather_objects", "barrier"]
 
 
@@ -38,6 +40,20 @@ class DistInfo:
         return self.world_size > 1
 
 
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """``"auto"`` (``cuda:LOCAL_RANK`` when CUDA is available, else the CPU), ``"cpu"`` or ``"cuda"``
+    (:class:`UsageError` when no CUDA device is available)."""
+    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise UsageError(f"--device must be auto, cpu or cuda, got {device!r}")
+    use_cuda = torch.cuda.is_available() if device == "auto" else str(device).startswith("cuda")
+    if not use_cuda:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device is available to this process (torch "
+                         f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
 def setup(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     """Initialise the process group from ``torchrun``'s environment (no-op for a single process).
 
@@ -47,14 +63,10 @@ def setup(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but CUDA is not available")
+    dev = resolve_device(device, local_rank)
+    use_cuda = dev.type == "cuda"
     if use_cuda:
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        dev = torch.device("cuda", torch.cuda.current_device())
-    else:
-        dev = torch.device("cpu")
+        torch.cuda.set_device(dev)
     backend = None
     if world_size > 1:
         backend = "nccl" if use_cuda else "gloo"

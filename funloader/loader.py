@@ -84,6 +84,10 @@ class DCTLoader:
         sampler: an iterable of indices (e.g. ``DistributedSampler``) replacing the built-in order;
             its ``set_epoch`` is called by ``set_epoch``; ``shuffle`` / ``rank`` are then ignored.
         seed, epoch: determine the order and the random augmentation of an epoch.
+        start_batch: the first batch an epoch's iteration yields (to resume inside an epoch): batch
+            ``b`` holds the same items and augmentation as in an uninterrupted epoch; ``len()``
+            counts the batches from ``start_batch`` on. An attribute, like ``epoch``: set it back to 0
+            for the next epoch.
         rank, world_size: this process' share of the data (default: from ``torch.distributed`` when
             initialised, else 0 and 1); each rank sees a disjoint ``1/world_size`` of the samples.
         size: block grid ``(H8, W8)`` every image is centre-cropped / zero-padded to by ``read_batch``
@@ -115,7 +119,7 @@ class DCTLoader:
                  rank: Optional[int] = None, world_size: Optional[int] = None, size=28,
                  transform: Optional[Callable] = None, dequantize: Optional[bool] = None, normalize="auto",
                  keep: KeepSpec = None, keep_mode: str = "drop", on_error: Optional[str] = None,
-                 strict: Optional[bool] = None, chunk_size: int = 8):
+                 strict: Optional[bool] = None, chunk_size: int = 8, start_batch: int = 0):
         if isinstance(dataset_or_root, DCTImageFolder):
             dataset = dataset_or_root
         else:
@@ -145,6 +149,9 @@ class DCTLoader:
         self.sampler = sampler
         self.seed = int(seed)
         self.epoch = int(epoch)
+        if int(start_batch) < 0:
+            raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+        self.start_batch = int(start_batch)
         if world_size is None or rank is None:
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
             world_size = world_size if world_size is not None else (torch.distributed.get_world_size() if distributed else 1)
@@ -193,7 +200,8 @@ class DCTLoader:
     def __len__(self) -> int:
         count = len(self.sampler) if self.sampler is not None else (
             int(math.ceil(len(self.dataset) / self.world_size)) if self.world_size > 1 else len(self.dataset))
-        return count // self.batch_size if self.drop_last else int(math.ceil(count / self.batch_size))
+        full = count // self.batch_size if self.drop_last else int(math.ceil(count / self.batch_size))
+        return max(0, full - self.start_batch)
 
     # ------------------------------------------------------------------ batch work
     def _buffer_dtype(self):
@@ -376,9 +384,9 @@ def _put(state: _State, item) -> bool:
 
 
 def _produce(loader: DCTLoader, batches: List[List[int]], buffers: List[torch.Tensor], state: _State,
-             finish_here: bool, epoch: int) -> None:
+             finish_here: bool, epoch: int, first: int) -> None:
     try:
-        for number, batch in enumerate(batches):
+        for number, batch in enumerate(batches, first):
             slot = None
             while slot is None:
                 if state.stop.is_set():
@@ -417,7 +425,8 @@ class _EpochIterator:
 
     def __init__(self, loader: DCTLoader):
         self._loader = loader
-        self._batches = loader.batches()
+        first = loader.start_batch
+        self._batches = loader.batches()[first:]
         self._remaining = len(self._batches)
         finish_here = loader.device.type == "cpu"
         slots = 1 if finish_here else loader.prefetch + 1
@@ -427,7 +436,8 @@ class _EpochIterator:
         self._finish_here = finish_here
         self._epoch = loader.epoch
         self._thread = threading.Thread(target=_produce, name="funloader-DCTLoader", daemon=True,
-                                        args=(loader, self._batches, buffers, self._state, finish_here, loader.epoch))
+                                        args=(loader, self._batches, buffers, self._state, finish_here, loader.epoch,
+                                              first))
         self._thread.start()
         self._finalizer = weakref.finalize(self, _shutdown, self._state, self._thread)
 

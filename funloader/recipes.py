@@ -53,7 +53,7 @@ from torch import nn
 
 __all__ = [
     "Recipe", "RECIPES", "recipe_for_model", "RMSpropTF", "build_optimizer", "parameter_groups",
-    "lr_multiplier", "ModelEma", "build_model", "EXTRA_MODELS",
+    "lr_multiplier", "ModelEma", "soft_target_cross_entropy",
 ]
 
 
@@ -261,39 +261,11 @@ class ModelEma:
 
 
 # ----------------------------------------------------------------------------------------------
-# models
-def _extra_specs():
-    from funloader.models.efficientnet import MBConvNetSpec, MBStage
-
-    return {
-        # A small FUN network for quick CPU runs and the tests of input compression: like the
-        # registry's fun_test, but its first block expands (so select_input_channels applies).
-        "fun_small": MBConvNetSpec((MBStage(3, 2, 1, 32, 1), MBStage(3, 4, 2, 48, 2)), head_channels=128,
-                                   drop_rate=0.2, drop_path_rate=0.1),
-    }
-
-
-#: Models the trainer knows besides ``funloader.models.list_models()``.
-EXTRA_MODELS = ("fun_small",)
-
-
-def build_model(name: str, *, num_classes: int, in_channels: Optional[int] = None,
-                drop_rate: Optional[float] = None, drop_path_rate: Optional[float] = None) -> nn.Module:
-    """``funloader.models.create_model`` for registered names, plus :data:`EXTRA_MODELS`.
-
-    FUN models take ``(N, in_channels, H8, W8)`` float inputs (``in_channels`` default 192)."""
-    from funloader.models import create_model, list_models
-
-    if name in list_models():
-        return create_model(name, num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
-                            drop_path_rate=drop_path_rate)
-    specs = _extra_specs()
-    if name not in specs:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models() + list(EXTRA_MODELS))}")
-    from funloader.models.efficientnet import MBConvNet
-
-    model = MBConvNet(specs[name], num_classes, in_channels, drop_rate, drop_path_rate)
-    model.default_cfg = {"name": name, "family": "fun", "input": "dct",
-                         "input_size": (model.in_channels, 28, 28), "num_classes": num_classes,
-                         "drop_rate": model.drop_rate, "drop_path_rate": model.drop_path_rate}
-    return model
+# loss
+def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``-sum_k targets[:, k] * log_softmax(logits)[:, k]``: cross-entropy
+    against soft targets ``(N, classes)`` (the mixed, smoothed targets of mixup / cutmix), computed
+    in float32. With one-hot targets smoothed by ``s`` it equals
+    ``cross_entropy(logits, y, label_smoothing=s)``."""
+    log_probs = torch.log_softmax(logits.float(), dim=1)
+    return -(targets.to(log_probs.dtype) * log_probs).sum(dim=1).mean()

@@ -124,6 +124,10 @@ MBCONV_SPECS = {
     # Tiny FUN network for fast CPU tests: same block types, 192 input channels, < 100k parameters.
     "fun_test": MBConvNetSpec(_stages((3, 1, 1, 16, 1), (3, 4, 2, 24, 2)),
                               head_channels=32, drop_rate=0.2, drop_path_rate=0.2),
+    # Small FUN network for quick CPU training runs: like fun_test, but its first block expands, so
+    # that select_input_channels (Table 7's pruned first layer) applies to it.
+    "fun_small": MBConvNetSpec(_stages((3, 2, 1, 32, 1), (3, 4, 2, 48, 2)),
+                               head_channels=128, drop_rate=0.2, drop_path_rate=0.1),
     # RGB baselines (timm definitions; input 3x224x224).
     "efficientnet_b0": _EFFICIENTNET_B0,
     "efficientnet_b1": _EFFICIENTNET_B0.scaled_depth(1.1),

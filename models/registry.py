@@ -54,6 +54,8 @@ _INFO: Dict[str, ModelInfo] = {
     "lefun_e2e": ModelInfo("fun", "ycbcr", _RGB, 4_270_312, None, 77.2, 4.3),
     # Not in models.md: the tiny test network (its count is pinned by tests/test_models.py).
     "fun_test": ModelInfo("fun", "dct", _DCT, 68_898, None),
+    # Not in models.md: the small network of funloader train's CPU learning check.
+    "fun_small": ModelInfo("fun", "dct", _DCT, 303_788, None),
     "efficientnet_b0": ModelInfo("rgb", "rgb", _RGB, 5_288_548, 385.8, 77.4, 5.3, 77, 400),
     # timm's EfficientNet-B1 runs at 240x240 (models.md's 686.8 MMACs are at 240).
     "efficientnet_b1": ModelInfo("rgb", "rgb", (3, 240, 240), 7_794_184, 686.8, 79.3, 7.8, 56, 700),

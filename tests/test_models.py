@@ -33,7 +33,7 @@ PAPER_PARAMS_M = {
 EXPECTED_NAMES = {
     "resfun", "efun_s_plus", "efun_s", "efun", "efun_l", "efun_variant_a", "efun_variant_b", "lefun",
     "lefun_e2e", "efficientnet_b0", "efficientnet_b1", "mobilenetv2_100", "resnet18", "resnet34",
-    "resnet50", "fun_test",
+    "resnet50", "fun_test", "fun_small",
 }
 
 

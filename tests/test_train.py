@@ -1,4 +1,4 @@
-"""Tests of ``funloader train`` / ``funloader eval`` (funloader/train.py, recipes.py, checkpoint.py).
+"""Tests of ``funloader train`` / ``funloader eval`` (funloader/train.py, evaluate.py, recipes.py, checkpoint.py).
 
 Data: ``../shared/data/labelled/fashion_mnist`` (28x28 gray product photos, 10 classes, 3000 train /
 1000 test) prepared once per session with ``funloader.prepare`` at 64x64 (an 8x8 block grid),
@@ -22,8 +22,10 @@ import pytest
 import torch
 
 from funloader.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from funloader.recipes import RMSpropTF, build_model, lr_multiplier, recipe_for_model
-from funloader.train import TrainConfig, main_eval, main_train, resolve_config
+from funloader.evaluate import main as main_eval
+from funloader.models import create_model
+from funloader.recipes import RMSpropTF, lr_multiplier, recipe_for_model
+from funloader.train import TrainConfig, main_train, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 LEARNING_THRESHOLD = 0.70  # test top-1 the learning check must reach (chance: 0.10)
@@ -115,8 +117,8 @@ def test_efun_recipe_resolution_scales_lr():
     assert (cfg.decay_rate, cfg.decay_epochs, cfg.label_smoothing, cfg.ema_decay) == (0.97, 2.4, 0.1, 0.9999)
     override = resolve_config(TrainConfig(data="x", model="efun_l", lr=0.5, epochs=3))
     assert override.lr == 0.5 and override.epochs == 3
-    assert build_model("efun_l", num_classes=10).drop_path_rate == 0.3
-    assert build_model("efun", num_classes=10).drop_path_rate == 0.2
+    assert create_model("efun_l", num_classes=10).drop_path_rate == 0.3
+    assert create_model("efun", num_classes=10).drop_path_rate == 0.2
 
 
 def test_rmsprop_tf_matches_tensorflow_update():
@@ -470,13 +472,18 @@ def test_train_on_kept_channels_then_eval(fashion64_small, tmp_path):
     assert code == 0
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert result["count"] == 200 and result["keep_channels_trained"] == "44/10/10"
-    assert main_eval(["--checkpoint", str(out / "last.pt"), "--data", str(fashion64_small), "--sweep-channels",
-                      "--no-progress", "--output", str(tmp_path / "eval2")]) == 2  # needs a 192-channel model
+    from funloader.cli import main
+
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(fashion64_small), "--sweep-channels",
+                 "--no-progress", "--output", str(tmp_path / "eval2")]) == 2  # needs a 192-channel model
 
 
 def test_train_reports_bad_data(tmp_path, capsys):
-    assert main_train(["--data", str(tmp_path / "missing"), "--output", str(tmp_path / "run")]) == 2
-    assert "missing" in capsys.readouterr().err
+    from funloader.cli import main
+
+    assert main(["train", "--data", str(tmp_path / "missing"), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
@@ -491,3 +498,279 @@ def test_dali_loader_trains(fashion64_small, tmp_path):
     assert summary["final"]["train_images"] == 640 and summary["val_images"] == 200
     assert summary["config"]["loader"] == "dali"
     assert math.isfinite(summary["final"]["train_loss"])
+
+
+# ----------------------------------------------------------------------------------------------
+# a tiny generated data set: the run directory, bad options, warnings, mixing (issues 14, 16, 19)
+def _write_tiny_split(root: Path, classes, per_class: int, size: int = 16, seed: int = 0):
+    import numpy as np
+    from PIL import Image
+
+    generator = np.random.default_rng(seed)
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):  # a class is a brightness level plus noise: learnable, not trivial
+            pixels = np.clip(60 + 120 * label / max(1, len(classes) - 1) + generator.normal(0, 25, (size, size, 3)),
+                             0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i:03d}.jpg", quality=90)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """``train/`` 2 classes x 16 JPEGs of 16x16 px (2x2 blocks), ``test/`` 2 x 4; and ``renamed/``,
+    ``three/``: training splits with other class names / another class count."""
+    root = tmp_path_factory.mktemp("tiny")
+    _write_tiny_split(root / "train", ["dark", "light"], 16)
+    _write_tiny_split(root / "test", ["dark", "light"], 4, seed=1)
+    _write_tiny_split(root / "renamed", ["dim", "light"], 16)
+    _write_tiny_split(root / "three", ["dark", "grey", "light"], 8)
+    return root
+
+
+def _tiny_args(data, output, *extra):
+    return ["--data", str(data), "--model", "fun_test", "--input-blocks", "2", "--batch-size", "8", "--epochs", "1",
+            "--warmup-epochs", "0", "--augment", "flip", "--output", str(output), "--no-progress",
+            "--torch-threads", "1", "--num-threads", "1", *extra]
+
+
+def _one_error_line(err: str) -> str:
+    """The CLI's one-line error in ``err`` (progress lines may precede it; no traceback)."""
+    lines = [line for line in err.splitlines() if ": error: " in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def _cli_main(args, capsys):
+    """``funloader ARGS`` in this process: (exit status, stderr)."""
+    from funloader.cli import main
+
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data, tmp_path_factory):
+    """fun_test trained 1 epoch on the tiny set (umask 022): the run directory."""
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    previous = os.umask(0o022)
+    try:
+        assert main_train(_tiny_args(tiny_data, out)) == 0
+    finally:
+        os.umask(previous)
+    return out
+
+
+def test_run_files_use_the_umask(tiny_run):
+    for name in ("last.pt", "best.pt", "metrics.csv", "config.json", "summary.json"):
+        assert (tiny_run / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_existing_run_is_not_overwritten_without_asking(tiny_data, tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt", "metrics.csv", "config.json")}
+    code, err = _cli_main(["train", *_tiny_args(tiny_data, run, "--epochs", "2")], capsys)
+    assert code == 2 and "--resume" in err and "--overwrite" in err and str(run) in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert {name: (run / name).read_bytes() for name in before} == before  # nothing touched
+    # --overwrite: the earlier run's files are replaced by the new run's
+    code, err = _cli_main(["train", *_tiny_args(tiny_data, run, "--epochs", "2", "--overwrite")], capsys)
+    assert code == 0, err
+    assert "deleted the earlier run" in err
+    assert len(_metrics(run)) == 2 and load_checkpoint(run / "last.pt")["epoch"] == 2
+    code, err = _cli_main(["train", *_tiny_args(tiny_data, run, "--resume", "--overwrite")], capsys)
+    assert code == 2 and "give one of them" in err
+
+
+def test_stale_checkpoint_temporaries_are_removed_at_start(tiny_data, tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    stale = [run / ".last.pt.k3j2h1.tmp", run / ".best.pt.x_9a8b.tmp"]
+    for path in stale:
+        path.write_bytes(b"\0" * 1000)  # what a SIGKILL during torch.save leaves
+    keep = run / ".last.pt.notes"  # not a temporary of ours
+    keep.write_text("mine")
+    code, err = _cli_main(["train", *_tiny_args(tiny_data, run, "--epochs", "2", "--resume")], capsys)
+    assert code == 0, err
+    assert not any(path.exists() for path in stale) and keep.exists()
+    assert "left by a checkpoint write that was killed" in err
+
+
+@pytest.mark.parametrize("split, expected", [("renamed", "class names"), ("three", "3")])
+def test_resume_on_other_classes_is_explained(tiny_data, tiny_run, tmp_path, capsys, split, expected):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    code, err = _cli_main(["train", "--output", str(run), "--resume", "--epochs", "2", "--no-progress",
+                           "--train-data", str(tiny_data / split), "--val-data", "none"], capsys)
+    assert code == 2 and "--resume" in err and expected in err and "--finetune" in err, err
+    assert _one_error_line(err) and "size mismatch" not in err
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1  # untouched
+
+
+def test_eval_of_a_checkpoint_without_model_name(tiny_data, tmp_path, capsys):
+    save_atomic({"model": {"w": torch.ones(2)}}, tmp_path / "other.pt")
+    code, err = _cli_main(["eval", "--checkpoint", str(tmp_path / "other.pt"), "--data", str(tiny_data),
+                           "--no-progress"], capsys)
+    assert code == 2 and "model_name" in err and "other.pt" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_eval_checks_its_output_before_evaluating(tiny_data, tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "eval-last").write_text("a file where the results folder would go")  # mkdir fails, as when read-only
+    code, err = _cli_main(["eval", "--checkpoint", str(run / "last.pt"), "--data", str(tmp_path / "no-data"),
+                           "--no-progress"], capsys)
+    # refused for the output, before the data (missing here) is even looked at
+    assert code == 2 and "cannot write results" in err and "--output" in err and "no-data" not in err, err
+    if os.geteuid() != 0:  # root writes into read-only folders anyway
+        (run / "eval-last").unlink()
+        run.chmod(0o555)
+        try:
+            code, err = _cli_main(["eval", "--checkpoint", str(run / "last.pt"), "--data", str(tiny_data),
+                                   "--no-progress"], capsys)
+        finally:
+            run.chmod(0o755)
+        assert code == 2 and "cannot write results" in err
+    out = tmp_path / "elsewhere"
+    code, err = _cli_main(["eval", "--checkpoint", str(run / "last.pt"), "--data", str(tiny_data), "--output",
+                           str(out), "--no-progress"], capsys)
+    assert code == 0 and json.loads((out / "eval.json").read_text())["count"] == 8
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--log-every", "0"], "--log-every must be >= 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--label-smoothing", "1.5"], "--label-smoothing"),
+    (["--model", "no_such_net"], "unknown model 'no_such_net'"),
+    (["--batch-size", "64"], "no full batch"),
+])
+def test_bad_train_options_are_named(tiny_data, tmp_path, capsys, extra, expected):
+    code, err = _cli_main(["train", *_tiny_args(tiny_data, tmp_path / "run"), *extra], capsys)
+    assert code == 2 and expected in _one_error_line(err), err
+
+
+def test_cuda_without_a_gpu_is_named(tiny_data, tiny_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, err = _cli_main(["train", *_tiny_args(tiny_data, tmp_path / "run"), "--device", "cuda"], capsys)
+    assert code == 2 and "--device cuda" in err and "no CUDA" in err, err
+    code, err = _cli_main(["eval", "--checkpoint", str(tiny_run / "last.pt"), "--data", str(tiny_data), "--device",
+                           "cuda", "--output", str(tmp_path / "eval")], capsys)
+    assert code == 2 and "no CUDA" in err, err
+
+
+def test_useless_settings_are_warned_about(tiny_data, tmp_path, capsys):
+    """The first-contact run of issue 14: the defaults (a long warm-up, a large batch, a 28-block
+    input) on a small set of small images."""
+    out = tmp_path / "run"
+    code, err = _cli_main(["train", "--data", str(tiny_data), "--model", "fun_test", "--epochs", "1",
+                           "--output", str(out), "--no-progress", "--torch-threads", "1", "--batch-size", "8"], capsys)
+    assert code == 0, err
+    warnings = json.loads((out / "summary.json").read_text())["warnings"]
+    assert len(warnings) == 3, warnings
+    steps, warmup, padding = (next(w for w in warnings if key in w) for key in ("steps", "warm-up", "padding"))
+    assert "only 4 optimizer steps" in steps and "--batch-size" in steps and "dropped" in steps
+    assert "warm-up (5 epochs)" in warmup and "--warmup-epochs" in warmup
+    assert "2x2 blocks" in padding and "--input-blocks 2" in padding
+    assert all(f"warning: {w}" in err for w in warnings)
+
+
+def test_train_help_shows_the_defaults(capsys):
+    from funloader.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--epochs EPOCHS epochs (default: recipe efun 450, resfun 130)" in text
+    assert "(default: recipe efun 5, resfun 0)" in text  # warm-up
+    assert "--batch-size BATCH_SIZE global batch over all processes (default: 512)" in text
+    assert "--preset {quick}" in text and "--overwrite" in text and "--mixup ALPHA" in text
+
+
+def test_parser_is_generated_from_the_config():
+    from funloader.train import _train_parser
+
+    flags = {action.dest for action in _train_parser()._actions}
+    fields = {f.name for f in __import__("dataclasses").fields(TrainConfig)}
+    assert fields <= flags
+    parsed = _train_parser().parse_args(["--data", "d", "--milestones", "3", "5", "--no-dequantize", "--resume"])
+    assert vars(parsed) == {"data": "d", "milestones": [3, 5], "dequantize": False, "resume": "auto"}
+
+
+def test_preset_quick_fills_what_is_not_given():
+    quick = resolve_config(TrainConfig(data="x", preset="quick"))
+    assert (quick.batch_size, quick.epochs, quick.warmup_epochs) == (64, 5, 0.5)
+    assert quick.lr == pytest.approx(0.048 * 64 / 512)
+    mine = resolve_config(TrainConfig(data="x", preset="quick", epochs=8, batch_size=32))
+    assert (mine.batch_size, mine.epochs, mine.warmup_epochs) == (32, 8, 0.5)
+    assert resolve_config(TrainConfig(data="x")).batch_size == 512
+
+
+def test_sweep_explains_a_missing_pruned_column_once(tiny_run, tiny_data, tmp_path, capsys):
+    code = main_eval(["--checkpoint", str(tiny_run / "last.pt"), "--data", str(tiny_data), "--sweep-channels",
+                      "--output", str(tmp_path / "sweep"), "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.count("pruned first layer not available") == 1, out  # fun_test's first block does not expand
+    assert "for any spec" in out
+
+
+def test_soft_target_loss_matches_label_smoothing():
+    from funloader.mixing import one_hot_targets
+    from funloader.recipes import soft_target_cross_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(6, 5, generator=generator), torch.tensor([0, 1, 2, 3, 4, 0])
+    for smoothing in (0.0, 0.1):
+        targets = one_hot_targets(labels, 5, smoothing)
+        torch.testing.assert_close(soft_target_cross_entropy(logits, targets),
+                                   torch.nn.functional.cross_entropy(logits, labels, label_smoothing=smoothing))
+    # mixed targets: the lam-weighted sum of the two items' losses
+    lam, s = 0.7, 0.1
+    mixed = lam * one_hot_targets(labels, 5, s) + (1 - lam) * one_hot_targets(labels.roll(1), 5, s)
+    expected = lam * torch.nn.functional.cross_entropy(logits, labels, label_smoothing=s) + \
+        (1 - lam) * torch.nn.functional.cross_entropy(logits, labels.roll(1), label_smoothing=s)
+    torch.testing.assert_close(soft_target_cross_entropy(logits, mixed), expected)
+
+
+def test_mixup_cutmix_run_resumes_bit_identically(tiny_data, tmp_path):
+    """Two epochs with mixup + cutmix + label smoothing, straight and as 1 epoch + --resume: the same
+    weights (the mixing draws depend only on (seed, epoch, rank, batch))."""
+    mix = ["--mixup", "0.4", "--cutmix", "1.0", "--label-smoothing", "0.1", "--input-blocks", "4"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main_train(_tiny_args(tiny_data, straight, *mix, "--epochs", "2")) == 0
+    assert main_train(_tiny_args(tiny_data, split, *mix, "--epochs", "1")) == 0
+    assert main_train(_tiny_args(tiny_data, split, *mix, "--epochs", "2", "--resume")) == 0
+    _assert_same_run(straight, split)
+    config = json.loads((straight / "config.json").read_text())["config"]
+    assert (config["mixup"], config["cutmix"], config["label_smoothing"]) == (0.4, 1.0, 0.1)
+    assert all(math.isfinite(float(row["train_loss"])) for row in _metrics(straight))
+    plain = tmp_path / "plain"
+    assert main_train(_tiny_args(tiny_data, plain, "--label-smoothing", "0.1", "--input-blocks", "4",
+                                 "--epochs", "2")) == 0
+    assert _metrics(plain)[0]["train_loss"] != _metrics(straight)[0]["train_loss"]  # mixing did something
+
+
+def test_loader_start_batch_continues_an_epoch(tiny_data):
+    from funloader import transforms as T
+    from funloader.loader import DCTLoader
+
+    def batches(start):
+        loader = DCTLoader(str(tiny_data / "train"), 4, shuffle=True, seed=3, epoch=2, size=4, normalize=False,
+                           transform=T.Compose([T.RandomCrop(4, padding=1), T.RandomHorizontalFlip()]),
+                           start_batch=start, num_threads=1)
+        return len(loader), [(x.clone(), y.clone()) for x, y in loader]
+
+    full_len, full = batches(0)
+    tail_len, tail = batches(5)
+    assert (full_len, tail_len, len(tail)) == (8, 3, 3)
+    for (x, y), (x_full, y_full) in zip(tail, full[5:]):
+        assert torch.equal(x, x_full) and torch.equal(y, y_full)

@@ -69,8 +69,8 @@ def measure_models(names: Optional[Sequence[str]] = None, *, device: str = "cpu"
                    dtype: Optional[torch.dtype] = None, compile: bool = False, passes: int = 1,
                    builders: Optional[Dict[str, Callable[[], torch.nn.Module]]] = None,
                    progress: Callable[[str], None] = lambda message: None, flush_denormal: bool = True) -> Section:
-    """Time ``names`` (default: every model but ``fun_test``) at each batch size; one :class:`Result`
-    per batch size (``"batch B"``: model -> summary, with ``latency_ms`` per pass), the models'
+    """Time ``names`` (default: every model but the test networks ``fun_test`` and ``fun_small``) at
+    each batch size; one :class:`Result` per batch size (``"batch B"``: model -> summary, with ``latency_ms`` per pass), the models'
     sizes in ``extra["models"]``. ``dtype``: autocast dtype (e.g. ``torch.bfloat16``), None for
     float32; ``compile``: ``torch.compile`` each model; ``passes``: forward passes per timed call
     (short GPU passes); ``builders``: more models to time alongside, name -> factory of a model
@@ -78,7 +78,7 @@ def measure_models(names: Optional[Sequence[str]] = None, *, device: str = "cpu"
     ``torch.set_num_threads`` for the run (restored afterwards)."""
     from ..models import create_model, list_models
 
-    names = list(names or [n for n in list_models() if n != "fun_test"])
+    names = list(names or [n for n in list_models() if n not in ("fun_test", "fun_small")])
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("measure_models: device 'cuda' requested but CUDA is not available")
     section = Section("models", TITLE, explained={
