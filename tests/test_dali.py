@@ -435,3 +435,45 @@ def test_defaults_equal_dct_loader_defaults(plugin, image_folder, tmp_path):
         for x, ex in zip(got, expected):
             assert x.dtype == np.float32
             np.testing.assert_array_equal(x, ex)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exact_resized_crop_equals_read_batch_of_its_windows(backend, plugin, image_folder, samples):
+    """resize=RandomResizedCrop: each sample is the exact resized crop of the window the transform drew
+    (whole-image pixel windows), bit for bit as read_batch(boxes=), here flipped and normalised too."""
+    names, _ = samples
+    rng = np.random.default_rng(6)
+    stats = {"mean": rng.normal(0, 10, 192).tolist(), "std": rng.uniform(1, 30, 192).tolist()}
+    pipe = _raw_pipeline(image_folder, 4, num_threads=2, backend=backend, resize=T.RandomResizedCrop(20), flip=1.0,
+                         dequantize=True, normalize_stats=stats, seed=5)
+    images, _ = _epoch(FUNIterator(pipe))
+    assert images.shape == (len(names), 192, 20, 20) and images.dtype == np.float32
+    if backend == "plugin":
+        boxes = np.concatenate(list(pipe.funloader_boxes))[:len(names)]
+    else:
+        boxes = np.concatenate([pipe.funloader_feeder.box(i, 0, i) for i in range(len(names))])
+    sizes = funloader.codec.read_sizes(names)
+    assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, :2] + boxes[:, 2:] <= sizes)
+    resized = np.empty((len(names), 192, 20, 20), np.float32)
+    assert funloader.read_batch(names, resized, boxes=boxes) == [None] * len(names)
+    np.testing.assert_array_equal(images, T.normalize(T.hflip(resized), stats["mean"], stats["std"]))
+
+
+def test_evaluation_transform_equals_dct_loader(plugin, image_folder, tmp_path):
+    """resize=ResizeCenterCrop (Resize(256) + CenterCrop(224), native): plugin == external_source ==
+    DCTLoader with the same transform, raw (int16, q100 rounding) and normalised float."""
+    from funloader import DCTLoader
+
+    rng = np.random.default_rng(7)
+    stats = {"mean": rng.normal(0, 10, 192).tolist(), "std": rng.uniform(1, 30, 192).tolist()}
+    for dequantize, normalize in [(True, stats), (False, None)]:
+        loader = DCTLoader(image_folder, 5, num_threads=2, transform=T.ResizeCenterCrop(28), dequantize=dequantize,
+                           normalize=normalize or False)
+        expected = np.concatenate([x.numpy() for x, _ in loader])
+        for backend in BACKENDS:
+            pipe = _raw_pipeline(image_folder, 5, num_threads=2, backend=backend, resize=T.ResizeCenterCrop(28),
+                                 dequantize=dequantize, normalize_stats=normalize, dtype="float32")
+            images, _ = _epoch(FUNIterator(pipe))
+            np.testing.assert_array_equal(images, expected)
+    with pytest.raises(ValueError, match="resize"):
+        fun_pipeline(image_folder, 4, resize=T.RandomResizedCrop(28, mode="nearest"))
