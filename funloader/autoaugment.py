@@ -37,6 +37,7 @@ import torch
 from .channels import ZIGZAG
 from .color import ColorAffine, _as_batch
 from .errors import UsageError
+from .transform_base import DCTTransform
 
 __all__ = ["drop_frequencies", "drop_chroma", "FrequencyDropout", "ChromaDropout", "RandAugment",
            "TrivialAugmentWide", "RANDAUGMENT_OPS", "JPEG_OPS"]
@@ -99,7 +100,7 @@ def _mask_batch(x, name):
     return batch, restore
 
 
-class _ChannelMask:
+class _ChannelMask(DCTTransform):
     """Per-item 0/1 channel gains: fused into the decode by the CPU loader (``channel_affine``)."""
 
     integer_exact = True
@@ -182,7 +183,7 @@ def _magnitude_table(name: str, bins: int, grid: Tuple[int, int], wide: bool):
     raise UsageError(f"unknown or inexact augmentation op {name!r}; available: {RANDAUGMENT_OPS + JPEG_OPS}")
 
 
-class _Policy:
+class _Policy(DCTTransform):
     integer_exact = False
     _wide = False
 

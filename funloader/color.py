@@ -54,11 +54,12 @@ import numpy as np
 import torch
 
 from .errors import UsageError
+from .transform_base import DCTTransform
 
 __all__ = [
     "DC_LEVEL", "ColorAffine", "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue",
     "rgb_to_grayscale", "ColorJitter", "RandomBrightness", "RandomContrast", "RandomSaturation", "RandomHue",
-    "RandomGrayscale", "Grayscale",
+    "RandomGrayscale", "Grayscale", "is_fusable", "fused_plan", "fold_affine",
 ]
 
 #: The JPEG level shift in DC units, ``8 * 128``: a block of constant sample value ``p`` has DC ``8 * (p - 128)``.
@@ -275,7 +276,7 @@ def _range(value, name: str, center: float = 1.0, bound: Tuple[float, float] = (
     return (low, high)
 
 
-class ColorJitter:
+class ColorJitter(DCTTransform):
     """torchvision ``ColorJitter(brightness, contrast, saturation, hue)`` on FUN coefficients, drawn
     independently per batch item: factors uniform in ``[max(0, 1 - v), 1 + v]`` (hue in ``[-h, h]``,
     h <= 0.5), applied in a random order (torchvision's ``randperm(4)`` per image). Brightness,
@@ -353,7 +354,7 @@ class RandomHue(ColorJitter):
         super().__init__(hue=hue)
 
 
-class RandomGrayscale:
+class RandomGrayscale(DCTTransform):
     """torchvision ``RandomGrayscale(p)``: each item becomes greyscale (chroma zeroed) with probability ``p``."""
 
     integer_exact = True  # zeroing is exact on raw integers too
@@ -397,3 +398,81 @@ class Grayscale(RandomGrayscale):
 
     def __repr__(self) -> str:
         return "Grayscale()"
+
+
+# ----------------------------------------------------------------------------------------------
+# composition with the loader's fused path (block maps + per-channel affine in read_batch)
+def _steps(transform):
+    from .transforms import Compose
+
+    return list(transform.transforms) if isinstance(transform, Compose) else [transform]
+
+
+def _moves_blocks(step) -> bool:
+    return bool(getattr(step, "plannable", False)) and hasattr(step, "plan")
+
+
+def _channel_affine_step(step) -> bool:
+    return bool(getattr(step, "fusable", False)) and hasattr(step, "channel_affine")
+
+
+def is_fusable(transform) -> bool:
+    """True when ``transform`` (or each step of a ``Compose``) is block moves (crops, flips, nearest
+    resized crops, ``RandomTranslate``) followed by per-item per-channel affines (``ColorJitter``
+    without contrast/hue, ``RandomGrayscale``, ``FrequencyDropout``, ``ChromaDropout``): then
+    :func:`fused_plan` gives it as one gather plus one ``x * gain + bias``."""
+    if transform is None:
+        return False
+    seen_affine = False
+    for step in _steps(transform):
+        if _moves_blocks(step) and not seen_affine:
+            continue
+        if _channel_affine_step(step):
+            seen_affine = True
+            continue
+        return False
+    return True
+
+
+def fused_plan(transform, shape, generator: Optional[torch.Generator] = None):
+    """``(plan, gain, bias)`` for an :func:`is_fusable` transform on a batch of ``shape``
+    ``(N, 192, H8, W8)``: ``transform(x) == x_moved * gain + bias`` where ``x_moved = plan.apply(x)``
+    (a ``GatherPlan``; its flip signs are part of the plan) and ``gain``/``bias`` are ``(N, 192)``
+    float64 (None when there is no affine step). Draws the same random numbers, in the same order,
+    as ``transform(x, generator)``. The affine comes after the block moves, so zero (padding) blocks
+    get ``bias``: a grey block recoloured, as the pixel operation would."""
+    from .transforms import GatherPlan, _identity_indices
+
+    N, C, H, W = shape
+    plan = GatherPlan(_identity_indices(N, H), _identity_indices(N, W))
+    gain = bias = None
+    for step in _steps(transform):
+        if gain is None and _moves_blocks(step):
+            plan = plan.then(step.plan((N, C) + plan.shape, generator))
+        elif _channel_affine_step(step):
+            if C != 192:
+                raise UsageError("per-channel colour maps need all 192 channels")
+            g, b = step.channel_affine(N, generator)
+            gain, bias = (g, b) if gain is None else (gain * g, bias * g + b)
+        else:
+            raise UsageError(f"{step!r} is neither a block move nor a per-channel affine: not fusable")
+    return plan, gain, bias
+
+
+def fold_affine(sign: Optional[torch.Tensor], gain: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                scale: torch.Tensor, shift: torch.Tensor, count: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The one formula for a fused batch's ``read_batch`` affine, used by the decode and by the
+    loader's torch path alike (so both give the same bits): ``out = x * total_gain + total_bias``
+    with, in float32, ``total_gain = (sign * gain) * scale`` and ``total_bias = bias * scale + shift``
+    (``sign`` (N, 192) flip signs or None; ``gain``/``bias`` (N, 192) colour maps or None;
+    ``scale``/``shift`` the (192,) normalisation). Returns ``(N, 192)`` gain and ``(N, 192)`` or
+    ``(192,)`` bias (the latter when there is no colour bias)."""
+    scale = scale.reshape(1, 192).to(torch.float32)
+    shift = shift.reshape(192).to(torch.float32)
+    total = torch.ones(count, 192) if sign is None else sign.to(torch.float32)
+    if gain is not None:
+        total = total * gain.to(torch.float32)
+    total = total * scale
+    if bias is None:
+        return total, shift
+    return total, bias.to(torch.float32) * scale + shift

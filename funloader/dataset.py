@@ -443,8 +443,8 @@ def decode_into(dataset: DCTImageFolder, indices: Sequence[int], out, *, threads
     or float32 when dequantized) with ``read_batch`` (centre crop / zero padding to the grid),
     applying the error policy. Returns the labels (list of int) actually placed, which differ from
     ``dataset.targets[indices]`` where a bad sample was replaced. ``layout``: per-item
-    ``row_maps``/``col_maps``/``gain``/``boxes`` arrays (and a shared ``bias``, ``subsampling``,
-    ``support``) passed on to ``read_batch``. ``dequantize``, ``strict``, ``on_error``: the caller's
+    ``row_maps``/``col_maps``/``gain``/``boxes``/``bias`` arrays (a ``(192,)`` bias, ``subsampling``
+    and ``support`` are shared) passed on to ``read_batch``. ``dequantize``, ``strict``, ``on_error``: the caller's
     settings (default: the dataset's; the dataset is not changed). ``box_for(candidate, slot)``: the
     pixel window of a replacement sample ``candidate`` placed in ``slot`` (with ``boxes``)."""
     indices = [int(i) for i in indices]
@@ -454,8 +454,9 @@ def decode_into(dataset: DCTImageFolder, indices: Sequence[int], out, *, threads
     on_error = dataset.on_error if on_error is None else on_error
 
     def item_layout(slot, candidate):
-        shared = ("bias", "subsampling", "support")
-        entries = {key: (value if key in shared or value is None else value[slot:slot + 1]) for key, value in layout.items()}
+        def shared(key, value):  # strings and a (192,) bias serve every item; the rest has a row per item
+            return value is None or key in ("subsampling", "support") or (key == "bias" and len(value.shape) == 1)
+        entries = {key: (value if shared(key, value) else value[slot:slot + 1]) for key, value in layout.items()}
         if box_for is not None:
             entries["boxes"] = np.asarray([box_for(candidate, slot)], dtype=np.float64)
         return entries

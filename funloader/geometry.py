@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .errors import UsageError
+from .transform_base import DCTTransform
 
 __all__ = [
     "transpose", "rotate", "transverse", "erase", "translate", "fill_coefficients", "transpose_permutation",
@@ -190,7 +191,7 @@ def _translate_batch(batch, dy, dx, fill, channels):
 
 # ----------------------------------------------------------------------------------------------
 # random classes
-class RandomErasing:
+class RandomErasing(DCTTransform):
     """torchvision ``RandomErasing(p, scale, ratio, value)`` with block-aligned boxes: per item, with
     probability ``p``, up to 10 attempts of area fraction ``U(scale)`` and aspect ratio log-uniform
     in ``ratio``, sides ``round(sqrt(area*ratio))`` blocks (torchvision's rule on the block grid); a
@@ -246,7 +247,7 @@ class RandomErasing:
         return f"RandomErasing(p={self.p}, scale={self.scale}, ratio={self.ratio}, fill={self.fill!r})"
 
 
-class RandomTranslate:
+class RandomTranslate(DCTTransform):
     """Per-item shift by whole blocks, ``dy`` and ``dx`` uniform integers in ``[-max_dy, max_dy]`` and
     ``[-max_dx, max_dx]`` (``max_blocks`` an int or ``(max_dy, max_dx)``); uncovered blocks get ``fill``.
     With the default grey fill it is a block gather (``plan``), fused with the other block moves
@@ -289,7 +290,7 @@ class RandomTranslate:
         return f"RandomTranslate(max_blocks={self.max_blocks}, fill={self.fill!r})"
 
 
-class RandomRotation:
+class RandomRotation(DCTTransform):
     """Per item, rotate clockwise by an angle drawn uniformly from ``degrees`` (multiples of 90; default
     ``(0, 90, 180, 270)``), exactly (see ``rotate``). 90/270 need a square block grid in a batch."""
 
@@ -323,7 +324,7 @@ class RandomRotation:
         return f"RandomRotation(degrees={self.degrees})"
 
 
-class RandomTranspose:
+class RandomTranspose(DCTTransform):
     """Per item, transpose (``jpegtran -transpose``) with probability ``p``; needs a square grid."""
 
     integer_exact = True

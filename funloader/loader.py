@@ -348,7 +348,8 @@ class DCTLoader:
             if not len(rows):
                 continue
             part = torch.empty((len(rows),) + tuple(out.shape[1:]), dtype=out.dtype)
-            part_layout = {key: (value if key == "bias" else value[torch.from_numpy(rows)]) for key, value in layout.items()}
+            part_layout = {key: (value if key == "bias" and value.ndim == 1 else value[torch.from_numpy(rows)])
+                           for key, value in layout.items()}
             if with_boxes:
                 part_layout.update(boxes=boxes[rows], **resized)
             placed = decode_into(self.dataset, [indices[r] for r in rows], part, threads=self.num_threads,
@@ -375,17 +376,21 @@ class DCTLoader:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         direct = self.stats is not None and self._kept is None and self.dtype == torch.float32 and not self.channels_last
         out = None
-        fused = getattr(transform, "plannable", False) and hasattr(transform, "plan")
+        fused = T.is_fusable(transform)  # block moves, then per-channel colour maps (funloader.color)
         keep_integers = not raw.is_floating_point() and (transform is None or getattr(transform, "integer_exact", False))
         for start in range(0, count, step):
             x = raw[start:start + step]
             if not keep_integers and x.dtype != torch.float32:
                 x = x.to(torch.float32)  # raw int16 stays int16 through integer-exact transforms
-            signs = None
-            if fused:  # crops/flips/nearest resized crops as one gather; flip signs folded into the scale
-                plan = transform.plan(tuple(x.shape), generator)
+            signs = gain = bias = None
+            if fused:  # crops/flips/nearest resized crops as one gather; flip signs and colour maps folded into the scale
+                plan, gain, bias = T.fused_plan(transform, tuple(x.shape), generator)
                 x = plan.apply(x, with_sign=not direct)
                 signs = plan.sign if direct else None
+                if not direct and gain is not None:  # raw integers only meet 0/1 masks (integer_exact steps)
+                    x = x * gain.to(device=x.device, dtype=x.dtype)[:, :, None, None]
+                    if x.is_floating_point():
+                        x = x + bias.to(device=x.device, dtype=x.dtype)[:, :, None, None]
             elif transform is not None:
                 x = transform(x, generator=generator) if isinstance(transform, T.DCTTransform) else transform(x)
             if direct:  # normalise straight into the output: x * (1/std) + (-mean/std)
@@ -393,11 +398,13 @@ class DCTLoader:
                     out = torch.empty((count,) + tuple(x.shape[1:]), dtype=torch.float32, device=x.device)
                     scale, shift = self._normalizer(x.device)
                 dest = out[start:start + step]
-                if signs is None:
+                if signs is None and gain is None:
                     torch.mul(x, scale, out=dest)
-                else:
-                    torch.mul(x, signs.to(device=x.device)[:, :, None, None] * scale, out=dest)
-                dest.add_(shift)
+                    dest.add_(shift)
+                    continue
+                total_gain, total_bias = T.fold_affine(signs, gain, bias, scale.cpu(), shift.cpu(), x.shape[0])
+                torch.mul(x, total_gain.to(device=x.device)[:, :, None, None], out=dest)
+                dest.add_(total_bias.to(device=x.device)[..., None, None])
                 continue
             if not x.is_floating_point():
                 x = x.to(torch.float32)
@@ -438,18 +445,20 @@ class DCTLoader:
         transform = self._rest
         if transform is None:
             return {"gain": scale.expand(count, 192), "bias": shift.reshape(192)}
-        if not (getattr(transform, "plannable", False) and hasattr(transform, "plan")):
+        if not T.is_fusable(transform):
             return None
         generator = torch.Generator()
         generator.manual_seed(_batch_seed(self.seed, self.epoch if epoch is None else epoch, self.rank, batch_number))
         step = max(1, int(self.chunk_size))  # the chunks finish() plans, in the same order
-        plans = [transform.plan((min(step, count - start), 192) + self.size, generator)
-                 for start in range(0, count, step)]
-        if any(tuple(plan.shape) != self.size for plan in plans):
+        chunks = [T.fused_plan(transform, (min(step, count - start), 192) + self.size, generator)
+                  for start in range(0, count, step)]
+        if any(tuple(plan.shape) != self.size for plan, _, _ in chunks):
             return None
-        signs = [plan.sign if plan.sign is not None else torch.ones(plan.rows.shape[0], 192) for plan in plans]
-        return {"row_maps": torch.cat([plan.rows for plan in plans]), "col_maps": torch.cat([plan.cols for plan in plans]),
-                "gain": torch.cat(signs).to(torch.float32) * scale, "bias": shift.reshape(192)}
+        affines = [T.fold_affine(plan.sign, gain, bias, scale, shift, plan.rows.shape[0]) for plan, gain, bias in chunks]
+        return {"row_maps": torch.cat([plan.rows for plan, _, _ in chunks]),
+                "col_maps": torch.cat([plan.cols for plan, _, _ in chunks]),
+                "gain": torch.cat([g for g, _ in affines]),
+                "bias": torch.cat([b.expand(g.shape[0], 192) for g, b in affines])}
 
     def decode_fused(self, batch_indices: Sequence[int], layout: dict, batch_number: int, epoch: Optional[int] = None):
         """Decode straight into a new normalised, augmented float32 batch (see :meth:`fused_layout`)."""

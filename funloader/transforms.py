@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .channels import ALL_CHANNELS as _ALL_CHANNELS, KeepSpec, channel_indices, flip_signs, normalization_affine
+from .transform_base import DCTTransform
 
 Array = Union[np.ndarray, torch.Tensor]
 SizeLike = Union[int, Tuple[int, int], Sequence[int]]
@@ -471,22 +472,6 @@ def normalize(x: Array, mean: Sequence[float], std: Sequence[float],
 
 # ----------------------------------------------------------------------------------------------
 # composable classes
-class DCTTransform:
-    """Base class: ``transform(x, generator=None)`` on ``(C, H8, W8)`` or ``(N, C, H8, W8)``.
-
-    ``integer_exact``: True when the transform only moves, negates or zeroes coefficients, so it can
-    run on raw int16 coefficients (half the memory traffic) with the same result as on floats."""
-
-    integer_exact = False
-
-    def __call__(self, x: Array, generator: Optional[torch.Generator] = None) -> Array:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({fields})"
-
-
 class GatherPlan:
     """A batch transform that only moves and negates whole blocks, as one gather:
     ``out[n, c, i, j] = sign[n, c] * x[n, c, rows[n, i], cols[n, j]]`` (index -1: a zero block).

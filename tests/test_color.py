@@ -179,3 +179,50 @@ def test_same_draws_on_cuda(images):
     cpu = jitter(batch, torch.Generator().manual_seed(4))
     gpu = jitter(batch.cuda(), torch.Generator().manual_seed(4))
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-3)
+
+
+# ---------------------------------------------------------------- the fused CPU path
+def test_colour_maps_fold_into_the_decode_bit_identically(shared_data):
+    """Block moves then per-channel colour maps (brightness, saturation, grayscale, dropouts) ride in
+    read_batch's per-item gain and (N, 192) bias: the fused decode equals decode + finish bit for bit,
+    and equals applying the transforms one by one then normalising (up to float rounding)."""
+    from funloader.loader import DCTLoader, _batch_seed
+
+    samples = [(str(p), i % 3) for i, p in enumerate(photos(shared_data, "4:2:0", limit=12))]
+    pipeline = T.Compose([T.RandomResizedCrop(16, mode="nearest"), T.RandomHorizontalFlip(),
+                          T.ColorJitter(brightness=0.4, saturation=0.4), T.RandomGrayscale(0.3),
+                          T.FrequencyDropout(p=0.5), T.ChromaDropout(p=0.3)])
+    assert T.is_fusable(pipeline)
+    assert not T.is_fusable(T.Compose([T.ColorJitter(contrast=0.4)]))
+    assert not T.is_fusable(T.Compose([T.RandomGrayscale(), T.RandomHorizontalFlip()]))  # affine before a move
+    stats = (np.linspace(-20, 20, 192), np.linspace(1, 40, 192))
+    loader = DCTLoader(samples, batch_size=12, size=16, transform=pipeline, normalize=stats, num_threads=2, seed=5,
+                       chunk_size=8)
+    layout = loader.fused_layout(12, batch_number=0, epoch=1)
+    assert layout is not None and layout["bias"].shape == (12, 192)
+    assert len(set(layout["bias"][:, 0].tolist())) > 1  # per-item brightness bias on the Y DC channel
+    fused, _ = loader.decode_fused(list(range(12)), layout, 0)
+    buffer = torch.empty((12, 192, 16, 16), dtype=torch.float32)
+    labels = loader.decode(list(range(12)), buffer)
+    reference, _ = loader.finish(buffer.clone(), labels, 0, 1)
+    assert torch.equal(fused, reference)
+    generator = torch.Generator().manual_seed(_batch_seed(5, 1, 0, 0))
+    stepwise = torch.cat([pipeline(buffer[i:i + 8].double(), generator) for i in range(0, 12, 8)])
+    expected = T.normalize(stepwise, *stats).float()
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=2e-4)
+
+
+def test_read_batch_takes_a_bias_per_item(shared_data):
+    paths = [str(p) for p in photos(shared_data, "4:2:0", limit=3)]
+    plain = np.empty((3, 192, 8, 8), np.float32)
+    funloader.read_batch(paths, plain, dequantize=True)
+    gain = np.full((3, 192), 0.5, np.float32)
+    bias = np.arange(3 * 192, dtype=np.float32).reshape(3, 192)
+    out = np.empty_like(plain)
+    funloader.read_batch(paths, out, dequantize=True, gain=gain, bias=bias)
+    np.testing.assert_array_equal(out, plain * gain[:, :, None, None] + bias[:, :, None, None])
+    shared = np.empty_like(plain)
+    funloader.read_batch(paths, shared, dequantize=True, gain=gain, bias=bias[1])  # (192,) for every item
+    np.testing.assert_array_equal(shared, plain * gain[:, :, None, None] + bias[1][None, :, None, None])
+    with pytest.raises(ValueError, match="bias"):
+        funloader.read_batch(paths, out, dequantize=True, gain=gain, bias=bias[:2])
