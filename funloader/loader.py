@@ -432,14 +432,13 @@ class DCTLoader:
         or channels_last, with no transform or a plannable one (crops, flips, nearest resized crops)
         that keeps the grid, after an exact resized crop if the transform starts with one (its windows
         go to ``read_batch(boxes=)``, see :meth:`decode`). In raw mode (``dequantize=False``) a resized
-        crop is rounded to int16 first, so it is not fused (``indices``: the batch, to tell whether
-        its items are resized). Saves the gather and normalisation passes over the batch."""
+        crop is rounded to int16 first, so it is not fused (``indices``: the batch, checked with
+        :meth:`fusable`). Saves the gather and normalisation passes over the batch."""
         if (self.device.type != "cpu" or self.stats is None or self._kept is not None or self.dtype != torch.float32
                 or self.channels_last):
             return None
-        if not self.dequantize and (self._source is not None or (
-                self._default_source is not None and (indices is None or self.source_boxes(indices) is not None))):
-            return None  # raw mode: a resized crop is rounded to int16 (q100) first, which a float decode skips
+        if indices is not None and not self.fusable(indices):
+            return None
         scale, shift = self._normalizer(torch.device("cpu"))
         scale = scale.reshape(1, 192)
         transform = self._rest
@@ -459,6 +458,14 @@ class DCTLoader:
                 "col_maps": torch.cat([plan.cols for plan, _, _ in chunks]),
                 "gain": torch.cat([g for g, _ in affines]),
                 "bias": torch.cat([b.expand(g.shape[0], 192) for g, b in affines])}
+
+    def fusable(self, batch_indices: Sequence[int]) -> bool:
+        """False when the batch's decode cannot take the affine: in raw mode (``dequantize=False``) a
+        resized crop is rounded to int16 (q100 coefficients) before normalisation, which a float32
+        decode would skip."""
+        if self.dequantize:
+            return True
+        return self._source is None and (self._default_source is None or self.source_boxes(batch_indices) is None)
 
     def decode_fused(self, batch_indices: Sequence[int], layout: dict, batch_number: int, epoch: Optional[int] = None):
         """Decode straight into a new normalised, augmented float32 batch (see :meth:`fused_layout`)."""
@@ -542,7 +549,7 @@ def _produce(loader: DCTLoader, batches: List[List[int]], buffers: List[torch.Te
                 event.synchronize()  # the GPU copy out of this pinned slot has finished
                 state.events[slot] = None
             buffer = buffers[slot]
-            layout = loader.fused_layout(len(batch), number, epoch, batch) if finish_here else None
+            layout = loader.fused_layout(len(batch), number, epoch) if finish_here and loader.fusable(batch) else None
             if layout is not None:  # CPU: augmentation and normalisation done by the decode itself
                 item = loader.decode_fused(batch, layout, number, epoch)
                 state.free.put(slot)
