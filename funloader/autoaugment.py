@@ -200,9 +200,24 @@ class _Policy(DCTTransform):
             _magnitude_table(name, 2, (1, 1), self._wide)  # validates the name
         self.fill = fill
         self._fill = torch.from_numpy(fill_coefficients(fill)).to(torch.float64)
+        self._cache: dict = {}
 
     def _bins(self, rounds: int, count: int, generator) -> torch.Tensor:
         raise NotImplementedError
+
+    def _tables(self, grid: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(n_ops, bins)`` float64 magnitudes (0 for ops without one) and ``(n_ops,)`` bool signed."""
+        cached = self._cache.get(grid)
+        if cached is None:
+            values = torch.zeros(len(self.ops), self.num_magnitude_bins, dtype=torch.float64)
+            signed = torch.zeros(len(self.ops), dtype=torch.bool)
+            for index, name in enumerate(self.ops):
+                table, sign = _magnitude_table(name, self.num_magnitude_bins, grid, self._wide)
+                if table is not None:
+                    values[index] = table
+                signed[index] = sign
+            cached = self._cache[grid] = (values, signed)
+        return cached
 
     def params(self, count: int, grid: Tuple[int, int], generator=None):
         """Per round ``(op index (N,), signed magnitude (N,) float64)``, drawn as ``__call__`` does."""
@@ -210,80 +225,66 @@ class _Policy(DCTTransform):
         ops = torch.randint(len(self.ops), (rounds, count), generator=generator)
         bins = self._bins(rounds, count, generator)
         negative = torch.randint(2, (rounds, count), generator=generator) == 1
-        drawn = []
-        for r in range(rounds):
-            magnitude = torch.zeros(count, dtype=torch.float64)
-            for index, name in enumerate(self.ops):
-                table, signed = _magnitude_table(name, self.num_magnitude_bins, grid, self._wide)
-                chosen = ops[r] == index
-                if table is None or not bool(chosen.any()):
-                    continue
-                value = table[bins[r]]
-                if signed:
-                    value = torch.where(negative[r], -value, value)
-                magnitude = torch.where(chosen, value, magnitude)
-            drawn.append((ops[r], magnitude))
-        return drawn
+        values, signed = self._tables(tuple(grid))
+        magnitude = values[ops, bins]
+        magnitude = torch.where(negative & signed[ops], -magnitude, magnitude)
+        return [(ops[r], magnitude[r]) for r in range(rounds)]
 
     def __call__(self, x, generator: Optional[torch.Generator] = None):
-        from .geometry import _shift_indices
-        from .transforms import GatherPlan
-
         batch, restore = _as_batch(x, type(self).__name__)
         N, _, H, W = batch.shape
+        drawn = self.params(N, (H, W), generator)
+        index = {name: i for i, name in enumerate(self.ops)}
+        code = {name: index.get(name, -1) for name in RANDAUGMENT_OPS + JPEG_OPS}
         out = batch
         pending = ColorAffine(N)
-        touched = torch.zeros(N, dtype=torch.bool)  # items with a pending colour map
-        mask = None
-        index = {name: i for i, name in enumerate(self.ops)}
-
-        def op_is(op, name):
-            return op == index[name] if name in index else torch.zeros(N, dtype=torch.bool)
-
-        for op, magnitude in self.params(N, (H, W), generator):
-            moving = op_is(op, "TranslateX") | op_is(op, "TranslateY")
-            if bool(moving.any()):
-                flush = moving & touched
-                if bool(flush.any()):  # colour ops drawn before this translation apply first
-                    items = torch.nonzero(flush).flatten()
-                    out = out.clone() if out is batch else out
-                    out[items.to(out.device)] = pending.subset(items).apply(out[items.to(out.device)])
+        touched = np.zeros(N, dtype=bool)  # items with a pending colour map
+        keep_y = np.full(N, 64)
+        keep_c = np.full(N, 64)
+        fill = self._fill.to(device=batch.device, dtype=batch.dtype)[:, None, None]
+        for op_t, magnitude_t in drawn:
+            op, magnitude = op_t.numpy(), magnitude_t.numpy()
+            # torchvision: translate=[int(magnitude), 0] pixels; here rounded to whole blocks
+            blocks = np.round(np.trunc(magnitude) / 8.0).astype(np.int64)
+            for item in np.flatnonzero(((op == code["TranslateX"]) | (op == code["TranslateY"])) & (blocks != 0)):
+                if out is batch:
+                    out = batch.clone()
+                if touched[item]:  # colour ops drawn before this translation apply first (the fill is not recoloured)
+                    items = torch.tensor([item])
+                    out[item:item + 1] = pending.subset(items).apply(out[item:item + 1])
                     pending.reset(items)
-                    touched &= ~flush
-                # torchvision: translate=[int(magnitude), 0] pixels; here rounded to whole blocks
-                blocks = torch.round(torch.trunc(magnitude) / 8.0).long()
-                dx = torch.where(op_is(op, "TranslateX"), blocks, torch.zeros_like(blocks))
-                dy = torch.where(op_is(op, "TranslateY"), blocks, torch.zeros_like(blocks))
-                items = torch.nonzero(moving & ((dx != 0) | (dy != 0))).flatten()
-                if items.numel():
-                    plan = GatherPlan(_shift_indices(dy[items], H), _shift_indices(dx[items], W))
-                    moved = plan.apply(out[items.to(out.device)])
-                    fill = self._fill.to(device=out.device, dtype=out.dtype)[:, None, None]
-                    if bool(fill.any()):
-                        uncovered = ((plan.rows < 0)[:, :, None] | (plan.cols < 0)[:, None, :])[:, None].to(out.device)
-                        moved = torch.where(uncovered, fill.expand_as(moved[:1]), moved)
-                    out = out.clone() if out is batch else out
-                    out[items.to(out.device)] = moved
+                    touched[item] = False
+                dy, dx = (0, int(blocks[item])) if op[item] == code["TranslateX"] else (int(blocks[item]), 0)
+                _shift_in_place(out[item], dy, dx, fill)
             for name, step in (("Brightness", pending.brightness), ("Color", pending.saturation),
                                ("Contrast", pending.contrast)):
-                chosen = op_is(op, name)
-                if bool(chosen.any()):
-                    step(1.0 + magnitude, where=chosen)
+                chosen = op == code[name]
+                if chosen.any():
+                    step(1.0 + magnitude_t, where=torch.from_numpy(chosen))
                     touched |= chosen
-            if "FrequencyDropout" in index or "ChromaDropout" in index:
-                drop = op_is(op, "FrequencyDropout")
-                keep_y = torch.where(drop, 64 - torch.round(magnitude * 63).long(), torch.full((N,), 64))
-                keep_c = torch.where(op_is(op, "ChromaDropout"), torch.ones(N, dtype=torch.int64), keep_y)
-                if bool((keep_y < 64).any() or (keep_c < 64).any()):
-                    gain = _keep_gain(keep_y, keep_c)
-                    mask = gain if mask is None else mask * gain
-        if bool(touched.any()):
-            out = pending.apply(out)
-        if mask is not None:  # 0/1 frequency masks commute with the colour maps and translations
-            out = out * mask.to(device=out.device, dtype=out.dtype)[:, :, None, None]
+            dropped = op == code["FrequencyDropout"]
+            keep_y = np.where(dropped, np.minimum(keep_y, 64 - np.round(magnitude * 63).astype(np.int64)), keep_y)
+            keep_c = np.where(dropped, np.minimum(keep_c, 64 - np.round(magnitude * 63).astype(np.int64)), keep_c)
+            keep_c = np.where(op == code["ChromaDropout"], np.minimum(keep_c, 1), keep_c)
+        if touched.any():
+            out = pending.apply(out, out=None if out is batch else out)
+        if (keep_y < 64).any() or (keep_c < 64).any():  # 0/1 frequency masks commute with colour maps and shifts
+            gain = _keep_gain(torch.from_numpy(keep_y), torch.from_numpy(keep_c))
+            out = out * gain.to(device=out.device, dtype=out.dtype)[:, :, None, None]
         if out is batch:
             out = batch.clone()
         return restore(out)
+
+
+def _shift_in_place(image: torch.Tensor, dy: int, dx: int, fill: torch.Tensor) -> None:
+    """Move ``image`` (C, H, W) down ``dy`` and right ``dx`` blocks in place; uncovered blocks = ``fill`` (C, 1, 1)."""
+    C, H, W = image.shape
+    kept = image[:, max(-dy, 0):H - max(dy, 0), max(-dx, 0):W - max(dx, 0)].clone()
+    image[:, max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = kept
+    for band in ((slice(0, dy), slice(None)) if dy > 0 else (slice(H + dy, H), slice(None)) if dy < 0 else None,
+                 (slice(None), slice(0, dx)) if dx > 0 else (slice(None), slice(W + dx, W)) if dx < 0 else None):
+        if band is not None:
+            image[:, band[0], band[1]] = fill
 
 
 class RandAugment(_Policy):

@@ -179,29 +179,30 @@ class ColorAffine:
         bias[:, 0] = self.dc_bias
         return gain, bias
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply to a batch ``(N, 192, H8, W8)`` float tensor (a new tensor; computed in x's dtype)."""
-        N = x.shape[0]
+    def apply(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Apply to a batch ``(N, 192, H8, W8)`` float tensor, into a new tensor or ``out`` (which may
+        be ``x`` itself: in place); computed in x's dtype."""
         dev, dt = x.device, x.dtype
 
         def col(values):
             return values.to(device=dev, dtype=dt)[:, None, None, None]
 
-        out = torch.empty_like(x)
-        torch.mul(x[:, :64], col(self.y_gain), out=out[:, :64])
-        dc_shift = self.dc_bias.clone()
+        out = torch.empty_like(x) if out is None else out
+        dc_shift = self.dc_bias
         if bool(torch.any(self.dc_mean_gain != 0)):
             mean_dc = x[:, 0].to(torch.float64).mean(dim=(-2, -1)).cpu()
             dc_shift = dc_shift + self.dc_mean_gain * mean_dc
+        torch.mul(x[:, :64], col(self.y_gain), out=out[:, :64])
         out[:, 0] += dc_shift.to(device=dev, dtype=dt)[:, None, None]
-        cb, cr = x[:, 64:128], x[:, 128:]
         if bool(torch.all(self.chroma_angle == 0)):
             torch.mul(x[:, 64:], col(self.chroma_gain), out=out[:, 64:])
         else:
             cos = col(self.chroma_gain * torch.cos(self.chroma_angle))
             sin = col(self.chroma_gain * torch.sin(self.chroma_angle))
-            out[:, 64:128] = cb * cos - cr * sin
-            out[:, 128:] = cb * sin + cr * cos
+            cb, cr = x[:, 64:128], x[:, 128:]
+            new_cb, new_cr = cb * cos - cr * sin, cb * sin + cr * cos  # both before writing (out may be x)
+            out[:, 64:128] = new_cb
+            out[:, 128:] = new_cr
         return out
 
 

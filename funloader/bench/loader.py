@@ -80,6 +80,36 @@ def _funloader_exact(setup):
     return _dct_loader(setup, "funloader_exact", crop)
 
 
+def _funloader_augment(setup):
+    """The exact-crop pipeline (nearest when this version has no exact crop) + RandAugment(2, 9) on
+    the coefficients + Mixup on each batch (issue 16's speed target: at most 25% over the same
+    pipeline without RandAugment/mixup)."""
+    from .. import transforms as T
+    from ..dataset import DCTImageFolder
+    from ..loader import DCTLoader
+
+    try:
+        crop = T.RandomResizedCrop(28, mode="exact")
+    except (TypeError, ValueError):  # this version has no exact resized crop
+        crop = T.RandomResizedCrop(28, mode="nearest")
+    dataset = DCTImageFolder(setup.folder)
+    loader = DCTLoader(dataset, setup.batch_size, shuffle=True, num_threads=setup.threads, prefetch=2,
+                       size=setup.grid, normalize=(setup.stats["mean"], setup.stats["std"]),
+                       transform=T.Compose([crop, T.RandomHorizontalFlip(), T.RandAugment(2, 9)]))
+    mixup = T.Mixup(num_classes=max(1, len(dataset.classes)))
+
+    def run():
+        epoch = setup.next_epoch("funloader_augment")
+        loader.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(epoch)
+        done = 0
+        for x, y in loader:
+            x, _ = mixup(x, y, generator)
+            done += x.shape[0]
+        return done
+    return run
+
+
 # ------------------------------------------------------------------------------------- pixel pipelines
 def _rrc_box(width: int, height: int, rng: random.Random, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     """torchvision's ``RandomResizedCrop.get_params`` in pixels: (left, top, right, bottom)."""
@@ -203,6 +233,8 @@ PIPELINES: List[Row] = [  # make(setup) -> run one epoch, return images (None: n
         _funloader("dct", "funloader_dct")),
     Row("funloader_exact", "the same with RandomResizedCrop(mode='exact'): torchvision's resized crop "
         "computed from the coefficients", _funloader_exact),
+    Row("funloader_augment", "funloader_exact (funloader when there is no exact crop) + RandAugment(2, 9) "
+        "over the exact DCT-domain ops + Mixup per batch", _funloader_augment),
     Row("pillow", "torchvision-style pixel pipeline: Pillow decode, RandomResizedCrop(224, scale 0.08-1, "
         "bilinear), flip, to tensor, normalise -> (B, 3, 224, 224)", _pixel("pillow")),
     Row("paper", "the FUN paper's released pipeline: the Pillow pipeline's image re-encoded as JPEG q100 "
@@ -211,7 +243,7 @@ PIPELINES: List[Row] = [  # make(setup) -> run one epoch, return images (None: n
         "(B, 192, 28, 28)", _pixel("dctnet")),
 ]
 #: pipelines left out of --quick (the other funloader modes and DCTNet)
-QUICK_SKIP = ("funloader_dct", "dctnet")
+QUICK_SKIP = ("funloader_dct", "dctnet", "funloader_augment")
 
 
 def _image_grid(files: Sequence[str]) -> int:
@@ -280,6 +312,9 @@ def ratios(results: Dict[str, Dict[str, float]]) -> Dict[str, float]:
         for other in ("pillow", "paper", "dctnet"):
             if rate(other) and (prefix != "raw_" or other == "paper"):
                 found[f"{prefix}speedup_vs_{other}_pipeline"] = round(rate(ours) / rate(other), 3)
+    base = "funloader_exact" if rate("funloader_exact") else "funloader"
+    if rate(base) and rate("funloader_augment"):  # issue 16: RandAugment(2, 9) + mixup cost, target <= 1.25
+        found[f"randaugment_mixup_cost_vs_{base}"] = round(rate(base) / rate("funloader_augment"), 3)
     return found
 
 

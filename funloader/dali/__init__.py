@@ -41,6 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .._process import exit_with_parent
 from ..channels import KeepSpec, channel_indices, decode_affine, flip_signs, normalization_affine
 from ..errors import JPEGDecodeError, UnsupportedJPEGError
 
@@ -180,6 +181,13 @@ class _FallbackSource:
             unflipped, self.bias = decode_affine(affine)
             self.gain = (unflipped[None], decode_affine(affine, flip=True)[0][None])
         self._orders: Dict[int, np.ndarray] = {}
+        self._parent_pid = os.getpid()
+
+    def __setstate__(self, state) -> None:
+        # Unpickled in each external_source worker process: exit when the pipeline's process dies
+        # (even by SIGKILL).  Polling, not PR_SET_PDEATHSIG: the thread that built the pipeline may end.
+        self.__dict__.update(state)
+        exit_with_parent(self._parent_pid, death_signal=False)
 
     def order(self, epoch: int) -> np.ndarray:
         """Dataset indices read in ``epoch`` (without the padding)."""
