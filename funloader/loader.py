@@ -184,7 +184,7 @@ class DCTLoader:
         # A transform that reads the JPEG (exact resized crops) runs inside the decode; the rest after it.
         self._source, self._rest = T.split_source(self.transform)
         self.size = self._source.size if self._source is not None else T._pair(size)
-        self._default_source = T.ResizeCenterCrop(self.size) if self.transform is None else None
+        self._default_source = T.ReadOrResize(self.size) if self.transform is None else None
         self._sizes: dict = {}
         self._sizes_lock = threading.Lock()
         self.stats = _resolve_stats(normalize, dataset, self.dequantize)
@@ -298,24 +298,17 @@ class DCTLoader:
         if source is None or not len(batch_indices):
             return None
         sizes = self.image_sizes(batch_indices)
-        if self._source is None:  # no transform: the evaluation transform where the grid differs
-            grids = (sizes + 7) // 8
-            bad = sizes.min(axis=1) == 0  # unreadable header: decoded (fails, is replaced) with the others
-            plain = (grids[:, 0] == self.size[0]) & (grids[:, 1] == self.size[1]) & ~bad
-            if (plain | bad).all():
-                return None
-            boxes = np.full((len(sizes), 4), np.nan)
-            resized = ~plain & ~bad
-            boxes[resized] = source.boxes(sizes[resized])
-            boxes[bad] = (0.0, 0.0, 1.0, 1.0)
-            return boxes
-        if batch_number is None:
-            raise ValueError("random windows are drawn per batch: pass batch_number (and epoch)")
-        boxes = np.empty((len(sizes), 4))
-        good = sizes.min(axis=1) > 0
-        boxes[~good] = (0.0, 0.0, 1.0, 1.0)  # an unreadable header: the decode reports the file's error
-        generator = self._source_generator(batch_number, epoch)
+        good = sizes.min(axis=1) > 0  # an unreadable header gives (0, 0)
+        generator = None
+        if source.random:
+            if batch_number is None:
+                raise ValueError("random windows are drawn per batch: pass batch_number (and epoch)")
+            generator = self._source_generator(batch_number, epoch)
+        boxes = np.full((len(sizes), 4), np.nan)  # NaN: read as is
         boxes[good] = source.boxes(sizes[good], generator)
+        if np.isnan(boxes[:, 0]).all():
+            return None
+        boxes[~good] = (0.0, 0.0, 1.0, 1.0)  # decoded with the others: fails with the file's error, is replaced
         return boxes
 
     def _replacement_box(self, batch_number, epoch):
@@ -326,8 +319,11 @@ class DCTLoader:
             size = self.image_sizes([candidate])
             if size.min() <= 0:
                 return (0.0, 0.0, 1.0, 1.0)
-            generator = self._source_generator(batch_number or 0, epoch, 2, slot, candidate)
-            return tuple(source.boxes(size, generator)[0])
+            generator = self._source_generator(batch_number or 0, epoch, 2, slot, candidate) if source.random else None
+            box = source.boxes(size, generator)[0]
+            if np.isnan(box[0]):  # read as is elsewhere; among resized items: its whole image, resized
+                return (0.0, 0.0, float(size[0, 0]), float(size[0, 1]))
+            return tuple(box)
         return box_for
 
     def _decode_items(self, indices: List[int], out: torch.Tensor, boxes: Optional[np.ndarray], layout: dict,

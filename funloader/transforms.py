@@ -42,7 +42,7 @@ __all__ = [
     "dequantize", "qtable_vector", "normalize", "flip_signs",
     "Compose", "RandomHorizontalFlip", "RandomVerticalFlip", "CenterCrop", "RandomCrop",
     "RandomResizedCrop", "ResizeCenterCrop", "SourceTransform", "random_resized_crop_box", "resize_center_crop_box",
-    "split_source",
+    "split_source", "ReadOrResize",
     "SelectFrequencies", "Dequantize", "Normalize", "ToDtype", "GatherPlan",
 ]
 
@@ -689,6 +689,8 @@ class SourceTransform(DCTTransform):
     On coefficients that are already decoded it cannot run: it raises ``UsageError``."""
 
     reads_source = True
+    #: whether ``boxes`` draws from the generator (else the windows depend on the image sizes only)
+    random = False
     #: ``"box"``: crop, then resize (the filter reads only the window: torchvision ``resized_crop``);
     #: ``"image"``: the filter reads around the window too (Pillow ``resize(box=)``: Resize + CenterCrop).
     support = "box"
@@ -726,6 +728,8 @@ class RandomResizedCrop(SourceTransform):
     ``mode="dct"``: approximate, for coefficient tensors (e.g. on a GPU): the block window resampled
     by a linear map in the DCT domain (inverse block DCT, bilinear resize, block DCT as matrix products).
     """
+
+    random = True
 
     def __init__(self, size: SizeLike = 28, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), mode: str = "exact",
                  channels: Optional[Sequence[int]] = None, subsampling: str = "420"):
@@ -822,6 +826,22 @@ class ResizeCenterCrop(SourceTransform):
         out = np.empty((len(sizes), 4), dtype=np.float64)
         for item, (height, width) in enumerate(sizes):
             out[item] = resize_center_crop_box(height, width, self.resize, crop)
+        return out
+
+
+class ReadOrResize(ResizeCenterCrop):
+    """What ``DCTLoader`` (and ``fun_pipeline``) do without a transform: a file whose block grid is
+    ``size`` (e.g. prepared 224x224 files at 28 blocks) is read as it is (its window is a NaN row:
+    no resampling, the stored coefficients); any other file gets the evaluation transform
+    :class:`ResizeCenterCrop` (``Resize(256) + CenterCrop(224)`` for 28 blocks), not a centre crop."""
+
+    def boxes(self, sizes, generator=None) -> np.ndarray:
+        sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+        grids = (sizes + 7) // 8
+        as_is = (grids[:, 0] == self.size[0]) & (grids[:, 1] == self.size[1])
+        out = np.full((len(sizes), 4), np.nan)
+        if not as_is.all():
+            out[~as_is] = super().boxes(sizes[~as_is])
         return out
 
 

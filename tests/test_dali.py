@@ -34,10 +34,12 @@ BACKENDS = ["plugin", "external_source"]
 
 
 def _raw_pipeline(*args, **kwargs):
-    """fun_pipeline with raw int16 coefficients and no normalisation unless a test asks for them
-    (the defaults, like DCTLoader's, dequantise and normalise)."""
+    """fun_pipeline with raw int16 coefficients, no normalisation and the block grid centre-cropped
+    (resize=None) unless a test asks otherwise (the defaults, like DCTLoader's, dequantise, normalise
+    and read originals with the evaluation transform)."""
     kwargs.setdefault("dequantize", False)
     kwargs.setdefault("normalize_stats", None)
+    kwargs.setdefault("resize", None)
     return fun_pipeline(*args, **kwargs)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,7 +126,8 @@ def test_keep_mode_zero_and_float16(backend, plugin, image_folder, samples):
 
 def test_equals_dct_loader(plugin, image_folder):
     """The same files and no random augmentation: DALI (both backends) == DCTLoader bit for bit, raw,
-    dequantized, normalised, with frequency selection (drop and zero)."""
+    dequantized, normalised, with frequency selection (drop and zero); both read these originals
+    (128x128 .. 640x901) with the evaluation transform."""
     from funloader import DCTLoader
 
     rng = np.random.default_rng(1)
@@ -135,8 +138,8 @@ def test_equals_dct_loader(plugin, image_folder):
                            keep=keep, keep_mode=keep_mode)
         expected = [(x.numpy(), y.numpy()) for x, y in loader]
         for backend in BACKENDS:
-            pipe = _raw_pipeline(image_folder, 5, num_threads=2, backend=backend, dequantize=dequantize,
-                                normalize_stats=normalize, keep_channels=keep, keep_mode=keep_mode, dtype="float32")
+            pipe = _raw_pipeline(image_folder, 5, num_threads=2, backend=backend, dequantize=dequantize, resize="auto",
+                                 normalize_stats=normalize, keep_channels=keep, keep_mode=keep_mode, dtype="float32")
             got = [(x.numpy(), y.numpy()) for x, y in FUNIterator(pipe)]
             assert len(got) == len(expected)
             for (x, y), (ex, ey) in zip(got, expected):

@@ -215,9 +215,12 @@ class _FallbackSource:
             size = read_sizes([self.dataset.source(index)], threads=1, strict=self.strict, max_pixels=self.max_pixels)
         except (ValueError, OSError, MemoryError):
             return None
-        generator = torch.Generator()
-        generator.manual_seed(int(np.random.SeedSequence([max(self.seed, 0), epoch, position]).generate_state(1)[0]))
-        return self.resize.boxes(size, generator)
+        generator = None
+        if self.resize.random:
+            generator = torch.Generator()
+            generator.manual_seed(int(np.random.SeedSequence([max(self.seed, 0), epoch, position]).generate_state(1)[0]))
+        box = self.resize.boxes(size, generator)
+        return None if np.isnan(box[0, 0]) else box
 
     def __call__(self, sample_info):
         from ..codec import read_batch
@@ -300,7 +303,7 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
                  backend: str = "plugin", on_error: str = "raise", strict: bool = True,
                  max_pixels: Optional[int] = None, stick_to_shard: bool = False, initial_fill: int = 1024,
                  prefetch_queue_depth: int = 2, py_num_workers: Optional[int] = None,
-                 py_start_method: Optional[str] = None, resize=None):
+                 py_start_method: Optional[str] = None, resize="auto"):
     """Build a DALI pipeline reading JPEGs into FUN inputs; outputs ``(images, labels)``.
 
     Args:
@@ -338,13 +341,18 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
         strict, max_pixels: as :func:`funloader.read_fun`.
         stick_to_shard: keep reading the same shard every epoch (DALI's readers otherwise move to the
             next shard each epoch).
-        resize: an exact resized crop done by the decode, as in ``DCTLoader``: a
-            ``funloader.transforms.RandomResizedCrop(size)`` (exact mode) or ``ResizeCenterCrop(size)``;
-            ``crop`` is then its size. Windows are drawn in Python by the transform (the plugin reads each
-            file's size with ``fn.peek_image_shape`` and draws in a ``fn.python_function``, so the
-            pipeline runs without DALI's asynchronous execution; external_source draws per sample from
-            ``(seed, epoch, position)``) and resized by the native kernel, bit for bit as
-            ``read_batch(boxes=)``; the windows the plugin drew last are in ``pipe.funloader_boxes``.
+        resize: what the decode reads of each file, as ``DCTLoader`` does: ``"auto"`` (default, as
+            ``DCTLoader`` without a transform: ``funloader.transforms.ReadOrResize``: a file whose block
+            grid is the decode grid is read as it is, any other gets the evaluation transform
+            ``Resize(256) + CenterCrop(224)``, natively), a ``RandomResizedCrop(size)`` (exact mode) or
+            ``ResizeCenterCrop(size)`` (``crop`` is then its size), or None (every file centre-cropped /
+            zero-padded by whole blocks: no per-file window, see below). Windows are drawn in Python by
+            the transform (the plugin reads each file's size with ``fn.funloader.image_size`` and draws in a
+            ``fn.python_function``, which makes DALI run the pipeline without its asynchronous
+            execution; external_source draws per sample from ``(seed, epoch, position)``) and resized by
+            the native kernel, bit for bit as ``read_batch(boxes=)``; the windows the plugin drew last are
+            in ``pipe.funloader_boxes``. ``resize=None`` keeps DALI's asynchronous execution and gives the
+            same tensors as ``"auto"`` on files whose grid is the decode grid (e.g. prepared 224 sets).
         py_num_workers, py_start_method: external_source worker processes (default ``num_threads``;
             ``"spawn"``: forking a process that already runs threads (a DCTLoader, torch) can deadlock).
 
@@ -366,10 +374,14 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     resolved = resolve_source(source)
     if len(resolved) == 0:
         raise ValueError("the source holds no samples")
-    if resize is not None:
+    if isinstance(resize, str) and resize == "auto":
+        from ..transforms import ReadOrResize
+
+        resize = ReadOrResize(_pair(decode_grid) if decode_grid is not None else _pair(crop))
+    elif resize is not None:
         if not getattr(resize, "reads_source", False):
-            raise ValueError("resize must be a transform that reads the JPEG: RandomResizedCrop(size) (mode='exact') "
-                             "or ResizeCenterCrop(size)")
+            raise ValueError("resize must be 'auto', None or a transform that reads the JPEG: "
+                             "RandomResizedCrop(size) (mode='exact') or ResizeCenterCrop(size)")
         if decode_grid is not None or random_crop:
             raise ValueError("resize replaces decode_grid/random_crop (its window is already random or centred)")
         crop = resize.size
@@ -456,8 +468,8 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
                     op_args["scale"] = normalization[0].tolist()
                     op_args["shift"] = normalization[1].tolist()
             if drawer is not None:  # the windows: each file's size from its header, drawn in Python
-                shapes = fn.peek_image_shape(jpegs, adjust_orientation=False)
-                boxes = fn.python_function(shapes, function=drawer, batch_processing=True, num_outputs=1)
+                sizes = fn.funloader.image_size(jpegs, max_pixels=int(effective_limit))
+                boxes = fn.python_function(sizes, function=drawer, batch_processing=True, num_outputs=1)
                 op_args.update(support=resize.support, subsampling=resize.subsampling)
                 images = fn.funloader.dct_decode(jpegs, boxes, **op_args)
             else:
@@ -508,9 +520,10 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
 
 
 class _BoxDrawer:
-    """``fn.python_function`` of the plugin pipeline: the windows of a batch, from the shapes DALI's
-    ``peek_image_shape`` read in the headers, drawn by the transform in sample order from one generator
-    seeded with ``seed`` (the batches of a run follow each other). Keeps the last batches' windows."""
+    """``fn.python_function`` of the plugin pipeline: the windows of a batch from the image sizes read
+    in the headers (``fn.funloader.image_size``), drawn by the transform in sample order from one
+    generator seeded with ``seed`` (the batches of a run follow each other); NaN (read as is) for a
+    file whose header is unreadable (its decode reports the error). Keeps the last batches' windows."""
 
     def __init__(self, transform, seed: int):
         import collections
@@ -522,9 +535,11 @@ class _BoxDrawer:
         self.generator.manual_seed(max(int(seed), 0))
         self.drawn = collections.deque(maxlen=64)
 
-    def __call__(self, shapes):
-        sizes = np.stack([np.asarray(shape).reshape(-1)[:2] for shape in shapes]).astype(np.int64)
-        boxes = self.transform.boxes(sizes, self.generator).astype(np.float64)
+    def __call__(self, sizes):
+        sizes = np.stack([np.asarray(size).reshape(2) for size in sizes]).astype(np.int64)
+        good = sizes.min(axis=1) > 0
+        boxes = np.full((len(sizes), 4), np.nan)
+        boxes[good] = self.transform.boxes(sizes[good], self.generator if self.transform.random else None)
         self.drawn.append(boxes)
         return [np.ascontiguousarray(box) for box in boxes]
 

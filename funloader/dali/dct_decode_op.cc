@@ -296,6 +296,38 @@ void ParseLabel::RunImpl(::dali::Workspace &ws) {
   }
 }
 
+ImageSize::ImageSize(const ::dali::OpSpec &spec)
+    : ::dali::Operator<::dali::CPUBackend>(spec), max_pixels_(spec.GetArgument<int64_t>("max_pixels")) {}
+
+bool ImageSize::SetupImpl(std::vector<::dali::OutputDesc> &output_desc, const ::dali::Workspace &ws) {
+  const auto &input = ws.Input<::dali::CPUBackend>(0);
+  DALI_ENFORCE(input.type() == DALI_UINT8, "funloader.image_size: the input must be encoded JPEG bytes (uint8)");
+  output_desc.resize(1);
+  output_desc[0].type = DALI_INT64;
+  output_desc[0].shape = ::dali::uniform_list_shape(input.num_samples(), ::dali::TensorShape<1>{2});
+  return true;
+}
+
+void ImageSize::RunImpl(::dali::Workspace &ws) {
+  const auto &input = ws.Input<::dali::CPUBackend>(0);
+  auto &output = ws.Output<::dali::CPUBackend>(0);
+  fl_options options;
+  std::memset(&options, 0, sizeof(options));
+  options.strict = 1;
+  options.max_pixels = max_pixels_ > 0 ? static_cast<uint64_t>(max_pixels_) : 0;
+  options.max_scans = 0;
+  for (int i = 0; i < input.num_samples(); i++) {
+    const auto &sample = input[i];
+    fl_header header;
+    fl_result result;
+    int status = fl_read_size(slot_.decoder, sample.data<uint8_t>(),
+                              static_cast<size_t>(sample.shape().num_elements()), &options, &header, &result);
+    int64_t *size = output.mutable_tensor<int64_t>(i);
+    size[0] = status == FL_OK ? header.height : 0;
+    size[1] = status == FL_OK ? header.width : 0;
+  }
+}
+
 }  // namespace funloader_dali
 
 namespace dali {
@@ -350,6 +382,17 @@ grayscale gives zero chroma). Each image is centre-cropped or zero-padded by who
                            "needs dtype FLOAT. Empty: no normalisation.", std::vector<float>{})
     .AddOptionalArg<float>("shift", "Per output channel: added after `scale`; same length as scale.",
                            std::vector<float>{});
+
+DALI_REGISTER_OPERATOR(funloader__ImageSize, ::funloader_dali::ImageSize, CPU);
+
+DALI_SCHEMA(funloader__ImageSize)
+    .DocStr("(height, width) int64 of each JPEG from its header (funloader's parser); (0, 0) when the header "
+            "cannot be read, so that the decode reports the file's error.")
+    .NumInput(1)
+    .NumOutput(1)
+    .InputDox(0, "data", "TensorList", "Encoded JPEG bytes, one 1-D uint8 tensor per sample.")
+    .AddOptionalArg<int64_t>("max_pixels", "Decompression-bomb limit (width*height); 0: no limit.",
+                             static_cast<int64_t>(178956970));
 
 DALI_REGISTER_OPERATOR(funloader__ParseLabel, ::funloader_dali::ParseLabel, CPU);
 

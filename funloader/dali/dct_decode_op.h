@@ -91,6 +91,23 @@ class ParseLabel : public ::dali::Operator<::dali::CPUBackend> {
   void RunImpl(::dali::Workspace &ws) override;
 };
 
+// "funloader__ImageSize" -> `fn.funloader.image_size`: (height, width) int64 of each JPEG from its
+// header (funloader's own parser, fl_read_size); (0, 0) when the header cannot be read (the decode
+// then reports the file's error, so on_error keeps working). Feeds the Python window drawing.
+class ImageSize : public ::dali::Operator<::dali::CPUBackend> {
+ public:
+  explicit ImageSize(const ::dali::OpSpec &spec);
+
+ protected:
+  bool SetupImpl(std::vector<::dali::OutputDesc> &output_desc,
+                 const ::dali::Workspace &ws) override;
+  void RunImpl(::dali::Workspace &ws) override;
+
+ private:
+  DecoderSlot slot_;
+  int64_t max_pixels_;
+};
+
 }  // namespace funloader_dali
 
 #endif  // FUNLOADER_DALI_DCT_DECODE_OP_H_
