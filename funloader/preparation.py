@@ -539,8 +539,10 @@ class _Journal:
 
     def close(self) -> None:
         if not self._handle.closed:
-            self.sync()
-            self._handle.close()
+            try:
+                self.sync()
+            finally:  # closed even when the disk is full (the run then stops with a message)
+                self._handle.close()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
