@@ -202,17 +202,13 @@ def _config_from_dict(values: Dict[str, Any]) -> TrainConfig:
 # data
 def _channel_stats(cfg: TrainConfig, train_dataset, info: fdist.DistInfo, run_dir: Path) -> Optional[dict]:
     """``{"mean": [192], "std": [192], "source": ...}`` for normalisation (None with ``--stats none``)."""
-    from .stats import compute_stats, load_stats, stats_filename
+    from .stats import compute_stats, resolve, stats_filename
 
     if cfg.stats == "none":
         return None
-    stats = None
-    if cfg.stats:
-        stats = load_stats(cfg.stats, dequantize=cfg.dequantize)
-        if stats is None:
-            raise FileNotFoundError(f"--stats {cfg.stats}: no statistics file for dequantize={cfg.dequantize}")
-    elif train_dataset.root:
-        stats = load_stats(train_dataset.root, dequantize=cfg.dequantize)
+    found = (resolve(cfg.stats, None, cfg.dequantize, argument="--stats") if cfg.stats
+             else resolve("auto", train_dataset.root, cfg.dequantize, warn=False) if train_dataset.root else None)
+    stats = None if found is None else {"mean": found.mean.tolist(), "std": found.std.tolist(), "path": found.source}
     if stats is None:
         if info.is_main:
             out = run_dir / stats_filename(cfg.dequantize)

@@ -320,7 +320,7 @@ def test_plugin_build_is_cached_atomic_and_locked(tmp_path):
     assert len(paths) == 1
     library = Path(paths.pop())
     assert library.name == LIBRARY_NAME and library.parent.parent == tmp_path
-    assert sorted(p.name for p in library.parent.iterdir()) == [".lock", LIBRARY_NAME]
+    assert sorted(p.name for p in library.parent.iterdir()) == [".lock", LIBRARY_NAME, LIBRARY_NAME + ".manifest.json"]
     stamp = library.stat().st_mtime_ns
     again = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=True)
     assert again.stdout.strip() == str(library) and library.stat().st_mtime_ns == stamp

@@ -31,12 +31,10 @@ Example::
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import threading
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -44,6 +42,8 @@ import numpy as np
 from .._process import exit_with_parent
 from ..channels import KeepSpec, channel_indices, decode_affine, flip_signs, normalization_affine
 from ..errors import JPEGDecodeError, UnsupportedJPEGError
+from ..shards import dali_index_path
+from ..stats import resolve as resolve_stats
 
 __all__ = ["fun_pipeline", "FUNIterator", "load_plugin", "plugin_available", "resolve_source", "READER_NAME",
            "DALIDecodeError", "DALIUnsupportedJPEGError"]
@@ -88,10 +88,13 @@ def load_plugin(build: bool = True) -> str:
 
             from . import build as plugin_build
 
-            path = plugin_build.build() if build else plugin_build.library_path()
-            if not path.exists():
-                raise plugin_build.PluginBuildError(f"{path}: plugin not built (python -m funloader.dali.build)")
-            plugin_manager.load_library(str(path))
+            # both paths check the cached library (owner, modes, build manifest) before dlopen runs its code
+            path = plugin_build.build() if build else plugin_build.verified_library()
+            try:
+                plugin_manager.load_library(str(path))
+            except RuntimeError as error:
+                raise plugin_build.PluginBuildError(f"{path}: DALI could not load the plugin ({error}); rebuild it "
+                                                    f"with python -m funloader.dali.build --force") from None
             _plugin_path = str(path)
         return _plugin_path
 
@@ -303,7 +306,8 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
         normalize_stats: as ``DCTLoader(normalize=)``: ``"auto"`` (default: the statistics file next to
             the data for this ``dequantize`` mode, ``stats-dequantized.json`` / ``stats-raw.json``, if
             present, else no normalisation with a warning), True (require it), None/False, a stats
-            file path, a dict with ``mean``/``std`` or ``(mean, std)``. Applied as ``x * scale + shift``
+            file path, a dict with ``mean``/``std`` or ``(mean, std)``; found and validated by
+            :func:`funloader.stats.resolve`. Applied as ``x * scale + shift``
             (:func:`funloader.channels.normalization_affine`, float32), the same bits as ``DCTLoader``.
         dtype: output dtype: int16 (default for raw coefficients), float32 (default when dequantized
             or normalised) or float16.
@@ -345,9 +349,7 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     all_channels = len(kept) == 192
     decode_channels = None if (all_channels or keep_mode == "zero") else kept
     out_channels = kept if decode_channels is not None else list(range(192))
-    from ..loader import _resolve_stats
-
-    stats = _resolve_stats(normalize_stats, resolved.dataset, dequantize)  # the same rule as DCTLoader
+    stats = resolve_stats(normalize_stats, resolved.dataset.root, dequantize, argument="normalize_stats")
     decode_float = dequantize or stats is not None
     if dtype is None:
         dtype = "float32" if decode_float else "int16"
@@ -387,7 +389,7 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     def _pipeline():
         if backend == "plugin":
             if resolved.shards:
-                index_paths = [p[:-4] + ".idx" for p in resolved.shards]
+                index_paths = [dali_index_path(p) for p in resolved.shards]
                 extra = {"index_paths": index_paths} if all(os.path.exists(p) for p in index_paths) else {}
                 jpegs, label_bytes = fn.readers.webdataset(
                     paths=resolved.shards, ext=["jpg;jpeg", "cls"], missing_component_behavior="empty",
