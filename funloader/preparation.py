@@ -83,7 +83,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from ._process import exit_with_parent
 from .errors import UsageError
-from .files import read_file, walk_files
+from .files import open_regular, read_file, walk_files
 from .shards import ShardWriter, write_dali_index
 
 __all__ = [
@@ -492,8 +492,7 @@ class _Journal:
         good_bytes = 0
         existing_header = None
         if path.exists():
-            with open(path, "rb") as handle:
-                raw = handle.read()
+            raw = read_file(path)  # refuses a FIFO or device planted under the journal's name
             for number, line in enumerate(raw.split(b"\n")[:-1] if raw else [], start=1):  # last chunk: torn or ''
                 try:
                     record = json.loads(line)
@@ -540,8 +539,10 @@ class _Journal:
 
     def close(self) -> None:
         if not self._handle.closed:
-            self.sync()
-            self._handle.close()
+            try:
+                self.sync()
+            finally:  # closed even when the disk is full (the run then stops with a message)
+                self._handle.close()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -721,7 +722,11 @@ def _flock(descriptor: int, path: Path, exclusive: bool, busy: str) -> Optional[
 
 def _lock_directory(path: Path, *, exclusive: bool) -> Optional[int]:
     """``flock`` a folder, shared or exclusive; returns the descriptor to :func:`_unlock` (see :func:`_flock`)."""
-    return _flock(os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)), path, exclusive,
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        raise PrepareError(_os_error_message(exc, path, "cannot open the folder")) from None
+    return _flock(descriptor, path, exclusive,
                   f"{path} is in use by another funloader prepare run or merge; wait for it to finish (two runs "
                   f"writing the same folder would destroy each other's work)")
 
@@ -840,7 +845,7 @@ def read_tsv(path) -> List[Dict[str, str]]:
     """
     path = Path(path)
     try:
-        lines = path.read_bytes().decode("utf-8").split("\n")
+        lines = read_file(path).decode("utf-8").split("\n")
     except UnicodeDecodeError as exc:
         raise PrepareError(f"{path} is not a TSV file written by funloader prepare ({exc})") from None
     if lines and lines[-1] == "":
@@ -1087,19 +1092,13 @@ def _finish(result: PrepareResult, started: float, verbose: bool, allow_failures
 def _previous_per_unit(journal_path: Path, part_path: Path, index_path: Path, shard_size_text: str) -> Optional[int]:
     """Images per tar recorded by an earlier run with the same ``shard_size`` (skips recalibration)."""
     candidates = []
-    if journal_path.exists():
-        with open(journal_path, "rb") as handle:
-            line = handle.readline()
-        try:
-            candidates.append(json.loads(line)["settings"])
-        except (ValueError, KeyError, TypeError):
-            pass
-    for path in (part_path, index_path):
+    for path in (journal_path, part_path, index_path):  # journal: its first line, the header
         if path.exists():
             try:
-                candidates.append(json.loads(path.read_text(encoding="utf-8"))["settings"])
+                text = read_file(path)
+                candidates.append(json.loads(text.split(b"\n", 1)[0] if path == journal_path else text)["settings"])
             except (ValueError, KeyError, TypeError):
-                pass
+                pass  # damaged: named by the check that reads it in full
     for record in candidates:
         if (isinstance(record, dict) and record.get("format") == "shards" and record.get("shard_size") == shard_size_text
                 and _is_int(record.get("images_per_shard")) and record["images_per_shard"] >= 1):
@@ -1323,26 +1322,30 @@ def _merge_locked(dst_path: Path, part_dirs: List[Path], stats, allow_failures: 
     if not sources:
         if (dst_path / INDEX_JSON).exists() and not any(_state_dir(d).is_dir() for d in part_dirs):
             index = _load_json(dst_path / INDEX_JSON, "index")
+            if not (isinstance(index, dict) and isinstance(index.get("files"), list)
+                    and isinstance(index.get("counts"), dict) and _is_int(index["counts"].get("ignored"))):
+                raise PrepareError(f"{dst_path / INDEX_JSON} is not an index written by funloader prepare")
             failures = _read_failures_tsv(dst_path / FAILURES_TSV)
             if verbose:
                 print(f"{dst_path / INDEX_JSON} is already merged: nothing to do", file=sys.stderr)
-            counts = index.get("counts", {}) if isinstance(index, dict) else {}
-            result = PrepareResult(dst=dst_path, total=len(index.get("files", [])) + len(failures), complete=True,
-                                   failures=failures, failed=len(failures), ignored=int(counts.get("ignored", 0)),
+            result = PrepareResult(dst=dst_path, total=len(index["files"]) + len(failures), complete=True,
+                                   failures=failures, failed=len(failures), ignored=index["counts"]["ignored"],
                                    seconds=time.monotonic() - started)
             result.skipped = result.total
             if result.failed and not allow_failures:
                 raise PrepareFailures(result)
             return result
         where = [str(dst_path)] + [str(d) for d in part_dirs]
-        raise PrepareError(f"no part files (.funloader-prepare/part-I-of-N.json) in {', '.join(where)}")
+        hint = "" if part_dirs else ("; if the jobs wrote to other folders, name them: funloader prepare --merge "
+                                     "DST PART_DIR ...")
+        raise PrepareError(f"no part files (.funloader-prepare/part-I-of-N.json) in {', '.join(where)}{hint}")
     moves = _check_parts(dst_path, sources, gathered_already)  # raises before anything is moved
     for part_dir, part_file, names in moves:
         for name in names:
             _move_file(part_dir / name, dst_path / name)
         state.mkdir(exist_ok=True)
         _move_file(part_file, state / part_file.name)
-        _remove_empty_dirs(part_dir, {name for name in names} | {f"{STATE_DIR}/{part_file.name}"})
+        _remove_empty_dirs(part_dir, set(names) | {f"{STATE_DIR}/{part_file.name}"})
     loaded = [part for _, _, part in sources]
     merged = _merge_parts(dst_path, loaded, stats=None if stats is None else _stats_modes(stats), progress=progress,
                           checked=True)
@@ -1360,7 +1363,7 @@ def _merge_locked(dst_path: Path, part_dirs: List[Path], stats, allow_failures: 
 def _load_json(path: Path, what: str):
     """Parse a JSON file we wrote (part file, index.json); anything unreadable is a named :class:`PrepareError`."""
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(read_file(path).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise PrepareError(f"{path} is not a valid {what} file ({exc}); it was damaged or not written by "
                            f"funloader prepare") from None
@@ -1541,6 +1544,8 @@ def _check_parts(dst: Path, sources: List[Tuple[Path, Path, dict]],
     if missing:
         note = (f"; {', '.join(map(str, gathered_already))} held no part file (already moved?)"
                 if gathered_already else "")
+        if all(part_dir == dst for part_dir, _, _ in sources):
+            note += "; if the jobs wrote to other folders, name them: funloader prepare --merge DST PART_DIR ..."
         raise PrepareError(f"the parts do not form a complete set of {count} jobs (missing --shard "
                            f"{', '.join(f'{i}/{count}' for i in missing)}){note}")
     total = first["total_images"]
@@ -1611,15 +1616,23 @@ def _check_parts(dst: Path, sources: List[Tuple[Path, Path, dict]],
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
-    if a.stat().st_size != b.stat().st_size:
-        return False
-    with open(a, "rb") as first, open(b, "rb") as second:
-        while True:
-            chunk = first.read(1 << 20)
-            if chunk != second.read(1 << 20):
-                return False
-            if not chunk:
-                return True
+    """Whether two regular files hold the same bytes (never opening a FIFO or device in their place)."""
+    no_cap = 1 << 62  # shards may exceed the input cap
+    first, size = open_regular(a, limit=no_cap)
+    try:
+        second, other_size = open_regular(b, limit=no_cap)
+        try:
+            offset = 0
+            while size == other_size and offset < size:
+                chunk = os.pread(first, 1 << 20, offset)
+                if not chunk or chunk != os.pread(second, len(chunk), offset):
+                    return False
+                offset += len(chunk)
+            return size == other_size
+        finally:
+            os.close(second)
+    finally:
+        os.close(first)
 
 
 def _move_file(source: Path, target: Path) -> None:

@@ -552,6 +552,20 @@ def test_merge_refuses_paths_outside_the_part_before_moving_anything(tmp_path, t
     assert not any(p.is_file() for p in gathered.rglob("*"))
 
 
+def test_merge_refuses_a_hostile_part_file_inside_dst(tmp_path, two_jobs):
+    """The shared-DST case: a planted part file in DST's own bookkeeping folder."""
+    import shutil
+
+    parts = fresh_jobs(two_jobs, tmp_path)
+    shutil.copy(part_file_of(parts[1]), parts[0] / preparation.STATE_DIR)
+    planted = parts[0] / preparation.STATE_DIR / part_file_of(parts[1]).name
+    edit_first_file_path(planted, "../victim.jpg")
+    before = tree_bytes(tmp_path)
+    with pytest.raises(PrepareError, match="refusing"):
+        merge(parts[0], allow_failures=True, progress=False, verbose=False)
+    assert tree_bytes(tmp_path) == before and not (parts[0] / "index.json").exists()
+
+
 def test_merge_refuses_a_symlink_listed_as_output(tmp_path, two_jobs):
     parts = fresh_jobs(two_jobs, tmp_path)
     secret = tmp_path / "secret.jpg"
@@ -608,6 +622,8 @@ def test_merge_stopped_part_way_finishes_when_run_again(tmp_path, two_jobs, monk
         merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
     monkeypatch.setattr(preparation, "_move_file", real_move)
     assert len(moved) == 3 and not (gathered / "index.json").exists()
+    with pytest.raises(PrepareError, match="name them"):  # without the part folders: a hint, nothing moves
+        merge(gathered, allow_failures=True, progress=False, verbose=False)
     merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
     assert tree_bytes(gathered) == tree_bytes(two_jobs / "single")
     # and once more: a finished merge is recognised, nothing changes
@@ -928,3 +944,20 @@ def test_training_default_keeps_the_aspect_ratio_and_never_enlarges(tmp_path, sh
                              "--no-progress"]) == 0
     assert all(min(e["width"], e["height"]) == min(256, *by_size[Path(e["source"]).name])
                for e in load_index(tmp_path / "cli")["files"])
+
+
+def test_merge_keeps_an_identical_copy_and_refuses_to_overwrite_a_different_file(tmp_path, two_jobs):
+    """A cross-file-system move killed after its copy leaves the same file on both sides: kept.  A
+    different file already in DST under an output's name is never overwritten."""
+    parts = fresh_jobs(two_jobs, tmp_path)
+    part = json.loads(part_file_of(parts[1]).read_text())
+    name = next(r for r in part["units"] if r["files"])["files"][0]["path"]
+    gathered = tmp_path / "gathered"
+    (gathered / name).parent.mkdir(parents=True)
+    (gathered / name).write_bytes(b"someone else's file")
+    with pytest.raises(PrepareError, match="already exists with other contents"):
+        merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
+    assert (gathered / name).read_bytes() == b"someone else's file"
+    (gathered / name).write_bytes((parts[1] / name).read_bytes())  # the identical copy
+    merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
+    assert tree_bytes(gathered) == tree_bytes(two_jobs / "single")

@@ -31,12 +31,10 @@ Example::
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import threading
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -44,6 +42,8 @@ import numpy as np
 from .._process import exit_with_parent
 from ..channels import KeepSpec, channel_indices, decode_affine, flip_signs, normalization_affine
 from ..errors import JPEGDecodeError, UnsupportedJPEGError
+from ..shards import dali_index_path
+from ..stats import resolve as resolve_stats
 
 __all__ = ["fun_pipeline", "FUNIterator", "load_plugin", "plugin_available", "resolve_source", "READER_NAME",
            "DALIDecodeError", "DALIUnsupportedJPEGError"]
@@ -88,10 +88,13 @@ def load_plugin(build: bool = True) -> str:
 
             from . import build as plugin_build
 
-            path = plugin_build.build() if build else plugin_build.library_path()
-            if not path.exists():
-                raise plugin_build.PluginBuildError(f"{path}: plugin not built (python -m funloader.dali.build)")
-            plugin_manager.load_library(str(path))
+            # both paths check the cached library (owner, modes, build manifest) before dlopen runs its code
+            path = plugin_build.build() if build else plugin_build.verified_library()
+            try:
+                plugin_manager.load_library(str(path))
+            except RuntimeError as error:
+                raise plugin_build.PluginBuildError(f"{path}: DALI could not load the plugin ({error}); rebuild it "
+                                                    f"with python -m funloader.dali.build --force") from None
             _plugin_path = str(path)
         return _plugin_path
 
@@ -303,7 +306,8 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
                  backend: str = "plugin", on_error: str = "raise", strict: bool = True,
                  max_pixels: Optional[int] = None, stick_to_shard: bool = False, initial_fill: int = 1024,
                  prefetch_queue_depth: int = 2, py_num_workers: Optional[int] = None,
-                 py_start_method: Optional[str] = None, resize="auto"):
+                 py_start_method: Optional[str] = None, color_jitter: Optional[Dict[str, Any]] = None,
+                 resize="auto"):
     """Build a DALI pipeline reading JPEGs into FUN inputs; outputs ``(images, labels)``.
 
     Args:
@@ -329,7 +333,8 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
         normalize_stats: as ``DCTLoader(normalize=)``: ``"auto"`` (default: the statistics file next to
             the data for this ``dequantize`` mode, ``stats-dequantized.json`` / ``stats-raw.json``, if
             present, else no normalisation with a warning), True (require it), None/False, a stats
-            file path, a dict with ``mean``/``std`` or ``(mean, std)``. Applied as ``x * scale + shift``
+            file path, a dict with ``mean``/``std`` or ``(mean, std)``; found and validated by
+            :func:`funloader.stats.resolve`. Applied as ``x * scale + shift``
             (:func:`funloader.channels.normalization_affine`, float32), the same bits as ``DCTLoader``.
         dtype: output dtype: int16 (default for raw coefficients), float32 (default when dequantized
             or normalised) or float16.
@@ -355,6 +360,10 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
             same tensors as ``"auto"`` on files whose grid is the decode grid (e.g. prepared 224 sets).
         py_num_workers, py_start_method: external_source worker processes (default ``num_threads``;
             ``"spawn"``: forking a process that already runs threads (a DCTLoader, torch) can deadlock).
+        color_jitter: ``{"brightness": .., "contrast": .., "saturation": .., "hue": ..}`` (torchvision
+            ``ColorJitter``'s arguments): per-sample colour jitter on the dequantised coefficients,
+            before normalisation, in the fixed order brightness, contrast, saturation, hue (see
+            :mod:`funloader.dali.color`; needs ``dequantize=True`` and all 192 channels decoded).
 
     Returns:
         A built ``nvidia.dali.Pipeline`` with outputs ``images`` and ``labels``, and attributes
@@ -394,9 +403,7 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     all_channels = len(kept) == 192
     decode_channels = None if (all_channels or keep_mode == "zero") else kept
     out_channels = kept if decode_channels is not None else list(range(192))
-    from ..loader import _resolve_stats
-
-    stats = _resolve_stats(normalize_stats, resolved.dataset, dequantize)  # the same rule as DCTLoader
+    stats = resolve_stats(normalize_stats, resolved.dataset.root, dequantize, argument="normalize_stats")
     decode_float = dequantize or stats is not None
     if dtype is None:
         dtype = "float32" if decode_float else "int16"
@@ -425,6 +432,14 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     fuse = not gpu and (flip_probability == 0 or grid == crop_hw or random_crop)
     if decode_np_dtype == np.int16 and stats is not None:
         fuse = False  # normalisation of rounded integers: after the decode, as DCTLoader
+    jitter = None
+    if color_jitter is not None:  # colour maps come before normalisation: not fused into the operator
+        from .color import jitter_ranges
+
+        jitter = jitter_ranges(**color_jitter)
+        if not dequantize or decode_channels is not None:
+            raise ValueError("color_jitter needs dequantize=True and all 192 channels (keep_mode='zero')")
+        fuse = False
     feeder = None
     if backend == "external_source":
         feeder = _FallbackSource(resolved, batch_size, shard_id, num_shards, random_shuffle, seed, grid,
@@ -443,7 +458,7 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     def _pipeline():
         if backend == "plugin":
             if resolved.shards:
-                index_paths = [p[:-4] + ".idx" for p in resolved.shards]
+                index_paths = [dali_index_path(p) for p in resolved.shards]
                 extra = {"index_paths": index_paths} if all(os.path.exists(p) for p in index_paths) else {}
                 jpegs, label_bytes = fn.readers.webdataset(
                     paths=resolved.shards, ext=["jpg;jpeg", "cls"], missing_component_behavior="empty",
@@ -495,6 +510,10 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
             negated = (flip_signs("h", out_channels) < 0).astype(np.int32).reshape(-1, 1, 1)
             signs = 1 - 2 * coin * types.Constant(negated, device=device)
             images = fn.flip(images, horizontal=coin) * fn.cast(signs, dtype=decode_dali_dtype)
+        if jitter is not None:
+            from .color import color_jitter as _color_jitter
+
+            images = _color_jitter(images, jitter, device)
         if normalization is not None and not fuse:
             images = fn.cast(images, dtype=types.FLOAT) * types.Constant(normalization[0].reshape(-1, 1, 1), device=device) \
                 + types.Constant(normalization[1].reshape(-1, 1, 1), device=device)
@@ -595,10 +614,14 @@ class FUNIterator:
             ``nvidia.dali.plugin.base_iterator.LastBatchPolicy``.
         auto_reset: start the next epoch when one ends (iterate the object again); otherwise call
             :meth:`reset`.
+        mixing: a batch mixing transform (``funloader.transforms.Mixup``, ``Cutmix``,
+            ``RandomMixing``): each batch becomes ``(mixed images, soft targets (N, num_classes))``,
+            drawn from a generator seeded by ``(seed, batch number)``, on the batch's device.
     Errors for bad samples raise :class:`DALIDecodeError` naming the file.
     """
 
-    def __init__(self, pipeline, *, last_batch_policy="partial", auto_reset: bool = True):
+    def __init__(self, pipeline, *, last_batch_policy="partial", auto_reset: bool = True, mixing=None,
+                 seed: int = 0):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         policies = {"partial": LastBatchPolicy.PARTIAL, "drop": LastBatchPolicy.DROP, "fill": LastBatchPolicy.FILL}
@@ -613,6 +636,7 @@ class FUNIterator:
         self._feeder = getattr(pipeline, "funloader_feeder", None)
         self._epoch = 0
         self._batch_in_epoch = 0
+        self.mixing, self.seed, self._mixed = mixing, int(seed), 0
         kwargs: Dict[str, Any] = dict(output_map=["images", "labels"], auto_reset=auto_reset)
         if self._reader_name is not None:
             kwargs.update(reader_name=self._reader_name, last_batch_policy=last_batch_policy)
@@ -656,6 +680,14 @@ class FUNIterator:
                     return self.__next__()
                 if self.last_batch_policy == self._policies.PARTIAL:
                     images, labels = images[:remaining], labels[:remaining]
+        if self.mixing is not None:
+            import torch
+
+            from ..loader import _batch_seed
+
+            generator = torch.Generator().manual_seed(_batch_seed(self.seed, 0, 0, self._mixed))
+            self._mixed += 1
+            images, labels = self.mixing(images, labels, generator)
         return images, labels
 
     def _drain(self) -> None:
