@@ -114,6 +114,16 @@ def _floor(name, **kwargs):
     return make
 
 
+#: why a row gives no number here (shown in the report)
+NOT_HERE = {
+    "read_fun_out": "images of several sizes: no one reusable buffer",
+    "read_fun_libjpeg": "this version has one decoder",
+    "jpeg2dct": "jpeg2dct is not installed",
+    "floor": "needs benchmarks/floor.c (in the source tree) and a C compiler",
+    "floor_tuned": "needs benchmarks/floor.c (in the source tree) and a C compiler",
+    "libjpeg_rgb": "needs benchmarks/floor.c (in the source tree) and a C compiler",
+}
+
 METHODS: List[Row] = [  # make(inputs) -> {name: method}
     Row("read_fun", "funloader.read_fun: one file's coefficients in the FUN layout, a new array each call", _read_fun),
     Row("read_fun_out", "read_fun into a reused out= buffer (one-size corpora)", _read_fun_out),
@@ -197,9 +207,13 @@ def measure_corpora(corpora: Dict[str, Sequence[Path]], *, repeats: int = 7, thr
         inputs = Inputs(files, datas, [read_fun(d).shape for d in datas], [t for t in threads if t > 1],
                         floor_binary)
         timed: Dict[str, Method] = {}
+        missing: Dict[str, str] = {}
         for row in METHODS:
             if methods is None or row.name in methods:
-                timed.update(row.make(inputs))
+                made = row.make(inputs)
+                timed.update(made)
+                if not made:
+                    missing[row.name] = NOT_HERE.get(row.name, "not available here")
         cycled = "" if distinct == len(files) else f", each decoded {len(files) // distinct}x per pass"
         progress(f"decode: {corpus_name} ({distinct} files{cycled}; {len(timed)} methods x {repeats} repeats)")
         faults_before = minor_faults()
@@ -210,9 +224,7 @@ def measure_corpora(corpora: Dict[str, Sequence[Path]], *, repeats: int = 7, thr
         if "read_fun" in summaries:
             summaries["read_fun"]["minor_faults_per_image_after_warmup"] = round(faults_per_image, 2)
         section.results[corpus_name] = Result(summaries, ratios(summaries),
-                                              {"files": distinct, "decodes_per_pass": len(datas)})
-    if floor_binary is None:
-        section.extra["not_measured"] = {"floor": "needs benchmarks/floor.c (source tree) and a C compiler"}
+                                              {"files": distinct, "decodes_per_pass": len(datas), "not_measured": missing})
     return section
 
 
