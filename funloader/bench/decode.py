@@ -129,7 +129,7 @@ METHODS: List[Row] = [  # make(inputs) -> {name: method}
     Row("read_fun_out", "read_fun into a reused out= buffer (one-size corpora)", _read_fun_out),
     Row("read_fun_libjpeg", "read_fun with libjpeg-turbo's coefficient reader instead of funloader's own "
         "Huffman decoder (FUNLOADER_DECODER=libjpeg)", _read_fun_libjpeg),
-    Row("read_batch_Nt", "funloader.read_batch with N native threads into a reused (N, 192, 28, 28) batch", _read_batch),
+    Row("read_batch_Nt", "funloader.read_batch with N native threads into a reused (items, 192, 28, 28) batch", _read_batch),
     Row("floor", "the floor: a C program doing only libjpeg's jpeg_read_coefficients (no layout, no copy), "
         "the least any coefficient reader can do", _floor("floor")),
     Row("floor_tuned", "the same floor with glibc told to keep freed memory (GLIBC_TUNABLES), which removes "
