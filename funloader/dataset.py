@@ -34,7 +34,7 @@ import torch
 from .codec import read_batch, read_fun
 from .errors import JPEGDecodeError, UsageError, user_stacklevel
 from .shards import ShardError, read_member, read_shard_index
-from .files import FileRefusedError, Listing, read_file, read_head, walk_files
+from .files import FileRefusedError, Listing, is_ancestor_link, read_file, read_head, walk_files
 
 __all__ = ["DCTImageFolder", "IMG_EXTENSIONS", "find_classes", "make_dataset", "sniff_format", "read_shard_index",
            "MAX_CLASSES"]
@@ -74,8 +74,19 @@ def _not_jpeg_error(head: bytes, name: str) -> Optional[JPEGDecodeError]:
 
 
 def find_classes(directory: Union[str, os.PathLike]) -> Tuple[List[str], Dict[str, int]]:
-    """Class folders of an ImageFolder root, as torchvision: sorted sub-directory names."""
-    classes = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
+    """Class folders of an ImageFolder root, as torchvision: sorted sub-directory names. A link to
+    the root itself or to a folder above it (a loop, e.g. ``root/all -> .``) is not a class: it is
+    left out with a warning."""
+    classes, loops = [], []
+    for entry in os.scandir(directory):
+        if entry.is_dir():
+            if entry.is_symlink() and is_ancestor_link(entry.path, os.path.join(os.fspath(directory), "")):
+                loops.append(entry.path)
+            else:
+                classes.append(entry.name)
+    classes.sort()
+    if loops:
+        _warn_listing(directory, Listing(links_skipped=sorted(loops)))
     if not classes:
         raise FileNotFoundError(f"{directory}: no class folders (expected root/<class>/<image>)")
     return classes, {name: index for index, name in enumerate(classes)}

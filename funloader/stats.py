@@ -320,6 +320,7 @@ def compute_stats(dataset_or_root, *, dequantize: bool = True, size=28, batch_si
     if images == 0:
         raise ValueError(f"{dataset.root}: no decodable image to compute statistics from")
     std = np.sqrt(m2 / count)
+    std[std < MIN_STD] = 0.0  # constant up to float rounding: a constant channel (only centred), as resolve expects
     stats = {"format": STATS_FORMAT, "version": 1, "dequantized": bool(dequantize), "size": list(grid),
              "count": images, "positions": int(count // images), "failed": failed,
              "mean": [float(v) for v in mean], "std": [float(v) for v in std]}

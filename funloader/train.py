@@ -481,8 +481,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def _load_finetune_weights(model: nn.Module, path: str, num_classes: int) -> Dict[str, Any]:
-    state = load_checkpoint(path)
+def _load_finetune_weights(model: nn.Module, state: dict, path: str, num_classes: int) -> Dict[str, Any]:
     weights = state["ema"]["module"] if state.get("ema") else state["model"]
     source_classes = int(state.get("num_classes", -1))
     classifier_keys = [k for k in weights if k.startswith("classifier.")]
@@ -542,6 +541,7 @@ def _train(cfg: TrainConfig, info: fdist.DistInfo) -> Dict[str, Any]:
         mutable = {name: getattr(cfg, name) for name in _RESUME_MUTABLE
                    if name in _RESUME_RUNTIME or getattr(cfg, name) is not None}
         cfg = dataclasses.replace(saved, **mutable)
+    finetune_state = load_checkpoint(cfg.finetune) if cfg.finetune and resume_state is None else None
     user_overrides = _overrides(cfg)
     cfg = resolve_config(cfg)
     if cfg.torch_threads:
@@ -573,8 +573,8 @@ def _train(cfg: TrainConfig, info: fdist.DistInfo) -> Dict[str, Any]:
     model = build_model(cfg.model, num_classes=num_classes, in_channels=len(kept) if kept else None,
                         drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
     finetuned_from = None
-    if cfg.finetune and resume_state is None:
-        finetuned_from = _load_finetune_weights(model, cfg.finetune, num_classes)
+    if finetune_state is not None:
+        finetuned_from = _load_finetune_weights(model, finetune_state, cfg.finetune, num_classes)
     elif resume_state is not None:
         finetuned_from = resume_state.get("finetuned_from")
     model.to(info.device)
