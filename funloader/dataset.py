@@ -352,7 +352,8 @@ class DCTImageFolder(torch.utils.data.Dataset):
         message = (f"{where}: {len(problems)} shard(s) do not match the index (truncated or replaced?): "
                    + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else ""))
         if self.on_error != "skip":
-            raise UsageError(message + ". Re-create them, or pass on_error='skip' to load what is there")
+            raise UsageError(message + ". Re-create them, or pass on_error='skip' (DCTImageFolder, DCTLoader) "
+                                       "to load what is there")
         logger.warning(message)
         warnings.warn(message + f"; loading the {len(self.samples)} samples that are there", stacklevel=user_stacklevel())
 

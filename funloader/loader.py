@@ -119,7 +119,11 @@ class DCTLoader:
         if isinstance(dataset_or_root, DCTImageFolder):
             dataset = dataset_or_root
         else:
-            dataset = DCTImageFolder(dataset_or_root, dequantize=True if dequantize is None else dequantize)
+            if on_error is not None and on_error not in ("raise", "skip"):
+                raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            # the dataset built here takes the loader's policies (they also govern its construction checks)
+            dataset = DCTImageFolder(dataset_or_root, dequantize=True if dequantize is None else dequantize,
+                                     on_error=on_error or "raise", strict=True if strict is None else strict)
         if on_error is not None and on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         # The loader's own settings (default: the dataset's); the caller's dataset is left unchanged.

@@ -655,7 +655,8 @@ static int fl_has_avx2(void) {
   int value = __atomic_load_n(&known, __ATOMIC_RELAXED);
   if (value < 0) {
     __builtin_cpu_init();
-    value = __builtin_cpu_supports("avx2") ? 1 : 0;
+    const char *force = getenv("FUNLOADER_SIMD"); /* "sse2": the baseline path even on an AVX2 CPU (tests) */
+    value = __builtin_cpu_supports("avx2") && !(force && strcmp(force, "sse2") == 0) ? 1 : 0;
     __atomic_store_n(&known, value, __ATOMIC_RELAXED);
   }
   return value;
