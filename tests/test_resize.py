@@ -335,3 +335,32 @@ def test_baseline_and_avx2_paths_give_the_same_bits(sample_jpegs, tmp_path):
     assert "sse2" in results
     for array in results.values():
         np.testing.assert_array_equal(array, results["sse2"])
+
+
+def test_every_edge_file_gives_a_crop_or_a_typed_error(shared_data):
+    """The shared hostile/odd corpus (edge/: truncated, CMYK, odd factors, 4:1:0, tiny, huge...) through
+    read_sizes and read_batch(boxes=), strict and lenient: every item is a crop or a typed error."""
+    import warnings
+
+    from funloader.errors import JPEGDecodeError
+
+    files = sorted(str(p) for p in (shared_data / "edge").rglob("*") if p.is_file())
+    assert len(files) > 50
+    crops = 0
+    for path in files:
+        try:
+            (height, width), = codec.read_sizes([path], max_pixels=50_000_000)
+        except (JPEGDecodeError, OSError):
+            continue
+        boxes = [(0, 0, height, width), (height / 3, width / 4, height / 2, max(width / 3, 0.5))]
+        for strict in (True, False):
+            out = np.zeros((2, 192, 3, 2), np.float32)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                errors = funloader.read_batch([path, path], out, boxes=boxes, strict=strict, subsampling="444",
+                                              max_pixels=50_000_000)
+            for error, item in zip(errors, out):
+                assert error is None or isinstance(error, (JPEGDecodeError, OSError)), (path, error)
+                assert np.isfinite(item).all()
+                crops += error is None
+    assert crops > 50
