@@ -107,6 +107,10 @@ def test_a_shard_truncated_at_a_member_boundary_is_detected(tmp_path):
         warnings.simplefilter("always")
         dataset = DCTImageFolder(root, on_error="skip")
     assert len(dataset) == 10
+    with warnings.catch_warnings(record=True) as caught:  # the loader's policy reaches the dataset it builds
+        warnings.simplefilter("always")
+        assert len(funloader.DCTLoader(root, on_error="skip", normalize=False).dataset) == 10
+    assert any("do not match the index" in str(w.message) for w in caught)
     assert any("do not match the index" in str(w.message) and "loading the 10 samples" in str(w.message) for w in caught)
 
 

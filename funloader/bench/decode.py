@@ -171,16 +171,26 @@ def _floor(name, **kwargs):
     return make
 
 
+#: why a row gives no number here (shown in the report)
+NOT_HERE = {
+    "read_fun_out": "images of several sizes: no one reusable buffer",
+    "read_fun_libjpeg": "this version has one decoder",
+    "jpeg2dct": "jpeg2dct is not installed",
+    "floor": "needs benchmarks/floor.c (in the source tree) and a C compiler",
+    "floor_tuned": "needs benchmarks/floor.c (in the source tree) and a C compiler",
+    "libjpeg_rgb": "needs benchmarks/floor.c (in the source tree) and a C compiler",
+}
+
 METHODS: List[Row] = [  # make(inputs) -> {name: method}
     Row("read_fun", "funloader.read_fun: one file's coefficients in the FUN layout, a new array each call", _read_fun),
     Row("read_fun_out", "read_fun into a reused out= buffer (one-size corpora)", _read_fun_out),
     Row("read_fun_libjpeg", "read_fun with libjpeg-turbo's coefficient reader instead of funloader's own "
         "Huffman decoder (FUNLOADER_DECODER=libjpeg)", _read_fun_libjpeg),
-    Row("read_batch_Nt", "funloader.read_batch with N native threads into a reused (N, 192, 28, 28) batch", _read_batch),
+    Row("read_batch_Nt", "funloader.read_batch with N native threads into a reused (items, 192, 28, 28) batch", _read_batch),
     Row("read_fun_exact", "read_fun(box=...): the exact resized crop of a torchvision RandomResizedCrop window to "
         "28x28 blocks (224 pixels, Pillow's antialiased bilinear, chroma 4:2:0), float32", _read_fun_exact),
     Row("read_batch_exact_Nt", "read_batch(boxes=...) with N native threads: the same exact crops into a reused "
-        "(N, 192, 28, 28) float32 batch", _read_batch_exact),
+        "(items, 192, 28, 28) float32 batch", _read_batch_exact),
     Row("pillow_rrc", "Pillow: decode to RGB, then the same RandomResizedCrop windows cropped and resized to 224x224 "
         "(BILINEAR): what read_fun_exact replaces", _pillow_rrc),
     Row("floor", "the floor: a C program doing only libjpeg's jpeg_read_coefficients (no layout, no copy), "
@@ -260,9 +270,13 @@ def measure_corpora(corpora: Dict[str, Sequence[Path]], *, repeats: int = 7, thr
         inputs = Inputs(files, datas, [read_fun(d).shape for d in datas], [t for t in threads if t > 1],
                         floor_binary)
         timed: Dict[str, Method] = {}
+        missing: Dict[str, str] = {}
         for row in METHODS:
             if methods is None or row.name in methods:
-                timed.update(row.make(inputs))
+                made = row.make(inputs)
+                timed.update(made)
+                if not made:
+                    missing[row.name] = NOT_HERE.get(row.name, "not available here")
         cycled = "" if distinct == len(files) else f", each decoded {len(files) // distinct}x per pass"
         progress(f"decode: {corpus_name} ({distinct} files{cycled}; {len(timed)} methods x {repeats} repeats)")
         faults_before = minor_faults()
@@ -273,9 +287,7 @@ def measure_corpora(corpora: Dict[str, Sequence[Path]], *, repeats: int = 7, thr
         if "read_fun" in summaries:
             summaries["read_fun"]["minor_faults_per_image_after_warmup"] = round(faults_per_image, 2)
         section.results[corpus_name] = Result(summaries, ratios(summaries),
-                                              {"files": distinct, "decodes_per_pass": len(datas)})
-    if floor_binary is None:
-        section.extra["not_measured"] = {"floor": "needs benchmarks/floor.c (source tree) and a C compiler"}
+                                              {"files": distinct, "decodes_per_pass": len(datas), "not_measured": missing})
     return section
 
 

@@ -124,9 +124,11 @@ def headline(sections: Dict[str, Section]) -> List[str]:
     models = sections.get("models")
     if models and not models.skipped:
         for key, result in models.results.items():
-            pairs = [f"{fun} {_x(v)} {rgb}" for k, v in result.ratios.items() for fun, rgb in [k.split("_vs_")]]
+            pairs = [f"{fun} runs at {_x(v)} the images/s of {rgb}" for k, v in result.ratios.items()
+                     for fun, rgb in [k.split("_vs_")]]
             if pairs:
-                lines.append(f"Models at {key} on {models.extra.get('device')}, images/s: " + "; ".join(pairs) + ".")
+                lines.append(f"Models at {key} on {models.extra.get('device')} (the FUN model against the RGB "
+                             "baseline of about its accuracy): " + "; ".join(pairs) + ".")
     return lines
 
 
