@@ -32,7 +32,7 @@ from typing import List, Optional, Tuple, Union
 from .errors import FunloaderError
 
 __all__ = ["MAX_FILE_BYTES", "FileRefusedError", "Listing", "walk_files", "open_regular", "read_file", "read_head",
-           "check_size", "cache_root", "untrusted_reason"]
+           "check_size", "cache_root", "untrusted_reason", "is_ancestor_link"]
 
 #: Largest input file (an image, a shard member, a stats or index file) any reader accepts, in
 #: bytes: 2 GiB, the same limit as the C core's ``FL_MAX_FILE_BYTES`` (``jpegdct_core.c``).
@@ -156,7 +156,7 @@ class Listing:
         return "; ".join(parts) or None
 
 
-def _is_ancestor(link: str, folder: str) -> bool:
+def is_ancestor_link(link: str, folder: str) -> bool:
     """Whether ``link`` (in ``folder``) points to ``folder`` itself or to a folder above it."""
     target, here = os.path.realpath(link), os.path.realpath(folder)
     return here == target or here.startswith(target.rstrip(os.sep) + os.sep)
@@ -220,7 +220,7 @@ def walk_files(top: PathLike, *, skip_hidden: bool = False) -> Listing:
                     if stat.S_ISREG(mode):
                         found.append((folder, entry.name))
                     elif stat.S_ISDIR(mode):
-                        if _is_ancestor(entry.path, folder):
+                        if is_ancestor_link(entry.path, folder):
                             listing.links_skipped.append(entry.path)  # a loop, even above the walked folder
                         else:
                             linked.append(entry.path)

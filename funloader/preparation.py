@@ -83,7 +83,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from ._process import exit_with_parent
 from .errors import UsageError
-from .files import read_file, walk_files
+from .files import open_regular, read_file, walk_files
 from .shards import ShardWriter, write_dali_index
 
 __all__ = [
@@ -492,8 +492,7 @@ class _Journal:
         good_bytes = 0
         existing_header = None
         if path.exists():
-            with open(path, "rb") as handle:
-                raw = handle.read()
+            raw = read_file(path)  # refuses a FIFO or device planted under the journal's name
             for number, line in enumerate(raw.split(b"\n")[:-1] if raw else [], start=1):  # last chunk: torn or ''
                 try:
                     record = json.loads(line)
@@ -540,8 +539,10 @@ class _Journal:
 
     def close(self) -> None:
         if not self._handle.closed:
-            self.sync()
-            self._handle.close()
+            try:
+                self.sync()
+            finally:  # closed even when the disk is full (the run then stops with a message)
+                self._handle.close()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -844,7 +845,7 @@ def read_tsv(path) -> List[Dict[str, str]]:
     """
     path = Path(path)
     try:
-        lines = path.read_bytes().decode("utf-8").split("\n")
+        lines = read_file(path).decode("utf-8").split("\n")
     except UnicodeDecodeError as exc:
         raise PrepareError(f"{path} is not a TSV file written by funloader prepare ({exc})") from None
     if lines and lines[-1] == "":
@@ -1091,19 +1092,13 @@ def _finish(result: PrepareResult, started: float, verbose: bool, allow_failures
 def _previous_per_unit(journal_path: Path, part_path: Path, index_path: Path, shard_size_text: str) -> Optional[int]:
     """Images per tar recorded by an earlier run with the same ``shard_size`` (skips recalibration)."""
     candidates = []
-    if journal_path.exists():
-        with open(journal_path, "rb") as handle:
-            line = handle.readline()
-        try:
-            candidates.append(json.loads(line)["settings"])
-        except (ValueError, KeyError, TypeError):
-            pass
-    for path in (part_path, index_path):
+    for path in (journal_path, part_path, index_path):  # journal: its first line, the header
         if path.exists():
             try:
-                candidates.append(json.loads(path.read_text(encoding="utf-8"))["settings"])
+                text = read_file(path)
+                candidates.append(json.loads(text.split(b"\n", 1)[0] if path == journal_path else text)["settings"])
             except (ValueError, KeyError, TypeError):
-                pass
+                pass  # damaged: named by the check that reads it in full
     for record in candidates:
         if (isinstance(record, dict) and record.get("format") == "shards" and record.get("shard_size") == shard_size_text
                 and _is_int(record.get("images_per_shard")) and record["images_per_shard"] >= 1):
@@ -1368,7 +1363,7 @@ def _merge_locked(dst_path: Path, part_dirs: List[Path], stats, allow_failures: 
 def _load_json(path: Path, what: str):
     """Parse a JSON file we wrote (part file, index.json); anything unreadable is a named :class:`PrepareError`."""
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(read_file(path).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise PrepareError(f"{path} is not a valid {what} file ({exc}); it was damaged or not written by "
                            f"funloader prepare") from None
@@ -1621,15 +1616,23 @@ def _check_parts(dst: Path, sources: List[Tuple[Path, Path, dict]],
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
-    if a.stat().st_size != b.stat().st_size:
-        return False
-    with open(a, "rb") as first, open(b, "rb") as second:
-        while True:
-            chunk = first.read(1 << 20)
-            if chunk != second.read(1 << 20):
-                return False
-            if not chunk:
-                return True
+    """Whether two regular files hold the same bytes (never opening a FIFO or device in their place)."""
+    no_cap = 1 << 62  # shards may exceed the input cap
+    first, size = open_regular(a, limit=no_cap)
+    try:
+        second, other_size = open_regular(b, limit=no_cap)
+        try:
+            offset = 0
+            while size == other_size and offset < size:
+                chunk = os.pread(first, 1 << 20, offset)
+                if not chunk or chunk != os.pread(second, len(chunk), offset):
+                    return False
+                offset += len(chunk)
+            return size == other_size
+        finally:
+            os.close(second)
+    finally:
+        os.close(first)
 
 
 def _move_file(source: Path, target: Path) -> None:

@@ -12,9 +12,9 @@ Files (JSON, next to the data): ``stats-dequantized.json`` and ``stats-raw.json`
 also accepts a ``stats.json`` (as written by ``funloader prepare --stats``) whose ``dequantized``
 field matches. Content: ``{"format": "funloader-stats", "version": 1, "dequantized": bool,
 "size": [h, w], "count": images, "positions": blocks per channel, "failed": n, "mean": [192],
-"std": [192]}``. When the data folder cannot be written (read-only, another user's), the file goes
-to the cache instead (:func:`cache_path`: ``$FUNLOADER_CACHE_DIR/stats/...``), and ``resolve``
-looks there too.
+"std": [192]}``. When the data folder cannot be written (read-only, or shared without write
+permission), the file goes to the cache instead (:func:`cache_path`:
+``$FUNLOADER_CACHE_DIR/stats/...``), and ``resolve`` looks there too.
 
 Validation (every path that brings statistics in: files, dicts, ``(mean, std)`` pairs, tensors):
 192 finite numbers each, no strings or nested lists, every std 0 (a constant channel: centred only)
@@ -320,6 +320,7 @@ def compute_stats(dataset_or_root, *, dequantize: bool = True, size=28, batch_si
     if images == 0:
         raise ValueError(f"{dataset.root}: no decodable image to compute statistics from")
     std = np.sqrt(m2 / count)
+    std[std < MIN_STD] = 0.0  # constant up to float rounding: a constant channel (only centred), as resolve expects
     stats = {"format": STATS_FORMAT, "version": 1, "dequantized": bool(dequantize), "size": list(grid),
              "count": images, "positions": int(count // images), "failed": failed,
              "mean": [float(v) for v in mean], "std": [float(v) for v in std]}

@@ -18,13 +18,15 @@ for reproducible draws (the parameters are drawn on the CPU, then applied on the
 Exactness: flips, crops, frequency selection, dequantisation and normalisation are exact. Flipping
 reverses the block order and negates the coefficients of odd ``u`` (odd ``v`` for a vertical flip):
 the result equals the coefficients of ``jpegtran -flip horizontal -trim`` of the same file.
-Scale changes are not exact in the DCT domain of a JPEG (the result is not a quantised JPEG any
-more); ``resized_crop`` offers two approximations, see its docstring.
+Scale changes: ``RandomResizedCrop(mode="exact")`` (default) and ``ResizeCenterCrop`` pick a window of
+the original image in pixels and the native decode resizes it exactly (decoded YCbCr pixels, Pillow's
+bilinear antialias, block DCT: ~56 dB luma PSNR against Pillow); they run inside the decode
+(``DCTLoader``, ``read_batch(boxes=)``). ``mode="nearest"`` / ``resized_crop`` repeat whole blocks of
+decoded coefficients: approximate (median luma PSNR ~20 dB), see docs/loader.md.
 """
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -41,7 +43,9 @@ __all__ = [
     "hflip", "vflip", "crop", "center_crop", "random_crop", "resized_crop", "select_frequencies",
     "dequantize", "qtable_vector", "normalize", "flip_signs",
     "Compose", "RandomHorizontalFlip", "RandomVerticalFlip", "CenterCrop", "RandomCrop",
-    "RandomResizedCrop", "SelectFrequencies", "Dequantize", "Normalize", "ToDtype", "GatherPlan",
+    "RandomResizedCrop", "ResizeCenterCrop", "SourceTransform", "random_resized_crop_box", "resize_center_crop_box",
+    "split_source", "ReadOrResize",
+    "SelectFrequencies", "Dequantize", "Normalize", "ToDtype", "GatherPlan",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -233,45 +237,56 @@ def resized_crop_params(shape: Tuple[int, int], scale=(0.08, 1.0), ratio=(3 / 4,
     return out
 
 
-_DCT8 = None
+def random_resized_crop_box(height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                            generator: Optional[torch.Generator] = None) -> Tuple[int, int, int, int]:
+    """One ``RandomResizedCrop`` window ``(top, left, h, w)`` in pixels of a ``height x width`` image,
+    drawn as torchvision's ``RandomResizedCrop.get_params`` draws it (same algorithm and the same
+    sequence of torch random calls, so the same generator state gives the same window): up to 10
+    attempts of an area fraction uniform in ``scale`` and a log-uniform aspect ratio in ``ratio``,
+    the window's position uniform; else the centred window of the ratio clamped to ``ratio``."""
+    height, width = int(height), int(width)
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
+            left = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
+            return top, left, h, w
+    in_ratio = float(width) / float(height)
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _dct_matrix() -> np.ndarray:
-    """Orthonormal 8-point DCT-II matrix ``T[k, x]`` (float64) — the JPEG block transform."""
-    global _DCT8
-    if _DCT8 is None:
-        k = np.arange(8)[:, None]
-        n = np.arange(8)[None, :]
-        T = np.cos((2 * n + 1) * k * np.pi / 16) * np.sqrt(2 / 8)
-        T[0] /= np.sqrt(2)
-        _DCT8 = T
-    return _DCT8
-
-
-@lru_cache(maxsize=512)
-def _dct_resample_matrix(blocks_in: int, blocks_out: int) -> torch.Tensor:
-    """``(8*blocks_out, 8*blocks_in)`` float64 map, along one axis, from the coefficients of
-    ``blocks_in`` blocks to those of ``blocks_out`` blocks: inverse block DCT, linear resampling of
-    the pixels (``F.interpolate`` bilinear, ``align_corners=False``, antialiased when shrinking), block DCT."""
-    T = _dct_matrix()
-    n_in, n_out = 8 * blocks_in, 8 * blocks_out
-    # Resample the columns of an identity image along its height only: column i becomes the resampled
-    # unit vector e_i, so R (n_out, n_in) is the 1-D operator that F.interpolate applies separably in 2-D.
-    identity = torch.eye(n_in, dtype=torch.float64)[None, None]
-    R = F.interpolate(identity, size=(n_out, n_in), mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy()
-    to_pixels = np.kron(np.eye(blocks_in), T).T  # (n_in, n_in)
-    to_coeffs = np.kron(np.eye(blocks_out), T)  # (n_out, n_out)
-    return torch.from_numpy(to_coeffs @ R @ to_pixels)
-
-
-def _axis_maps(starts, lengths, blocks_in: int, blocks_out: int, dtype, device) -> torch.Tensor:
-    """Per-item ``(N, 8*blocks_out, 8*blocks_in)`` maps: resample the window [start, start+length)."""
-    N = len(starts)
-    maps = torch.zeros((N, 8 * blocks_out, 8 * blocks_in), dtype=torch.float64)
-    for item in range(N):
-        start, length = int(starts[item]), int(lengths[item])
-        maps[item, :, 8 * start:8 * (start + length)] = _dct_resample_matrix(length, blocks_out)
-    return maps.to(device=device, dtype=dtype)
+def resize_center_crop_box(height: int, width: int, resize: int, crop: Tuple[int, int]) -> Tuple[float, float, float, float]:
+    """The window of a ``height x width`` image that torchvision's ``Resize(resize)`` (shorter side to
+    ``resize``, the other ``int(resize * long / short)``) followed by ``CenterCrop(crop)`` (offset
+    ``int(round((size - crop) / 2))``) shows, as ``(top, left, h, w)`` in original pixels (floats):
+    resizing that window to ``crop`` with the filter reading the image around it (Pillow's
+    ``resize(box=)``, ``support="image"``) is ``Resize + CenterCrop``. If the crop does not fit in the
+    resized image (a crop longer than ``resize``), the shorter side is resized further, to fit."""
+    height, width = int(height), int(width)
+    crop_h, crop_w = int(crop[0]), int(crop[1])
+    short, long = (width, height) if width <= height else (height, width)
+    new_short = int(resize)
+    while True:
+        new_long = int(new_short * long / short)
+        new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+        if new_h >= crop_h and new_w >= crop_w:
+            break
+        new_short += 1
+    top = int(round((new_h - crop_h) / 2.0))
+    left = int(round((new_w - crop_w) / 2.0))
+    scale_y, scale_x = height / new_h, width / new_w
+    return top * scale_y, left * scale_x, crop_h * scale_y, crop_w * scale_x
 
 
 def _nearest_indices(starts, lengths, blocks_out: int) -> torch.Tensor:
@@ -281,52 +296,28 @@ def _nearest_indices(starts, lengths, blocks_out: int) -> torch.Tensor:
     return starts[:, None] + pos.floor().long().clamp_(max=(lengths[:, None] - 1))
 
 
-def _resized_crop_batch(x: torch.Tensor, boxes: torch.Tensor, size: Tuple[int, int], mode: str,
-                        channels) -> torch.Tensor:
-    N, C, H, W = x.shape
+def _resized_crop_batch(x: torch.Tensor, boxes: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Nearest-block resized crop of each item's block window ``boxes`` (N, 4) to ``size`` blocks."""
     out_h, out_w = size
     boxes = boxes.to(torch.int64).cpu()
-    if mode == "nearest":
-        rows = _nearest_indices(boxes[:, 0], boxes[:, 2], out_h)
-        cols = _nearest_indices(boxes[:, 1], boxes[:, 3], out_w)
-        return _gather_windows(x, rows, cols)
-    if mode != "dct":
-        raise ValueError(f"mode must be 'dct' or 'nearest', got {mode!r}")
-    chans = _channels_of(x, channels)
-    if len(chans) != 192 or not np.array_equal(chans, _ALL_CHANNELS):
-        raise ValueError("mode='dct' needs all 192 channels (resample before selecting frequencies)")
-    work_dtype = x.dtype if x.is_floating_point() and x.dtype != torch.float16 and x.dtype != torch.bfloat16 else torch.float32
-    planes = x.to(work_dtype).reshape(N, 3, 8, 8, H, W).permute(0, 1, 4, 2, 5, 3).reshape(N, 3, 8 * H, 8 * W)
-    rows_map = _axis_maps(boxes[:, 0], boxes[:, 2], H, out_h, work_dtype, x.device)  # (N, 8oh, 8H)
-    cols_map = _axis_maps(boxes[:, 1], boxes[:, 3], W, out_w, work_dtype, x.device)  # (N, 8ow, 8W)
-    resampled = rows_map[:, None] @ planes @ cols_map[:, None].transpose(-1, -2)  # (N, 3, 8oh, 8ow)
-    out = resampled.reshape(N, 3, out_h, 8, out_w, 8).permute(0, 1, 3, 5, 2, 4).reshape(N, 192, out_h, out_w)
-    if not x.is_floating_point():
-        out = out.round().to(x.dtype)
-    elif out.dtype != x.dtype:
-        out = out.to(x.dtype)
-    return out.contiguous()
+    rows = _nearest_indices(boxes[:, 0], boxes[:, 2], out_h)
+    cols = _nearest_indices(boxes[:, 1], boxes[:, 3], out_w)
+    return _gather_windows(x, rows, cols)
 
 
 def resized_crop(x: Array, top: int, left: int, height: int, width: int, size: SizeLike = 28,
-                 mode: str = "dct", channels: Optional[Sequence[int]] = None) -> Array:
-    """Crop the block window ``(top, left, height, width)`` and resize it to ``size`` blocks.
-
-    Two approximations of a pixel-domain resized crop (neither is a JPEG decode):
-
-    - ``mode="dct"``: exact *linear* resampling in the DCT domain: the result equals, up to float
-      rounding, taking the inverse block DCT of the window (unquantised pixels, no clamping, chroma
-      as replicated on the luma grid), resizing it bilinearly (``F.interpolate``, antialiased when
-      shrinking) and taking the block DCT again — done as two matrix products per item, no
-      pixels materialised. Costs about ``2 * 3 * (8*size)^3`` multiply-adds per image (GPU-friendly).
-      Integer inputs are rounded back to integers.
-    - ``mode="nearest"``: nearest-neighbour resampling of whole blocks (blocks are repeated or
-      skipped; their content is unchanged, so object scale changes but texture frequency does not).
-      A gather, almost free.
+                 mode: str = "nearest") -> Array:
+    """Approximate resized crop of decoded coefficients: the block window ``(top, left, height, width)``
+    resized to ``size`` blocks by repeating or skipping whole blocks (``mode="nearest"``, the only
+    mode: object scale changes, the texture inside a block does not; see docs/loader.md for its
+    measured fidelity). The exact resized crop is a pixel operation on the JPEG:
+    ``RandomResizedCrop(mode="exact")`` / ``read_batch(boxes=)``.
 
     ``x``: ``(C, H8, W8)`` or ``(N, C, H8, W8)`` (one window for the whole batch here; the class
-    ``RandomResizedCrop`` draws one per item).
-    """
+    ``RandomResizedCrop`` draws one per item)."""
+    if mode != "nearest":
+        raise ValueError(f"resized_crop on decoded coefficients is mode='nearest' only, got {mode!r} (the exact "
+                         "resized crop runs in the decode: read_batch(boxes=) or RandomResizedCrop(mode='exact'))")
     out_size = _pair(size)
     was_numpy = isinstance(x, np.ndarray)
     t = torch.from_numpy(np.ascontiguousarray(x)) if was_numpy else x
@@ -335,7 +326,7 @@ def resized_crop(x: Array, top: int, left: int, height: int, width: int, size: S
     if not (0 <= top and 0 <= left and top + height <= t.shape[-2] and left + width <= t.shape[-1] and height > 0 and width > 0):
         raise ValueError(f"window {(top, left, height, width)} is not inside the {t.shape[-2]}x{t.shape[-1]} block grid")
     boxes = torch.tensor([[top, left, height, width]], dtype=torch.int64).expand(batch.shape[0], 4)
-    out = _resized_crop_batch(batch, boxes, out_size, mode, channels)
+    out = _resized_crop_batch(batch, boxes, out_size)
     out = out[0] if single else out.reshape(*t.shape[:-3], *out.shape[-3:])
     return out.numpy() if was_numpy else out
 
@@ -626,21 +617,72 @@ class RandomCrop(DCTTransform):
         return GatherPlan(_window_indices(tops, h, H), _window_indices(lefts, w, W))
 
 
-class RandomResizedCrop(DCTTransform):
-    """Approximate ``RandomResizedCrop`` in the DCT domain: a random block-aligned window (area
-    fraction in ``scale``, aspect ratio in ``ratio``, torchvision's sampling in whole blocks)
-    resized to ``size`` blocks with ``mode="dct"`` (exact linear resampling of the coefficients,
-    matrix products) or ``mode="nearest"`` (block repetition, a gather); see ``resized_crop``."""
+class SourceTransform(DCTTransform):
+    """A transform that reads the JPEG itself: it picks a window of the ORIGINAL image in pixels for
+    each item (``boxes``), and the native decode resizes that window exactly (``read_batch(boxes=,
+    support=, subsampling=)``: decoded YCbCr pixels, Pillow/torchvision bilinear antialias, block DCT)
+    to ``size`` blocks. ``DCTLoader`` learns each image's size from its header and runs it inside the
+    decode; it must come first in a ``Compose`` (the block transforms after it work on its output).
+    On coefficients that are already decoded it cannot run: it raises ``UsageError``."""
 
-    def __init__(self, size: SizeLike = 28, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), mode: str = "dct",
-                 channels: Optional[Sequence[int]] = None):
-        if mode not in ("dct", "nearest"):
-            raise ValueError(f"mode must be 'dct' or 'nearest', got {mode!r}")
+    reads_source = True
+    #: whether ``boxes`` draws from the generator (else the windows depend on the image sizes only)
+    random = False
+    #: ``"box"``: crop, then resize (the filter reads only the window: torchvision ``resized_crop``);
+    #: ``"image"``: the filter reads around the window too (Pillow ``resize(box=)``: Resize + CenterCrop).
+    support = "box"
+
+    def boxes(self, sizes: np.ndarray, generator: Optional[torch.Generator] = None) -> np.ndarray:
+        """``(N, 4)`` float64 windows ``(top, left, height, width)`` in pixels for images of ``sizes``
+        ``(N, 2)`` ``(height, width)``, drawn in item order from ``generator``."""
+        raise NotImplementedError
+
+    def __call__(self, x, generator=None):
+        from .errors import UsageError
+
+        raise UsageError(
+            f"{type(self).__name__}(mode='exact') resamples the decoded pixels of the JPEG, so it runs inside the "
+            "decode: give it to DCTLoader(transform=...) (first in a Compose), or call "
+            "funloader.read_batch(..., boxes=transform.boxes(funloader.codec.read_sizes(files))); on coefficients "
+            "already decoded use RandomResizedCrop(mode='nearest') (approximate)")
+
+
+class RandomResizedCrop(SourceTransform):
+    """torchvision's ``RandomResizedCrop(size * 8, scale, ratio)``, in the DCT domain.
+
+    ``mode="exact"`` (default): the window is drawn in pixels on the whole original image exactly as
+    torchvision's ``RandomResizedCrop.get_params`` draws it (:func:`random_resized_crop_box`), and the
+    native decode resizes it with torchvision's ``resized_crop(..., BILINEAR, antialias=True)``
+    semantics per YCbCr component (chroma at half resolution with ``subsampling="420"``, full with
+    ``"444"``) and block-DCTs it into ``size`` blocks: the pixel operation itself (see docs/loader.md
+    for the measured PSNR and speed). Runs in ``DCTLoader`` (or ``read_batch(boxes=)``), not on a tensor.
+
+    ``mode="nearest"``: approximate. A block-aligned window of the decoded block grid (the same
+    area/aspect sampling, in whole blocks), resized by repeating or skipping whole 8x8 blocks: object
+    scale changes but the texture inside a block does not (far from the pixel operation: see
+    docs/loader.md for its measured PSNR). A gather; runs on any coefficient tensor.
+
+    (``mode="dct"``, a linear DCT-domain resampling of the block window, is gone: ``exact`` is both
+    faithful and fast.)
+    """
+
+    random = True
+
+    def __init__(self, size: SizeLike = 28, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), mode: str = "exact",
+                 subsampling: str = "420"):
+        if mode not in ("exact", "nearest"):
+            raise ValueError(f"mode must be 'exact' (default) or 'nearest' (approximate), got {mode!r}")
+        if subsampling not in ("420", "444"):
+            raise ValueError(f"subsampling must be '420' or '444', got {subsampling!r}")
         self.size = _pair(size)
         self.scale = tuple(scale)
         self.ratio = tuple(ratio)
         self.mode = mode
-        self.channels = None if channels is None else list(channels)
+        self.subsampling = subsampling
+
+    @property
+    def reads_source(self) -> bool:  # type: ignore[override]
+        return self.mode == "exact"
 
     @property
     def integer_exact(self) -> bool:
@@ -649,6 +691,13 @@ class RandomResizedCrop(DCTTransform):
     @property
     def plannable(self) -> bool:
         return self.mode == "nearest"
+
+    def boxes(self, sizes, generator=None) -> np.ndarray:
+        sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+        out = np.empty((len(sizes), 4), dtype=np.float64)
+        for item, (height, width) in enumerate(sizes):
+            out[item] = random_resized_crop_box(height, width, self.scale, self.ratio, generator)
+        return out
 
     def plan(self, shape, generator=None) -> GatherPlan:
         if self.mode != "nearest":
@@ -659,13 +708,77 @@ class RandomResizedCrop(DCTTransform):
                           _nearest_indices(boxes[:, 1], boxes[:, 3], self.size[1]))
 
     def __call__(self, x, generator=None):
+        if self.mode == "exact":
+            return super().__call__(x, generator)
         was_numpy = isinstance(x, np.ndarray)
         t = torch.from_numpy(np.ascontiguousarray(x)) if was_numpy else x
         batch = t if t.ndim == 4 else t[None]
         boxes = resized_crop_params(tuple(batch.shape[-2:]), self.scale, self.ratio, batch.shape[0], generator)
-        out = _resized_crop_batch(batch, boxes, self.size, self.mode, self.channels)
+        out = _resized_crop_batch(batch, boxes, self.size)
         out = out if t.ndim == 4 else out[0]
         return out.numpy() if was_numpy else out
+
+
+def split_source(transform) -> Tuple[Optional["SourceTransform"], Optional[DCTTransform]]:
+    """``(source, rest)``: the transform that reads the JPEG itself (``RandomResizedCrop(mode="exact")``,
+    ``ResizeCenterCrop``), which must come first, and the transforms that follow it (or None)."""
+    if transform is None:
+        return None, None
+    if getattr(transform, "reads_source", False):
+        return transform, None
+    if isinstance(transform, Compose):
+        items = list(transform.transforms)
+        late = [t for t in items[1:] if getattr(t, "reads_source", False)]
+        if late:
+            from .errors import UsageError
+
+            raise UsageError(f"{type(late[0]).__name__} reads the JPEG (it resizes a window of the original image): "
+                             "it must be the first transform of the Compose")
+        if items and getattr(items[0], "reads_source", False):
+            return items[0], (Compose(items[1:]) if len(items) > 1 else None)
+    return None, transform
+
+
+class ResizeCenterCrop(SourceTransform):
+    """The evaluation transform: torchvision's ``Resize(resize) + CenterCrop(8 * size)`` on the original
+    image, in pixels, done by the native decode (default ``resize = round(8 * min(size) * 256 / 224)``,
+    i.e. ``Resize(256) + CenterCrop(224)`` for 28 blocks). The filter reads the image around the
+    crop, as Resize then CenterCrop does (Pillow's ``resize(box=)``). Deterministic."""
+
+    support = "image"
+
+    def __init__(self, size: SizeLike = 28, resize: Optional[int] = None, subsampling: str = "420"):
+        if subsampling not in ("420", "444"):
+            raise ValueError(f"subsampling must be '420' or '444', got {subsampling!r}")
+        self.size = _pair(size)
+        self.resize = int(resize) if resize is not None else int(round(8 * min(self.size) * 256 / 224))
+        if self.resize <= 0:
+            raise ValueError(f"resize must be a positive side length in pixels, got {resize!r}")
+        self.subsampling = subsampling
+
+    def boxes(self, sizes, generator=None) -> np.ndarray:
+        sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+        crop = (8 * self.size[0], 8 * self.size[1])
+        out = np.empty((len(sizes), 4), dtype=np.float64)
+        for item, (height, width) in enumerate(sizes):
+            out[item] = resize_center_crop_box(height, width, self.resize, crop)
+        return out
+
+
+class ReadOrResize(ResizeCenterCrop):
+    """What ``DCTLoader`` (and ``fun_pipeline``) do without a transform: a file whose block grid is
+    ``size`` (e.g. prepared 224x224 files at 28 blocks) is read as it is (its window is a NaN row:
+    no resampling, the stored coefficients); any other file gets the evaluation transform
+    :class:`ResizeCenterCrop` (``Resize(256) + CenterCrop(224)`` for 28 blocks), not a centre crop."""
+
+    def boxes(self, sizes, generator=None) -> np.ndarray:
+        sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+        grids = (sizes + 7) // 8
+        as_is = (grids[:, 0] == self.size[0]) & (grids[:, 1] == self.size[1])
+        out = np.full((len(sizes), 4), np.nan)
+        if not as_is.all():
+            out[~as_is] = super().boxes(sizes[~as_is])
+        return out
 
 
 class SelectFrequencies(DCTTransform):

@@ -96,6 +96,12 @@ def test_bad_data_folder_is_a_usage_error(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"funloader bench: error: --data {tmp_path / 'nonexistent'}: no such folder"]
+    for arguments, message in ((["--corpora", "nope"], "--corpora: unknown nope"), (["--sections", "x"], "--sections"),
+                               (["--batch-size", "0"], "--batch-size must be at least 1")):
+        result = subprocess.run([sys.executable, "-m", "funloader", "bench", *arguments], capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert message in result.stderr
 
 
 # ----------------------------------------------------------------------------- sections
@@ -119,7 +125,8 @@ def test_decode_section(tmp_path, sample_jpegs):
     section = decode.measure_corpora({"224_q100_420": files}, repeats=1, threads=[2], floor_binary=floor,
                                      methods=["read_fun", "read_fun_out", "read_batch_Nt", "pillow_rgb", "floor"])
     result = section.results["224_q100_420"]
-    assert result.extra == {"files": 3, "decodes_per_pass": decode.MIN_ITEMS}
+    assert result.extra["files"] == 3 and result.extra["decodes_per_pass"] == decode.MIN_ITEMS
+    assert set(result.extra["not_measured"]) == (set() if floor else {"floor"})
     expected = {"read_fun", "read_fun_out", "read_batch_1t", "read_batch_2t", "pillow_rgb"} | ({"floor"} if floor else set())
     assert set(result.methods) == expected
     for summary in result.methods.values():

@@ -944,3 +944,20 @@ def test_training_default_keeps_the_aspect_ratio_and_never_enlarges(tmp_path, sh
                              "--no-progress"]) == 0
     assert all(min(e["width"], e["height"]) == min(256, *by_size[Path(e["source"]).name])
                for e in load_index(tmp_path / "cli")["files"])
+
+
+def test_merge_keeps_an_identical_copy_and_refuses_to_overwrite_a_different_file(tmp_path, two_jobs):
+    """A cross-file-system move killed after its copy leaves the same file on both sides: kept.  A
+    different file already in DST under an output's name is never overwritten."""
+    parts = fresh_jobs(two_jobs, tmp_path)
+    part = json.loads(part_file_of(parts[1]).read_text())
+    name = next(r for r in part["units"] if r["files"])["files"][0]["path"]
+    gathered = tmp_path / "gathered"
+    (gathered / name).parent.mkdir(parents=True)
+    (gathered / name).write_bytes(b"someone else's file")
+    with pytest.raises(PrepareError, match="already exists with other contents"):
+        merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
+    assert (gathered / name).read_bytes() == b"someone else's file"
+    (gathered / name).write_bytes((parts[1] / name).read_bytes())  # the identical copy
+    merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
+    assert tree_bytes(gathered) == tree_bytes(two_jobs / "single")

@@ -107,6 +107,10 @@ def test_a_shard_truncated_at_a_member_boundary_is_detected(tmp_path):
         warnings.simplefilter("always")
         dataset = DCTImageFolder(root, on_error="skip")
     assert len(dataset) == 10
+    with warnings.catch_warnings(record=True) as caught:  # the loader's policy reaches the dataset it builds
+        warnings.simplefilter("always")
+        assert len(funloader.DCTLoader(root, on_error="skip", normalize=False).dataset) == 10
+    assert any("do not match the index" in str(w.message) for w in caught)
     assert any("do not match the index" in str(w.message) and "loading the 10 samples" in str(w.message) for w in caught)
 
 
@@ -205,3 +209,30 @@ def test_descriptor_cache_evicts_least_recently_used(tmp_path, monkeypatch):
         assert cache.pread(paths[i], 3, 2) == bytes([i]) * 3
         assert cache.open_count() <= 2
     assert list(cache._open) == [paths[3], paths[0]]
+
+
+def test_duplicate_keys_read_the_same_through_dali(tmp_path):
+    """The rule is DALI's: its webdataset reader (plugin backend) yields the same 3 samples in the
+    same order as DCTImageFolder and iter_shard."""
+    pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install nvidia-dali-cuda120)")
+    from funloader.dali import fun_pipeline
+
+    shard = tmp_path / "dup.tar"
+    write_shard(shard, [("a.jpg", tiny_jpeg(1)), ("a.cls", b"0"), ("b.jpg", tiny_jpeg(3)), ("b.cls", b"2"),
+                        ("a.jpg", tiny_jpeg(2)), ("a.cls", b"1")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = DCTImageFolder(str(shard), dequantize=False)
+        pipe = fun_pipeline(str(shard), 3, num_threads=1, device_id=None, backend="plugin", crop=2,
+                            normalize_stats=None, dequantize=False)
+        pipe.build()
+        images, labels = pipe.run()
+    assert np.array(labels.as_tensor()).reshape(-1).tolist() == expected.targets == [0, 2, 1]
+    for i in range(3):  # the same image bytes behind each label
+        np.testing.assert_array_equal(np.array(images.as_tensor())[i], _decoded(expected.source(i)))
+
+
+def _decoded(data: bytes) -> np.ndarray:
+    out = np.zeros((1, 192, 2, 2), np.int16)
+    assert funloader.read_batch([data], out)[0] is None
+    return out[0]

@@ -220,3 +220,17 @@ def test_read_only_data_folder_falls_back_to_the_cache(johns_copy, tmp_path, mon
     os.chmod(expected, 0o666)
     with pytest.warns(UserWarning, match="ignoring cached statistics .* writable by other users"):
         assert resolve("auto", johns_copy, True, warn=False) is None
+
+
+def test_constant_channels_have_std_zero_and_resolve_accepts_them(tmp_path):
+    """Flat grey images: every channel is constant, its std is written as exactly 0 (compute_stats
+    also snaps a std below MIN_STD to 0), and resolve accepts the file (a 0 std is only centred)."""
+    from PIL import Image
+
+    root = tmp_path / "flat" / "a"
+    root.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (64, 64), (90, 90, 90)).save(root / f"{i}.jpg", quality=75)
+    stats = compute_stats(tmp_path / "flat", size=8, progress=False)
+    std = np.asarray(stats["std"])
+    assert (std == 0).sum() == 192 and resolve("auto", tmp_path / "flat", True).std.max() == 0

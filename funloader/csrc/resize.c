@@ -331,7 +331,9 @@ int fl_resize_plan(fl_resize_scratch *scratch, const fl_header *header, const fl
     const int native_h = fl_ceil_div((long long)header->height * v, vmax);
     /* libjpeg's upsampler choice (jdsample.c jinit_upsampler) for a full-resolution target */
     int mode_x = FL_AXIS_DIRECT, mode_y = FL_AXIS_DIRECT, ratio_x = 1, ratio_y = 1;
-    if (full_res && (h != hmax || v != vmax)) {
+    /* the source is always the full-resolution plane a decoder produces (the native plane upsampled as libjpeg
+     * does), also for "420" output: the result is then the resize of what Pillow decodes */
+    if (h != hmax || v != vmax) {
       const int rh = hmax % h == 0 ? hmax / h : 0, rv = vmax % v == 0 ? vmax / v : 0;
       if (rh == 2 && rv == 1 && native_w > 2) mode_x = FL_AXIS_TRIANGLE;
       else if (rh == 1 && rv == 2) mode_y = FL_AXIS_TRIANGLE;
@@ -655,7 +657,8 @@ static int fl_has_avx2(void) {
   int value = __atomic_load_n(&known, __ATOMIC_RELAXED);
   if (value < 0) {
     __builtin_cpu_init();
-    value = __builtin_cpu_supports("avx2") ? 1 : 0;
+    const char *force = getenv("FUNLOADER_SIMD"); /* "sse2": the baseline path even on an AVX2 CPU (tests) */
+    value = __builtin_cpu_supports("avx2") && !(force && strcmp(force, "sse2") == 0) ? 1 : 0;
     __atomic_store_n(&known, value, __ATOMIC_RELAXED);
   }
   return value;
