@@ -50,8 +50,8 @@ def _extension():
         link_args += flags
     return Extension(
         "funloader._jpegdct",
-        sources=["funloader/csrc/jpegdct_module.c", "funloader/csrc/jpegdct_core.c"],
-        depends=["funloader/csrc/jpegdct_core.h"],
+        sources=["funloader/csrc/jpegdct_module.c", "funloader/csrc/jpegdct_core.c", "funloader/csrc/huffman.c"],
+        depends=["funloader/csrc/jpegdct_core.h", "funloader/csrc/huffman.h"],
         include_dirs=include_dirs + ["funloader/csrc"],
         library_dirs=library_dirs,
         libraries=["jpeg"],
