@@ -28,7 +28,7 @@ static const uint8_t fl_natural[64 + 16 + 1] = {
     15, 23, 30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62,
     63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63};
 
-/* AC entry: bits 0-7 bits consumed (0: not resolved here), 8-11 run, bit 12 end of block,
+/* AC entry: bits 0-5 bits consumed (0: not resolved here), 8-11 run, bit 12 end of block,
  * 16-31 the coefficient (int16). DC entry: bits consumed and the difference likewise. */
 #define FL_AC_EOB 0x1000u
 
@@ -86,8 +86,10 @@ static int fl_handover(fl_huff *huff, const char *reason) {
   return FL_HUFF_HANDOVER;
 }
 
+/* T.81 F.12: `size` value bits -> the coefficient (branch-free: the sign is unpredictable). */
 static inline int fl_extend(int value, int size) {
-  return value < (1 << (size - 1)) ? value - (1 << size) + 1 : value;
+  int negative = (value >> (size - 1)) - 1; /* -1 when the top bit is 0 */
+  return value + (negative & (1 - (1 << size)));
 }
 
 /* Builds the derived tables of t from its raw BITS/HUFFVAL; 0 when the table is unusable for us
@@ -395,42 +397,48 @@ scan:;
 
 /* ------------------------------------------------------------------ entropy-coded data */
 
+/* The bit reader: buffer holds `bits` (<= 63) valid bits from bit 63 down; pos is the next byte to
+ * read.  Below the valid bits there may be the first bits of byte pos (the fast refill's), else
+ * zeros.  The decoding loop keeps it in local variables (registers) and passes it by value
+ * to the slow paths, which store nothing else. */
 typedef struct {
-  uint64_t buffer; /* next bit is bit 63; bits below the valid ones are zero */
+  uint64_t buffer;
   int bits;
-} fl_bits;
+  size_t pos;
+} fl_reader;
 
-/* Byte-wise refill up to > 56 bits: stuffed zeros, markers and the end of data. */
-static void fl_fill_slow(fl_huff *huff, fl_bits *b) {
+/* Byte-wise refill up to 49-56 bits: stuffed zeros, markers and the end of data. */
+static fl_reader fl_fill_slow(fl_huff *huff, fl_reader r) {
   const uint8_t *data = huff->data;
-  while (b->bits <= 56) {
+  while (r.bits <= 48) {
     if (huff->marker) { /* past a marker or the end: zero bits that must never be consumed */
-      b->bits += 8;
+      r.bits += 8;
       huff->fake_bits += 8;
       continue;
     }
-    if (huff->pos >= huff->size) {
+    if (r.pos >= huff->size) {
       huff->marker = -1;
       continue;
     }
-    int byte = data[huff->pos];
+    int byte = data[r.pos];
     if (byte == 0xFF) {
-      if (huff->pos + 1 >= huff->size) {
+      if (r.pos + 1 >= huff->size) {
         huff->marker = -1;
         continue;
       }
-      int next = data[huff->pos + 1];
+      int next = data[r.pos + 1];
       if (next != 0) {
         huff->marker = next; /* pos stays at the marker's 0xFF */
         continue;
       }
-      huff->pos += 2;
+      r.pos += 2;
     } else {
-      huff->pos++;
+      r.pos++;
     }
-    b->buffer |= (uint64_t)byte << (56 - b->bits);
-    b->bits += 8;
+    r.buffer |= (uint64_t)byte << (56 - r.bits);
+    r.bits += 8;
   }
+  return r;
 }
 
 static inline uint64_t fl_load_be64(const uint8_t *p) {
@@ -444,102 +452,32 @@ static inline uint64_t fl_load_be64(const uint8_t *p) {
 #endif
 }
 
-/* Ensures at least 32 valid bits (enough for any code plus its value bits). */
-static inline void fl_fill(fl_huff *huff, fl_bits *b) {
-  if (b->bits >= 32) return;
-  if (!huff->marker && huff->pos + 8 <= huff->size) {
-    uint64_t x = fl_load_be64(huff->data + huff->pos);
-    /* no 0xFF among the 8 bytes: a zero byte in ~x */
-    if (!((~x - 0x0101010101010101ull) & x & 0x8080808080808080ull)) {
-      int n = (63 - b->bits) >> 3; /* 4..7 whole bytes fit */
-      b->buffer |= (x >> (64 - 8 * n)) << (64 - b->bits - 8 * n);
-      b->bits += 8 * n;
-      huff->pos += (size_t)n;
-      return;
-    }
-  }
-  fl_fill_slow(huff, b);
-}
-
-#define FL_PEEK(b, n) ((uint32_t)((b).buffer >> (64 - (n))))
-#define FL_DROP(b, n) ((b).buffer <<= (n), (b).bits -= (n))
-
-/* A symbol whose code the combined table did not resolve; -1 for a bad code. */
-static int fl_slow_symbol(const fl_htable *t, fl_bits *b) {
-  uint32_t entry = t->symbol[FL_PEEK(*b, FL_LOOKUP_BITS)];
+/* A code the combined table did not resolve (longer than FL_LOOKUP_BITS, or with too many value
+ * bits): its symbol and *length, or -1 for a bad code. */
+static int fl_long_code(const fl_htable *t, uint64_t buffer, int *length) {
+  uint32_t entry = t->symbol[buffer >> (64 - FL_LOOKUP_BITS)];
   if (entry) {
-    FL_DROP(*b, (int)(entry >> 8));
+    *length = (int)(entry >> 8);
     return (int)(entry & 0xFF);
   }
-  uint32_t peek = FL_PEEK(*b, 16);
-  for (int length = FL_LOOKUP_BITS + 1; length <= 16; length++) {
-    int32_t code = (int32_t)(peek >> (16 - length));
-    if (code <= t->maxcode[length]) {
-      FL_DROP(*b, length);
-      return t->raw_values[code + t->valoffset[length]];
+  uint32_t peek = (uint32_t)(buffer >> 48);
+  for (int l = FL_LOOKUP_BITS + 1; l <= 16; l++) {
+    int32_t code = (int32_t)(peek >> (16 - l));
+    if (code <= t->maxcode[l]) {
+      *length = l;
+      return t->raw_values[code + t->valoffset[l]];
     }
   }
   return -1;
 }
 
-/* Decodes one block into a zeroed block; 0 on success, -1 to hand over. */
-static inline int fl_decode_block(fl_huff *huff, fl_bits *b, const fl_htable *dc, const fl_htable *ac, int *pred,
-                                  int16_t *block) {
-  fl_fill(huff, b);
-  uint32_t entry = dc->combined[FL_PEEK(*b, FL_LOOKUP_BITS)];
-  int diff;
-  if (entry) {
-    FL_DROP(*b, (int)(entry & 0xFF));
-    diff = (int16_t)(entry >> 16);
-  } else {
-    int size = fl_slow_symbol(dc, b);
-    if (size < 0) return -1;
-    diff = 0;
-    if (size) {
-      diff = fl_extend((int)FL_PEEK(*b, size), size);
-      FL_DROP(*b, size);
-    }
-  }
-  int value = *pred + diff;
-  if (value < -32768 || value > 32767) return -1; /* libjpeg would wrap it: not ours to guess */
-  *pred = value;
-  block[0] = (int16_t)value;
-  int k = 1;
-  while (k < 64) {
-    fl_fill(huff, b);
-    entry = ac->combined[FL_PEEK(*b, FL_LOOKUP_BITS)];
-    if (entry) {
-      FL_DROP(*b, (int)(entry & 0xFF));
-      if (entry & FL_AC_EOB) break;
-      k += (int)((entry >> 8) & 15);
-      block[fl_natural[k]] = (int16_t)(entry >> 16);
-      k++;
-    } else {
-      int symbol = fl_slow_symbol(ac, b);
-      if (symbol < 0) return -1;
-      int run = symbol >> 4, size = symbol & 15;
-      if (size) {
-        k += run;
-        block[fl_natural[k]] = (int16_t)fl_extend((int)FL_PEEK(*b, size), size);
-        FL_DROP(*b, size);
-        k++;
-      } else if (run == 15) {
-        k += 16;
-      } else {
-        break;
-      }
-    }
-  }
-  return k > 64 ? -1 : 0; /* a run past coefficient 63 (libjpeg silently clamps it) */
-}
-
 /* At a restart point or the end of the scan: only the padding bits of the last byte may remain
  * before the marker (libjpeg counts whole bytes as "extraneous data"), and the marker must be
  * `expected`.  Then the bit reader restarts after it. */
-static int fl_take_marker(fl_huff *huff, fl_bits *b, int expected) {
-  if (b->bits - huff->fake_bits >= 8) return fl_handover(huff, "bytes between the entropy-coded data and a marker");
+static int fl_take_marker(fl_huff *huff, fl_reader *r, int expected) {
+  if (r->bits - huff->fake_bits >= 8) return fl_handover(huff, "bytes between the entropy-coded data and a marker");
   int marker = huff->marker;
-  size_t pos = huff->pos;
+  size_t pos = r->pos;
   if (!marker) { /* not read up to it yet */
     if (pos >= huff->size || huff->data[pos] != 0xFF)
       return fl_handover(huff, "bytes between the entropy-coded data and a marker");
@@ -550,33 +488,79 @@ static int fl_take_marker(fl_huff *huff, fl_bits *b, int expected) {
   }
   if (marker != expected)
     return fl_handover(huff, expected == 0xD9 ? "the scan does not end with EOI" : "missing or misplaced restart marker");
-  huff->pos = pos + 2;
+  r->pos = pos + 2;
+  r->buffer = 0;
+  r->bits = 0;
   huff->marker = 0;
   huff->fake_bits = 0;
-  b->buffer = 0;
-  b->bits = 0;
   return FL_HUFF_OK;
 }
 
-int fl_huff_decode_band(fl_huff *huff, fl_huff_frame *frame) {
+/* The band decoder's body, compiled twice (see fl_huff_decode_band). */
+static inline __attribute__((always_inline)) int fl_decode_band_body(fl_huff *huff) {
   if (huff->next_row >= huff->mcu_rows) return fl_handover(huff, "no band left");
   const int n = huff->num_components;
   for (int c = 0; c < n; c++)
     memset(huff->band[c], 0, (size_t)huff->band_cols[c] * (size_t)huff->band_rows[c] * 64 * sizeof(int16_t));
-  fl_bits b = {huff->buffer, huff->bits};
-  const fl_htable *dc[FL_HUFF_MAX_COMPONENTS], *ac[FL_HUFF_MAX_COMPONENTS];
-  for (int c = 0; c < n; c++) {
-    dc[c] = &huff->dc[huff->dc_table[c]];
-    ac[c] = &huff->ac[huff->ac_table[c]];
+  const uint8_t *const data = huff->data;
+  const size_t fast_end = huff->size >= 8 ? huff->size - 7 : 0; /* pos < fast_end: 8 bytes readable */
+  uint64_t buffer = huff->buffer;
+  int bits = huff->bits;
+  size_t pos = huff->pos;
+  size_t fast_limit = huff->marker ? 0 : fast_end;
+  int16_t *blocks[FL_MAX_BLOCKS_IN_MCU]; /* each block of the first MCU; MCU m adds m * step */
+  size_t step[FL_MAX_BLOCKS_IN_MCU];
+  const fl_htable *dc_of[FL_MAX_BLOCKS_IN_MCU], *ac_of[FL_MAX_BLOCKS_IN_MCU];
+  int *pred_of[FL_MAX_BLOCKS_IN_MCU];
+  for (int i = 0; i < huff->blocks_per_mcu; i++) {
+    int c = huff->block_component[i];
+    blocks[i] = huff->band[c] + ((size_t)huff->block_dy[i] * (size_t)huff->band_cols[c] + (size_t)huff->block_dx[i]) * 64;
+    step[i] = (size_t)huff->h[c] * 64;
+    dc_of[i] = &huff->dc[huff->dc_table[c]];
+    ac_of[i] = &huff->ac[huff->ac_table[c]];
+    pred_of[i] = &huff->dc_pred[c];
   }
-  int status = FL_HUFF_OK;
-  for (int mcu = 0; mcu < huff->mcus_per_row; mcu++) {
+  const char *reason = NULL;
+
+/* At least 32 valid bits afterwards: any code (<= 16 bits) plus its value bits (<= 11).  Where 8
+ * bytes without 0xFF follow, the refill is branch-free and runs before every symbol (a "bits < 32"
+ * test mispredicted every few symbols: half of all mispredictions); the 8 bytes are shifted in
+ * after the valid bits, whole bytes counted, the partial one left to be read again. */
+#define FL_FILL()                                                                           \
+  do {                                                                                      \
+    if (pos < fast_limit) {                                                                 \
+      uint64_t x_ = fl_load_be64(data + pos);                                               \
+      if (!((~x_ - 0x0101010101010101ull) & x_ & 0x8080808080808080ull)) {                  \
+        buffer |= x_ >> bits;                                                               \
+        pos += (size_t)((63 - bits) >> 3);                                                  \
+        bits |= 56;                                                                         \
+        break;                                                                              \
+      }                                                                                     \
+    }                                                                                       \
+    if (bits < 32) {                                                                        \
+      fl_reader r_ = {buffer, bits, pos};                                                   \
+      r_ = fl_fill_slow(huff, r_);                                                          \
+      buffer = r_.buffer;                                                                   \
+      bits = r_.bits;                                                                       \
+      pos = r_.pos;                                                                         \
+      fast_limit = huff->marker ? 0 : fast_end;                                             \
+    }                                                                                       \
+  } while (0)
+/* count < 64; "& 63" lets x86 shift by the table entry itself (its low 6 bits are the length) */
+#define FL_DROP(count) (buffer <<= ((count) & 63), bits -= (int)((count) & 63))
+
+  for (int mcu = 0; mcu < huff->mcus_per_row && !reason; mcu++) {
     if (huff->restart_interval) {
       if (huff->restarts_to_go == 0) {
-        if (fl_take_marker(huff, &b, 0xD0 + huff->next_restart) != FL_HUFF_OK) {
-          status = FL_HUFF_HANDOVER;
+        fl_reader r = {buffer, bits, pos};
+        if (fl_take_marker(huff, &r, 0xD0 + huff->next_restart) != FL_HUFF_OK) {
+          reason = huff->reason;
           break;
         }
+        buffer = r.buffer;
+        bits = r.bits;
+        pos = r.pos;
+        fast_limit = fast_end;
         huff->next_restart = (huff->next_restart + 1) & 7;
         huff->restarts_to_go = huff->restart_interval;
         for (int c = 0; c < n; c++) huff->dc_pred[c] = 0;
@@ -584,30 +568,101 @@ int fl_huff_decode_band(fl_huff *huff, fl_huff_frame *frame) {
       huff->restarts_to_go--;
     }
     for (int i = 0; i < huff->blocks_per_mcu; i++) {
-      int c = huff->block_component[i];
-      int16_t *block = huff->band[c] + ((size_t)huff->block_dy[i] * (size_t)huff->band_cols[c] +
-                                        (size_t)mcu * (size_t)huff->h[c] + (size_t)huff->block_dx[i]) * 64;
-      if (fl_decode_block(huff, &b, dc[c], ac[c], &huff->dc_pred[c], block) != 0) {
-        status = fl_handover(huff, "bad Huffman code or coefficient run");
+      int16_t *block = blocks[i] + (size_t)mcu * step[i];
+      const fl_htable *dc = dc_of[i], *ac = ac_of[i];
+      /* DC: the difference from the previous block of the component */
+      FL_FILL();
+      uint32_t entry = dc->combined[buffer >> (64 - FL_LOOKUP_BITS)];
+      int diff;
+      if (entry) {
+        FL_DROP(entry);
+        diff = (int16_t)(entry >> 16);
+      } else {
+        int length, size = fl_long_code(dc, buffer, &length);
+        if (size < 0) {
+          reason = "bad Huffman code";
+          break;
+        }
+        FL_DROP(length);
+        diff = size ? fl_extend((int)(buffer >> (64 - size)), size) : 0;
+        FL_DROP(size);
+      }
+      int value = *pred_of[i] + diff;
+      if (value < -32768 || value > 32767) { /* libjpeg would wrap it: not ours to guess */
+        reason = "DC coefficient out of range";
+        break;
+      }
+      *pred_of[i] = value;
+      block[0] = (int16_t)value;
+      /* AC: (run, size, value) at once from the combined table; only nonzero values are written */
+      int k = 1;
+      while (k < 64) {
+        FL_FILL();
+        entry = ac->combined[buffer >> (64 - FL_LOOKUP_BITS)];
+        if (entry) {
+          FL_DROP(entry);
+          if (entry & FL_AC_EOB) break;
+          k += (int)((entry >> 8) & 15);
+          block[fl_natural[k]] = (int16_t)(entry >> 16);
+          k++;
+        } else {
+          int length, symbol = fl_long_code(ac, buffer, &length);
+          if (symbol < 0) {
+            k = 99;
+            break;
+          }
+          FL_DROP(length);
+          int run = symbol >> 4, size = symbol & 15;
+          if (size) {
+            k += run;
+            block[fl_natural[k]] = (int16_t)fl_extend((int)(buffer >> (64 - size)), size);
+            FL_DROP(size);
+            k++;
+          } else if (run == 15) {
+            k += 16;
+          } else {
+            break;
+          }
+        }
+      }
+      if (k > 64) { /* a bad code, or a run past coefficient 63 (libjpeg silently clamps it) */
+        reason = "bad Huffman code or coefficient run";
         break;
       }
     }
-    if (status != FL_HUFF_OK) break;
-    if (huff->marker && b.bits < huff->fake_bits) {
-      status = fl_handover(huff, huff->marker < 0 ? "premature end of data" : "premature end of data segment (a marker)");
-      break;
-    }
+    if (!reason && huff->marker && bits < huff->fake_bits)
+      reason = huff->marker < 0 ? "premature end of data" : "premature end of data segment (a marker)";
   }
-  huff->buffer = b.buffer;
-  huff->bits = b.bits;
-  if (status == FL_HUFF_OK) huff->next_row++;
-  else huff->next_row = huff->mcu_rows; /* no more bands after a hand-over */
+#undef FL_FILL
+#undef FL_DROP
+  huff->buffer = buffer;
+  huff->bits = bits;
+  huff->pos = pos;
+  if (reason) {
+    huff->next_row = huff->mcu_rows; /* no more bands after a hand-over */
+    return fl_handover(huff, reason);
+  }
+  huff->next_row++;
+  return FL_HUFF_OK;
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+/* BMI2's shlx/shrx shift by a register in one cycle (plain shl by cl takes 2-3 uops on Intel): the
+ * bit buffer's shifts are the decoding loop's critical path, so a BMI2 copy is picked at run time. */
+__attribute__((target("bmi2"))) static int fl_decode_band_bmi2(fl_huff *huff) { return fl_decode_band_body(huff); }
+#endif
+static int fl_decode_band_plain(fl_huff *huff) { return fl_decode_band_body(huff); }
+
+int fl_huff_decode_band(fl_huff *huff, fl_huff_frame *frame) {
   (void)frame;
-  return status;
+#if defined(__GNUC__) && defined(__x86_64__)
+  if (__builtin_cpu_supports("bmi2")) return fl_decode_band_bmi2(huff);
+#endif
+  return fl_decode_band_plain(huff);
 }
 
 int fl_huff_finish(fl_huff *huff) {
   if (huff->next_row != huff->mcu_rows || huff->reason) return fl_handover(huff, huff->reason ? huff->reason : "bands left");
-  fl_bits b = {huff->buffer, huff->bits};
-  return fl_take_marker(huff, &b, 0xD9);
+  fl_reader r = {huff->buffer, huff->bits, huff->pos};
+  return fl_take_marker(huff, &r, 0xD9);
 }
