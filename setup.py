@@ -50,8 +50,9 @@ def _extension():
         link_args += flags
     return Extension(
         "funloader._jpegdct",
-        sources=["funloader/csrc/jpegdct_module.c", "funloader/csrc/jpegdct_core.c", "funloader/csrc/huffman.c"],
-        depends=["funloader/csrc/jpegdct_core.h", "funloader/csrc/huffman.h"],
+        sources=["funloader/csrc/jpegdct_module.c", "funloader/csrc/jpegdct_core.c", "funloader/csrc/huffman.c",
+                 "funloader/csrc/resize.c"],
+        depends=["funloader/csrc/jpegdct_core.h", "funloader/csrc/huffman.h", "funloader/csrc/resize.h"],
         include_dirs=include_dirs + ["funloader/csrc"],
         library_dirs=library_dirs,
         libraries=["jpeg"],
@@ -68,9 +69,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=["funloader", "funloader.models", "funloader.data", "funloader.dali"],
+    packages=["funloader", "funloader.bench", "funloader.models", "funloader.data", "funloader.dali"],
     package_dir={"funloader": "funloader", "funloader.models": "models"},
-    package_data={"funloader": ["csrc/*.c", "csrc/*.h", "csrc/*.cc"], "funloader.data": ["*.jpg", "*.txt", "*.md"],
+    package_data={"funloader": ["csrc/*.c", "csrc/*.h", "csrc/*.cc", "_jpegdct.pyi"], "funloader.data": ["*.jpg", "*.txt", "*.md"],
                   "funloader.dali": ["*.cc", "*.h"]},
     ext_modules=[_extension()],
     install_requires=["numpy>=1.22", "torch>=2.3", "tqdm>=4.60", "pillow>=9.0", "matplotlib>=3.5"],

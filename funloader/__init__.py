@@ -19,7 +19,14 @@ import importlib
 
 from ._version import __version__
 from .errors import FunloaderError, JPEGDecodeError, JPEGWarning, UnsupportedJPEGError, UsageError
-from .codec import DCTImage, libjpeg_info, read_batch, read_dct, read_fun
+try:
+    from . import _jpegdct  # noqa: F401 - the C extension, built by pip install / setup.py build_ext
+except ImportError as _error:  # pragma: no cover - exercised by a test in a subprocess
+    raise ImportError(
+        f"funloader's C extension funloader._jpegdct is not built or cannot load ({_error}). Build it with "
+        "'pip install -e .' (or 'python setup.py build_ext --inplace') in the source tree; it needs a C compiler "
+        "and the libjpeg-turbo headers (Debian/Ubuntu: apt-get install libjpeg62-turbo-dev).") from _error
+from .codec import DCTImage, get_max_pixels, libjpeg_info, read_batch, read_dct, read_fun, set_max_pixels
 
 # Heavier parts (torch, the loader, preparation) load on first use.
 _LAZY = {
@@ -31,13 +38,21 @@ _LAZY = {
 }
 
 __all__ = [
-    "__version__", "read_dct", "read_fun", "read_batch", "DCTImage", "libjpeg_info",
+    "__version__", "read_dct", "read_fun", "read_batch", "DCTImage", "libjpeg_info", "set_max_pixels", "get_max_pixels",
     "FunloaderError", "UsageError", "JPEGDecodeError", "UnsupportedJPEGError", "JPEGWarning", *sorted(_LAZY),
 ]
 
 
+_SUBMODULES = ("models", "transforms", "dali")
+
+
+def __dir__():
+    """The module's names plus the lazily loaded ones (``DCTLoader``, ``models``...)."""
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
+
+
 def __getattr__(name):
-    if name in ("models", "transforms", "dali"):  # subpackages, imported on first use
+    if name in _SUBMODULES:  # subpackages, imported on first use
         return importlib.import_module(f"funloader.{name}")
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)

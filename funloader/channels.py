@@ -1,13 +1,22 @@
-"""Frequency channels of the FUN input and the ``"Y/Cb/Cr"`` keep-specs of input compression.
+"""The FUN layout rules, written once: channels, keep-specs, flip signs and the normalisation affine.
 
 The FUN input has 192 channels: ``channel = 64 * component + 8 * v + u`` (component 0=Y, 1=Cb,
 2=Cr; v vertical, u horizontal frequency; natural, not zigzag, order). Input compression (paper
 Section 4.5, Table 7) keeps the lowest ``k`` frequencies of each component in JPEG zigzag order,
 e.g. ``"44/10/10"`` keeps 44 Y, 10 Cb and 10 Cr channels (64 in all).
+
+Every backend takes these rules from here (the transforms, ``DCTLoader``'s fused decode, the DALI
+pipelines and the DALI C++ operator, which is handed the arrays and never recomputes them):
+
+* :func:`flip_signs`: a mirrored block negates its coefficients of odd ``u`` (horizontal flip) or
+  odd ``v`` (vertical flip);
+* :func:`normalization_affine`: ``(x - mean) / std`` is evaluated as ``x * scale + shift`` with
+  ``scale = 1/std`` and ``shift = -mean/std`` rounded to float32 (multiply, then add);
+* :func:`decode_affine`: both folded into the per-channel ``gain``/``bias`` of ``read_batch``.
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -20,6 +29,11 @@ ZIGZAG: Tuple[int, ...] = (
 )
 
 KeepSpec = Union[str, Sequence[int], None]
+
+#: The keep-specs of the paper's Table 7 (192, 88, 64, 48 and 24 input channels).
+TABLE7_SPECS: Tuple[str, ...] = ("64/64/64", "64/12/12", "44/10/10", "32/8/8", "14/5/5")
+
+ALL_CHANNELS = np.arange(192)
 
 
 def parse_keep(keep: KeepSpec) -> Tuple[int, int, int]:
@@ -72,3 +86,62 @@ def channel_mask(keep: KeepSpec) -> np.ndarray:
 def format_keep(keep: KeepSpec) -> str:
     """Canonical ``"Y/Cb/Cr"`` string of a keep-spec."""
     return "/".join(str(c) for c in parse_keep(keep))
+
+
+def _channel_array(channels: Optional[Sequence[int]]) -> np.ndarray:
+    if channels is None:
+        return ALL_CHANNELS
+    chans = np.asarray(channels, dtype=np.int64).reshape(-1)
+    if chans.size and (chans.min() < 0 or chans.max() > 191):
+        raise ValueError("channels must be FUN channel indices in 0..191")
+    return chans
+
+
+def flip_signs(axis: str, channels: Optional[Sequence[int]] = None) -> np.ndarray:
+    """``(C,)`` float32 of +1/-1: the sign each channel takes when its block is mirrored.
+
+    ``axis="h"`` (left-right): coefficients of odd horizontal frequency ``u`` are negated;
+    ``axis="v"`` (top-bottom): odd vertical frequency ``v``. ``channels``: the FUN index of each
+    channel (default all 192, in order)."""
+    chans = _channel_array(channels)
+    if axis == "h":
+        odd = (chans % 8) % 2 == 1
+    elif axis == "v":
+        odd = ((chans % 64) // 8) % 2 == 1
+    else:
+        raise ValueError(f"axis must be 'h' or 'v', got {axis!r}")
+    return np.where(odd, -1.0, 1.0).astype(np.float32)
+
+
+def normalization_affine(mean: Sequence[float], std: Sequence[float], channels: Optional[Sequence[int]] = None,
+                         dtype=np.float32) -> Tuple[np.ndarray, np.ndarray]:
+    """``(scale, shift)``, each ``(C,)`` of ``dtype`` (float32): the normalised value of a
+    coefficient ``x`` of channel ``c`` is ``x * scale[c] + shift[c]`` (multiply, then add, each
+    rounded), which is ``(x - mean) / std`` with ``scale = 1/std`` and ``shift = -mean/std`` computed
+    in float64 and rounded once. A channel with ``std <= 0`` (constant, e.g. all zero) is only
+    centred (``std`` taken as 1).
+
+    ``mean``/``std``: the 192 FUN-channel statistics (see ``funloader.compute_stats``);
+    ``channels``: the FUN index of each output channel (default all 192)."""
+    mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+    std = np.asarray(std, dtype=np.float64).reshape(-1)
+    if mean.shape != (192,) or std.shape != (192,):
+        raise ValueError(f"normalisation needs 192 means and stds, got {mean.shape[0]} and {std.shape[0]}")
+    chans = _channel_array(channels)
+    std_c = np.where(std[chans] <= 0, 1.0, std[chans])
+    return (1.0 / std_c).astype(dtype), (-mean[chans] / std_c).astype(dtype)
+
+
+def decode_affine(normalization: Optional[Tuple[np.ndarray, np.ndarray]] = None, flip: bool = False,
+                  axis: str = "h") -> Tuple[np.ndarray, np.ndarray]:
+    """``(gain, bias)``, ``(192,)`` float32 each: ``read_batch``'s per-channel affine for one item.
+
+    ``gain = scale * flip_signs(axis)`` (the sign of a mirrored block folded into the scale; exact,
+    as the signs are +-1) and ``bias = shift``; ``normalization``: ``(scale, shift)`` from
+    :func:`normalization_affine` over all 192 channels, or None (scale 1, shift 0)."""
+    if normalization is None:
+        scale, shift = np.ones(192, np.float32), np.zeros(192, np.float32)
+    else:
+        scale, shift = (np.asarray(v, dtype=np.float32).reshape(192) for v in normalization)
+    gain = scale * flip_signs(axis) if flip else scale.copy()
+    return gain.astype(np.float32), shift.astype(np.float32)

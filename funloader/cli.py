@@ -15,7 +15,7 @@ from .errors import FunloaderError
 
 #: command -> (module, function, one-line help)
 COMMANDS = {
-    "bench": ("funloader.bench", "main", "side-by-side decode / loader / model throughput report"),
+    "bench": ("funloader.bench.__main__", "main", "side-by-side decode / loader / model throughput report"),
     "info": ("funloader.info", "main", "print the header, sampling and coefficient shapes of JPEG files"),
     "prepare": ("funloader.preparation", "main", "turn an image folder into a FUN-ready JPEG dataset"),
     "stats": ("funloader.stats", "main", "compute the 192 per-channel means/stds of a dataset"),

@@ -94,9 +94,27 @@ class DCTImage:
         """The full-resolution block grid ``(ceil(H/8), ceil(W/8))`` of the FUN input."""
         return ((self.height + 7) // 8, (self.width + 7) // 8)
 
+    def __repr__(self) -> str:
+        """One line: size, colourspace, sampling, coding and file, not the coefficients."""
+        coding = ("progressive" if self.progressive else "baseline") + (", arithmetic" if self.arithmetic else "")
+        where = f", file={self.filename!r}" if self.filename else ""
+        sampling = f" {_sampling_name(self.sampling)}" if len(self.sampling) > 1 else ""
+        return f"DCTImage({self.width}x{self.height}, {self.colorspace}{sampling}, {coding}{where})"
+
     def dequantized(self) -> List[np.ndarray]:
         """Coefficients multiplied by their quantization tables, float32, same shapes."""
         return [plane.astype(np.float32) * table.astype(np.float32) for plane, table in zip(self.coefficients, self.qtables)]
+
+
+_SAMPLING_NAMES = {(1, 1): "4:4:4", (2, 1): "4:2:2", (1, 2): "4:4:0", (2, 2): "4:2:0", (4, 1): "4:1:1", (4, 2): "4:1:0"}
+
+
+def _sampling_name(sampling: Sequence[Tuple[int, int]]) -> str:
+    """``"4:2:0"`` etc. for the usual factors (chroma 1x1), else the factors, e.g. ``"3x1,1x1,1x1"``."""
+    factors = [tuple(f) for f in sampling]
+    if len(factors) == 3 and factors[1] == factors[2] == (1, 1) and factors[0] in _SAMPLING_NAMES:
+        return _SAMPLING_NAMES[factors[0]]
+    return ",".join(f"{h}x{v}" for h, v in factors)
 
 
 _local = threading.local()
@@ -139,6 +157,8 @@ def _error(result, filename) -> Exception:
         return MemoryError(f"{filename or '<buffer>'}: {message}")
     if status == _jpegdct.ERR_ARGUMENT:
         return ValueError(message)
+    if status == _jpegdct.ERR_BOX:
+        return UsageError(f"{filename or '<buffer>'}: {message}")
     return JPEGDecodeError(message, filename)
 
 
@@ -246,7 +266,8 @@ def _as_numpy(out):
 
 
 def read_fun(source: Source, *, out=None, dequantize: bool = False, strict: bool = True,
-             max_pixels: Optional[int] = None, max_scans: int = DEFAULT_MAX_SCANS,
+             max_pixels: Optional[int] = None, max_scans: int = DEFAULT_MAX_SCANS, box=None, size=None,
+             subsampling: str = "420", support: str = "box", dtype=None,
              decoder: Optional[str] = None) -> np.ndarray:
     """Decode a JPEG to the FUN input ``(192, H8, W8)`` with ``H8 = ceil(H/8)``, ``W8 = ceil(W/8)``.
 
@@ -260,10 +281,34 @@ def read_fun(source: Source, *, out=None, dequantize: bool = False, strict: bool
             into (no allocation); its dtype decides the output type (float32 without
             ``dequantize`` holds the raw integers as floats).
         strict, max_pixels, max_scans, decoder: as :func:`read_dct`.
+        box: ``(top, left, height, width)`` in pixels of the original image (floats allowed): return the
+            EXACT resized crop of that window instead (see :ref:`exact resized crop <exact>` below);
+            needs ``size`` (or ``out``).
+        size: ``(H8, W8)`` output grid in blocks for ``box``: the window is resized to ``8*H8 x 8*W8``.
+        subsampling: with ``box``: ``"420"`` (default) chroma resized to ``4*H8 x 4*W8`` and replicated onto
+            the luma block grid (as for a 4:2:0 file), or ``"444"`` chroma at full resolution.
+        support: with ``box``: ``"box"`` (default) is torchvision's ``resized_crop`` (crop, then resize: the
+            filter reads only the box's pixels); ``"image"`` is Pillow's ``resize(size, box=...)`` (the
+            filter reads outside the box, inside the image; ``Resize(256) + CenterCrop(224)``).
+        dtype: with ``box``: ``np.float32`` (default; dequantized units) or ``np.int16`` (rounded, the
+            coefficients of a quality-100 re-encode: its quantization table is all ones).
+
+    Exact resized crop (``box=``): each YCbCr component of the decoded image (what libjpeg/Pillow decode,
+    without a colour round trip) is resized with Pillow's antialiased BILINEAR filter to ``8*H8 x 8*W8``
+    (``"420"`` chroma: ``4*H8 x 4*W8``), then block-DCT'd (the orthonormal JPEG DCT of level-shifted
+    samples: the same units as ``dequantize=True``). Only the blocks under the window plus the filter
+    margin are decoded to pixels; everything runs natively with the GIL released.
 
     Raises:
         JPEGDecodeError, UnsupportedJPEGError, OSError: as :func:`read_dct`.
+        UsageError (a ValueError): a box outside the image, or of zero/negative size.
     """
+    if box is not None:
+        return _read_resized(source, out=out, box=box, size=size, subsampling=subsampling, support=support,
+                             dtype=dtype, strict=strict, max_pixels=max_pixels, max_scans=max_scans,
+                             decoder=decoder)
+    if size is not None or dtype is not None:
+        raise UsageError("read_fun: size= and dtype= go with box= (the exact resized crop)")
     data, filename = _resolve(source)
     if out is None:
         dtype = np.float32 if dequantize else np.int16
@@ -289,6 +334,90 @@ def read_fun(source: Source, *, out=None, dequantize: bool = False, strict: bool
     return np.frombuffer(buffer, dtype=dtype).reshape(192, grid_h, grid_w)
 
 
+_SUBSAMPLING = {"420": _jpegdct.CHROMA_420, "444": _jpegdct.CHROMA_444}
+_SUPPORT = {"box": _jpegdct.SUPPORT_BOX, "image": _jpegdct.SUPPORT_IMAGE}
+
+
+def _resize_codes(subsampling, support) -> Tuple[int, int]:
+    if subsampling not in _SUBSAMPLING:
+        raise UsageError(f"subsampling must be '420' or '444', not {subsampling!r}")
+    if support not in _SUPPORT:
+        raise UsageError(f"support must be 'box' (crop then resize) or 'image' (Pillow's resize box=), not {support!r}")
+    return _SUBSAMPLING[subsampling], _SUPPORT[support]
+
+
+def _as_boxes(boxes, count: int) -> np.ndarray:
+    """``boxes`` (an (N, 4) array, list or tensor of (top, left, height, width)) as C-contiguous float64,
+    with every box finite and of positive size (``UsageError`` naming the item and the box otherwise)."""
+    if type(boxes).__module__.startswith("torch"):
+        boxes = boxes.detach().cpu().numpy()
+    try:
+        array = np.array(boxes, dtype=np.float64, copy=True).reshape(-1, 4) if np.size(boxes) else np.zeros((0, 4))
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"boxes must be an (N, 4) array of (top, left, height, width): {error}") from None
+    if np.ndim(boxes) != 2 or array.shape != (count, 4):
+        raise UsageError(f"boxes must have shape ({count}, 4) (top, left, height, width), got {np.shape(boxes)}")
+    bad = ~np.isfinite(array).all(axis=1) | (array[:, 2] <= 0) | (array[:, 3] <= 0) | (array[:, 0] < 0) | (array[:, 1] < 0)
+    if bad.any():
+        index = int(np.flatnonzero(bad)[0])
+        raise UsageError(f"boxes[{index}] = {tuple(float(v) for v in array[index])} (top, left, height, width) is not a "
+                         "window with a finite, positive size inside the image")
+    return np.ascontiguousarray(array)
+
+
+def _read_resized(source, *, out, box, size, subsampling, support, dtype, strict, max_pixels, max_scans, decoder):
+    chroma, support_code = _resize_codes(subsampling, support)
+    if out is not None:
+        array = _as_numpy(out)
+        if array.ndim != 3 or array.shape[0] != 192 or not array.flags.c_contiguous or not array.flags.writeable:
+            raise ValueError(f"out must be a writable C-contiguous (192, H8, W8) array, got shape {array.shape}")
+        if size is not None and tuple(size) != array.shape[1:]:
+            raise UsageError(f"size {tuple(size)} differs from out's grid {array.shape[1:]}")
+        if dtype is not None and np.dtype(dtype) != array.dtype:
+            raise UsageError(f"dtype {np.dtype(dtype)} differs from out's {array.dtype}")
+        target = array
+    else:
+        if size is None:
+            raise UsageError("read_fun(box=...) needs size=(H8, W8) (the output grid in blocks) or out=")
+        grid = tuple(int(v) for v in size)
+        if len(grid) != 2 or min(grid) <= 0:
+            raise UsageError(f"size must be two positive block counts (H8, W8), got {size!r}")
+        target = np.empty((192,) + grid, np.float32 if dtype is None else np.dtype(dtype))
+    if target.dtype not in (np.float32, np.int16):
+        raise UsageError(f"the exact resized crop gives float32 or int16, not {target.dtype}")
+    code = _jpegdct.DTYPE_FLOAT32 if target.dtype == np.float32 else _jpegdct.DTYPE_INT16
+    boxes = _as_boxes([box], 1)
+    data, filename = _resolve(source)
+    header, result = _decoder().read_resized(data, target, target.shape[1], target.shape[2], code,
+                                             tuple(boxes[0]), support_code, chroma, strict, _limit(max_pixels),
+                                             max_scans, decoder_code(decoder))
+    if header is None:
+        raise _error(result, filename)
+    _warn(result, filename)
+    return out if out is not None else target
+
+
+def read_sizes(sources: Sequence[Source], *, threads: Optional[int] = None, strict: bool = True,
+               max_pixels: Optional[int] = None, max_scans: int = DEFAULT_MAX_SCANS) -> np.ndarray:
+    """Image sizes from the JPEG headers only (native threads, GIL released), for drawing crop windows.
+
+    Returns:
+        ``(N, 2)`` int64 array of ``(height, width)`` in pixels.
+
+    Raises:
+        The error :func:`read_fun` would raise for the first item whose header is unreadable (not a JPEG,
+        unsupported, over ``max_pixels``, missing file...), naming the file.
+    """
+    resolved = [_resolve(source) for source in sources]
+    sizes = np.zeros((len(resolved), 2), np.int64)
+    threads = _default_threads() if threads is None else max(1, int(threads))
+    results = _jpegdct.read_sizes([data for data, _ in resolved], sizes, threads, strict, _limit(max_pixels), max_scans)
+    for (data, filename), result in zip(resolved, results):
+        if result is not None and result[0] != _jpegdct.OK:
+            raise _error(result, filename)
+    return sizes
+
+
 def _default_threads() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -298,7 +427,8 @@ def _default_threads() -> int:
 
 def read_batch(sources: Sequence[Source], out, *, threads: Optional[int] = None, dequantize: bool = False,
                strict: bool = True, max_pixels: Optional[int] = None, max_scans: int = DEFAULT_MAX_SCANS,
-               warn: bool = True, row_maps=None, col_maps=None, gain=None, bias=None,
+               warn: bool = True, row_maps=None, col_maps=None, gain=None, bias=None, boxes=None,
+               subsampling: str = "420", support: str = "box",
                decoder: Optional[str] = None) -> List[Optional[Exception]]:
     """Decode many JPEGs into a preallocated batch with native threads (GIL released).
 
@@ -319,10 +449,18 @@ def read_batch(sources: Sequence[Source], out, *, threads: Optional[int] = None,
             without a second pass; the caller draws them (``funloader.transforms.GatherPlan``).
             With maps, funloader's own decoder stops entropy decoding after the last MCU row the maps
             use (crop-aware decoding), so damage after that row goes unreported, even when strict.
-        gain, bias: optional ``(N, 192)`` and ``(192,)`` float32 (float32 ``out`` only): each output
-            value becomes ``x * gain[n, c] + bias[c]`` with ``x`` the (dequantized) coefficient,
-            evaluated in float32 in that order (a zero block gives ``bias``). Folds normalisation
-            ``(x - mean) / std`` and the sign flips of mirrored coefficients into the decode.
+        gain, bias: optional ``(N, 192)`` and ``(192,)`` or ``(N, 192)`` float32 (float32 ``out``
+            only): each output value becomes ``x * gain[n, c] + bias[n, c]`` (``bias[c]`` for a
+            ``(192,)`` bias) with ``x`` the (dequantized) coefficient, evaluated in float32 in that
+            order (a zero block gives ``bias``). Folds normalisation ``(x - mean) / std``, the sign
+            flips of mirrored coefficients and per-item colour maps (brightness needs a per-item
+            bias on the Y DC channel: the JPEG level shift) into the decode.
+        boxes: optional ``(N, 4)`` array, list or tensor of ``(top, left, height, width)`` pixel windows of the
+            original images: item ``n`` is then the exact resized crop of ``boxes[n]`` to ``out``'s ``(H8, W8)``
+            (as :func:`read_fun` with ``box=``; float32 ``out`` holds dequantized units whatever
+            ``dequantize`` says, int16 the rounded q100 coefficients), and ``row_maps``/``col_maps``/``gain``/
+            ``bias`` apply to that resized grid. A box outside its image raises ``UsageError`` naming the item.
+        subsampling, support: with ``boxes``, as :func:`read_fun`.
 
     Returns:
         A list of N entries: ``None`` where the image decoded, or the exception
@@ -335,13 +473,22 @@ def read_batch(sources: Sequence[Source], out, *, threads: Optional[int] = None,
         raise ValueError(f"out must have shape (N={count}, 192, H8, W8), got {tuple(array.shape)}")
     if not array.flags.c_contiguous or not array.flags.writeable:
         raise ValueError("out must be writable and C-contiguous")
-    code = _dtype_code(array.dtype, dequantize)
+    if boxes is not None:
+        code = _jpegdct.DTYPE_FLOAT32 if array.dtype == np.float32 else _dtype_code(array.dtype, False)
+        chroma, support_code = _resize_codes(subsampling, support)
+        resize = (_as_boxes(boxes, count), support_code, chroma)
+    else:
+        code = _dtype_code(array.dtype, dequantize)
+        resize = (None, _jpegdct.SUPPORT_BOX, _jpegdct.CHROMA_420)
     resolved = [_resolve(source) for source in sources]
     threads = _default_threads() if threads is None else max(1, int(threads))
     maps = _batch_maps(count, array.shape[2], array.shape[3], array.dtype, row_maps, col_maps, gain, bias)
     results = _jpegdct.decode_batch([data for data, _ in resolved], array, array.shape[2], array.shape[3], code,
-                                    dequantize, threads, strict, _limit(max_pixels), max_scans, *maps,
+                                    dequantize, threads, strict, _limit(max_pixels), max_scans, *maps, *resize,
                                     decoder_code(decoder))
+    for index, result in enumerate(results):
+        if result is not None and result[0] == _jpegdct.ERR_BOX:
+            raise UsageError(f"boxes[{index}]: {resolved[index][1] or '<buffer>'}: {result[2]}")
     errors: List[Optional[Exception]] = []
     for (data, filename), result in zip(resolved, results):
         if result is None:
@@ -371,10 +518,16 @@ def _batch_maps(count, height, width, dtype, row_maps, col_maps, gain, bias):
         raise ValueError("gain and bias go together")
     if gain is not None and np.dtype(dtype) != np.float32:
         raise ValueError("gain/bias need a float32 out")
+    if bias is not None:  # one (192,) bias for every item, or one row per item: the C core takes (N, 192)
+        if type(bias).__module__.startswith("torch"):
+            bias = bias.detach().cpu().numpy()
+        bias = np.asarray(bias, dtype=np.float32)
+        if bias.shape == (192,):
+            bias = np.broadcast_to(bias, (count, 192))
     return (as_array(row_maps, np.int32, (count, height), "row_maps"),
             as_array(col_maps, np.int32, (count, width), "col_maps"),
             as_array(gain, np.float32, (count, 192), "gain"),
-            as_array(bias, np.float32, (192,), "bias"))
+            as_array(bias, np.float32, (count, 192), "bias"))
 
 
 def libjpeg_info() -> dict:

@@ -24,6 +24,7 @@ import logging
 import os
 import tarfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -32,6 +33,7 @@ import torch
 
 from .codec import read_batch, read_fun
 from .errors import JPEGDecodeError
+from .files import FileRefusedError, Listing, read_file, read_head, walk_files
 
 __all__ = ["DCTImageFolder", "IMG_EXTENSIONS", "find_classes", "make_dataset", "sniff_format", "read_shard_index"]
 
@@ -79,7 +81,25 @@ def find_classes(directory: Union[str, os.PathLike]) -> Tuple[List[str], Dict[st
 
 def make_dataset(directory, class_to_idx: Dict[str, int], extensions: Sequence[str] = IMG_EXTENSIONS,
                  is_valid_file: Optional[Callable[[str], bool]] = None, allow_empty: bool = False) -> List[Tuple[str, int]]:
-    """``(path, class_index)`` pairs in torchvision's order (classes sorted, ``os.walk`` sorted)."""
+    """``(path, class_index)`` pairs in torchvision's order (classes sorted, folders then names sorted).
+
+    Folders are listed with :func:`funloader.files.walk_files` (links followed once, no loops, FIFOs
+    and devices never opened); what could not be listed is reported in a warning."""
+    samples, listing = _make_dataset(directory, class_to_idx, extensions, is_valid_file, allow_empty)
+    _warn_listing(directory, listing, stacklevel=3)
+    return samples
+
+
+def _warn_listing(directory, listing: Listing, stacklevel: int = 4) -> None:
+    """Warn (pointing at the caller's caller) about what a folder walk could not list."""
+    problems = listing.problems()
+    if problems:
+        warnings.warn(f"funloader: {directory}: not every entry was listed: {problems}", stacklevel=stacklevel)
+
+
+def _make_dataset(directory, class_to_idx: Dict[str, int], extensions: Sequence[str],
+                  is_valid_file: Optional[Callable[[str], bool]], allow_empty: bool) -> Tuple[List[Tuple[str, int]], Listing]:
+    """``make_dataset`` without the warning: also returns what the walk could not list."""
     directory = os.path.expanduser(os.fspath(directory))
     if is_valid_file is None:
         lowered = tuple(ext.lower() for ext in extensions)
@@ -88,25 +108,32 @@ def make_dataset(directory, class_to_idx: Dict[str, int], extensions: Sequence[s
             return path.lower().endswith(lowered)
 
     samples: List[Tuple[str, int]] = []
+    problems = Listing()
     empty = []
     for class_name in sorted(class_to_idx):
         class_index = class_to_idx[class_name]
         class_dir = os.path.join(directory, class_name)
         if not os.path.isdir(class_dir):
             continue
+        try:
+            listing = walk_files(class_dir)
+        except OSError as exc:
+            listing = Listing(unreadable=[(class_dir, exc.strerror or str(exc))])
+        problems.unreadable += listing.unreadable
+        problems.not_regular += listing.not_regular
+        problems.links_skipped += listing.links_skipped
         found = 0
-        for folder, _, names in sorted(os.walk(class_dir, followlinks=True)):
-            for name in sorted(names):
-                path = os.path.join(folder, name)
-                if is_valid_file(path):
-                    samples.append((path, class_index))
-                    found += 1
+        for path in listing.files:
+            if is_valid_file(path):
+                samples.append((path, class_index))
+                found += 1
         if found == 0:
             empty.append(class_name)
     if empty and not allow_empty:
+        unreadable = f"; {problems.problems()}" if problems.problems() else ""
         raise FileNotFoundError(f"{directory}: no valid image file in class folder(s) {', '.join(empty)}; "
-                                f"extensions: {', '.join(extensions)}")
-    return samples
+                                f"extensions: {', '.join(extensions)}{unreadable}")
+    return samples, problems
 
 
 def read_shard_index(shard: Union[str, os.PathLike]) -> List[Tuple[str, int, int, Optional[int]]]:
@@ -208,6 +235,8 @@ class DCTImageFolder(torch.utils.data.Dataset):
         self.bad_samples: Dict[int, str] = {}
         self._lock = threading.Lock()
         self._sources: List[Union[str, _ShardSource]] = []
+        #: what the folder walk could not list (unreadable sub-folders, FIFOs/devices, looping links)
+        self.walk_problems = Listing()
         self.root: Optional[str] = None
         self.shards: List[str] = []
         if isinstance(root, (list, tuple)) and root and all(isinstance(r, (str, os.PathLike)) for r in root) \
@@ -230,7 +259,9 @@ class DCTImageFolder(torch.utils.data.Dataset):
             else:
                 found, self.class_to_idx = find_classes(path)
                 self.classes = list(found)
-                self.samples = make_dataset(path, self.class_to_idx, extensions, is_valid_file, allow_empty)
+                self.samples, self.walk_problems = _make_dataset(path, self.class_to_idx, extensions, is_valid_file,
+                                                                 allow_empty)
+                _warn_listing(path, self.walk_problems, stacklevel=3)
                 self._sources = [p for p, _ in self.samples]
         if not self.samples and not allow_empty:
             raise FileNotFoundError(f"{root}: no images found")
@@ -320,8 +351,7 @@ class DCTImageFolder(torch.utils.data.Dataset):
             if isinstance(source, _ShardSource):
                 head = _read_member(source)[:16]
             else:
-                with open(source, "rb") as handle:
-                    head = handle.read(16)
+                head = read_head(source, 16)
             better = _not_jpeg_error(head, name)
             if better is not None:
                 return better
@@ -335,7 +365,9 @@ class DCTImageFolder(torch.utils.data.Dataset):
         name = self.sample_name(index)
         source = self._sources[index]
         try:
-            data = _read_member(source) if isinstance(source, _ShardSource) else Path(source).read_bytes()
+            data = _read_member(source) if isinstance(source, _ShardSource) else read_file(source)
+        except FileRefusedError as exc:
+            raise JPEGDecodeError(exc.reason, name) from None
         except OSError as exc:
             raise JPEGDecodeError(f"cannot read: {exc.strerror or exc}", name) from exc
         problem = _not_jpeg_error(data[:16], name)
@@ -405,32 +437,38 @@ class DCTImageFolder(torch.utils.data.Dataset):
 
 
 def decode_into(dataset: DCTImageFolder, indices: Sequence[int], out, *, threads: Optional[int] = None,
-                layout: Optional[dict] = None):
+                layout: Optional[dict] = None, dequantize: Optional[bool] = None, strict: Optional[bool] = None,
+                on_error: Optional[str] = None):
     """Decode samples ``indices`` of ``dataset`` into ``out`` ``(len(indices), 192, H8, W8)`` (int16,
-    or float32 when ``dataset.dequantize``) with ``read_batch`` (centre crop / zero padding to the
-    grid), applying ``dataset.on_error``. Returns the labels (list of int) actually placed, which
-    differ from ``dataset.targets[indices]`` where a bad sample was replaced. ``layout``: per-item
-    ``row_maps``/``col_maps``/``gain`` arrays (and a shared ``bias``) passed on to ``read_batch``."""
+    or float32 when dequantized) with ``read_batch`` (centre crop / zero padding to the grid),
+    applying the error policy. Returns the labels (list of int) actually placed, which differ from
+    ``dataset.targets[indices]`` where a bad sample was replaced. ``layout``: per-item
+    ``row_maps``/``col_maps``/``gain`` arrays (and a shared ``bias``) passed on to ``read_batch``.
+    ``dequantize``, ``strict``, ``on_error``: the caller's settings (default: the dataset's; the
+    dataset is not changed)."""
     indices = [int(i) for i in indices]
     layout = layout or {}
+    dequantize = dataset.dequantize if dequantize is None else bool(dequantize)
+    strict = dataset.strict if strict is None else bool(strict)
+    on_error = dataset.on_error if on_error is None else on_error
 
     def item_layout(slot):
         return {key: (value if key == "bias" or value is None else value[slot:slot + 1]) for key, value in layout.items()}
 
-    errors = read_batch(dataset.sources(indices), out, threads=threads, dequantize=dataset.dequantize,
-                        strict=dataset.strict, **layout)
+    errors = read_batch(dataset.sources(indices), out, threads=threads, dequantize=dequantize, strict=strict,
+                        **layout)
     labels = [dataset.targets[i] for i in indices]
     for slot, error in enumerate(errors):
         if error is None:
             continue
         index = indices[slot]
         error = dataset.describe_error(index, error)
-        if dataset.on_error == "raise":
+        if on_error == "raise":
             raise error
         dataset.mark_bad(index, error)
         for candidate in dataset.replacement_candidates(index):
             retry = read_batch([dataset.source(candidate)], out[slot:slot + 1], threads=1,
-                               dequantize=dataset.dequantize, strict=dataset.strict, **item_layout(slot))[0]
+                               dequantize=dequantize, strict=strict, **item_layout(slot))[0]
             if retry is None:
                 labels[slot] = dataset.targets[candidate]
                 break

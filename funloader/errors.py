@@ -9,6 +9,20 @@ Messages name the file (when a path was given) and the cause.
 a checkpoint, an option) and its cause.  The command line prints such an error as one line,
 ``funloader <command>: error: <message>``, and exits with status 2 instead of a traceback.
 """
+import os
+import sys
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` called from inside funloader that points at the first
+    frame outside the package (the user's line), however deep the call chain is."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        level += 1
+        frame = frame.f_back
+    return level
 
 
 class FunloaderError(Exception):

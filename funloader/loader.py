@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from . import transforms as T
-from .channels import KeepSpec, channel_indices
+from .channels import KeepSpec, channel_indices, normalization_affine
 from .dataset import DCTImageFolder, decode_into
+from .errors import user_stacklevel
 
 __all__ = ["DCTLoader", "BatchDataset", "epoch_indices"]
 
@@ -87,7 +88,7 @@ def _resolve_stats(normalize, dataset: DCTImageFolder, dequantize: bool):
                 raise FileNotFoundError(f"{dataset.root}: no channel statistics for dequantize={dequantize}; "
                                         f"run 'funloader stats {dataset.root}' first")
             warnings.warn(f"funloader: no channel statistics next to {dataset.root} for dequantize={dequantize}: "
-                          f"batches are not normalised (run 'funloader stats DIR' to compute them)", stacklevel=4)
+                          f"batches are not normalised (run 'funloader stats DIR' to compute them)", stacklevel=user_stacklevel())
             return None
     else:
         raise TypeError("normalize must be 'auto', True, False/None, a stats path, a stats dict or (mean, std)")
@@ -128,7 +129,9 @@ class DCTLoader:
             a stats file path, a dict with ``mean``/``std``, or ``(mean, std)``.
         keep, keep_mode: frequency selection after normalisation (``"44/10/10"``; ``"drop"`` removes
             the other channels, ``"zero"`` zeroes them).
-        on_error, strict: override the dataset's policies (``"raise"`` / ``"skip"``).
+        on_error, strict: the loader's error policy (``"raise"`` / ``"skip"``) and strictness
+            (default: the dataset's). The loader keeps ``dequantize``, ``on_error`` and ``strict`` as
+            its own settings: a dataset passed in is never modified.
         chunk_size: CPU only: items transformed together (cache-sized pieces of the batch; the
             random draws depend on it).
 
@@ -148,14 +151,12 @@ class DCTLoader:
             dataset = dataset_or_root
         else:
             dataset = DCTImageFolder(dataset_or_root, dequantize=True if dequantize is None else dequantize)
-        if dequantize is not None:
-            dataset.dequantize = bool(dequantize)
-        if on_error is not None:
-            if on_error not in ("raise", "skip"):
-                raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-            dataset.on_error = on_error
-        if strict is not None:
-            dataset.strict = bool(strict)
+        if on_error is not None and on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        # The loader's own settings (default: the dataset's); the caller's dataset is left unchanged.
+        self.dequantize = dataset.dequantize if dequantize is None else bool(dequantize)
+        self.on_error = dataset.on_error if on_error is None else on_error
+        self.strict = dataset.strict if strict is None else bool(strict)
         if int(batch_size) < 1:
             raise ValueError("batch_size must be >= 1")
         if keep_mode not in ("drop", "zero"):
@@ -181,7 +182,7 @@ class DCTLoader:
         self.rank, self.world_size = int(rank), int(world_size)
         self.size = T._pair(size)
         self.transform = transform if transform is not None else dataset.transform
-        self.stats = _resolve_stats(normalize, dataset, dataset.dequantize)
+        self.stats = _resolve_stats(normalize, dataset, self.dequantize)
         self.keep = keep
         self.keep_mode = keep_mode
         self.chunk_size = int(chunk_size)
@@ -224,7 +225,7 @@ class DCTLoader:
 
     # ------------------------------------------------------------------ batch work
     def _buffer_dtype(self):
-        return torch.float32 if self.dataset.dequantize else torch.int16
+        return torch.float32 if self.dequantize else torch.int16
 
     def _allocate(self, count: int) -> List[torch.Tensor]:
         shape = (self.batch_size, 192) + self.size
@@ -237,9 +238,13 @@ class DCTLoader:
         self._buffers = needed
         return needed[:count]
 
+    def _policy(self) -> dict:
+        return {"dequantize": self.dequantize, "strict": self.strict, "on_error": self.on_error}
+
     def decode(self, batch_indices: Sequence[int], out: torch.Tensor) -> List[int]:
         """Decode ``batch_indices`` into ``out[:len]`` (CPU); returns the labels placed (see ``on_error``)."""
-        return decode_into(self.dataset, batch_indices, out[:len(batch_indices)], threads=self.num_threads)
+        return decode_into(self.dataset, batch_indices, out[:len(batch_indices)], threads=self.num_threads,
+                           **self._policy())
 
     def finish(self, raw: torch.Tensor, labels: Sequence[int], batch_number: int, epoch: Optional[int] = None):
         """Float conversion, transform, normalisation, frequency selection, layout — on ``raw``'s device.
@@ -257,17 +262,21 @@ class DCTLoader:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         direct = self.stats is not None and self._kept is None and self.dtype == torch.float32 and not self.channels_last
         out = None
-        fused = getattr(self.transform, "plannable", False) and hasattr(self.transform, "plan")
+        fused = T.is_fusable(self.transform)  # block moves, then per-channel colour maps (funloader.color)
         keep_integers = not raw.is_floating_point() and (self.transform is None or getattr(self.transform, "integer_exact", False))
         for start in range(0, count, step):
             x = raw[start:start + step]
             if not keep_integers and x.dtype != torch.float32:
                 x = x.to(torch.float32)  # raw int16 stays int16 through integer-exact transforms
-            signs = None
-            if fused:  # crops/flips/nearest resized crops as one gather; flip signs folded into the scale
-                plan = self.transform.plan(tuple(x.shape), generator)
+            signs = gain = bias = None
+            if fused:  # crops/flips/nearest resized crops as one gather; flip signs and colour maps folded into the scale
+                plan, gain, bias = T.fused_plan(self.transform, tuple(x.shape), generator)
                 x = plan.apply(x, with_sign=not direct)
                 signs = plan.sign if direct else None
+                if not direct and gain is not None:  # raw integers only meet 0/1 masks (integer_exact steps)
+                    x = x * gain.to(device=x.device, dtype=x.dtype)[:, :, None, None]
+                    if x.is_floating_point():
+                        x = x + bias.to(device=x.device, dtype=x.dtype)[:, :, None, None]
             elif self.transform is not None:
                 x = self.transform(x, generator=generator) if isinstance(self.transform, T.DCTTransform) else self.transform(x)
             if direct:  # normalise straight into the output: x * (1/std) + (-mean/std)
@@ -275,11 +284,13 @@ class DCTLoader:
                     out = torch.empty((count,) + tuple(x.shape[1:]), dtype=torch.float32, device=x.device)
                     scale, shift = self._normalizer(x.device)
                 dest = out[start:start + step]
-                if signs is None:
+                if signs is None and gain is None:
                     torch.mul(x, scale, out=dest)
-                else:
-                    torch.mul(x, signs.to(device=x.device)[:, :, None, None] * scale, out=dest)
-                dest.add_(shift)
+                    dest.add_(shift)
+                    continue
+                total_gain, total_bias = T.fold_affine(signs, gain, bias, scale.cpu(), shift.cpu(), x.shape[0])
+                torch.mul(x, total_gain.to(device=x.device)[:, :, None, None], out=dest)
+                dest.add_(total_bias.to(device=x.device)[..., None, None])
                 continue
             if not x.is_floating_point():
                 x = x.to(torch.float32)
@@ -312,33 +323,34 @@ class DCTLoader:
         scale = scale.reshape(1, 192)
         if self.transform is None:
             return {"gain": scale.expand(count, 192), "bias": shift.reshape(192)}
-        if not (getattr(self.transform, "plannable", False) and hasattr(self.transform, "plan")):
+        if not T.is_fusable(self.transform):
             return None
         generator = torch.Generator()
         generator.manual_seed(_batch_seed(self.seed, self.epoch if epoch is None else epoch, self.rank, batch_number))
         step = max(1, int(self.chunk_size))  # the chunks finish() plans, in the same order
-        plans = [self.transform.plan((min(step, count - start), 192) + self.size, generator)
-                 for start in range(0, count, step)]
-        if any(tuple(plan.shape) != self.size for plan in plans):
+        chunks = [T.fused_plan(self.transform, (min(step, count - start), 192) + self.size, generator)
+                  for start in range(0, count, step)]
+        if any(tuple(plan.shape) != self.size for plan, _, _ in chunks):
             return None
-        signs = [plan.sign if plan.sign is not None else torch.ones(plan.rows.shape[0], 192) for plan in plans]
-        return {"row_maps": torch.cat([plan.rows for plan in plans]), "col_maps": torch.cat([plan.cols for plan in plans]),
-                "gain": torch.cat(signs).to(torch.float32) * scale, "bias": shift.reshape(192)}
+        affines = [T.fold_affine(plan.sign, gain, bias, scale, shift, plan.rows.shape[0]) for plan, gain, bias in chunks]
+        return {"row_maps": torch.cat([plan.rows for plan, _, _ in chunks]),
+                "col_maps": torch.cat([plan.cols for plan, _, _ in chunks]),
+                "gain": torch.cat([g for g, _ in affines]),
+                "bias": torch.cat([b.expand(g.shape[0], 192) for g, b in affines])}
 
     def decode_fused(self, batch_indices: Sequence[int], layout: dict, batch_number: int):
         """Decode straight into a new normalised, augmented float32 batch (see :meth:`fused_layout`)."""
         out = torch.empty((len(batch_indices), 192) + self.size, dtype=torch.float32)
-        labels = decode_into(self.dataset, batch_indices, out, threads=self.num_threads, layout=layout)
+        labels = decode_into(self.dataset, batch_indices, out, threads=self.num_threads, layout=layout, **self._policy())
         return out, torch.as_tensor(labels, dtype=torch.int64)
 
     def _normalizer(self, device) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(1/std, -mean/std)`` as ``(192, 1, 1)`` float32 tensors on ``device`` (cached)."""
         cached = self._normalizers.get(str(device))
         if cached is None:
-            mean, std = self.stats
-            std = np.where(std <= 0, 1.0, std)
-            cached = (torch.as_tensor(1.0 / std, dtype=torch.float32, device=device)[:, None, None],
-                      torch.as_tensor(-mean / std, dtype=torch.float32, device=device)[:, None, None])
+            scale, shift = normalization_affine(*self.stats)
+            cached = (torch.as_tensor(scale, device=device)[:, None, None],
+                      torch.as_tensor(shift, device=device)[:, None, None])
             self._normalizers[str(device)] = cached
         return cached
 

@@ -61,6 +61,8 @@ Distributed
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -69,6 +71,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import stat
 import sys
 import time
 import warnings
@@ -76,6 +79,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from .errors import UsageError
 from .shards import ShardWriter, write_dali_index
 
 __all__ = [
@@ -93,8 +97,10 @@ TAR_OVERHEAD_PER_SAMPLE = 1536  # 512-byte header + padding for .jpg, header + b
 TSV_COLUMNS = ("key", "path", "source", "label", "class", "width", "height", "bytes", "sha256")
 
 
-class PrepareError(RuntimeError):
-    """A preparation cannot start or finish (bad arguments, incompatible DST, missing parts)."""
+class PrepareError(UsageError, RuntimeError):
+    """A preparation cannot start or finish (bad arguments, incompatible or busy DST, bad or missing
+    parts, a full or read-only disk); the message names the file or argument and what to do.  The
+    CLI prints it in one line and exits 2."""
 
 
 class PrepareFailures(RuntimeError):
@@ -597,6 +603,66 @@ class _Pool:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
+def _os_error_message(exc: OSError, default_path, what: str) -> str:
+    """One line for an OS error while writing a dataset: the file, the cause, and what to do."""
+    where = exc.filename if exc.filename is not None else default_path
+    cause = exc.strerror or str(exc)
+    text = f"{what}: {where}: {cause}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        text += " (disk full: free some space or choose another DST)"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        text += " (DST must be a writable folder)"
+    return text
+
+
+def _flock(descriptor: int, path: Path, exclusive: bool, busy: str) -> Optional[int]:
+    """``flock`` ``descriptor`` without waiting; returns it, or None (closed, with a warning) on a file
+    system that cannot lock (some network file systems: runs are then not protected).  Raises
+    :class:`PrepareError` with ``busy`` when another process holds a conflicting lock."""
+    import fcntl
+
+    try:
+        fcntl.flock(descriptor, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise PrepareError(busy) from None
+    except OSError as exc:
+        os.close(descriptor)
+        warnings.warn(f"cannot lock {path} ({exc.strerror}): concurrent runs on it are not detected", stacklevel=4)
+        return None
+    return descriptor
+
+
+def _lock_directory(path: Path, *, exclusive: bool) -> Optional[int]:
+    """``flock`` a folder, shared or exclusive; returns the descriptor to :func:`_unlock` (see :func:`_flock`)."""
+    return _flock(os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)), path, exclusive,
+                  f"{path} is in use by another funloader prepare run or merge; wait for it to finish (two runs "
+                  f"writing the same folder would destroy each other's work)")
+
+
+def _lock_job(path: Path) -> Optional[int]:
+    """Exclusive ``flock`` of a job's lock file (created; its holder deletes it at the end)."""
+    while True:
+        path.parent.mkdir(exist_ok=True)
+        descriptor = _flock(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), path, True,
+                            f"job {path.name[len('lock-'):]} is already running on {path.parent.parent}; wait for "
+                            f"it to finish")
+        if descriptor is None:
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(descriptor).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return descriptor
+        os.close(descriptor)  # its holder finished and deleted it while we took the lock: take a fresh one
+
+
+def _unlock(descriptor: Optional[int]) -> None:
+    if descriptor is not None:
+        os.close(descriptor)
+
+
 def _make_pool(workers: int) -> Optional[_Pool]:
     return _Pool(workers) if workers > 1 else None
 
@@ -720,9 +786,41 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
     if not items:
         raise PrepareError(f"no images found under {src_path} (looked for {', '.join(sorted(_image_extensions())[:8])}, ...)")
     order = _shuffled(items) if format == "shards" and shuffle else list(items)
-    dst_path.mkdir(parents=True, exist_ok=True)
     state = _state_dir(dst_path)
-    state.mkdir(exist_ok=True)
+    try:
+        dst_path.mkdir(parents=True, exist_ok=True)
+        state.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise PrepareError(_os_error_message(exc, dst_path, "cannot create DST")) from None
+    # One run per DST (a job of a --shard I/N run shares DST with the other jobs, not with itself).
+    dir_lock = _lock_directory(dst_path, exclusive=job[1] == 1)
+    job_lock, job_lock_path = None, state / f"lock-{_job_name(job)}"
+    try:
+        if job[1] > 1:
+            job_lock = _lock_job(job_lock_path)
+        return _prepare_locked(src_path, dst_path, settings, job, format, shard_kind, shard_value, shard_size,
+                               shuffle, workers, stats_modes, allow_failures, progress, verbose, started,
+                               classes, items, ignored, order)
+    except OSError as exc:
+        raise PrepareError(_os_error_message(exc, dst_path, "prepare stopped") + "; run the same command again "
+                           "to resume: finished outputs are kept") from None
+    finally:
+        if job_lock is not None:
+            with contextlib.suppress(OSError):
+                job_lock_path.unlink()
+            _unlock(job_lock)
+        with contextlib.suppress(OSError):
+            state.rmdir()  # only when empty: nothing of this or another job is left in it
+        _unlock(dir_lock)
+
+
+def _prepare_locked(src_path: Path, dst_path: Path, settings: EncodeSettings, job: Tuple[int, int], format: str,
+                    shard_kind: str, shard_value: int, shard_size, shuffle: bool, workers: int,
+                    stats_modes: Tuple[str, ...], allow_failures: bool, progress: bool, verbose: bool, started: float,
+                    classes: List[str], items: List[SourceItem], ignored: List[str],
+                    order: List[SourceItem]) -> PrepareResult:
+    """The body of :func:`prepare`, run while this job holds its locks on DST."""
+    state = _state_dir(dst_path)
     job_name = _job_name(job)
     journal_path = state / f"journal-{job_name}.jsonl"
     part_path = state / f"part-{job_name}.json"
@@ -1013,21 +1111,83 @@ def merge(dst, parts: Sequence = (), *, stats=None, allow_failures: bool = False
 
     ``dst`` must hold ``.funloader-prepare/part-I-of-N.json`` for every ``I`` in ``0..N-1`` (jobs that
     all wrote to ``dst``), or ``parts`` names the output folders of jobs that wrote elsewhere: their
-    outputs and part files are first moved into ``dst``.  The parts must agree on settings and
-    inputs.  Writes ``index.json``, ``index.tsv``, ``failures.tsv`` (and the statistics the jobs asked
-    for, or ``stats`` as in :func:`prepare` when given), removes the part files, and returns the summary; raises
-    :class:`PrepareFailures` when inputs failed unless ``allow_failures``.
+    outputs and part files are moved into ``dst``.  Every part file is validated before anything
+    moves (complete set of jobs, same settings and inputs, counts that add up, every output a
+    regular file inside its job's folder with its recorded size), so a bad or hostile part file
+    changes nothing.  A merge stopped part-way (killed, disk full) is finished by running the same
+    command again.  Writes ``index.json``, ``index.tsv``, ``failures.tsv`` (and the statistics the
+    jobs asked for, or ``stats`` as in :func:`prepare` when given), removes the part files, and returns
+    the summary; raises :class:`PrepareFailures` when inputs failed unless ``allow_failures``.
     """
     started = time.monotonic()
     dst_path = Path(dst).resolve()
+    part_dirs = []
     for part_dir in parts:
-        _gather(Path(part_dir).resolve(), dst_path)
+        path = Path(part_dir).resolve()
+        if not path.is_dir():
+            raise PrepareError(f"part folder not found: {path}")
+        if path == dst_path or path in part_dirs:
+            continue
+        part_dirs.append(path)
+    if part_dirs:
+        try:
+            dst_path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PrepareError(_os_error_message(exc, dst_path, "cannot create the merge target")) from None
+    if not dst_path.is_dir():
+        raise PrepareError(f"merge target not found: {dst_path}")
+    locks = [_lock_directory(dst_path, exclusive=True)]
+    try:
+        locks.extend(_lock_directory(path, exclusive=True) for path in part_dirs)
+        try:
+            return _merge_locked(dst_path, part_dirs, stats, allow_failures, progress, verbose, started)
+        except OSError as exc:
+            raise PrepareError(_os_error_message(exc, dst_path, "merge stopped") + "; fix this and run the same "
+                               "merge command again: it carries on where it stopped") from None
+    finally:
+        for lock in locks:
+            _unlock(lock)
+
+
+def _merge_locked(dst_path: Path, part_dirs: List[Path], stats, allow_failures: bool, progress: bool, verbose: bool,
+                  started: float) -> PrepareResult:
     state = _state_dir(dst_path)
-    part_files = sorted(state.glob("part-*-of-*.json")) if state.is_dir() else []
-    if not part_files:
-        raise PrepareError(f"no part files (.funloader-prepare/part-I-of-N.json) in {dst_path}")
-    loaded = [json.loads(path.read_text(encoding="utf-8")) for path in part_files]
-    merged = _merge_parts(dst_path, loaded, stats=None if stats is None else _stats_modes(stats), progress=progress)
+    # (folder the part's outputs are in now, part file, its contents)
+    sources: List[Tuple[Path, Path, dict]] = []
+    for path in sorted(state.glob("part-*-of-*.json")) if state.is_dir() else []:
+        sources.append((dst_path, path, _load_part(path)))
+    gathered_already = []
+    for part_dir in part_dirs:
+        found = sorted(_state_dir(part_dir).glob("part-*-of-*.json")) if _state_dir(part_dir).is_dir() else []
+        if not found:
+            gathered_already.append(part_dir)  # nothing left there: moved by an earlier (interrupted) merge
+        sources.extend((part_dir, path, _load_part(path)) for path in found)
+    if not sources:
+        if (dst_path / INDEX_JSON).exists() and not any(_state_dir(d).is_dir() for d in part_dirs):
+            index = _load_json(dst_path / INDEX_JSON, "index")
+            failures = _read_failures_tsv(dst_path / FAILURES_TSV)
+            if verbose:
+                print(f"{dst_path / INDEX_JSON} is already merged: nothing to do", file=sys.stderr)
+            counts = index.get("counts", {}) if isinstance(index, dict) else {}
+            result = PrepareResult(dst=dst_path, total=len(index.get("files", [])) + len(failures), complete=True,
+                                   failures=failures, failed=len(failures), ignored=int(counts.get("ignored", 0)),
+                                   seconds=time.monotonic() - started)
+            result.skipped = result.total
+            if result.failed and not allow_failures:
+                raise PrepareFailures(result)
+            return result
+        where = [str(dst_path)] + [str(d) for d in part_dirs]
+        raise PrepareError(f"no part files (.funloader-prepare/part-I-of-N.json) in {', '.join(where)}")
+    moves = _check_parts(dst_path, sources, gathered_already)  # raises before anything is moved
+    for part_dir, part_file, names in moves:
+        for name in names:
+            _move_file(part_dir / name, dst_path / name)
+        state.mkdir(exist_ok=True)
+        _move_file(part_file, state / part_file.name)
+        _remove_empty_dirs(part_dir, {name for name in names} | {f"{STATE_DIR}/{part_file.name}"})
+    loaded = [part for _, _, part in sources]
+    merged = _merge_parts(dst_path, loaded, stats=None if stats is None else _stats_modes(stats), progress=progress,
+                          checked=True)
     result = PrepareResult(dst=dst_path, total=merged["total"], skipped=merged["total"], ignored=merged["ignored"],
                            complete=True, failures=merged["failures"], failed=len(merged["failures"]),
                            seconds=time.monotonic() - started)
@@ -1039,44 +1199,304 @@ def merge(dst, parts: Sequence = (), *, stats=None, allow_failures: bool = False
     return result
 
 
-def _gather(part_dir: Path, dst: Path) -> None:
-    """Move a job's outputs (files or tars named by its part file) and the part file into ``dst``."""
-    part_files = sorted(_state_dir(part_dir).glob("part-*-of-*.json"))
-    if not part_files:
-        raise PrepareError(f"{part_dir} holds no part file (.funloader-prepare/part-I-of-N.json)")
-    _state_dir(dst).mkdir(parents=True, exist_ok=True)
-    for part_file in part_files:
-        part = json.loads(part_file.read_text(encoding="utf-8"))
-        names = set()
-        for record in part["units"]:
-            if "shard" in record:
-                names.add(record["shard"]["name"])
-            names.update(entry["path"] for entry in record["files"])
-        for name in sorted(names):
-            target = dst / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(part_dir / name), str(target))
-        shutil.move(str(part_file), str(_state_dir(dst) / part_file.name))
+def _load_json(path: Path, what: str):
+    """Parse a JSON file we wrote (part file, index.json); anything unreadable is a named :class:`PrepareError`."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PrepareError(f"{path} is not a valid {what} file ({exc}); it was damaged or not written by "
+                           f"funloader prepare") from None
 
 
-def _merge_parts(dst: Path, parts: List[dict], *, stats: Optional[Sequence[str]], progress: bool) -> dict:
-    first = parts[0]
+def _load_part(path: Path) -> dict:
+    part = _load_json(path, "part")
+    problem = _part_problem(part)
+    if problem:
+        raise PrepareError(f"{path} is not a valid part file: {problem}")
+    return part
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _part_problem(part) -> Optional[str]:
+    """What is structurally wrong with a loaded part file (None when it has every field with the right type)."""
+    if not isinstance(part, dict) or part.get("format") != MANIFEST_FORMAT:
+        return f"not a {MANIFEST_FORMAT!r} manifest"
+    job = part.get("job")
+    if not (isinstance(job, list) and len(job) == 2 and all(_is_int(v) for v in job) and 0 <= job[0] < job[1]):
+        return f"bad job {job!r}"
+    settings = part.get("settings")
+    if not isinstance(settings, dict) or settings.get("format") not in ("folder", "shards"):
+        return "bad settings"
+    if settings["format"] == "shards" and not (_is_int(settings.get("images_per_shard"))
+                                               and settings["images_per_shard"] >= 1):
+        return "bad images_per_shard"
+    if not isinstance(part.get("inventory"), str):
+        return "bad inventory"
+    classes = part.get("classes")
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        return "bad classes"
+    if not (isinstance(part.get("ignored"), list) and all(isinstance(v, str) for v in part["ignored"])):
+        return "bad ignored list"
+    if not (_is_int(part.get("total_images")) and part["total_images"] >= 0):
+        return "bad total_images"
+    if not isinstance(part.get("stats_requested", []), list):
+        return "bad stats_requested"
+    units = part.get("units")
+    if not isinstance(units, list):
+        return "bad units"
+    for record in units:
+        if not (isinstance(record, dict) and _is_int(record.get("unit")) and record["unit"] >= 0
+                and isinstance(record.get("files"), list) and isinstance(record.get("failures"), list)):
+            return f"bad unit record {str(record)[:80]}"
+        for entry in record["files"]:
+            if not (isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("key", "path", "source", "sha256"))
+                    and all(_is_int(entry.get(k)) and entry[k] >= 0 for k in ("width", "height", "bytes"))
+                    and _is_int(entry.get("label"))
+                    and (0 <= entry["label"] < len(classes) if classes else entry["label"] == -1)):
+                return f"bad file entry {str(entry)[:80]} in unit {record['unit']}"
+        for failure in record["failures"]:
+            if not (isinstance(failure, dict) and isinstance(failure.get("source"), str)
+                    and isinstance(failure.get("reason"), str)):
+                return f"bad failure entry {str(failure)[:80]} in unit {record['unit']}"
+        if settings["format"] == "shards":
+            shard = record.get("shard")
+            if not (isinstance(shard, dict) and shard.get("name") == f"shard-{record['unit']:06d}.tar"
+                    and _is_int(shard.get("bytes")) and shard["bytes"] >= 0 and shard.get("count") == len(record["files"])
+                    and isinstance(shard.get("sha256"), str)):
+                return f"bad shard record in unit {record['unit']}"
+            if any(entry["path"] != shard["name"] for entry in record["files"]):
+                return f"a file of unit {record['unit']} is not in its shard {shard['name']}"
+    return None
+
+
+def _part_outputs(part: dict) -> List[Tuple[str, int]]:
+    """``(path relative to the job's folder, bytes)`` of every output file a (checked) part file lists."""
+    outputs = []
+    for record in part["units"]:
+        if "shard" in record:
+            outputs.append((record["shard"]["name"], record["shard"]["bytes"]))
+        else:
+            outputs.extend((entry["path"], entry["bytes"]) for entry in record["files"])
+    return outputs
+
+
+def _relative_problem(name: str) -> Optional[str]:
+    """Why ``name`` is not a plain relative output path (None when it is)."""
+    components = name.split("/")
+    if not name or name.startswith("/") or "\0" in name:
+        return "not a relative path"
+    if any(c in ("", ".", "..") for c in components):
+        return "has an empty, '.' or '..' component"
+    if components[0] == STATE_DIR or components[-1] in (INDEX_JSON, INDEX_TSV, FAILURES_TSV):
+        return "names funloader's own bookkeeping"
+    if len(components) == 1 and components[0].startswith("stats-"):
+        return "names funloader's own bookkeeping"
+    return None
+
+
+def _regular_file_inside(base: Path, name: str, checked_dirs: Dict[str, bool]) -> Optional[os.stat_result]:
+    """``lstat`` of ``base/name`` when it is a regular file reached without leaving ``base``, else None.
+
+    Every folder between ``base`` and the file must be a real directory (not a symbolic link), so
+    the path cannot resolve outside ``base``; ``checked_dirs`` caches folders already seen.
+    """
+    components = name.split("/")
+    prefix = ""
+    for component in components[:-1]:
+        prefix = f"{prefix}/{component}" if prefix else component
+        known = checked_dirs.get(prefix)
+        if known is None:
+            try:
+                mode = os.lstat(base / prefix).st_mode
+                known = stat.S_ISDIR(mode)
+            except FileNotFoundError:
+                known = False
+            checked_dirs[prefix] = known
+        if not known:
+            return None
+    try:
+        info = os.lstat(base / name)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return info if stat.S_ISREG(info.st_mode) else None
+
+
+def _target_path_problem(base: Path, name: str) -> Optional[str]:
+    """Why ``base/name`` cannot be written without leaving ``base`` (a symlinked or non-folder parent)."""
+    prefix = base
+    for component in name.split("/")[:-1]:
+        prefix = prefix / component
+        try:
+            mode = os.lstat(prefix).st_mode
+        except FileNotFoundError:
+            return None  # created by the move, inside base
+        if not stat.S_ISDIR(mode):
+            return f"{prefix} is not a folder (a symbolic link or a file)"
+    try:
+        if stat.S_ISLNK(os.lstat(base / name).st_mode):
+            return f"{base / name} is a symbolic link"
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def _check_parts(dst: Path, sources: List[Tuple[Path, Path, dict]],
+                 gathered_already: Sequence[Path] = ()) -> List[Tuple[Path, Path, List[str]]]:
+    """Validate a set of part files completely, before anything is moved; return what must move.
+
+    ``sources`` holds ``(folder holding the job's outputs, part file, part)``.  Raises
+    :class:`PrepareError` naming the part file at fault.  Returns ``(part folder, part file, output
+    names still to move)`` for every part that lies outside ``dst``.
+    """
+    first_dir, first_file, first = sources[0]
     count = first["job"][1]
-    seen = sorted(part["job"][0] for part in parts)
-    if any(part["job"][1] != count for part in parts) or seen != list(range(count)):
-        missing = sorted(set(range(count)) - set(seen))
-        raise PrepareError(f"parts in {dst} do not form a complete set of {count} jobs"
-                           + (f" (missing --shard {', '.join(f'{i}/{count}' for i in missing)})" if missing else ""))
-    for part in parts[1:]:
-        if part["settings"] != first["settings"] or part["inventory"] != first["inventory"]:
-            raise PrepareError(f"job {part['job'][0]}/{count} used other settings or saw other input files than "
-                               f"job {first['job'][0]}/{count}; they cannot be merged")
+    by_job: Dict[int, Path] = {}
+    for _, part_file, part in sources:
+        index = part["job"][0]
+        if part["job"][1] != count:
+            raise PrepareError(f"{part_file} is job {index}/{part['job'][1]} but {first_file} is one of {count} jobs")
+        if index in by_job:
+            raise PrepareError(f"job {index}/{count} appears twice: {by_job[index]} and {part_file}")
+        by_job[index] = part_file
+        if (part["settings"] != first["settings"] or part["inventory"] != first["inventory"]
+                or part["classes"] != first["classes"] or part["total_images"] != first["total_images"]):
+            raise PrepareError(f"job {index}/{count} ({part_file}) used other settings or saw other input files than "
+                               f"job {first['job'][0]}/{count} ({first_file}); they cannot be merged")
+    missing = sorted(set(range(count)) - set(by_job))
+    if missing:
+        note = (f"; {', '.join(map(str, gathered_already))} held no part file (already moved?)"
+                if gathered_already else "")
+        raise PrepareError(f"the parts do not form a complete set of {count} jobs (missing --shard "
+                           f"{', '.join(f'{i}/{count}' for i in missing)}){note}")
+    total = first["total_images"]
+    per_unit = first["settings"]["images_per_shard"] if first["settings"]["format"] == "shards" else 1
+    unit_count = math.ceil(total / per_unit) if total else 0
+    seen_units: Dict[int, Path] = {}
+    seen_keys, seen_sources, seen_outputs = set(), set(), {}
+    moves = []
+    for part_dir, part_file, part in sources:
+        index = part["job"][0]
+        for record in part["units"]:
+            unit = record["unit"]
+            if unit >= unit_count or unit % count != index:
+                raise PrepareError(f"{part_file} lists unit {unit}, which is not job {index}/{count}'s")
+            if unit in seen_units:
+                raise PrepareError(f"unit {unit} is listed twice ({seen_units[unit]}, {part_file})")
+            seen_units[unit] = part_file
+            expected = min(per_unit, total - unit * per_unit)
+            if len(record["files"]) + len(record["failures"]) != expected:
+                raise PrepareError(f"{part_file}: unit {unit} accounts for {len(record['files']) + len(record['failures'])} "
+                                   f"of its {expected} image(s)")
+            for entry in record["files"]:
+                if entry["key"] in seen_keys or entry["source"] in seen_sources:
+                    raise PrepareError(f"{part_file}: image {entry['key']} ({entry['source']!r}) is listed twice")
+                seen_keys.add(entry["key"])
+                seen_sources.add(entry["source"])
+            for failure in record["failures"]:
+                if failure["source"] in seen_sources:
+                    raise PrepareError(f"{part_file}: input {failure['source']!r} is listed twice")
+                seen_sources.add(failure["source"])
+        to_move = []
+        checked_src: Dict[str, bool] = {}
+        checked_dst: Dict[str, bool] = {}
+        for name, size in _part_outputs(part):
+            problem = _relative_problem(name)
+            if problem:
+                raise PrepareError(f"{part_file} lists the output {name!r}, which {problem}; refusing to merge")
+            if name in seen_outputs:
+                raise PrepareError(f"the output {name!r} is listed twice ({seen_outputs[name]}, {part_file})")
+            seen_outputs[name] = part_file
+            problem = _target_path_problem(dst, name)
+            if problem:
+                raise PrepareError(f"{part_file} lists {name!r}, but {problem}; refusing to write through it")
+            here = _regular_file_inside(part_dir, name, checked_src)
+            if part_dir == dst:
+                if here is None or here.st_size != size:
+                    raise PrepareError(f"{part_file} lists {dst / name} ({size} bytes), which is missing, not a "
+                                       f"regular file or of another size; re-run job {index}/{count}")
+                continue
+            there = _regular_file_inside(dst, name, checked_dst)
+            if here is not None and here.st_size == size:
+                if there is not None and not _same_bytes(part_dir / name, dst / name):
+                    raise PrepareError(f"{dst / name} already exists with other contents; it would be overwritten "
+                                       f"by {part_dir / name} (listed in {part_file})")
+                to_move.append(name)
+            elif here is None and there is not None and there.st_size == size:
+                pass  # moved by an earlier merge that was interrupted
+            else:
+                raise PrepareError(f"{part_file} lists {part_dir / name} ({size} bytes), which is missing, not a "
+                                   f"regular file inside {part_dir}, or of another size; re-run job {index}/{count} "
+                                   f"there")
+        if part_dir != dst:
+            moves.append((part_dir, part_file, to_move))
+    if len(seen_units) != unit_count:
+        raise PrepareError(f"the parts account for {len(seen_units)} of {unit_count} work units; re-run the "
+                           f"unfinished jobs")
+    return moves
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as first, open(b, "rb") as second:
+        while True:
+            chunk = first.read(1 << 20)
+            if chunk != second.read(1 << 20):
+                return False
+            if not chunk:
+                return True
+
+
+def _move_file(source: Path, target: Path) -> None:
+    """Move one checked file; the target appears whole or not at all (a copy across file systems is
+    written under a temporary name first), and an identical target left by an interrupted move is kept."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(source, target)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    tmp = target.with_name(f".{target.name}.merge-tmp.{os.getpid()}")
+    try:
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.unlink(source)
+
+
+def _remove_empty_dirs(base: Path, names) -> None:
+    """After a gather: remove the folders under ``base`` that the moved files left empty."""
+    folders = {str(Path(name).parent) for name in names} - {"."}
+    for folder in sorted(folders, key=lambda f: -f.count("/")):
+        path = base / folder
+        while path != base:
+            try:
+                path.rmdir()
+            except OSError:
+                break
+            path = path.parent
+
+
+def _merge_parts(dst: Path, parts: List[dict], *, stats: Optional[Sequence[str]], progress: bool,
+                 checked: bool = False) -> dict:
+    """Write the final manifests of ``dst`` from a complete set of parts (checked by :func:`_check_parts`
+    unless ``checked``), then remove the bookkeeping folder."""
+    if not checked:
+        state = _state_dir(dst)
+        _check_parts(dst, [(dst, state / f"part-{_job_name(part['job'])}.json", part) for part in parts])
+    first = parts[0]
     units = sorted((record for part in parts for record in part["units"]), key=lambda r: int(r["unit"]))
     files = sorted((entry for record in units for entry in record["files"]), key=lambda e: e["key"])
     failures = sorted((f for record in units for f in record["failures"]), key=lambda f: f["source"])
-    if len(files) + len(failures) != first["total_images"]:
-        raise PrepareError(f"parts in {dst} account for {len(files) + len(failures)} of "
-                           f"{first['total_images']} images; re-run the unfinished jobs")
     settings = first["settings"]
     classes = first["classes"]
     index = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "settings": settings,

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed as fdist
-from .channels import channel_indices, format_keep, parse_keep
+from .channels import TABLE7_SPECS, channel_indices, format_keep, parse_keep
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
 from .recipes import ModelEma, build_model, build_optimizer, lr_multiplier, recipe_for_model
 
@@ -53,8 +53,6 @@ __all__ = ["TrainConfig", "train", "evaluate_checkpoint", "main_train", "main_ev
 
 CHECKPOINT_FORMAT = "funloader-train"
 CHECKPOINT_VERSION = 1
-#: The keep-specs of the paper's Table 7 (192, 88, 64, 48 and 24 input channels).
-TABLE7_SPECS = ("64/64/64", "64/12/12", "44/10/10", "32/8/8", "14/5/5")
 METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
                   "ema_val_loss", "ema_val_top1", "ema_val_top5", "train_images", "epoch_seconds", "images_per_s")
 AUGMENTATIONS = ("none", "flip", "crop-flip", "rrc-flip")

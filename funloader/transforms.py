@@ -31,7 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .channels import KeepSpec, channel_indices
+from .channels import ALL_CHANNELS as _ALL_CHANNELS, KeepSpec, channel_indices, flip_signs, normalization_affine
+from .transform_base import DCTTransform
 
 Array = Union[np.ndarray, torch.Tensor]
 SizeLike = Union[int, Tuple[int, int], Sequence[int]]
@@ -42,9 +43,6 @@ __all__ = [
     "Compose", "RandomHorizontalFlip", "RandomVerticalFlip", "CenterCrop", "RandomCrop",
     "RandomResizedCrop", "SelectFrequencies", "Dequantize", "Normalize", "ToDtype", "GatherPlan",
 ]
-
-_ALL_CHANNELS = np.arange(192)
-
 
 # ----------------------------------------------------------------------------------------------
 # helpers
@@ -74,19 +72,6 @@ def _channels_of(x: Array, channels: Optional[Sequence[int]]) -> np.ndarray:
     return chans
 
 
-def flip_signs(axis: str, channels: Optional[Sequence[int]] = None) -> np.ndarray:
-    """``(C,)`` int8 of +1/-1: the sign each channel takes under a horizontal (``axis="h"``: odd ``u``
-    negated) or vertical (``axis="v"``: odd ``v`` negated) flip."""
-    chans = _ALL_CHANNELS if channels is None else np.asarray(channels, dtype=np.int64)
-    if axis == "h":
-        odd = (chans % 8) % 2 == 1
-    elif axis == "v":
-        odd = ((chans % 64) // 8) % 2 == 1
-    else:
-        raise ValueError(f"axis must be 'h' or 'v', got {axis!r}")
-    return np.where(odd, -1, 1).astype(np.int8)
-
-
 def _per_channel(values: np.ndarray, like: Array) -> Array:
     """``(C,)`` values broadcastable against ``like`` ``(..., C, H, W)`` in its kind/dtype/device."""
     if isinstance(like, torch.Tensor):
@@ -98,7 +83,7 @@ def _per_channel(values: np.ndarray, like: Array) -> Array:
 
 def _flip(x: Array, axis: str, channels) -> Array:
     chans = _channels_of(x, channels)
-    sign = _per_channel(flip_signs(axis, chans), x)
+    sign = _per_channel(flip_signs(axis, chans).astype(np.int8), x)  # +-1 in x's dtype
     dim = -1 if axis == "h" else -2
     if isinstance(x, torch.Tensor):
         return x.flip(dim) * sign
@@ -417,18 +402,15 @@ def normalize(x: Array, mean: Sequence[float], std: Sequence[float],
     with dropped frequencies pass ``channels``. Output dtype: ``dtype`` if given, else x's float
     dtype, else float32."""
     chans = _channels_of(x, channels)
-    mean_c = np.asarray(mean, dtype=np.float64)[chans]
-    std_c = np.asarray(std, dtype=np.float64)[chans]
-    if np.any(std_c <= 0):
-        std_c = np.where(std_c <= 0, 1.0, std_c)  # constant channels (e.g. all zero): centre only
     if isinstance(x, torch.Tensor):
         out_dtype = dtype or (x.dtype if x.is_floating_point() else torch.float32)
-        scale = torch.as_tensor(1.0 / std_c, dtype=out_dtype, device=x.device)[:, None, None]
-        shift = torch.as_tensor(-mean_c / std_c, dtype=out_dtype, device=x.device)[:, None, None]
+        scale, shift = normalization_affine(mean, std, chans, dtype=np.float64)  # rounded once, to out_dtype
+        scale = torch.as_tensor(scale, dtype=out_dtype, device=x.device)[:, None, None]
+        shift = torch.as_tensor(shift, dtype=out_dtype, device=x.device)[:, None, None]
         return torch.mul(x.to(out_dtype), scale).add_(shift)
     out_dtype = dtype or (x.dtype if x.dtype.kind == "f" else np.float32)
-    scale = (1.0 / std_c).astype(out_dtype)[:, None, None]
-    shift = (-mean_c / std_c).astype(out_dtype)[:, None, None]
+    scale, shift = normalization_affine(mean, std, chans, dtype=out_dtype)
+    scale, shift = scale[:, None, None], shift[:, None, None]
     out = np.multiply(x.astype(out_dtype), scale)
     out += shift
     return out
@@ -436,22 +418,6 @@ def normalize(x: Array, mean: Sequence[float], std: Sequence[float],
 
 # ----------------------------------------------------------------------------------------------
 # composable classes
-class DCTTransform:
-    """Base class: ``transform(x, generator=None)`` on ``(C, H8, W8)`` or ``(N, C, H8, W8)``.
-
-    ``integer_exact``: True when the transform only moves, negates or zeroes coefficients, so it can
-    run on raw int16 coefficients (half the memory traffic) with the same result as on floats."""
-
-    integer_exact = False
-
-    def __call__(self, x: Array, generator: Optional[torch.Generator] = None) -> Array:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({fields})"
-
-
 class GatherPlan:
     """A batch transform that only moves and negates whole blocks, as one gather:
     ``out[n, c, i, j] = sign[n, c] * x[n, c, rows[n, i], cols[n, j]]`` (index -1: a zero block).
@@ -581,7 +547,7 @@ class _RandomFlip(DCTTransform):
         chans = _ALL_CHANNELS if self.channels is None else np.asarray(self.channels)
         if len(chans) != C:
             raise ValueError(f"input has {C} channels, not {len(chans)}: pass channels=")
-        sign = torch.from_numpy(flip_signs(self._axis, chans).astype(np.float32))
+        sign = torch.from_numpy(flip_signs(self._axis, chans))
         length = W if self._axis == "h" else H
         forward = torch.arange(length)
         order = torch.where(flip[:, None], forward.flip(0)[None, :], forward[None, :])
@@ -598,7 +564,7 @@ def _flip_gather(x: torch.Tensor, flip: torch.Tensor, sign: np.ndarray, axis: st
     length = W if axis == "h" else H
     forward = torch.arange(length)
     order = torch.where(flip[:, None], forward.flip(0)[None, :], forward[None, :])  # (N, length)
-    sign = torch.from_numpy(sign.astype(np.float32))
+    sign = torch.from_numpy(np.asarray(sign, dtype=np.float32))
     signs = torch.where(flip[:, None], sign[None, :], torch.ones(1))  # (N, C)
     if axis == "h":
         out = _gather_windows(x, torch.arange(H).expand(N, H), order)
@@ -757,3 +723,14 @@ class ToDtype(DCTTransform):
     def __call__(self, x, generator=None):
         t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
         return t.to(self.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# augmentations that live in their own modules (issue 16), re-exported here
+from . import autoaugment as _autoaugment, color as _color, geometry as _geometry, mixing as _mixing  # noqa: E402
+from .autoaugment import *  # noqa: E402,F401,F403
+from .color import *  # noqa: E402,F401,F403
+from .geometry import *  # noqa: E402,F401,F403
+from .mixing import *  # noqa: E402,F401,F403
+
+__all__ += _autoaugment.__all__ + _color.__all__ + _geometry.__all__ + _mixing.__all__

@@ -31,6 +31,15 @@ from conftest import requires_cuda  # noqa: E402
 pytestmark = pytest.mark.timeout(300)  # a hung external_source worker fails instead of stalling CI
 
 BACKENDS = ["plugin", "external_source"]
+
+
+def _raw_pipeline(*args, **kwargs):
+    """fun_pipeline with raw int16 coefficients and no normalisation unless a test asks for them
+    (the defaults, like DCTLoader's, dequantise and normalise)."""
+    kwargs.setdefault("dequantize", False)
+    kwargs.setdefault("normalize_stats", None)
+    return fun_pipeline(*args, **kwargs)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -79,7 +88,7 @@ def _epoch(iterator):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_equals_read_batch(backend, plugin, image_folder, samples):
     names, labels = samples
-    pipe = fun_pipeline(image_folder, 5, num_threads=2, device_id=None, backend=backend)
+    pipe = _raw_pipeline(image_folder, 5, num_threads=2, device_id=None, backend=backend)
     images, got_labels = _epoch(FUNIterator(pipe))
     assert images.dtype == np.int16 and images.shape == (len(names), 192, 28, 28)
     np.testing.assert_array_equal(images, _reference(names))
@@ -94,7 +103,7 @@ def test_dequantize_keep_and_normalize_equal_transforms(backend, plugin, image_f
     stats["std"][5] = 0.0  # a constant channel: centred only, as transforms.normalize
     reference = _reference(names, dtype=np.float32, dequantize=True)
     expected = T.normalize(reference, stats["mean"], stats["std"])[:, channel_indices("44/10/10")]
-    pipe = fun_pipeline(image_folder, 4, num_threads=2, backend=backend, dequantize=True,
+    pipe = _raw_pipeline(image_folder, 4, num_threads=2, backend=backend, dequantize=True,
                         keep_channels="44/10/10", normalize_stats=stats)
     images, _ = _epoch(FUNIterator(pipe))
     assert images.dtype == np.float32 and images.shape == (len(names), 64, 28, 28)
@@ -106,7 +115,7 @@ def test_keep_mode_zero_and_float16(backend, plugin, image_folder, samples):
     names, _ = samples
     mask = np.zeros((192, 1, 1), np.int16)
     mask[channel_indices("8/4/4")] = 1
-    pipe = fun_pipeline(image_folder, 6, num_threads=2, backend=backend, keep_channels="8/4/4", keep_mode="zero",
+    pipe = _raw_pipeline(image_folder, 6, num_threads=2, backend=backend, keep_channels="8/4/4", keep_mode="zero",
                         dtype="float16")
     images, _ = _epoch(FUNIterator(pipe))
     assert images.dtype == np.float16 and images.shape == (len(names), 192, 28, 28)
@@ -126,7 +135,7 @@ def test_equals_dct_loader(plugin, image_folder):
                            keep=keep, keep_mode=keep_mode)
         expected = [(x.numpy(), y.numpy()) for x, y in loader]
         for backend in BACKENDS:
-            pipe = fun_pipeline(image_folder, 5, num_threads=2, backend=backend, dequantize=dequantize,
+            pipe = _raw_pipeline(image_folder, 5, num_threads=2, backend=backend, dequantize=dequantize,
                                 normalize_stats=normalize, keep_channels=keep, keep_mode=keep_mode, dtype="float32")
             got = [(x.numpy(), y.numpy()) for x, y in FUNIterator(pipe)]
             assert len(got) == len(expected)
@@ -139,7 +148,7 @@ def test_equals_dct_loader(plugin, image_folder):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_flip_always_equals_hflip(backend, plugin, image_folder, samples):
     names, _ = samples
-    pipe = fun_pipeline(image_folder, 12, num_threads=2, backend=backend, flip=1.0, seed=3)
+    pipe = _raw_pipeline(image_folder, 12, num_threads=2, backend=backend, flip=1.0, seed=3)
     images, _ = _epoch(FUNIterator(pipe))
     np.testing.assert_array_equal(images, T.hflip(_reference(names)))
 
@@ -151,7 +160,7 @@ def test_flip_then_normalize(backend, dequantize, plugin, image_folder, samples)
     names, _ = samples
     rng = np.random.default_rng(4)
     stats = {"mean": rng.normal(0, 10, 192).tolist(), "std": rng.uniform(1, 30, 192).tolist()}
-    pipe = fun_pipeline(image_folder, 12, num_threads=2, backend=backend, flip=1.0, dequantize=dequantize,
+    pipe = _raw_pipeline(image_folder, 12, num_threads=2, backend=backend, flip=1.0, dequantize=dequantize,
                         normalize_stats=stats, keep_channels="20/6/6")
     images, _ = _epoch(FUNIterator(pipe))
     reference = _reference(names, dtype=np.float32, dequantize=dequantize)
@@ -164,7 +173,7 @@ def test_random_crop_and_flip_are_block_aligned_windows(backend, plugin, image_f
     names, _ = samples
     big = _reference(names, grid=(32, 34))
     flipped = T.hflip(big)
-    pipe = fun_pipeline(image_folder, 4, num_threads=2, backend=backend, decode_grid=(32, 34), random_crop=True,
+    pipe = _raw_pipeline(image_folder, 4, num_threads=2, backend=backend, decode_grid=(32, 34), random_crop=True,
                         flip=True, seed=7)
     seen_offsets, seen_flips = set(), set()
     for _ in range(2):
@@ -182,7 +191,7 @@ def test_random_crop_and_flip_are_block_aligned_windows(backend, plugin, image_f
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_decode_grid_then_centre_crop(backend, plugin, image_folder, samples):
     names, _ = samples
-    pipe = fun_pipeline(image_folder, 12, num_threads=2, backend=backend, decode_grid=(32, 35), crop=(28, 30))
+    pipe = _raw_pipeline(image_folder, 12, num_threads=2, backend=backend, decode_grid=(32, 35), crop=(28, 30))
     images, _ = _epoch(FUNIterator(pipe))
     np.testing.assert_array_equal(images, _reference(names, grid=(32, 35))[:, :, 2:30, 2:32])
 
@@ -194,7 +203,7 @@ def test_webdataset_shards(backend, plugin, image_folder, tmp_path_factory):
     dataset = funloader.DCTImageFolder(shards, dequantize=False)
     assert len(dataset.shards) == 3
     expected = _reference([dataset.source(i) for i in range(len(dataset))])
-    images, labels = _epoch(FUNIterator(fun_pipeline(shards, 5, num_threads=2, backend=backend)))
+    images, labels = _epoch(FUNIterator(_raw_pipeline(shards, 5, num_threads=2, backend=backend)))
     np.testing.assert_array_equal(images, expected)
     assert labels.tolist() == dataset.targets
 
@@ -207,7 +216,7 @@ def test_sharding_covers_every_sample_once(backend, plugin, samples):
     for epoch in range(2):
         seen = []
         for shard_id in range(2):
-            pipe = fun_pipeline(pairs, 4, num_threads=2, backend=backend, shard_id=shard_id, num_shards=2,
+            pipe = _raw_pipeline(pairs, 4, num_threads=2, backend=backend, shard_id=shard_id, num_shards=2,
                                 random_shuffle=True, seed=11)
             iterator = FUNIterator(pipe)
             for _ in range(epoch):  # shards move on every epoch, as DALI's readers do
@@ -231,11 +240,11 @@ def test_corrupt_file_raises_with_its_name_or_is_zeroed(backend, plugin, image_f
     bad_index = names.index(str(truncated))
 
     with pytest.raises(JPEGDecodeError) as info:
-        _epoch(FUNIterator(fun_pipeline(root, 4, num_threads=2, backend=backend)))
+        _epoch(FUNIterator(_raw_pipeline(root, 4, num_threads=2, backend=backend)))
     assert info.value.filename == str(truncated)
     assert str(truncated) in str(info.value)
 
-    images, labels = _epoch(FUNIterator(fun_pipeline(root, 4, num_threads=2, backend=backend, on_error="zero")))
+    images, labels = _epoch(FUNIterator(_raw_pipeline(root, 4, num_threads=2, backend=backend, on_error="zero")))
     assert not images[bad_index].any()
     good_indices = [i for i in range(len(names)) if i != bad_index]
     np.testing.assert_array_equal(images[good_indices], _reference([names[i] for i in good_indices]))
@@ -246,7 +255,7 @@ def test_corrupt_file_raises_with_its_name_or_is_zeroed(backend, plugin, image_f
     stats = {"mean": np.linspace(-3, 3, 192).tolist(), "std": np.linspace(1, 4, 192).tolist()}
     shift = T.normalize(np.zeros((192, 1, 1), np.float32), stats["mean"], stats["std"])
     for options in [dict(), dict(flip=1.0), dict(flip=1.0, decode_grid=29)]:
-        images, _ = _epoch(FUNIterator(fun_pipeline(root, 4, num_threads=2, backend=backend, on_error="zero",
+        images, _ = _epoch(FUNIterator(_raw_pipeline(root, 4, num_threads=2, backend=backend, on_error="zero",
                                                     dequantize=True, normalize_stats=stats, **options)))
         np.testing.assert_array_equal(images[bad_index], np.broadcast_to(shift, images.shape[1:]), err_msg=str(options))
 
@@ -260,7 +269,7 @@ def test_unsupported_jpeg_raises_unsupported(backend, plugin, image_folder, tmp_
     cmyk = root / "class2" / "cmyk.jpg"
     Image.new("CMYK", (64, 48), (10, 20, 30, 40)).save(cmyk, quality=90)
     with pytest.raises(UnsupportedJPEGError) as info:
-        _epoch(FUNIterator(fun_pipeline(root, 16, num_threads=2, backend=backend)))
+        _epoch(FUNIterator(_raw_pipeline(root, 16, num_threads=2, backend=backend)))
     assert info.value.filename == str(cmyk)
 
 
@@ -268,7 +277,7 @@ def test_unsupported_jpeg_raises_unsupported(backend, plugin, image_folder, tmp_
 @pytest.mark.parametrize("policy,sizes", [("partial", [5, 5, 2]), ("drop", [5, 5]), ("fill", [5, 5, 5])])
 def test_iterator_epoch_length_and_last_batch_policy(backend, policy, sizes, plugin, image_folder, samples):
     names, labels = samples
-    iterator = FUNIterator(fun_pipeline(image_folder, 5, num_threads=2, backend=backend),
+    iterator = FUNIterator(_raw_pipeline(image_folder, 5, num_threads=2, backend=backend),
                            last_batch_policy=policy)
     reference = _reference(names)
     for _ in range(2):  # auto_reset: the second epoch is the same
@@ -286,13 +295,13 @@ def test_iterator_epoch_length_and_last_batch_policy(backend, policy, sizes, plu
 
 def test_bad_arguments_are_clear(plugin, image_folder):
     with pytest.raises(ValueError, match="on_error"):
-        fun_pipeline(image_folder, 4, on_error="skip")
+        _raw_pipeline(image_folder, 4, on_error="skip")
     with pytest.raises(ValueError, match="backend"):
-        fun_pipeline(image_folder, 4, backend="gpu")
+        _raw_pipeline(image_folder, 4, backend="gpu")
     with pytest.raises(ValueError, match="decode_grid"):
-        fun_pipeline(image_folder, 4, crop=28, decode_grid=20)
+        _raw_pipeline(image_folder, 4, crop=28, decode_grid=20)
     with pytest.raises(ValueError, match="int16"):
-        fun_pipeline(image_folder, 4, dequantize=True, dtype="int16")
+        _raw_pipeline(image_folder, 4, dequantize=True, dtype="int16")
 
 
 @pytest.mark.slow
@@ -337,8 +346,8 @@ def test_gpu_pipeline_equals_cpu(backend, plugin, image_folder, samples):
     stats = {"mean": rng.normal(0, 10, 192).tolist(), "std": rng.uniform(1, 30, 192).tolist()}
     kwargs = dict(num_threads=2, backend=backend, flip=1.0, dequantize=True, normalize_stats=stats,
                   keep_channels="44/10/10")
-    cpu_images, _ = _epoch(FUNIterator(fun_pipeline(image_folder, 5, device_id=None, **kwargs)))
-    iterator = FUNIterator(fun_pipeline(image_folder, 5, device_id=0, **kwargs))
+    cpu_images, _ = _epoch(FUNIterator(_raw_pipeline(image_folder, 5, device_id=None, **kwargs)))
+    iterator = FUNIterator(_raw_pipeline(image_folder, 5, device_id=0, **kwargs))
     gpu_batches = list(iterator)
     assert all(x.is_cuda and y.is_cuda for x, y in gpu_batches)
     gpu_images = torch.cat([x for x, _ in gpu_batches]).cpu().numpy()
@@ -356,7 +365,7 @@ def test_plugin_pipeline_reuses_batch_memory(plugin, image_folder):
 
     assert int(os.environ["DALI_MALLOC_POOL_THRESHOLD"].rstrip("kM")) >= 0  # set by funloader.dali (or the user)
     batch = 32
-    pipe = fun_pipeline(image_folder, batch, num_threads=2, backend="plugin", dequantize=True)
+    pipe = _raw_pipeline(image_folder, batch, num_threads=2, backend="plugin", dequantize=True)
     for _ in range(5):
         pipe.run()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -366,3 +375,63 @@ def test_plugin_pipeline_reuses_batch_memory(plugin, image_folder):
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     pages_per_image = 192 * 28 * 28 * 4 / 4096
     assert faults / (batches * batch) < pages_per_image / 5, f"{faults / (batches * batch):.0f} page faults per image"
+
+
+def test_operator_takes_flip_signs_and_affine_from_python(plugin, image_folder, samples):
+    """The C++ operator does not restate the layout rules: it applies the flip signs and the affine it
+    is handed (funloader.channels), bit for bit as read_batch with the same arrays; handed other signs
+    it follows them, and without signs it refuses to flip."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from funloader.channels import decode_affine, flip_signs, normalization_affine
+
+    names, _ = samples
+    rng = np.random.default_rng(5)
+    mean, std = rng.normal(0, 10, 192), rng.uniform(1, 30, 192)
+    scale, shift = normalization_affine(mean, std)
+
+    def run(signs, normalise=True, dtype=types.FLOAT):
+        @pipeline_def(batch_size=len(names), num_threads=2, device_id=None)
+        def pipe():
+            jpegs, _ = fn.readers.file(files=names, labels=list(range(len(names))))
+            args = dict(crop=[28, 28], dequantize=dtype == types.FLOAT, dtype=dtype,
+                        flip=fn.random.coin_flip(probability=1.0, dtype=types.INT32))
+            if signs is not None:
+                args["flip_signs"] = list(map(float, signs))
+            if normalise:
+                args.update(scale=scale.tolist(), shift=shift.tolist())
+            return fn.funloader.dct_decode(jpegs, **args)
+
+        built = pipe()
+        built.build()
+        return np.stack([np.asarray(t) for t in built.run()[0]])
+
+    gain, bias = decode_affine((scale, shift), flip=True)
+    expected = np.empty((len(names), 192, 28, 28), np.float32)
+    assert funloader.read_batch(names, expected, dequantize=True, col_maps=np.tile(np.arange(28)[::-1], (len(names), 1)),
+                                gain=np.tile(gain, (len(names), 1)), bias=bias) == [None] * len(names)
+    np.testing.assert_array_equal(run(flip_signs("h")), expected)
+    np.testing.assert_array_equal(run(flip_signs("h")), T.normalize(T.hflip(_reference(names, dtype=np.float32, dequantize=True)), mean, std))
+    other = -flip_signs("h")  # not the rule: the operator must use what it is given
+    np.testing.assert_array_equal(run(other, normalise=False, dtype=types.INT16), -T.hflip(_reference(names)))
+    with pytest.raises(RuntimeError, match="flip_signs"):
+        run(None, normalise=False, dtype=types.INT16)
+
+
+def test_defaults_equal_dct_loader_defaults(plugin, image_folder, tmp_path):
+    """fun_pipeline's defaults are DCTLoader's: dequantised coefficients normalised with the
+    stats-dequantized.json next to the data (normalize="auto"); both warn the same way without it."""
+    from funloader import DCTLoader
+
+    root = tmp_path / "folder"
+    shutil.copytree(image_folder, root)
+    with pytest.warns(UserWarning, match="funloader stats"):
+        fun_pipeline(root, 4, num_threads=2, backend="external_source")
+    funloader.compute_stats(root, progress=False)
+    expected = [x.numpy() for x, _ in DCTLoader(root, 4, num_threads=2)]
+    for backend in BACKENDS:
+        got = [x.numpy() for x, _ in FUNIterator(fun_pipeline(root, 4, num_threads=2, backend=backend))]
+        assert len(got) == len(expected)
+        for x, ex in zip(got, expected):
+            assert x.dtype == np.float32
+            np.testing.assert_array_equal(x, ex)

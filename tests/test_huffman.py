@@ -288,6 +288,35 @@ def test_crop_aware_stop(sample_jpegs):
     assert isinstance(errors[0], JPEGDecodeError)
 
 
+def test_exact_resized_crop_equals_libjpeg(sample_jpegs):
+    """The exact resized crop reads its coefficient window from the own decoder (only the window's
+    blocks kept, decoding stopped after its last MCU row): identical to libjpeg's window."""
+    rng = np.random.default_rng(7)
+    sources = [p.read_bytes() for p in _baseline(sample_jpegs)]
+    sizes = codec.read_sizes(sources)
+    boxes = []
+    for height, width in sizes:
+        h, w = rng.uniform(0.2, 0.9) * height, rng.uniform(0.2, 0.9) * width
+        boxes.append((rng.uniform(0, height - h), rng.uniform(0, width - w), h, w))
+    boxes.append((0.0, 0.0, float(sizes[0][0]) / 5, float(sizes[0][1]) / 3))  # top rows only
+    sources.append(sources[0])
+    for subsampling in ("420", "444"):
+        ours = np.zeros((len(sources), 192, 14, 14), np.float32)
+        theirs = np.ones_like(ours)
+        assert read_batch(sources, ours, boxes=boxes, subsampling=subsampling, decoder="auto") == [None] * len(sources)
+        assert read_batch(sources, theirs, boxes=boxes, subsampling=subsampling, decoder="libjpeg") == [None] * len(sources)
+        assert np.array_equal(ours, theirs), subsampling
+        single = read_fun(sources[0], box=boxes[0], size=(14, 14), subsampling=subsampling)
+        assert np.array_equal(single, read_fun(sources[0], box=boxes[0], size=(14, 14), subsampling=subsampling,
+                                               decoder="libjpeg"))
+    # crop-aware: a box in the top fifth decodes from a file cut at 60%; libjpeg reads to the end
+    cut = sources[0][:int(len(sources[0]) * 0.6)]
+    window = read_fun(cut, box=boxes[-1], size=(14, 14))
+    assert np.array_equal(window, read_fun(sources[0], box=boxes[-1], size=(14, 14)))
+    with pytest.raises(JPEGDecodeError):
+        read_fun(cut, box=boxes[-1], size=(14, 14), decoder="libjpeg")
+
+
 # ---------------------------------------------------------------- no read past the buffer
 
 _GUARDED = textwrap.dedent("""

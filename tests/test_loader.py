@@ -217,31 +217,6 @@ def test_cuda_device_and_pinned_ring(johns):
     assert all(b.is_pinned() for b in loader._buffers)
 
 
-def test_benchmark_pipelines_compute_comparable_coefficients(tmp_path, shared_data):
-    """The loader benchmark's baselines do real work: the DCTNet-style block DCT of decoded pixels
-    matches funloader's dequantised coefficients up to JPEG rounding, and measure_loaders reports
-    every pipeline (tiny run)."""
-    from PIL import Image
-
-    from funloader.loader_bench import _dctnet_batch, make_imagenet_like, measure_loaders
-
-    folder = make_imagenet_like(shared_data / "photos", tmp_path / "set", 12, quality=100, classes=3)
-    path = sorted(folder.rglob("*.jpg"))[0]
-    rgb = torch.from_numpy(np.array(Image.open(path).convert("RGB")))[None]
-    from_pixels = _dctnet_batch(rgb)[0]
-    from_file = torch.from_numpy(funloader.read_fun(path, dequantize=True))
-    luma_error = (from_pixels[:64] - from_file[:64]).abs()
-    assert from_pixels.shape == (192, 28, 28)
-    assert float(luma_error.mean()) < 1.0 and float(luma_error[0].max()) < 8  # q100: steps of 1; pixels rounded
-    report = measure_loaders(folder, threads=[1], batch_size=8, repeats=1,
-                             pipelines=["funloader", "pillow", "dctnet"])
-    row = report["results"]["1"]
-    assert set(row) == {"funloader", "pillow", "dctnet"}
-    assert all(r["images_per_s"] > 0 and r["images_per_epoch"] == 12 for r in row.values())
-    assert set(report["speedup"]["1"]) == {"vs_pillow", "vs_dctnet", "cpu_vs_pillow", "cpu_vs_dctnet"}
-    assert all(r["images_per_cpu_s"] > 0 for r in row.values())
-
-
 def test_integer_path_equals_float_path(johns):
     """Raw int16 batches stay integers through crop/flip and give the float pipeline's result."""
     pipeline = T.Compose([T.RandomResizedCrop(16, mode="nearest"), T.RandomHorizontalFlip(), T.CenterCrop(14)])
@@ -301,3 +276,34 @@ def test_fused_layout_not_used_where_finish_is_needed(johns):
     assert DCTLoader(johns, batch_size=8, normalize=stats, keep="44/10/10").fused_layout(8, 0) is None
     assert DCTLoader(johns, batch_size=8, normalize=stats, channels_last=True).fused_layout(8, 0) is None
     assert DCTLoader(johns, batch_size=8, normalize=stats, transform=T.CenterCrop(24)).fused_layout(8, 0) is None
+
+
+def test_loader_leaves_the_callers_dataset_alone(tmp_path, shared_data):
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    for i, p in enumerate(sorted((shared_data / "photos").glob("foolbox__*.jpg"))[:4]):
+        shutil.copy(p, root / "a" / f"{i}.jpg")
+    (root / "a" / "1.jpg").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    dataset = DCTImageFolder(root)
+    settings = (dataset.dequantize, dataset.on_error, dataset.strict)
+    loader = DCTLoader(dataset, batch_size=4, normalize=False, dequantize=False, on_error="skip", strict=False)
+    x, _ = next(iter(loader))
+    assert (dataset.dequantize, dataset.on_error, dataset.strict) == settings == (True, "raise", True)
+    assert (loader.dequantize, loader.on_error, loader.strict) == (False, "skip", False)
+    assert x.dtype == torch.float32 and float(x.abs().max()) > 0
+    np.testing.assert_array_equal(x[0].numpy(), T.center_crop(funloader.read_fun(dataset.samples[0][0]), 28))
+    with pytest.raises(funloader.JPEGDecodeError):  # the dataset kept its own policy
+        dataset[1]
+
+
+def test_missing_stats_warning_points_at_the_callers_line(tmp_path, johns):
+    import warnings
+
+    root = tmp_path / "johns"
+    shutil.copytree(johns, root)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        DCTLoader(root, batch_size=8)
+    messages = [w for w in caught if "funloader stats" in str(w.message)]
+    assert len(messages) == 1
+    assert messages[0].filename == __file__

@@ -436,26 +436,3 @@ def test_torch_compile_matches_eager():
     compiled = torch.compile(model)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
-
-
-# ----------------------------------------------------------------------------- benchmark helpers
-
-
-def test_measure_models_table_and_plot(tmp_path):
-    from funloader.models.benchmark import describe_machine, format_table, measure_models, plot_results
-
-    results = measure_models(["fun_test", "efun_s_plus"], "cpu", batch_sizes=(1, 2), repeats=2, threads=1,
-                             warmup=1, progress=False)
-    assert [r["name"] for r in results] == ["fun_test", "efun_s_plus"]
-    efun = results[1]
-    assert efun["params"] == 2_540_728 and efun["mmacs"] == pytest.approx(516.4, abs=0.06)
-    assert [t["batch"] for t in efun["timings"]] == [1, 2]
-    for timing in efun["timings"]:
-        assert timing["median_s"] > 0
-        assert timing["images_per_s"] == pytest.approx(timing["batch"] / timing["median_s"], rel=1e-3)
-    table = format_table(results)
-    assert "efun_s_plus" in table and "2,540,728" in table
-    assert describe_machine("cpu", 1)["torch_threads"] == 1
-    pytest.importorskip("matplotlib")
-    plot_results(results, str(tmp_path / "plot.png"))
-    assert (tmp_path / "plot.png").stat().st_size > 10_000

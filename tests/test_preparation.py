@@ -489,3 +489,194 @@ def test_output_loads_with_dctimagefolder(tmp_path, shared_data, layout):
     assert sorted(dataset.targets) == sorted(e["label"] for e in index["files"])
     coefficients, label = dataset[7]
     assert tuple(coefficients.shape) == (192, 28, 28) and 0 <= label < 5
+
+
+# ---------------------------------------------------------------------------------------------- merge hardening
+
+MERGE_OPTIONS = dict(workers=1, format="folder", allow_failures=True, progress=False, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def two_jobs(tmp_path_factory, mixed_src):
+    """Jobs 0/2 and 1/2 of mixed_src written to separate folders, and the single-run reference."""
+    root = tmp_path_factory.mktemp("two_jobs")
+    for i in range(2):
+        prepare(mixed_src, root / f"job{i}", shard=f"{i}/2", **MERGE_OPTIONS)
+    prepare(mixed_src, root / "single", **MERGE_OPTIONS)
+    return root
+
+
+def fresh_jobs(two_jobs, tmp_path):
+    import shutil
+
+    parts = []
+    for i in range(2):
+        shutil.copytree(two_jobs / f"job{i}", tmp_path / f"job{i}", symlinks=True)
+        parts.append(tmp_path / f"job{i}")
+    return parts
+
+
+def part_file_of(job_dir: Path) -> Path:
+    (path,) = (job_dir / preparation.STATE_DIR).glob("part-*.json")
+    return path
+
+
+def edit_first_file_path(part_file: Path, new_path: str) -> str:
+    part = json.loads(part_file.read_text())
+    record = next(r for r in part["units"] if r["files"])
+    old = record["files"][0]["path"]
+    record["files"][0]["path"] = new_path
+    part_file.write_text(json.dumps(part))
+    return old
+
+
+@pytest.mark.parametrize("hostile", ["../../victim/important.txt", "/abs/important.txt", "photos/../../x.jpg",
+                                     "linked/escape.jpg"])
+def test_merge_refuses_paths_outside_the_part_before_moving_anything(tmp_path, two_jobs, hostile):
+    """issue 19: a part file listing ../../victim/important.txt made merge overwrite a file outside DST."""
+    parts = fresh_jobs(two_jobs, tmp_path)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "important.txt").write_bytes(b"precious")
+    (victim / "escape.jpg").write_bytes(b"precious too")
+    (parts[1] / "linked").symlink_to(victim)  # a symlinked folder inside the part that leads outside it
+    (tmp_path / "abs").mkdir()
+    edit_first_file_path(part_file_of(parts[1]), hostile)
+    before = {str(p): tree_bytes(p) for p in [*parts, victim]}
+    gathered = tmp_path / "gathered"
+    with pytest.raises(PrepareError) as info:
+        merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
+    message = str(info.value)
+    assert str(part_file_of(parts[1])) in message and ("refusing" in message or "regular file inside" in message)
+    assert {str(p): tree_bytes(p) for p in [*parts, victim]} == before  # nothing moved, nothing overwritten
+    assert not any(p.is_file() for p in gathered.rglob("*"))
+
+
+def test_merge_refuses_a_symlink_listed_as_output(tmp_path, two_jobs):
+    parts = fresh_jobs(two_jobs, tmp_path)
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"not yours")
+    part = json.loads(part_file_of(parts[0]).read_text())
+    entry = next(r for r in part["units"] if r["files"])["files"][0]
+    (parts[0] / entry["path"]).unlink()
+    (parts[0] / entry["path"]).symlink_to(secret)
+    before = {str(p): tree_bytes(p) for p in parts}
+    with pytest.raises(PrepareError, match="not a regular file"):
+        merge(tmp_path / "gathered", parts, allow_failures=True, progress=False, verbose=False)
+    assert {str(p): tree_bytes(p) for p in parts} == before and secret.read_bytes() == b"not yours"
+
+
+def test_merge_checks_counts_and_structure_and_names_the_file(tmp_path, two_jobs, capsys):
+    parts = fresh_jobs(two_jobs, tmp_path)
+    part_path = part_file_of(parts[1])
+    original = part_path.read_bytes()
+    part = json.loads(original)
+    part["units"] = part["units"][:-1]  # one work unit dropped: counts no longer add up
+    part_path.write_text(json.dumps(part))
+    with pytest.raises(PrepareError, match="work units"):
+        merge(tmp_path / "g1", parts, allow_failures=True, progress=False, verbose=False)
+    part = json.loads(original)
+    part["units"][0]["files"].append({"key": "99999999", "path": "photos/extra.jpg", "source": "photos/extra.jpg",
+                                      "label": 1, "width": 1, "height": 1, "bytes": 1, "sha256": "0"})
+    part_path.write_text(json.dumps(part))
+    with pytest.raises(PrepareError, match="accounts for"):
+        merge(tmp_path / "g2", parts, allow_failures=True, progress=False, verbose=False)
+    for damaged in (b'{"format": "funloader-prepared", "job": [1, 2], "units": [{"unit": "x"}]}', b"{not json",
+                    b"[1, 2]"):
+        part_path.write_bytes(damaged)
+        assert preparation.main(["--merge", str(tmp_path / "g3"), *map(str, parts), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(part_path) in err and "Traceback" not in err
+    assert not (tmp_path / "g3").exists() or not any(p.is_file() for p in (tmp_path / "g3").rglob("*"))
+
+
+def test_merge_stopped_part_way_finishes_when_run_again(tmp_path, two_jobs, monkeypatch):
+    """issue 19: a merge that failed part-way could be recovered neither by re-running nor by --merge DST."""
+    parts = fresh_jobs(two_jobs, tmp_path)
+    gathered = tmp_path / "gathered"
+    real_move = preparation._move_file
+    moved = []
+
+    def disk_full_after_three(source, target):
+        if len(moved) == 3:
+            raise OSError(28, "No space left on device", str(target))
+        moved.append(target)
+        real_move(source, target)
+
+    monkeypatch.setattr(preparation, "_move_file", disk_full_after_three)
+    with pytest.raises(PrepareError, match="No space left on device.*run the same merge command again"):
+        merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
+    monkeypatch.setattr(preparation, "_move_file", real_move)
+    assert len(moved) == 3 and not (gathered / "index.json").exists()
+    merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
+    assert tree_bytes(gathered) == tree_bytes(two_jobs / "single")
+    # and once more: a finished merge is recognised, nothing changes
+    merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
+    assert tree_bytes(gathered) == tree_bytes(two_jobs / "single")
+
+
+def test_merge_with_a_missing_output_moves_nothing_until_the_job_is_redone(tmp_path, two_jobs, mixed_src):
+    parts = fresh_jobs(two_jobs, tmp_path)
+    part = json.loads(part_file_of(parts[1]).read_text())
+    lost = next(r for r in part["units"] if r["files"])["files"][0]["path"]
+    (parts[1] / lost).unlink()
+    before = {str(p): tree_bytes(p) for p in parts}
+    gathered = tmp_path / "gathered"
+    with pytest.raises(PrepareError, match="re-run job 1/2"):
+        merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
+    assert {str(p): tree_bytes(p) for p in parts} == before
+    # the part file of a finished job is adopted on re-run: only the lost file is converted again
+    result = prepare(mixed_src, parts[1], shard="1/2", **MERGE_OPTIONS)
+    assert result.converted == 1
+    merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
+    assert tree_bytes(gathered) == tree_bytes(two_jobs / "single")
+
+
+# ---------------------------------------------------------------------------------------------- concurrency
+
+def test_second_run_on_the_same_dst_is_refused_and_harms_nothing(tmp_path, shared_data):
+    """issue 19: a second run deleted the first's temp folder and the first died with a traceback."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for path in sorted((shared_data / "photos").glob("*.jpg"))[:40]:
+        os.symlink(path, src / path.name)
+    dst = tmp_path / "out"
+    journal = dst / preparation.STATE_DIR / "journal-0-of-1.jsonl"
+    command = [sys.executable, "-m", "funloader", "prepare", str(src), str(dst), "--workers", "1", "--no-progress"]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not journal.exists() and first.poll() is None:  # the journal exists once the lock is held
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert first.poll() is None, first.stderr.read().decode()
+        with pytest.raises(PrepareError, match="in use by another funloader prepare"):
+            prepare(src, dst, workers=1, progress=False, verbose=False)
+        with pytest.raises(PrepareError, match="in use by another funloader prepare"):
+            merge(dst, progress=False, verbose=False)
+        assert first.wait(timeout=120) == 0, first.stderr.read().decode()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert load_index(dst)["counts"]["images"] == 40
+
+
+def test_jobs_of_one_sharded_run_share_dst_but_not_a_job(tmp_path, mixed_src):
+    dst = tmp_path / "out"
+    dst.mkdir()
+    running_job = preparation._lock_directory(dst, exclusive=False)  # as a running --shard 1/2 job holds it
+    try:
+        prepare(mixed_src, dst, shard="0/2", **MERGE_OPTIONS)  # another job of the same run: allowed
+        with pytest.raises(PrepareError, match="in use"):
+            prepare(mixed_src, dst, **MERGE_OPTIONS)  # a whole run would collide with the running job
+        job_lock = preparation._lock_job(dst / preparation.STATE_DIR / "lock-1-of-2")
+        with pytest.raises(PrepareError, match="job 1-of-2 is already running"):
+            prepare(mixed_src, dst, shard="1/2", **MERGE_OPTIONS)
+        preparation._unlock(job_lock)
+    finally:
+        preparation._unlock(running_job)
+    prepare(mixed_src, dst, shard="1/2", **MERGE_OPTIONS)
+    merge(dst, allow_failures=True, progress=False, verbose=False)
+    assert load_index(dst)["counts"] == {"images": 11, "failed": 4, "ignored": 1}
+    assert not (dst / preparation.STATE_DIR).exists()

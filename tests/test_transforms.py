@@ -274,3 +274,37 @@ def test_fused_gather_plan_equals_sequential_transforms(sample_jpegs):
     mixed = T.Compose([T.RandomHorizontalFlip(), T.ToDtype(torch.float32), T.CenterCrop(20)])
     expected = T.center_crop(T.RandomHorizontalFlip()(batch, generator=torch.Generator().manual_seed(2)).float(), 20)
     assert torch.equal(mixed(batch, generator=torch.Generator().manual_seed(2)), expected)
+
+
+def test_layout_rules_have_one_home():
+    """flip_signs / normalization_affine / decode_affine (funloader.channels) are what the transforms use."""
+    from funloader import channels
+
+    assert T.flip_signs is channels.flip_signs
+    h, v = channels.flip_signs("h"), channels.flip_signs("v")
+    assert h.dtype == np.float32 and h.shape == (192,) and set(np.unique(h)) == {-1.0, 1.0}
+    u = np.arange(192) % 8
+    vv = np.arange(192) % 64 // 8
+    np.testing.assert_array_equal(h, np.where(u % 2 == 1, -1, 1))
+    np.testing.assert_array_equal(v, np.where(vv % 2 == 1, -1, 1))
+    kept = channel_indices("12/4/4")
+    np.testing.assert_array_equal(channels.flip_signs("h", kept), h[kept])
+    with pytest.raises(ValueError, match="axis"):
+        channels.flip_signs("x")
+    rng = np.random.default_rng(0)
+    mean, std = rng.normal(0, 10, 192), rng.uniform(0.5, 9, 192)
+    std[7] = 0.0
+    scale, shift = channels.normalization_affine(mean, std)
+    assert scale.dtype == np.float32 and scale.shape == (192,)
+    assert scale[7] == 1 and shift[7] == np.float32(-mean[7])  # a constant channel is only centred
+    x = rng.normal(0, 50, (192, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(T.normalize(x, mean, std), x * scale[:, None, None] + shift[:, None, None])
+    np.testing.assert_allclose(T.normalize(x, mean, std)[:7], ((x - mean[:, None, None]) / std[:, None, None])[:7],
+                               rtol=1e-5, atol=1e-5)
+    part_scale, _ = channels.normalization_affine(mean, std, kept)
+    np.testing.assert_array_equal(part_scale, scale[kept])
+    gain, bias = channels.decode_affine((scale, shift), flip=True)
+    np.testing.assert_array_equal(gain, scale * h)
+    np.testing.assert_array_equal(bias, shift)
+    with pytest.raises(ValueError, match="192"):
+        channels.normalization_affine(mean[:10], std[:10])

@@ -2,6 +2,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "jpegdct_core.h"
 #include "huffman.h"
+#include "resize.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -53,6 +54,11 @@ struct fl_decoder {
   int *map_scratch;         /* scratch: composed full-resolution row and column maps */
   size_t map_capacity;
   size_t row_capacity;      /* in coefficients */
+  fl_resize_scratch *resize;  /* exact resized crop (resize.h): weights, pixel rows, planes */
+  int16_t **window_rows;      /* row pointers of the coefficient window the resize reads */
+  size_t window_capacity;     /* in pointers */
+  int16_t *window_blocks;     /* the own decoder's copy of the window's blocks */
+  size_t window_blocks_capacity; /* in int16 */
 };
 
 static void fl_result_reset(fl_result *result) {
@@ -162,6 +168,9 @@ void fl_decoder_free(fl_decoder *decoder) {
   fl_huff_free(decoder->huff);
   free(decoder->row_scratch);
   free(decoder->map_scratch);
+  fl_resize_scratch_free(decoder->resize);
+  free(decoder->window_rows);
+  free(decoder->window_blocks);
   free(decoder);
 }
 
@@ -974,4 +983,157 @@ int fl_libjpeg_version(void) {
 #else
   return JPEG_LIB_VERSION;
 #endif
+}
+
+
+/* ---------------------------------------------------------------- exact resized crop (resize.h) */
+
+int fl_read_size(fl_decoder *decoder, const uint8_t *data, size_t size, const fl_options *options, fl_header *header,
+                 fl_result *result) {
+  int status = fl_begin(decoder, data, size, options, header, result);
+  fl_abort(decoder);
+  return status;
+}
+
+/* Fills `window` from the own decoder (crop-aware): the bands are decoded up to the last one the
+ * window uses, only the window's blocks are kept (copied into the decoder's window_blocks), and
+ * the rest of the file is not read.  FL_OK, FL_ERR_NOMEM, or -1: hand the file over to libjpeg. */
+static int fl_own_window(fl_decoder *decoder, fl_coef_window *window) {
+  fl_huff_frame *frame = &decoder->frame;
+  size_t values = 0, used = 0;
+  int last_band = 0;
+  for (int c = 0; c < frame->num_components; c++) {
+    if (window->num_rows[c] <= 0) continue;
+    int last_row = window->first_row[c] + window->num_rows[c] - 1;
+    if (window->first_row[c] < 0 || window->first_col[c] < 0 ||
+        window->first_col[c] + window->num_cols[c] > frame->band_cols[c] ||
+        last_row >= frame->mcu_rows * frame->band_rows[c])
+      return -1; /* outside the coded blocks: libjpeg's arrays decide */
+    if (last_row / frame->band_rows[c] > last_band) last_band = last_row / frame->band_rows[c];
+    values += (size_t)window->num_rows[c] * (size_t)window->num_cols[c] * 64;
+  }
+  if (values > decoder->window_blocks_capacity) {
+    int16_t *blocks = (int16_t *)realloc(decoder->window_blocks, values * sizeof(int16_t));
+    if (!blocks) return FL_ERR_NOMEM;
+    decoder->window_blocks = blocks;
+    decoder->window_blocks_capacity = values;
+  }
+  for (int c = 0; c < FL_MAX_COMPONENTS; c++) {
+    window->rows[c] = decoder->window_rows + used;
+    used += (size_t)window->num_rows[c];
+  }
+  int16_t *next = decoder->window_blocks;
+  for (int band = 0; band <= last_band; band++) {
+    if (fl_huff_decode_band(decoder->huff, frame) != FL_HUFF_OK) return -1;
+    for (int c = 0; c < frame->num_components; c++) {
+      int band_first = band * frame->band_rows[c];
+      for (int r = 0; r < window->num_rows[c]; r++) {
+        int row = window->first_row[c] + r;
+        if (row < band_first || row >= band_first + frame->band_rows[c]) continue;
+        const int16_t *source = frame->band[c] + ((size_t)(row - band_first) * (size_t)frame->band_cols[c] +
+                                                  (size_t)window->first_col[c]) * 64;
+        memcpy(next, source, (size_t)window->num_cols[c] * 64 * sizeof(int16_t));
+        window->rows[c][r] = next;
+        next += (size_t)window->num_cols[c] * 64;
+      }
+    }
+  }
+  if (last_band == frame->mcu_rows - 1 && fl_huff_finish(decoder->huff) != FL_HUFF_OK) return -1;
+  return FL_OK;
+}
+
+int fl_decode_fun_resized(fl_decoder *decoder, const uint8_t *data, size_t size, const fl_options *options, void *out,
+                          size_t out_bytes, int dtype, int out_h8, int out_w8, const fl_resize_spec *spec,
+                          const fl_mapping *mapping, fl_header *header, fl_result *result) {
+  const char *invalid = NULL;
+  size_t needed = 0;
+  if (dtype != FL_DTYPE_INT16 && dtype != FL_DTYPE_FLOAT32) invalid = "unknown output dtype";
+  else if (out_h8 <= 0 || out_w8 <= 0) invalid = "a resized crop needs a positive output grid";
+  else if (mapping && mapping->gain && (dtype != FL_DTYPE_FLOAT32 || !mapping->bias))
+    invalid = "gain/bias need float32 output and both arrays";
+  else if (out_bytes < (needed = (size_t)192 * (size_t)out_h8 * (size_t)out_w8 * fl_dtype_size(dtype)))
+    invalid = "output buffer too small for (192, H8, W8)";
+  if (invalid) {
+    fl_result_reset(result);
+    fl_fail(result, FL_ERR_ARGUMENT, invalid);
+    return result->status;
+  }
+  if (!decoder->resize && !(decoder->resize = fl_resize_scratch_new())) {
+    fl_result_reset(result);
+    fl_fail(result, FL_ERR_NOMEM, "out of memory");
+    memset(out, 0, needed);
+    return result->status;
+  }
+  if (fl_begin(decoder, data, size, options, header, result) != FL_OK) {
+    memset(out, 0, needed);
+    return result->status;
+  }
+  int status = fl_resize_check(header, spec, out_h8, out_w8, result->message, FL_MESSAGE_LEN);
+  fl_coef_window window;
+  if (status == FL_OK) status = fl_resize_plan(decoder->resize, header, spec, out_h8, out_w8, &window);
+  size_t pointers = 0;
+  for (int c = 0; status == FL_OK && c < FL_MAX_COMPONENTS; c++) pointers += (size_t)window.num_rows[c];
+  if (status == FL_OK && pointers > decoder->window_capacity) {
+    int16_t **rows = (int16_t **)realloc(decoder->window_rows, pointers * sizeof(int16_t *));
+    if (!rows) status = FL_ERR_NOMEM;
+    else {
+      decoder->window_rows = rows;
+      decoder->window_capacity = pointers;
+    }
+  }
+  if (status != FL_OK) {
+    if (status == FL_ERR_NOMEM) fl_fail(result, FL_ERR_NOMEM, "out of memory");
+    result->status = status;
+    fl_abort(decoder);
+    memset(out, 0, needed);
+    return result->status;
+  }
+  if (decoder->own) {
+    status = fl_own_window(decoder, &window);
+    if (status == FL_OK) {
+      status = fl_resize_run(decoder->resize, header, &window, out, dtype, mapping);
+      fl_abort(decoder);
+      if (status != FL_OK) {
+        fl_fail(result, FL_ERR_NOMEM, "out of memory");
+        memset(out, 0, needed);
+        return result->status;
+      }
+      return FL_OK;
+    }
+    if (status == FL_ERR_NOMEM) {
+      fl_abort(decoder);
+      fl_fail(result, FL_ERR_NOMEM, "out of memory");
+      memset(out, 0, needed);
+      return result->status;
+    }
+    if (fl_hand_over(decoder, header, result) != FL_OK) {
+      memset(out, 0, needed);
+      return result->status;
+    }
+  }
+  if (setjmp(decoder->err.jump)) {
+    fl_abort(decoder);
+    memset(out, 0, needed);
+    return result->status;
+  }
+  j_decompress_ptr cinfo = &decoder->cinfo;
+  jvirt_barray_ptr *arrays = fl_read_coefficients(decoder, header);
+  size_t used = 0;
+  for (int c = 0; c < FL_MAX_COMPONENTS; c++) {
+    window.rows[c] = decoder->window_rows + used;
+    for (int r = 0; r < window.num_rows[c]; r++) {
+      JBLOCKROW blocks = (*cinfo->mem->access_virt_barray)((j_common_ptr)cinfo, arrays[c],
+                                                           (JDIMENSION)(window.first_row[c] + r), 1, FALSE)[0];
+      window.rows[c][r] = (int16_t *)blocks[window.first_col[c]];
+    }
+    used += (size_t)window.num_rows[c];
+  }
+  status = fl_resize_run(decoder->resize, header, &window, out, dtype, mapping);
+  fl_abort(decoder);
+  if (status != FL_OK) {
+    fl_fail(result, FL_ERR_NOMEM, "out of memory");
+    memset(out, 0, needed);
+    return result->status;
+  }
+  return FL_OK;
 }

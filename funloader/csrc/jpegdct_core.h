@@ -37,7 +37,8 @@ enum {
   FL_ERR_TOO_LARGE = 3,   /* over max_pixels: decompression-bomb guard -> JPEGDecodeError */
   FL_ERR_IO = 4,          /* file could not be read -> OSError (errno in fl_result.os_errno) */
   FL_ERR_NOMEM = 5,       /* allocation failed -> MemoryError */
-  FL_ERR_ARGUMENT = 6     /* caller error (buffer too small, bad dtype) -> ValueError */
+  FL_ERR_ARGUMENT = 6,    /* caller error (buffer too small, bad dtype) -> ValueError */
+  FL_ERR_BOX = 7          /* resized-crop box outside the image / empty (resize.h) -> ValueError */
 };
 
 /* fl_header.colorspace values this core accepts (equal to libjpeg's JCS_GRAYSCALE / JCS_YCbCr). */

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "jpegdct_core.h"
+#include "resize.h"
 
 /* ---------------------------------------------------------------- sources */
 
@@ -313,7 +314,57 @@ static PyObject *Decoder_decoder_path(DecoderObject *self, PyObject *args) {
   return Py_BuildValue("(NsN)", PyBool_FromLong(own), reason, result_tuple(&result));
 }
 
+/* read_resized(source, out, out_h8, out_w8, dtype, (top, left, height, width), support, chroma, strict,
+ *              max_pixels, max_scans[, decoder]) -> (header_or_None, result): the exact resized crop into out. */
+static PyObject *Decoder_read_resized(DecoderObject *self, PyObject *args) {
+  PyObject *source_object, *out_object;
+  int out_h8, out_w8, dtype, support, chroma, strict, max_scans, decoder = FL_DECODER_AUTO;
+  fl_resize_spec spec;
+  unsigned long long max_pixels;
+  if (!PyArg_ParseTuple(args, "OOiii(dddd)iipKi|i", &source_object, &out_object, &out_h8, &out_w8, &dtype, &spec.top,
+                        &spec.left, &spec.height, &spec.width, &support, &chroma, &strict, &max_pixels, &max_scans,
+                        &decoder))
+    return NULL;
+  spec.support = support;
+  spec.chroma = chroma;
+  Source source;
+  if (source_acquire(source_object, &source) != 0) return NULL;
+  Py_buffer out_view;
+  if (PyObject_GetBuffer(out_object, &out_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0) {
+    source_release(&source);
+    return NULL;
+  }
+  if (decoder_enter(self) != 0) {
+    PyBuffer_Release(&out_view);
+    source_release(&source);
+    return NULL;
+  }
+  fl_options options = {strict, (uint64_t)max_pixels, max_scans, decoder};
+  fl_header header;
+  fl_result result;
+  int status;
+  void *buffer = out_view.buf;
+  size_t length = (size_t)out_view.len;
+  Py_BEGIN_ALLOW_THREADS
+  const uint8_t *data = NULL;
+  size_t size = 0;
+  status = source_load(self->decoder, &source, &data, &size, &result);
+  if (status == FL_OK)
+    status = fl_decode_fun_resized(self->decoder, data, size, &options, buffer, length, dtype, out_h8, out_w8, &spec,
+                                   NULL, &header, &result);
+  Py_END_ALLOW_THREADS
+  PyObject *answer = status == FL_OK ? Py_BuildValue("(NN)", header_dict(&header), result_tuple(&result))
+                                     : Py_BuildValue("(ON)", Py_None, result_tuple(&result));
+  PyBuffer_Release(&out_view);
+  source_release(&source);
+  self->busy = 0;
+  return answer;
+}
+
 static PyMethodDef Decoder_methods[] = {
+    {"read_resized", (PyCFunction)Decoder_read_resized, METH_VARARGS,
+     "read_resized(source, out, out_h8, out_w8, dtype, box, support, chroma, strict, max_pixels, max_scans[, decoder]) -> "
+     "(header, result)"},
     {"read_fun", (PyCFunction)Decoder_read_fun, METH_VARARGS,
      "read_fun(source, out, dtype, dequantize, strict, max_pixels, max_scans[, decoder]) -> (out, header, result)"},
     {"read_dct", (PyCFunction)Decoder_read_dct, METH_VARARGS,
@@ -344,7 +395,11 @@ typedef struct {
   int out_h8, out_w8, dtype, dequantize;
   fl_options options;
   const int32_t *row_maps, *col_maps; /* optional (N, out_h8) / (N, out_w8) block maps */
-  const float *gains, *bias;          /* optional (N, 192) gains and (192,) bias */
+  const float *gains, *bias;          /* optional (N, 192) gains and (N, 192) biases */
+  const double *boxes;                /* optional (N, 4) exact resized-crop boxes (resize.h) */
+  int support, chroma;
+  int64_t *sizes;                     /* read_sizes: (N, 2) (height, width) out, headers only */
+  Py_ssize_t acquired;                /* sources acquired so far (released by job_close) */
 } BatchJob;
 
 static void *batch_worker(void *argument) {
@@ -354,29 +409,104 @@ static void *batch_worker(void *argument) {
     long index = atomic_fetch_add(&job->next, 1);
     if (index >= job->count) break;
     fl_result *result = &job->results[index];
-    uint8_t *slot = job->out + (size_t)index * job->item_bytes;
+    uint8_t *slot = job->sizes ? NULL : job->out + (size_t)index * job->item_bytes;
     if (!decoder) {
       result->status = FL_ERR_NOMEM;
       snprintf(result->message, FL_MESSAGE_LEN, "out of memory creating a decoder");
-      memset(slot, 0, job->item_bytes);
+      if (slot) memset(slot, 0, job->item_bytes);
       continue;
     }
     const uint8_t *data;
     size_t size;
     fl_header header;
+    if (job->sizes) {
+      if (source_load(decoder, &job->sources[index], &data, &size, result) == FL_OK &&
+          fl_read_size(decoder, data, size, &job->options, &header, result) == FL_OK) {
+        job->sizes[2 * index] = header.height;
+        job->sizes[2 * index + 1] = header.width;
+      }
+      continue;
+    }
     if (source_load(decoder, &job->sources[index], &data, &size, result) != FL_OK) {
       memset(slot, 0, job->item_bytes);
       continue;
     }
     fl_mapping mapping = {job->row_maps ? job->row_maps + (size_t)index * job->out_h8 : NULL,
                           job->col_maps ? job->col_maps + (size_t)index * job->out_w8 : NULL,
-                          job->gains ? job->gains + (size_t)index * 192 : NULL, job->bias};
+                          job->gains ? job->gains + (size_t)index * 192 : NULL,
+                          job->bias ? job->bias + (size_t)index * 192 : NULL};
     int mapped = job->row_maps || job->col_maps || job->gains;
+    if (job->boxes) {
+      const double *box = job->boxes + (size_t)index * 4;
+      fl_resize_spec spec = {box[0], box[1], box[2], box[3], job->support, job->chroma};
+      fl_decode_fun_resized(decoder, data, size, &job->options, slot, job->item_bytes, job->dtype, job->out_h8,
+                            job->out_w8, &spec, mapped ? &mapping : NULL, &header, result);
+      continue;
+    }
     fl_decode_fun_mapped(decoder, data, size, &job->options, slot, job->item_bytes, job->dtype, job->dequantize,
                          job->out_h8, job->out_w8, mapped ? &mapping : NULL, &header, result);
   }
   fl_decoder_free(decoder);
   return NULL;
+}
+
+/* Zeroes `job`, sets its options and takes its N sources from `items`; -1 with an exception set (call
+ * job_close in every case). */
+static int job_open(BatchJob *job, PyObject *items, int strict, unsigned long long max_pixels, int max_scans) {
+  Py_ssize_t count = PySequence_Fast_GET_SIZE(items);
+  memset(job, 0, sizeof *job);
+  job->count = count;
+  job->options.strict = strict;
+  job->options.max_pixels = (uint64_t)max_pixels;
+  job->options.max_scans = max_scans;
+  atomic_init(&job->next, 0);
+  job->sources = (Source *)PyMem_Calloc((size_t)(count ? count : 1), sizeof(Source));
+  job->results = (fl_result *)PyMem_Calloc((size_t)(count ? count : 1), sizeof(fl_result));
+  if (!job->sources || !job->results) {
+    PyErr_NoMemory();
+    return -1;
+  }
+  for (; job->acquired < count; job->acquired++)
+    if (source_acquire(PySequence_Fast_GET_ITEM(items, job->acquired), &job->sources[job->acquired]) != 0) return -1;
+  return 0;
+}
+
+static void job_close(BatchJob *job) {
+  for (Py_ssize_t i = 0; i < job->acquired; i++) source_release(&job->sources[i]);
+  PyMem_Free(job->sources);
+  PyMem_Free(job->results);
+}
+
+/* Runs `job` on `threads` native threads (the calling one included) with the GIL released, then returns
+ * the per-item list: None for an item that succeeded without warnings, else its result tuple. */
+static PyObject *run_job(BatchJob *job, int threads) {
+  const Py_ssize_t count = job->count;
+  if (threads < 1) threads = 1;
+  if (threads > count) threads = (int)(count ? count : 1);
+  if (threads > 256) threads = 256;
+  Py_BEGIN_ALLOW_THREADS
+  pthread_t workers[256];
+  int started = 0;
+  for (int t = 1; t < threads; t++) {
+    if (pthread_create(&workers[started], NULL, batch_worker, job) == 0) started++;
+  }
+  batch_worker(job); /* the calling thread works too */
+  for (int t = 0; t < started; t++) pthread_join(workers[t], NULL);
+  Py_END_ALLOW_THREADS
+  PyObject *answer = PyList_New(count);
+  if (!answer) return NULL;
+  for (Py_ssize_t i = 0; i < count; i++) {
+    PyObject *entry;
+    if (job->results[i].status == FL_OK && job->results[i].num_warnings == 0) {
+      entry = Py_None;
+      Py_INCREF(entry);
+    } else if (!(entry = result_tuple(&job->results[i]))) {
+      Py_DECREF(answer);
+      return NULL;
+    }
+    PyList_SET_ITEM(answer, i, entry);
+  }
+  return answer;
 }
 
 /* Read-only view of an optional C-contiguous array of exactly `bytes` bytes (None: has = 0). */
@@ -393,18 +523,20 @@ static int optional_view(PyObject *object, Py_buffer *view, int *has, size_t byt
 }
 
 /* decode_batch(sources, out, out_h8, out_w8, dtype, dequantize, threads, strict, max_pixels,
- *              max_scans[, row_maps, col_maps, gains, bias, decoder])
+ *              max_scans[, row_maps, col_maps, gains, bias, boxes, support, chroma, decoder])
  *   -> [None or result tuple per item] (None: decoded without warnings)
- * row_maps int32 (N, out_h8), col_maps int32 (N, out_w8), gains float32 (N, 192), bias float32 (192):
+ * row_maps int32 (N, out_h8), col_maps int32 (N, out_w8), gains float32 (N, 192), bias float32 (N, 192):
  * see fl_mapping; None for each that is not used. */
 static PyObject *decode_batch(PyObject *module, PyObject *args) {
   PyObject *sequence, *out_object;
   PyObject *row_object = Py_None, *col_object = Py_None, *gain_object = Py_None, *bias_object = Py_None;
-  int out_h8, out_w8, dtype, dequantize, threads, strict, max_scans, decoder = FL_DECODER_AUTO;
+  PyObject *box_object = Py_None;
+  int out_h8, out_w8, dtype, dequantize, threads, strict, max_scans, support = FL_SUPPORT_BOX, chroma = FL_CHROMA_420,
+      decoder = FL_DECODER_AUTO;
   unsigned long long max_pixels;
-  if (!PyArg_ParseTuple(args, "OOiiipipKi|OOOOi", &sequence, &out_object, &out_h8, &out_w8, &dtype,
+  if (!PyArg_ParseTuple(args, "OOiiipipKi|OOOOOiii", &sequence, &out_object, &out_h8, &out_w8, &dtype,
                         &dequantize, &threads, &strict, &max_pixels, &max_scans, &row_object, &col_object,
-                        &gain_object, &bias_object, &decoder))
+                        &gain_object, &bias_object, &box_object, &support, &chroma, &decoder))
     return NULL;
   if (dtype != FL_DTYPE_INT16 && dtype != FL_DTYPE_FLOAT32) {
     PyErr_SetString(PyExc_ValueError, "dtype code must be 0 (int16) or 1 (float32)");
@@ -418,29 +550,16 @@ static PyObject *decode_batch(PyObject *module, PyObject *args) {
   if (!items) return NULL;
   Py_ssize_t count = PySequence_Fast_GET_SIZE(items);
   BatchJob job;
-  memset(&job, 0, sizeof job);
-  job.count = count;
+  PyObject *answer = NULL;
+  Py_buffer out_view, row_view, col_view, gain_view, bias_view, box_view;
+  int has_out = 0, has_rows = 0, has_cols = 0, has_gains = 0, has_bias = 0, has_boxes = 0;
+  if (job_open(&job, items, strict, max_pixels, max_scans) != 0) goto done;
   job.item_bytes = (size_t)192 * out_h8 * out_w8 * fl_dtype_size(dtype);
   job.out_h8 = out_h8;
   job.out_w8 = out_w8;
   job.dtype = dtype;
   job.dequantize = dequantize;
-  job.options.strict = strict;
-  job.options.max_pixels = (uint64_t)max_pixels;
-  job.options.max_scans = max_scans;
   job.options.decoder = decoder;
-  atomic_init(&job.next, 0);
-
-  PyObject *answer = NULL;
-  Py_buffer out_view, row_view, col_view, gain_view, bias_view;
-  int has_out = 0, has_rows = 0, has_cols = 0, has_gains = 0, has_bias = 0;
-  Py_ssize_t acquired = 0;
-  job.sources = (Source *)PyMem_Calloc((size_t)(count ? count : 1), sizeof(Source));
-  job.results = (fl_result *)PyMem_Calloc((size_t)(count ? count : 1), sizeof(fl_result));
-  if (!job.sources || !job.results) {
-    PyErr_NoMemory();
-    goto done;
-  }
   if (PyObject_GetBuffer(out_object, &out_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0) goto done;
   has_out = 1;
   if ((size_t)out_view.len < job.item_bytes * (size_t)count) {
@@ -452,8 +571,12 @@ static PyObject *decode_batch(PyObject *module, PyObject *args) {
   if (optional_view(row_object, &row_view, &has_rows, (size_t)count * out_h8 * 4, "row_maps") != 0 ||
       optional_view(col_object, &col_view, &has_cols, (size_t)count * out_w8 * 4, "col_maps") != 0 ||
       optional_view(gain_object, &gain_view, &has_gains, (size_t)count * 192 * 4, "gains") != 0 ||
-      optional_view(bias_object, &bias_view, &has_bias, (size_t)192 * 4, "bias") != 0)
+      optional_view(bias_object, &bias_view, &has_bias, (size_t)count * 192 * 4, "bias") != 0 ||
+      optional_view(box_object, &box_view, &has_boxes, (size_t)count * 4 * sizeof(double), "boxes") != 0)
     goto done;
+  job.boxes = has_boxes ? (const double *)box_view.buf : NULL;
+  job.support = support;
+  job.chroma = chroma;
   if (has_gains != has_bias || (has_gains && dtype != FL_DTYPE_FLOAT32)) {
     PyErr_SetString(PyExc_ValueError, "gains and bias go together, with a float32 output");
     goto done;
@@ -462,50 +585,51 @@ static PyObject *decode_batch(PyObject *module, PyObject *args) {
   job.col_maps = has_cols ? (const int32_t *)col_view.buf : NULL;
   job.gains = has_gains ? (const float *)gain_view.buf : NULL;
   job.bias = has_bias ? (const float *)bias_view.buf : NULL;
-  for (; acquired < count; acquired++)
-    if (source_acquire(PySequence_Fast_GET_ITEM(items, acquired), &job.sources[acquired]) != 0) goto done;
-
-  if (threads < 1) threads = 1;
-  if (threads > count) threads = (int)(count ? count : 1);
-  Py_BEGIN_ALLOW_THREADS
-  pthread_t workers[256];
-  int started = 0;
-  if (threads > 256) threads = 256;
-  for (int t = 1; t < threads; t++) {
-    if (pthread_create(&workers[started], NULL, batch_worker, &job) == 0) started++;
-  }
-  batch_worker(&job); /* the calling thread works too */
-  for (int t = 0; t < started; t++) pthread_join(workers[t], NULL);
-  Py_END_ALLOW_THREADS
-
-  answer = PyList_New(count);
-  if (!answer) goto done;
-  for (Py_ssize_t i = 0; i < count; i++) {
-    PyObject *entry;
-    if (job.results[i].status == FL_OK && job.results[i].num_warnings == 0) {
-      entry = Py_None;
-      Py_INCREF(entry);
-    } else {
-      entry = result_tuple(&job.results[i]);
-      if (!entry) {
-        Py_CLEAR(answer);
-        goto done;
-      }
-    }
-    PyList_SET_ITEM(answer, i, entry);
-  }
+  answer = run_job(&job, threads);
 done:
-  for (Py_ssize_t i = 0; i < acquired; i++) source_release(&job.sources[i]);
-  PyMem_Free(job.sources);
-  PyMem_Free(job.results);
+  job_close(&job);
   if (has_out) PyBuffer_Release(&out_view);
   if (has_rows) PyBuffer_Release(&row_view);
   if (has_cols) PyBuffer_Release(&col_view);
   if (has_gains) PyBuffer_Release(&gain_view);
   if (has_bias) PyBuffer_Release(&bias_view);
+  if (has_boxes) PyBuffer_Release(&box_view);
   Py_DECREF(items);
   return answer;
 }
+
+/* read_sizes(sources, sizes, threads, strict, max_pixels, max_scans) -> [None or result tuple per item]
+ * sizes: writable int64 (N, 2) buffer, filled with (height, width) from the headers (native threads). */
+static PyObject *read_sizes(PyObject *module, PyObject *args) {
+  PyObject *sequence, *sizes_object;
+  int threads, strict, max_scans;
+  unsigned long long max_pixels;
+  if (!PyArg_ParseTuple(args, "OOipKi", &sequence, &sizes_object, &threads, &strict, &max_pixels, &max_scans))
+    return NULL;
+  PyObject *items = PySequence_Fast(sequence, "sources must be a sequence");
+  if (!items) return NULL;
+  BatchJob job;
+  PyObject *answer = NULL;
+  Py_buffer sizes_view;
+  int has_sizes = 0;
+  if (job_open(&job, items, strict, max_pixels, max_scans) != 0) goto done;
+  if (PyObject_GetBuffer(sizes_object, &sizes_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0) goto done;
+  has_sizes = 1;
+  if ((size_t)sizes_view.len != (size_t)job.count * 2 * sizeof(int64_t)) {
+    PyErr_Format(PyExc_ValueError, "sizes has %zd bytes, %zd items need %zu", sizes_view.len, job.count,
+                 (size_t)job.count * 2 * sizeof(int64_t));
+    goto done;
+  }
+  job.sizes = (int64_t *)sizes_view.buf;
+  answer = run_job(&job, threads);
+done:
+  job_close(&job);
+  if (has_sizes) PyBuffer_Release(&sizes_view);
+  Py_DECREF(items);
+  return answer;
+}
+
+static PyObject *resize_simd(PyObject *module, PyObject *unused) { return PyUnicode_FromString(fl_resize_simd()); }
 
 static PyObject *libjpeg_version(PyObject *module, PyObject *unused) {
   return PyLong_FromLong(fl_libjpeg_version());
@@ -515,6 +639,9 @@ static PyMethodDef module_methods[] = {
     {"decode_batch", decode_batch, METH_VARARGS,
      "decode_batch(sources, out, out_h8, out_w8, dtype, dequantize, threads, strict, max_pixels, "
      "max_scans) -> per-item results"},
+    {"read_sizes", read_sizes, METH_VARARGS,
+     "read_sizes(sources, sizes, threads, strict, max_pixels, max_scans) -> per-item results (headers only)"},
+    {"resize_simd", resize_simd, METH_NOARGS, "SIMD path of the exact resized crop kernel"},
     {"libjpeg_version", libjpeg_version, METH_NOARGS, "libjpeg-turbo version number, e.g. 2001005"},
     {NULL, NULL, 0, NULL}};
 
@@ -539,6 +666,11 @@ PyMODINIT_FUNC PyInit__jpegdct(void) {
   PyModule_AddIntConstant(module, "ERR_IO", FL_ERR_IO);
   PyModule_AddIntConstant(module, "ERR_NOMEM", FL_ERR_NOMEM);
   PyModule_AddIntConstant(module, "ERR_ARGUMENT", FL_ERR_ARGUMENT);
+  PyModule_AddIntConstant(module, "ERR_BOX", FL_ERR_BOX);
+  PyModule_AddIntConstant(module, "SUPPORT_BOX", FL_SUPPORT_BOX);
+  PyModule_AddIntConstant(module, "SUPPORT_IMAGE", FL_SUPPORT_IMAGE);
+  PyModule_AddIntConstant(module, "CHROMA_420", FL_CHROMA_420);
+  PyModule_AddIntConstant(module, "CHROMA_444", FL_CHROMA_444);
   PyModule_AddIntConstant(module, "DTYPE_INT16", FL_DTYPE_INT16);
   PyModule_AddIntConstant(module, "DTYPE_FLOAT32", FL_DTYPE_FLOAT32);
   PyModule_AddIntConstant(module, "MAX_COMPONENTS", FL_MAX_COMPONENTS);

@@ -24,8 +24,8 @@ Example::
 
     from funloader.dali import fun_pipeline, FUNIterator
     pipe = fun_pipeline("/data/imagenet-fun/train", 256, num_threads=8, device_id=0,
-                        random_shuffle=True, flip=True, decode_grid=32, random_crop=True,
-                        dequantize=True, normalize_stats="/data/imagenet-fun/stats.json")
+                        random_shuffle=True, flip=True, decode_grid=32, random_crop=True)
+    # dequantised and normalised with the data's stats-dequantized.json, as DCTLoader
     for images, labels in FUNIterator(pipe):   # images: (256, 192, 28, 28) float32 on cuda:0
         ...
 """
@@ -41,11 +41,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..channels import KeepSpec, channel_indices
+from ..channels import KeepSpec, channel_indices, decode_affine, flip_signs, normalization_affine
 from ..errors import JPEGDecodeError, UnsupportedJPEGError
 
 __all__ = ["fun_pipeline", "FUNIterator", "load_plugin", "plugin_available", "resolve_source", "READER_NAME",
-           "DALIDecodeError"]
+           "DALIDecodeError", "DALIUnsupportedJPEGError"]
 
 #: Name of the reader operator in pipelines made by :func:`fun_pipeline` (for ``reader_name``).
 READER_NAME = "Reader"
@@ -68,6 +68,10 @@ _plugin_path: Optional[str] = None
 class DALIDecodeError(JPEGDecodeError):
     """A sample failed to decode inside a DALI pipeline; ``filename`` names it (as DALI's reader
     reports it: the file path, or ``shard.tar:offset`` information for WebDataset shards)."""
+
+
+class DALIUnsupportedJPEGError(DALIDecodeError, UnsupportedJPEGError):
+    """A sample inside a DALI pipeline is a JPEG funloader does not read (CMYK, 12-bit, lossless...)."""
 
 
 def load_plugin(build: bool = True) -> str:
@@ -165,18 +169,14 @@ class _FallbackSource:
         self.stick_to_shard = stick_to_shard
         self.flip_probability = flip_probability
         self.normalized = normalization is not None
-        # read_batch's affine over the 192 decoded channels: gain[flip] = scale (or 1) with the odd-u
-        # signs of a flip folded in, bias = shift (or 0); the plugin builds the same arrays.
+        # read_batch's affine over the 192 decoded channels (funloader.channels.decode_affine):
+        # gain[flip] = scale (or 1) with the flip signs folded in, bias = shift (or 0).
         self.gain = self.bias = None
+        self.signs = flip_signs("h")
         if normalization is not None or flip_probability > 0:  # (used for float32 output only)
-            scale = np.ones(192, np.float32)
-            self.bias = np.zeros(192, np.float32)
-            if normalization is not None:
-                chans = channels if channels is not None else list(range(192))
-                scale[chans] = normalization[0].reshape(-1)
-                self.bias[chans] = normalization[1].reshape(-1)
-            signs = np.where(np.arange(192) % 8 % 2 == 1, -1, 1).astype(np.float32)
-            self.gain = (scale[None], (scale * signs)[None])
+            affine = None if normalization is None else _decoded_affine(normalization, channels)
+            unflipped, self.bias = decode_affine(affine)
+            self.gain = (unflipped[None], decode_affine(affine, flip=True)[0][None])
         self._orders: Dict[int, np.ndarray] = {}
 
     def order(self, epoch: int) -> np.ndarray:
@@ -211,7 +211,7 @@ class _FallbackSource:
         error = read_batch([self.dataset.source(index)], out, threads=1, dequantize=self.dequantize,
                            strict=self.strict, max_pixels=self.max_pixels, warn=False, **layout)[0]
         if error is None and flip and out.dtype == np.int16:  # the sign half of the flip
-            out[0, 1::2] *= -1  # odd u: channel % 8 odd, i.e. every other channel
+            out[0] *= self.signs.astype(np.int16)[:, None, None]
         elif error is not None and self.normalized and layout:  # zero coefficients, normalised like the rest
             out[0] = self.bias[:, None, None]
         if error is not None and self.on_error == "raise":
@@ -233,19 +233,14 @@ def _pair(value) -> Tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
-def _load_stats(stats) -> Tuple[np.ndarray, np.ndarray]:
-    """``(mean, std)`` float64 ``(192,)`` from a dict/JSON file with ``mean``/``std`` or a pair."""
-    if isinstance(stats, (str, os.PathLike)):
-        stats = json.loads(Path(stats).read_text())
-    if isinstance(stats, dict):
-        mean, std = stats["mean"], stats["std"]
-    else:
-        mean, std = stats
-    mean = np.asarray(mean, dtype=np.float64).reshape(-1)
-    std = np.asarray(std, dtype=np.float64).reshape(-1)
-    if mean.shape != (192,) or std.shape != (192,):
-        raise ValueError(f"normalize_stats needs 192 means and stds, got {mean.shape} and {std.shape}")
-    return mean, std
+def _decoded_affine(normalization: Tuple[np.ndarray, np.ndarray], channels: Optional[Sequence[int]]):
+    """``(scale, shift)`` over all 192 decoded channels from a per-output-channel affine (channels not
+    output keep scale 1, shift 0)."""
+    scale, shift = np.ones(192, np.float32), np.zeros(192, np.float32)
+    chans = list(range(192)) if channels is None else list(channels)
+    scale[chans] = np.asarray(normalization[0], np.float32).reshape(-1)
+    shift[chans] = np.asarray(normalization[1], np.float32).reshape(-1)
+    return scale, shift
 
 
 def _dali_dtype(dtype):
@@ -270,7 +265,7 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
                  shard_id: int = 0, num_shards: int = 1, random_shuffle: bool = False,
                  crop: Union[int, Tuple[int, int]] = 28, decode_grid: Union[int, Tuple[int, int], None] = None,
                  random_crop: bool = False, flip: Union[bool, float] = False, keep_channels: KeepSpec = None,
-                 keep_mode: str = "drop", dequantize: bool = False, normalize_stats=None, dtype=None, seed: int = -1,
+                 keep_mode: str = "drop", dequantize: bool = True, normalize_stats="auto", dtype=None, seed: int = -1,
                  backend: str = "plugin", on_error: str = "raise", strict: bool = True,
                  max_pixels: Optional[int] = None, stick_to_shard: bool = False, initial_fill: int = 1024,
                  prefetch_queue_depth: int = 2, py_num_workers: Optional[int] = None,
@@ -296,10 +291,12 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
         keep_channels: keep-spec (``"44/10/10"``) of the lowest zigzag frequencies to keep; with
             ``keep_mode="drop"`` only those channels are output (sorted channel order), with
             ``"zero"`` all 192 with the others zeroed.
-        dequantize: multiply by the quantization tables (float32).
-        normalize_stats: ``{"mean": [192], "std": [192]}``, a JSON file of it, or ``(mean, std)``
-            (of the same kind of values: raw or dequantized): ``x * (1 / std) + (-mean / std)`` in float32
-            (std <= 0 counts as 1), as :func:`funloader.transforms.normalize`.
+        dequantize: multiply by the quantization tables (float32; default True, as ``DCTLoader``).
+        normalize_stats: as ``DCTLoader(normalize=)``: ``"auto"`` (default: the statistics file next to
+            the data for this ``dequantize`` mode, ``stats-dequantized.json`` / ``stats-raw.json``, if
+            present, else no normalisation with a warning), True (require it), None/False, a stats
+            file path, a dict with ``mean``/``std`` or ``(mean, std)``. Applied as ``x * scale + shift``
+            (:func:`funloader.channels.normalization_affine`, float32), the same bits as ``DCTLoader``.
         dtype: output dtype: int16 (default for raw coefficients), float32 (default when dequantized
             or normalised) or float16.
         seed: random seed of shuffling and augmentation (-1: DALI picks one).
@@ -340,7 +337,9 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     all_channels = len(kept) == 192
     decode_channels = None if (all_channels or keep_mode == "zero") else kept
     out_channels = kept if decode_channels is not None else list(range(192))
-    stats = _load_stats(normalize_stats) if normalize_stats is not None else None
+    from ..loader import _resolve_stats
+
+    stats = _resolve_stats(normalize_stats, resolved.dataset, dequantize)  # the same rule as DCTLoader
     decode_float = dequantize or stats is not None
     if dtype is None:
         dtype = "float32" if decode_float else "int16"
@@ -358,12 +357,9 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     effective_limit = get_max_pixels() if limit is None else limit
     gpu = device_id is not None
 
-    normalization = None  # (scale, shift) float32 (C, 1, 1) per output channel: x * scale + shift
+    normalization = None  # (scale, shift) float32 (C,) per output channel: x * scale + shift
     if stats is not None:
-        chans = np.asarray(out_channels)
-        std_c = np.where(stats[1][chans] <= 0, 1.0, stats[1][chans])  # as DCTLoader: the same float32 bits
-        normalization = ((1.0 / std_c).astype(np.float32).reshape(-1, 1, 1),
-                         (-stats[0][chans] / std_c).astype(np.float32).reshape(-1, 1, 1))
+        normalization = normalization_affine(stats[0], stats[1], out_channels)
     # On CPU the decode itself flips and normalises (the plugin on DALI's threads, the fallback in its
     # workers: no extra pass over the batch) when that equals flip-after-crop: the crop is random or
     # absent (a centred crop of an odd margin is not symmetric under the flip).
@@ -403,9 +399,10 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
             if fuse:  # CPU pipeline: flip and normalise inside the operator, on its threads
                 if flip_probability > 0:
                     op_args["flip"] = fn.random.coin_flip(probability=flip_probability, dtype=types.INT32)
+                    op_args["flip_signs"] = flip_signs("h").tolist()  # the operator never derives them
                 if normalization is not None:
-                    op_args["scale"] = normalization[0].reshape(-1).tolist()
-                    op_args["shift"] = normalization[1].reshape(-1).tolist()
+                    op_args["scale"] = normalization[0].tolist()
+                    op_args["shift"] = normalization[1].tolist()
             images = fn.funloader.dct_decode(jpegs, **op_args)
         else:
             images, labels = fn.external_source(source=feeder, num_outputs=2, parallel=True, batch=False,
@@ -425,12 +422,12 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
             images = fn.slice(images, start=[top, left], shape=list(crop_hw), axes=[1, 2])
         if flip_probability > 0 and not fuse:
             coin = fn.random.coin_flip(probability=flip_probability, dtype=types.INT32)
-            odd_u = np.array([(c % 8) % 2 for c in out_channels], dtype=np.int32).reshape(-1, 1, 1)
-            signs = 1 - 2 * coin * types.Constant(odd_u, device=device)
+            negated = (flip_signs("h", out_channels) < 0).astype(np.int32).reshape(-1, 1, 1)
+            signs = 1 - 2 * coin * types.Constant(negated, device=device)
             images = fn.flip(images, horizontal=coin) * fn.cast(signs, dtype=decode_dali_dtype)
         if normalization is not None and not fuse:
-            images = fn.cast(images, dtype=types.FLOAT) * types.Constant(normalization[0], device=device) \
-                + types.Constant(normalization[1], device=device)
+            images = fn.cast(images, dtype=types.FLOAT) * types.Constant(normalization[0].reshape(-1, 1, 1), device=device) \
+                + types.Constant(normalization[1].reshape(-1, 1, 1), device=device)
         if keep_mode == "zero" and not all_channels:  # after normalisation, as DCTLoader
             mask = np.zeros((192, 1, 1), dtype=np.float32 if (decode_float or normalization is not None)
                             else decode_np_dtype)
@@ -462,18 +459,28 @@ def translate_error(error: BaseException) -> BaseException:
         return error
     kind, name, reason = match.groups()
     if kind == "UnsupportedJPEGError":
-        return type("DALIUnsupportedJPEGError", (DALIDecodeError, UnsupportedJPEGError), {})(reason, name)
+        return DALIUnsupportedJPEGError(reason, name)
     return DALIDecodeError(f"{reason} ({kind})" if kind != "JPEGDecodeError" else reason, name)
 
 
+class _translated_errors:
+    """Context manager: a DALI error for a bad sample leaves as :class:`DALIDecodeError` (see
+    :func:`translate_error`), chained to DALI's; anything else passes unchanged."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if isinstance(error, Exception):
+            translated = translate_error(error)
+            if translated is not error:
+                raise translated from error
+        return False
+
+
 def _build(pipe) -> None:
-    try:
+    with _translated_errors():
         pipe.build()
-    except Exception as error:  # noqa: BLE001 - re-raised, possibly translated
-        translated = translate_error(error)
-        if translated is error:
-            raise
-        raise translated from error
 
 
 class FUNIterator:
@@ -513,13 +520,8 @@ class FUNIterator:
         kwargs: Dict[str, Any] = dict(output_map=["images", "labels"], auto_reset=auto_reset)
         if self._reader_name is not None:
             kwargs.update(reader_name=self._reader_name, last_batch_policy=last_batch_policy)
-        try:
+        with _translated_errors():
             self._iterator = DALIGenericIterator([pipeline], **kwargs)
-        except Exception as error:  # noqa: BLE001
-            translated = translate_error(error)
-            if translated is error:
-                raise
-            raise translated from error
 
     def _epoch_size(self) -> int:
         if self._feeder is not None:
@@ -538,16 +540,12 @@ class FUNIterator:
 
     def _next_batch(self):
         try:
-            return next(self._iterator)[0]
+            with _translated_errors():
+                return next(self._iterator)[0]
         except StopIteration:
             self._epoch += 1
             self._batch_in_epoch = 0
             raise
-        except Exception as error:  # noqa: BLE001
-            translated = translate_error(error)
-            if translated is error:
-                raise
-            raise translated from error
 
     def __next__(self):
         outputs = self._next_batch()

@@ -96,9 +96,16 @@ DctDecode::DctDecode(const ::dali::OpSpec &spec) : ::dali::Operator<::dali::CPUB
       bias_[channel] = shift[i];
     }
   }
+  // The flip signs come from Python (funloader.channels.flip_signs): this operator does not restate
+  // the rule. The flipped gain folds them into the scale (exact: the signs are +-1).
+  std::vector<float> signs = spec.GetRepeatedArgument<float>("flip_signs");
+  DALI_ENFORCE(signs.empty() || signs.size() == 192,
+               "funloader.dct_decode: `flip_signs` needs one sign per FUN channel (192)");
+  for (float sign : signs)
+    DALI_ENFORCE(sign == 1.0f || sign == -1.0f, "funloader.dct_decode: `flip_signs` entries must be +1 or -1");
+  flip_signs_ = signs;
   gain_[1] = gain_[0];
-  for (int channel = 0; channel < 192; channel++)
-    if ((channel % 8) % 2 == 1) gain_[1][channel] = -gain_[1][channel];  // odd horizontal frequency u
+  for (size_t channel = 0; channel < flip_signs_.size(); channel++) gain_[1][channel] *= flip_signs_[channel];
   for (int x = 0; x < out_w8_; x++) reversed_cols_.push_back(out_w8_ - 1 - x);
 }
 
@@ -177,7 +184,7 @@ std::string DctDecode::DecodeSample(const uint8_t *data, size_t size, void *out,
   if (flip && fl_dtype_ == FL_DTYPE_INT16) {  // the sign half of the flip (float folds it into the gain)
     const size_t count = static_cast<size_t>(out_h8_) * out_w8_;
     for (size_t i = 0; i < out_channels_.size(); i++) {
-      if ((out_channels_[i] % 8) % 2 == 0) continue;
+      if (flip_signs_[out_channels_[i]] > 0) continue;
       int16_t *channel = static_cast<int16_t *>(out) + i * count;
       for (size_t k = 0; k < count; k++) channel[k] = static_cast<int16_t>(-channel[k]);
     }
@@ -194,6 +201,10 @@ void DctDecode::RunImpl(::dali::Workspace &ws) {
   int batch_size = input.num_samples();
   std::vector<std::string> errors(batch_size);
   GetPerSampleArgument<int>(flip_, "flip", ws, batch_size);
+  if (flip_signs_.empty()) {
+    for (int i = 0; i < batch_size; i++)
+      DALI_ENFORCE(flip_[i] == 0, "funloader.dct_decode: `flip` needs `flip_signs` (funloader.channels.flip_signs(\"h\"))");
+  }
   auto &thread_pool = ws.GetThreadPool();
   for (int i = 0; i < batch_size; i++) {
     thread_pool.AddWork([this, &input, &output, &errors, i](int) {
@@ -209,8 +220,8 @@ void DctDecode::RunImpl(::dali::Workspace &ws) {
     if (errors[i].empty()) continue;
     std::string source = input.GetMeta(i).GetSourceInfo();
     size_t bar = errors[i].find('|');
-    // Parsed by funloader.dali (_raise_decode_error): keep the "funloader: <Kind> in '<source>': "
-    // prefix stable.
+    // Parsed by funloader.dali.translate_error (into DALIDecodeError): keep the
+    // "funloader: <Kind> in '<source>': <reason> [sample" layout stable.
     DALI_FAIL("funloader: " + errors[i].substr(0, bar) + " in '" +
               (source.empty() ? std::string("<sample ") + std::to_string(i) + ">" : source) +
               "': " + errors[i].substr(bar + 1) + " [sample " + std::to_string(i) +
@@ -290,8 +301,11 @@ grayscale gives zero chroma). Each image is centre-cropped or zero-padded by who
                          std::vector<int>{})
     .AddOptionalArg("flip",
                     "Per sample: nonzero flips the output horizontally in the DCT domain (block columns "
-                    "reversed, coefficients with odd u negated), before normalisation.",
+                    "reversed, each channel multiplied by its `flip_signs` entry), before normalisation.",
                     0, true)
+    .AddOptionalArg<float>("flip_signs", "Per FUN channel (192): the sign a mirrored block gives it, "
+                           "+1 or -1 (funloader.channels.flip_signs(\"h\")); needed with `flip`.",
+                           std::vector<float>{})
     .AddOptionalArg<float>("scale", "Per output channel: normalisation x * scale + shift (float32, multiply "
                            "then add) after decoding and flipping, e.g. scale = 1/std, shift = -mean/std; "
                            "needs dtype FLOAT. Empty: no normalisation.", std::vector<float>{})

@@ -45,8 +45,9 @@ class DctDecode : public ::dali::Operator<::dali::CPUBackend> {
   std::unique_ptr<DecoderSlot> Acquire();
   void Release(std::unique_ptr<DecoderSlot> slot);
   // Decodes sample `index` into `out`; returns "" on success or the error text.
-  // A flip is done by the core while laying out (reversed block columns; for float output the odd-u
-  // sign folded into the per-channel gain, for int16 a negation pass over the odd-u output planes);
+  // A flip is done by the core while laying out (reversed block columns; for float output the
+  // `flip_signs` given by Python folded into the per-channel gain, for int16 a negation pass over the
+  // output planes whose sign is -1);
   // normalisation x * scale + shift likewise (float32, multiply then add, each rounded: the same
   // bits as funloader.DCTLoader).
   std::string DecodeSample(const uint8_t *data, size_t size, void *out, bool flip);
@@ -63,6 +64,7 @@ class DctDecode : public ::dali::Operator<::dali::CPUBackend> {
   std::vector<int> channels_;  // empty: all 192 in order
   std::vector<int> out_channels_;  // FUN channel index of every output channel
   bool normalize_;                     // `scale`/`shift` given
+  std::vector<float> flip_signs_;      // per FUN channel (192), from Python; empty: no flip allowed
   std::vector<float> gain_[2];         // per decoded channel (192): [0] scale (or 1), [1] with flip signs
   std::vector<float> bias_;            // per decoded channel (192): shift (or 0)
   std::vector<int32_t> reversed_cols_; // block map of a horizontal flip: out_w8 - 1 - x

@@ -4,8 +4,8 @@
  * jpeg_abort_decompress on each image with one reused decompressor (no layout, no copy), and
  * prints the microseconds per image of each repeat, one line per repeat.
  *
- *   cc -O2 -o jpeg_floor jpeg_floor.c -ljpeg && ./jpeg_floor REPEATS FILE...
- *   (full RGB decode instead: ./jpeg_floor --rgb REPEATS FILE...)
+ *   cc -O2 -o floor benchmarks/floor.c -ljpeg && ./floor REPEATS FILE...
+ *   (full RGB decode instead: ./floor --rgb REPEATS FILE...)
  *
  * Run it with the default allocator settings, and with e.g.
  * GLIBC_TUNABLES=glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_threshold=67108864

@@ -1,0 +1,330 @@
+"""Augmentation policies on FUN coefficients (``RandAugment``, ``TrivialAugmentWide``) and two
+JPEG-domain-only operations (``FrequencyDropout``, ``ChromaDropout``; new, not in torchvision).
+
+The policies follow torchvision's ``RandAugment`` / ``TrivialAugmentWide`` (op drawn uniformly per
+image, torchvision's magnitude tables for ``num_magnitude_bins`` bins, a random sign for signed
+ops), drawn independently for every batch item, over the operations that are exact here:
+
+=============  =====================================  ==========================================
+op             what                                   fidelity
+=============  =====================================  ==========================================
+Identity       nothing                                exact
+Brightness     ``adjust_brightness(1 + m)``           exact up to the pixel clamp
+Color          ``adjust_saturation(1 + m)``           exact up to the pixel clamp
+Contrast       ``adjust_contrast(1 + m)``             exact up to the pixel clamp
+TranslateX/Y   ``affine(translate=int(m))`` pixels    the shift is rounded to whole 8-pixel blocks
+                                                      (``round(int(m) / 8)``); exact for that shift
+=============  =====================================  ==========================================
+
+torchvision's ShearX/Y, Rotate (±30°/±135°), Sharpness, Posterize, Solarize, AutoContrast and
+Equalize are not offered: shears and small rotations resample pixels across blocks, and the others
+are non-linear in the pixel values (they need the decoded pixels, the slow path this library
+avoids). With fewer ops each remaining one is drawn more often than in torchvision's policy; pass
+``ops=`` to choose the set, e.g. adding the JPEG-only ``"FrequencyDropout"`` and ``"ChromaDropout"``.
+Translations fill with ``fill`` (an RGB value, torchvision's default black 0).
+
+Within an item the ops apply in the drawn order (colour changes before a translation are applied
+before it, so the fill blocks are not recoloured, as in torchvision); colour ops that follow each
+other are composed into one affine map (``funloader.color.ColorAffine``), one pass.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .channels import ZIGZAG
+from .color import ColorAffine, _as_batch
+from .errors import UsageError
+from .transform_base import DCTTransform
+
+__all__ = ["drop_frequencies", "drop_chroma", "FrequencyDropout", "ChromaDropout", "RandAugment",
+           "TrivialAugmentWide", "RANDAUGMENT_OPS", "JPEG_OPS"]
+
+#: zigzag position (0..63) of the frequency of each of the 192 FUN channels
+_ZIGZAG_RANK = np.tile(np.argsort(np.asarray(ZIGZAG)), 3)
+
+#: torchvision's ops that are exact in the DCT domain (translations: to whole blocks)
+RANDAUGMENT_OPS = ("Identity", "Brightness", "Color", "Contrast", "TranslateX", "TranslateY")
+#: JPEG-domain-only ops (not in torchvision)
+JPEG_OPS = ("FrequencyDropout", "ChromaDropout")
+
+
+def _keep_gain(keep_y, keep_chroma) -> torch.Tensor:
+    """``(N, 192)`` float64 0/1: keep the lowest ``keep_y`` zigzag frequencies of Y and ``keep_chroma`` of Cb, Cr."""
+    rank = torch.from_numpy(_ZIGZAG_RANK)[None, :]
+    limit = torch.cat([keep_y[:, None].expand(-1, 64), keep_chroma[:, None].expand(-1, 128)], dim=1)
+    return (rank < limit).to(torch.float64)
+
+
+def _counts(value, count: int, name: str) -> torch.Tensor:
+    t = torch.as_tensor(value, dtype=torch.int64).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(count)
+    if t.shape[0] != count:
+        raise UsageError(f"{name}: {t.shape[0]} values for {count} items")
+    if bool(((t < 1) | (t > 64)).any()):
+        raise UsageError(f"{name} must be in 1..64 (the DC is always kept), got {t.tolist()}")
+    return t
+
+
+def drop_frequencies(x, keep):
+    """Zero every frequency past the lowest ``keep`` (1..64, one value or one per item) in zigzag
+    order, in all three components: an ideal low-pass per 8x8 block (JPEG-only; the DC, hence the
+    block means, always kept). Exact and free (a per-channel mask); works on raw integers too."""
+    t, restore = _mask_batch(x, "drop_frequencies")
+    keep_t = _counts(keep, t.shape[0], "keep")
+    return restore(t * _keep_gain(keep_t, keep_t).to(device=t.device, dtype=t.dtype)[:, :, None, None])
+
+
+def drop_chroma(x, keep=1):
+    """Keep only the lowest ``keep`` zigzag chroma frequencies (default 1: each block's mean colour,
+    chroma flat over 8x8 pixels); luma untouched. JPEG-only; exact, a per-channel mask."""
+    t, restore = _mask_batch(x, "drop_chroma")
+    keep_t = _counts(keep, t.shape[0], "keep")
+    return restore(t * _keep_gain(torch.full_like(keep_t, 64), keep_t).to(device=t.device, dtype=t.dtype)[:, :, None, None])
+
+
+def _mask_batch(x, name):
+    was_numpy = isinstance(x, np.ndarray)
+    t = torch.from_numpy(np.ascontiguousarray(x)) if was_numpy else x
+    if not isinstance(t, torch.Tensor) or t.ndim < 3 or t.shape[-3] != 192:
+        raise UsageError(f"{name}: expected FUN coefficients (..., 192, H8, W8), got {getattr(t, 'shape', type(t))}")
+    shape = t.shape
+    batch = t.reshape(-1, *shape[-3:])
+
+    def restore(out):
+        out = out.reshape(shape)
+        return out.numpy() if was_numpy else out
+    return batch, restore
+
+
+class _ChannelMask(DCTTransform):
+    """Per-item 0/1 channel gains: fused into the decode by the CPU loader (``channel_affine``)."""
+
+    integer_exact = True
+    fusable = True
+
+    def gains(self, count: int, generator=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def channel_affine(self, count: int, generator=None):
+        gain = self.gains(count, generator)
+        return gain, torch.zeros_like(gain)
+
+    def __call__(self, x, generator: Optional[torch.Generator] = None):
+        t, restore = _mask_batch(x, type(self).__name__)
+        gain = self.gains(t.shape[0], generator).to(device=t.device, dtype=t.dtype if t.is_floating_point() else torch.int16)
+        return restore(t * gain[:, :, None, None])
+
+
+class FrequencyDropout(_ChannelMask):
+    """New (not in torchvision): per item, with probability ``p``, keep only the lowest ``k`` zigzag
+    frequencies of every component, ``k`` uniform in ``keep = (min, max)`` (1..64); see
+    ``drop_frequencies``. A random per-block low-pass: free here, costly in pixels."""
+
+    def __init__(self, p: float = 0.5, keep: Tuple[int, int] = (16, 64)):
+        if not 0.0 <= float(p) <= 1.0:
+            raise UsageError(f"p must be in [0, 1], got {p}")
+        low, high = (int(v) for v in keep)
+        if not 1 <= low <= high <= 64:
+            raise UsageError(f"keep must be (min, max) with 1 <= min <= max <= 64, got {keep}")
+        self.p, self.keep = float(p), (low, high)
+
+    def gains(self, count, generator=None):
+        chosen = torch.rand(count, generator=generator) < self.p
+        k = torch.randint(self.keep[0], self.keep[1] + 1, (count,), generator=generator)
+        k = torch.where(chosen, k, torch.full_like(k, 64))
+        return _keep_gain(k, k)
+
+    def __repr__(self):
+        return f"FrequencyDropout(p={self.p}, keep={self.keep})"
+
+
+class ChromaDropout(_ChannelMask):
+    """New (not in torchvision): per item, with probability ``p``, keep only the lowest ``keep``
+    zigzag chroma frequencies (default 1: flat colour per block; 0 is greyscale, i.e.
+    ``RandomGrayscale``); see ``drop_chroma``."""
+
+    def __init__(self, p: float = 0.5, keep: int = 1):
+        if not 0.0 <= float(p) <= 1.0:
+            raise UsageError(f"p must be in [0, 1], got {p}")
+        if not 0 <= int(keep) <= 64:
+            raise UsageError(f"keep must be in 0..64, got {keep}")
+        self.p, self.keep = float(p), int(keep)
+
+    def gains(self, count, generator=None):
+        chosen = torch.rand(count, generator=generator) < self.p
+        k = torch.where(chosen, torch.full((count,), self.keep), torch.full((count,), 64))
+        return _keep_gain(torch.full((count,), 64), k)
+
+    def __repr__(self):
+        return f"ChromaDropout(p={self.p}, keep={self.keep})"
+
+
+# ----------------------------------------------------------------------------------------------
+# policies
+def _magnitude_table(name: str, bins: int, grid: Tuple[int, int], wide: bool):
+    """torchvision's ``_augmentation_space`` entry ``(magnitudes (bins,) float64 or None, signed)``."""
+    H, W = grid
+    if name == "Identity":
+        return None, False
+    if name in ("Brightness", "Color", "Contrast"):
+        return torch.linspace(0.0, 0.99 if wide else 0.9, bins, dtype=torch.float64), True
+    if name == "TranslateX":
+        return torch.linspace(0.0, 32.0 if wide else 150.0 / 331.0 * 8 * W, bins, dtype=torch.float64), True
+    if name == "TranslateY":
+        return torch.linspace(0.0, 32.0 if wide else 150.0 / 331.0 * 8 * H, bins, dtype=torch.float64), True
+    if name == "FrequencyDropout":  # fraction of the 63 AC frequencies dropped (ours)
+        return torch.linspace(0.0, 0.9, bins, dtype=torch.float64), False
+    if name == "ChromaDropout":
+        return None, False
+    raise UsageError(f"unknown or inexact augmentation op {name!r}; available: {RANDAUGMENT_OPS + JPEG_OPS}")
+
+
+class _Policy(DCTTransform):
+    integer_exact = False
+    _wide = False
+
+    def __init__(self, num_magnitude_bins: int, ops: Optional[Sequence[str]], fill):
+        from .geometry import fill_coefficients
+
+        if int(num_magnitude_bins) < 2:
+            raise UsageError(f"num_magnitude_bins must be >= 2, got {num_magnitude_bins}")
+        self.num_magnitude_bins = int(num_magnitude_bins)
+        self.ops = tuple(RANDAUGMENT_OPS if ops is None else ops)
+        if not self.ops:
+            raise UsageError("ops must name at least one operation")
+        for name in self.ops:
+            _magnitude_table(name, 2, (1, 1), self._wide)  # validates the name
+        self.fill = fill
+        self._fill = torch.from_numpy(fill_coefficients(fill)).to(torch.float64)
+        self._cache: dict = {}
+
+    def _bins(self, rounds: int, count: int, generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _tables(self, grid: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(n_ops, bins)`` float64 magnitudes (0 for ops without one) and ``(n_ops,)`` bool signed."""
+        cached = self._cache.get(grid)
+        if cached is None:
+            values = torch.zeros(len(self.ops), self.num_magnitude_bins, dtype=torch.float64)
+            signed = torch.zeros(len(self.ops), dtype=torch.bool)
+            for index, name in enumerate(self.ops):
+                table, sign = _magnitude_table(name, self.num_magnitude_bins, grid, self._wide)
+                if table is not None:
+                    values[index] = table
+                signed[index] = sign
+            cached = self._cache[grid] = (values, signed)
+        return cached
+
+    def params(self, count: int, grid: Tuple[int, int], generator=None):
+        """Per round ``(op index (N,), signed magnitude (N,) float64)``, drawn as ``__call__`` does."""
+        rounds = self._rounds
+        ops = torch.randint(len(self.ops), (rounds, count), generator=generator)
+        bins = self._bins(rounds, count, generator)
+        negative = torch.randint(2, (rounds, count), generator=generator) == 1
+        values, signed = self._tables(tuple(grid))
+        magnitude = values[ops, bins]
+        magnitude = torch.where(negative & signed[ops], -magnitude, magnitude)
+        return [(ops[r], magnitude[r]) for r in range(rounds)]
+
+    def __call__(self, x, generator: Optional[torch.Generator] = None):
+        batch, restore = _as_batch(x, type(self).__name__)
+        N, _, H, W = batch.shape
+        drawn = self.params(N, (H, W), generator)
+        index = {name: i for i, name in enumerate(self.ops)}
+        code = {name: index.get(name, -1) for name in RANDAUGMENT_OPS + JPEG_OPS}
+        out = batch
+        pending = ColorAffine(N)
+        touched = np.zeros(N, dtype=bool)  # items with a pending colour map
+        keep_y = np.full(N, 64)
+        keep_c = np.full(N, 64)
+        fill = self._fill.to(device=batch.device, dtype=batch.dtype)[:, None, None]
+        for op_t, magnitude_t in drawn:
+            op, magnitude = op_t.numpy(), magnitude_t.numpy()
+            # torchvision: translate=[int(magnitude), 0] pixels; here rounded to whole blocks
+            blocks = np.round(np.trunc(magnitude) / 8.0).astype(np.int64)
+            for item in np.flatnonzero(((op == code["TranslateX"]) | (op == code["TranslateY"])) & (blocks != 0)):
+                if out is batch:
+                    out = batch.clone()
+                if touched[item]:  # colour ops drawn before this translation apply first (the fill is not recoloured)
+                    items = torch.tensor([item])
+                    out[item:item + 1] = pending.subset(items).apply(out[item:item + 1])
+                    pending.reset(items)
+                    touched[item] = False
+                dy, dx = (0, int(blocks[item])) if op[item] == code["TranslateX"] else (int(blocks[item]), 0)
+                _shift_in_place(out[item], dy, dx, fill)
+            for name, step in (("Brightness", pending.brightness), ("Color", pending.saturation),
+                               ("Contrast", pending.contrast)):
+                chosen = op == code[name]
+                if chosen.any():
+                    step(1.0 + magnitude_t, where=torch.from_numpy(chosen))
+                    touched |= chosen
+            dropped = op == code["FrequencyDropout"]
+            keep_y = np.where(dropped, np.minimum(keep_y, 64 - np.round(magnitude * 63).astype(np.int64)), keep_y)
+            keep_c = np.where(dropped, np.minimum(keep_c, 64 - np.round(magnitude * 63).astype(np.int64)), keep_c)
+            keep_c = np.where(op == code["ChromaDropout"], np.minimum(keep_c, 1), keep_c)
+        if touched.any():
+            out = pending.apply(out, out=None if out is batch else out)
+        if (keep_y < 64).any() or (keep_c < 64).any():  # 0/1 frequency masks commute with colour maps and shifts
+            gain = _keep_gain(torch.from_numpy(keep_y), torch.from_numpy(keep_c))
+            out = out * gain.to(device=out.device, dtype=out.dtype)[:, :, None, None]
+        if out is batch:
+            out = batch.clone()
+        return restore(out)
+
+
+def _shift_in_place(image: torch.Tensor, dy: int, dx: int, fill: torch.Tensor) -> None:
+    """Move ``image`` (C, H, W) down ``dy`` and right ``dx`` blocks in place; uncovered blocks = ``fill`` (C, 1, 1)."""
+    C, H, W = image.shape
+    kept = image[:, max(-dy, 0):H - max(dy, 0), max(-dx, 0):W - max(dx, 0)].clone()
+    image[:, max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = kept
+    for band in ((slice(0, dy), slice(None)) if dy > 0 else (slice(H + dy, H), slice(None)) if dy < 0 else None,
+                 (slice(None), slice(0, dx)) if dx > 0 else (slice(None), slice(W + dx, W)) if dx < 0 else None):
+        if band is not None:
+            image[:, band[0], band[1]] = fill
+
+
+class RandAugment(_Policy):
+    """torchvision ``RandAugment(num_ops, magnitude, num_magnitude_bins)`` over the exact ops (see
+    the module): per item, ``num_ops`` rounds of an op drawn uniformly with the fixed magnitude bin
+    ``magnitude`` and a random sign."""
+
+    def __init__(self, num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 31,
+                 ops: Optional[Sequence[str]] = None, fill=0):
+        super().__init__(num_magnitude_bins, ops, fill)
+        if int(num_ops) < 0:
+            raise UsageError(f"num_ops must be >= 0, got {num_ops}")
+        if not 0 <= int(magnitude) < self.num_magnitude_bins:
+            raise UsageError(f"magnitude must be in 0..{self.num_magnitude_bins - 1}, got {magnitude}")
+        self.num_ops, self.magnitude = int(num_ops), int(magnitude)
+
+    @property
+    def _rounds(self):
+        return self.num_ops
+
+    def _bins(self, rounds, count, generator):
+        return torch.full((rounds, count), self.magnitude, dtype=torch.int64)
+
+    def __repr__(self):
+        return (f"RandAugment(num_ops={self.num_ops}, magnitude={self.magnitude}, "
+                f"num_magnitude_bins={self.num_magnitude_bins}, ops={self.ops}, fill={self.fill!r})")
+
+
+class TrivialAugmentWide(_Policy):
+    """torchvision ``TrivialAugmentWide(num_magnitude_bins)`` over the exact ops: per item one op
+    drawn uniformly with a uniformly drawn magnitude bin (the "wide" magnitude tables) and sign."""
+
+    _wide = True
+    _rounds = 1
+
+    def __init__(self, num_magnitude_bins: int = 31, ops: Optional[Sequence[str]] = None, fill=0):
+        super().__init__(num_magnitude_bins, ops, fill)
+
+    def _bins(self, rounds, count, generator):
+        return torch.randint(self.num_magnitude_bins, (rounds, count), generator=generator)
+
+    def __repr__(self):
+        return f"TrivialAugmentWide(num_magnitude_bins={self.num_magnitude_bins}, ops={self.ops}, fill={self.fill!r})"

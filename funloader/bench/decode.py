@@ -1,0 +1,255 @@
+"""Section 1, decode: µs per image, funloader's readers against the libjpeg floor and other readers.
+
+Each corpus is read into memory first (no file I/O timed); every method decodes the same images
+side by side (harness round-robin). To compare one more reader, add a :class:`Row` to
+:data:`METHODS`.
+"""
+from __future__ import annotations
+
+import inspect
+import io
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import Context, Result, Row, Section
+from .harness import Method, Timed, minor_faults, round_robin
+
+TITLE = "Decode: µs per image (lower is better)"
+
+#: glibc settings that keep libjpeg's per-image coefficient arrays in the heap (README, "Speed")
+TUNED_MALLOC_ENV = "glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_threshold=67108864"
+#: small corpora (the bundled photos) are cycled to this many decodes per pass so threads balance
+MIN_ITEMS = 48
+
+
+@dataclass
+class Inputs:
+    """One corpus, ready to decode: file paths (cycled to ``MIN_ITEMS``), their bytes, shapes."""
+
+    files: List[Path]
+    datas: List[bytes]
+    shapes: List[tuple]
+    threads: List[int]
+    floor_binary: Optional[Path]
+    buffers: Dict[tuple, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.buffers = {shape: np.empty(shape, np.int16) for shape in set(self.shapes)}
+        self.batch = np.empty((len(self.datas), 192, 28, 28), np.int16)
+
+
+def _loop(datas, decode) -> Method:
+    def run():
+        for data in datas:
+            decode(data)
+        return len(datas)
+    return run
+
+
+def _read_fun(inputs):
+    from ..codec import read_fun
+
+    return {"read_fun": _loop(inputs.datas, read_fun)}
+
+
+def _read_fun_out(inputs):
+    from ..codec import read_fun
+
+    if len(inputs.buffers) != 1:  # read_fun(out=) needs the image's own grid: one-size corpora only
+        return {}
+    out = next(iter(inputs.buffers.values()))
+    return {"read_fun_out": _loop(inputs.datas, lambda data: read_fun(data, out=out))}
+
+
+def _read_fun_libjpeg(inputs):
+    from ..codec import read_fun
+
+    if "decoder" not in inspect.signature(read_fun).parameters:
+        return {}
+    return {"read_fun_libjpeg": _loop(inputs.datas, lambda data: read_fun(data, decoder="libjpeg"))}
+
+
+def _read_batch(inputs):
+    from ..codec import read_batch
+
+    def threads(count):
+        def run():
+            read_batch(inputs.datas, inputs.batch, threads=count)
+            return len(inputs.datas)
+        return run
+
+    return {f"read_batch_{count}t": threads(count) for count in sorted({1, *inputs.threads})}
+
+
+def _jpeg2dct(inputs):
+    try:
+        import jpeg2dct.numpy as jpeg2dct
+    except Exception:  # an optional reference
+        return {}
+    return {"jpeg2dct": _loop(inputs.datas, lambda data: jpeg2dct.loads(data, normalized=False))}
+
+
+def _pillow(inputs):
+    from PIL import Image
+
+    def decode(data):
+        with Image.open(io.BytesIO(data)) as image:
+            np.asarray(image.convert("RGB"))
+
+    return {"pillow_rgb": _loop(inputs.datas, decode)}
+
+
+def _floor(name, **kwargs):
+    def make(inputs):
+        if inputs.floor_binary is None:
+            return {}
+        return {name: lambda: run_floor(inputs.floor_binary, inputs.files, **kwargs)}
+    return make
+
+
+METHODS: List[Row] = [  # make(inputs) -> {name: method}
+    Row("read_fun", "funloader.read_fun: one file's coefficients in the FUN layout, a new array each call", _read_fun),
+    Row("read_fun_out", "read_fun into a reused out= buffer (one-size corpora)", _read_fun_out),
+    Row("read_fun_libjpeg", "read_fun with libjpeg-turbo's coefficient reader instead of funloader's own "
+        "Huffman decoder (FUNLOADER_DECODER=libjpeg)", _read_fun_libjpeg),
+    Row("read_batch_Nt", "funloader.read_batch with N native threads into a reused (N, 192, 28, 28) batch", _read_batch),
+    Row("floor", "the floor: a C program doing only libjpeg's jpeg_read_coefficients (no layout, no copy), "
+        "the least any coefficient reader can do", _floor("floor")),
+    Row("floor_tuned", "the same floor with glibc told to keep freed memory (GLIBC_TUNABLES), which removes "
+        "the page faults of libjpeg's per-image arrays", _floor("floor_tuned", tuned=True)),
+    Row("libjpeg_rgb", "libjpeg's full decode to RGB pixels in C: what any pixel pipeline pays at least",
+        _floor("libjpeg_rgb", rgb=True)),
+    Row("jpeg2dct", "jpeg2dct.loads (Uber's DCT reader used by the FUN paper's code)", _jpeg2dct),
+    Row("pillow_rgb", "Pillow: decode to an RGB numpy array (what torchvision pipelines start from)", _pillow),
+]
+
+
+# ---------------------------------------------------------------- the floor program
+
+
+def floor_source() -> Optional[Path]:
+    """``benchmarks/floor.c`` of the source tree (next to the package, or under the current folder)."""
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        candidate = root / "benchmarks" / "floor.c"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def build_floor_program(directory: Optional[Path] = None) -> Optional[Path]:
+    """Compile ``benchmarks/floor.c`` with the system C compiler (``JPEG_INCLUDE_DIR`` /
+    ``JPEG_LIBRARY_DIR`` honoured); None without the source or a compiler."""
+    source = floor_source()
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if source is None or compiler is None:
+        return None
+    directory = Path(directory or tempfile.mkdtemp(prefix="funloader-floor-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    binary = directory / "floor"
+    command = [compiler, "-O2", "-o", str(binary), str(source)]
+    if os.environ.get("JPEG_INCLUDE_DIR"):
+        command.append("-I" + os.environ["JPEG_INCLUDE_DIR"])
+    if os.environ.get("JPEG_LIBRARY_DIR"):
+        command += ["-L" + os.environ["JPEG_LIBRARY_DIR"], "-Wl,-rpath," + os.environ["JPEG_LIBRARY_DIR"]]
+    command.append("-ljpeg")
+    result = subprocess.run(command, capture_output=True, text=True)
+    return binary if result.returncode == 0 else None
+
+
+def run_floor(binary: Path, files: Sequence[Path], repeats: int = 1, *, rgb: bool = False,
+              tuned: bool = False) -> Timed:
+    """One timed pass of the floor program over ``files`` (after one untimed pass in the same
+    process), as measured by its own clock."""
+    env = dict(os.environ)
+    if tuned:
+        env["GLIBC_TUNABLES"] = TUNED_MALLOC_ENV
+    else:
+        env.pop("GLIBC_TUNABLES", None)
+    command = [str(binary)] + (["--rgb"] if rgb else []) + [str(repeats + 1)] + [str(f) for f in files]
+    output = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout
+    per_image_us = [float(line) for line in output.split()][1:]
+    return Timed(len(files) * repeats, sum(per_image_us) * len(files) / 1e6)
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def measure_corpora(corpora: Dict[str, Sequence[Path]], *, repeats: int = 7, threads: Sequence[int] = (2,),
+                    floor_binary: Optional[Path] = None, methods: Optional[Sequence[str]] = None,
+                    progress: Callable[[str], None] = lambda message: None) -> Section:
+    """Decode cost per image of every available row of :data:`METHODS`, for each corpus."""
+    from ..codec import read_fun
+
+    section = Section("decode", TITLE, explained={row.name: row.explanation for row in METHODS})
+    for corpus_name, files in corpora.items():
+        files = [Path(f) for f in files]
+        distinct = len(files)
+        if len(files) < MIN_ITEMS:
+            files = [files[i % len(files)] for i in range(MIN_ITEMS)]
+        datas = [f.read_bytes() for f in files]
+        inputs = Inputs(files, datas, [read_fun(d).shape for d in datas], [t for t in threads if t > 1],
+                        floor_binary)
+        timed: Dict[str, Method] = {}
+        for row in METHODS:
+            if methods is None or row.name in methods:
+                timed.update(row.make(inputs))
+        cycled = "" if distinct == len(files) else f", each decoded {len(files) // distinct}x per pass"
+        progress(f"decode: {corpus_name} ({distinct} files{cycled}; {len(timed)} methods x {repeats} repeats)")
+        faults_before = minor_faults()
+        for data in datas:
+            read_fun(data)
+        faults_per_image = (minor_faults() - faults_before) / len(datas)
+        summaries = round_robin(timed, repeats)
+        if "read_fun" in summaries:
+            summaries["read_fun"]["minor_faults_per_image_after_warmup"] = round(faults_per_image, 2)
+        section.results[corpus_name] = Result(summaries, ratios(summaries),
+                                              {"files": distinct, "decodes_per_pass": len(datas)})
+    if floor_binary is None:
+        section.extra["not_measured"] = {"floor": "needs benchmarks/floor.c (source tree) and a C compiler"}
+    return section
+
+
+def ratios(results: Dict[str, Dict[str, float]]) -> Dict[str, float]:
+    """Speed-ups of funloader (> 1: funloader faster), and ``read_fun_over_floor`` (cost / floor)."""
+    def median(name):
+        return results[name]["median_us"] if name in results else None
+
+    ours = median("read_fun_out") or median("read_fun")
+    found: Dict[str, float] = {}
+    if ours is None:
+        return found
+    if median("floor"):
+        found["read_fun_over_floor"] = round(ours / median("floor"), 3)
+    if median("floor_tuned"):
+        found["read_fun_over_floor_tuned"] = round(ours / median("floor_tuned"), 3)
+    for name in ("pillow_rgb", "jpeg2dct", "libjpeg_rgb"):
+        if median(name):
+            found[f"speedup_vs_{name}"] = round(median(name) / ours, 3)
+    if median("read_fun_libjpeg"):
+        found["speedup_vs_libjpeg_decoder"] = round(median("read_fun_libjpeg") / median("read_fun"), 3)
+    many = [name for name in results if name.startswith("read_batch_") and name != "read_batch_1t"]
+    for name in many:
+        count = name[len("read_batch_"):-1]
+        found[f"batch_{count}t_over_1t"] = round(median("read_batch_1t") / median(name), 3)
+    return found
+
+
+def default_corpora(context: Context) -> List[str]:
+    if context.corpora:
+        return context.corpora
+    return ["224_q100_420", "originals_q90_420"] if context.quick else \
+        ["224_q100_420", "224_q100_444", "224_q90_420", "originals_q90_420"]
+
+
+def measure(context: Context) -> Section:
+    corpora = {name: context.corpus(name) for name in default_corpora(context)}
+    floor = build_floor_program(context.workdir)
+    return measure_corpora(corpora, repeats=context.repeats, threads=context.threads, floor_binary=floor,
+                           progress=context.progress)

@@ -1,0 +1,116 @@
+"""RandAugment / TrivialAugmentWide over the exact ops, and the JPEG-only dropouts, against pixels."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import funloader
+from funloader import transforms as T
+from funloader.errors import UsageError
+from pixel_reference import fun_to_planes, photos, psnr, rgb_to_ycbcr, ycbcr_to_rgb
+
+
+@pytest.fixture(scope="module")
+def batch(shared_data):
+    paths = photos(shared_data, "4:4:4", limit=8)
+    out = np.empty((8, 192, 12, 12), np.float64)
+    buffer = np.empty((8, 192, 12, 12), np.float32)
+    assert funloader.read_batch([str(p) for p in paths], buffer, dequantize=True) == [None] * 8
+    out[:] = buffer
+    return torch.from_numpy(out)
+
+
+def _pixel_policy(planes, ops, magnitudes, names, fill_rgb=0.0):
+    """torchvision's op sequence on float RGB pixels, without clamps; translations by whole blocks."""
+    rgb = ycbcr_to_rgb(planes)
+    for op, m in zip(ops, magnitudes):
+        name = names[op]
+        grey = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+        if name == "Brightness":
+            rgb = (1 + m) * rgb
+        elif name == "Color":
+            rgb = (1 + m) * rgb + (-m) * grey
+        elif name == "Contrast":
+            rgb = (1 + m) * rgb + (-m) * grey.mean()
+        elif name in ("TranslateX", "TranslateY"):
+            shift = 8 * int(round(int(m) / 8))
+            moved = np.full_like(rgb, fill_rgb)
+            if name == "TranslateX":
+                if shift >= 0:
+                    moved[:, :, shift:] = rgb[:, :, :rgb.shape[2] - shift]
+                else:
+                    moved[:, :, :shift] = rgb[:, :, -shift:]
+            else:
+                if shift >= 0:
+                    moved[:, shift:] = rgb[:, :rgb.shape[1] - shift]
+                else:
+                    moved[:, :shift] = rgb[:, -shift:]
+            rgb = moved
+    return rgb_to_ycbcr(rgb)
+
+
+@pytest.mark.parametrize("policy", [T.RandAugment(2, 9), T.RandAugment(3, 25, fill=(255, 0, 0)), T.TrivialAugmentWide()])
+def test_policy_equals_torchvision_ops_in_pixels(batch, policy):
+    out = policy(batch, torch.Generator().manual_seed(7))
+    params = policy.params(8, (12, 12), torch.Generator().manual_seed(7))
+    drawn = {policy.ops[int(op)] for op, _ in params for op in op}
+    assert {"Brightness", "Contrast", "TranslateX"} <= drawn or {"Color", "TranslateY"} <= drawn, drawn
+    fill = np.asarray(policy.fill, np.float64).reshape(-1, 1, 1)
+    for item in range(8):
+        ops = [int(op[item]) for op, _ in params]
+        magnitudes = [float(m[item]) for _, m in params]
+        expected = _pixel_policy(fun_to_planes(batch[item].numpy()), ops, magnitudes, policy.ops, fill)
+        assert psnr(fun_to_planes(out[item].numpy()), expected) >= 100.0, (item, ops, magnitudes)
+
+
+def test_magnitude_tables_follow_torchvision():
+    params = T.RandAugment(1, 9, ops=["Brightness"]).params(64, (28, 28), torch.Generator().manual_seed(0))
+    assert set(np.round(np.abs(params[0][1].numpy()), 6)) == {round(0.9 * 9 / 30, 6)}
+    assert set(np.sign(params[0][1].numpy())) == {-1.0, 1.0}
+    wide = T.TrivialAugmentWide(ops=["TranslateX"]).params(256, (28, 28), torch.Generator().manual_seed(0))
+    assert np.abs(wide[0][1].numpy()).max() <= 32.0 and len(set(np.abs(wide[0][1].numpy()))) > 10
+    with pytest.raises(UsageError, match="Solarize"):
+        T.RandAugment(ops=["Solarize"])
+    with pytest.raises(UsageError, match="magnitude"):
+        T.RandAugment(2, 31)
+
+
+def test_frequency_and_chroma_dropout_in_pixels(batch):
+    x = batch[:2]
+    flat = fun_to_planes(T.drop_frequencies(x, 1)[0].numpy())  # keep the DC only: every block is its mean
+    pixels = fun_to_planes(x[0].numpy())
+    means = pixels.reshape(3, 12, 8, 12, 8).mean(axis=(2, 4))
+    np.testing.assert_allclose(flat, np.repeat(np.repeat(means, 8, 1), 8, 2), atol=1e-6)
+    chroma_flat = fun_to_planes(T.drop_chroma(x, 1)[0].numpy())
+    np.testing.assert_allclose(chroma_flat[0], pixels[0], atol=1e-9)  # luma untouched
+    np.testing.assert_allclose(chroma_flat[1:], np.repeat(np.repeat(means[1:], 8, 1), 8, 2), atol=1e-6)
+    # the random classes: per-item keep counts, the same draws through channel_affine
+    dropout = T.FrequencyDropout(p=0.8, keep=(4, 20))
+    out = dropout(x.float(), torch.Generator().manual_seed(1))
+    gain, bias = dropout.channel_affine(2, torch.Generator().manual_seed(1))
+    assert not bias.any()
+    torch.testing.assert_close(out, x.float() * gain.float()[:, :, None, None])
+    raw = (x * 0.1).to(torch.int16)
+    assert T.ChromaDropout(p=1.0)(raw).dtype == torch.int16
+
+
+def test_policy_draws_do_not_depend_on_threads(batch):
+    policy = T.RandAugment(2, 9, ops=T.RANDAUGMENT_OPS + T.JPEG_OPS)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(policy(batch.float(), torch.Generator().manual_seed(3)))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(results[0], results[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_policy_same_draws_on_cuda(batch):
+    policy = T.RandAugment(2, 9, ops=T.RANDAUGMENT_OPS + T.JPEG_OPS)
+    cpu = policy(batch.float(), torch.Generator().manual_seed(3))
+    gpu = policy(batch.float().cuda(), torch.Generator().manual_seed(3))
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-3)
