@@ -522,7 +522,8 @@ static inline __attribute__((always_inline)) int fl_decode_band_body(fl_huff *hu
   }
   const char *reason = NULL;
 
-/* At least 32 valid bits afterwards: any code (<= 16 bits) plus its value bits (<= 11).  Where 8
+/* At least 40 valid bits afterwards: any code (<= 16 bits) plus its value bits (<= 11), and 13 left
+ * for the next symbol's table lookup.  Where 8
  * bytes without 0xFF follow, the refill is branch-free and runs before every symbol (a "bits < 32"
  * test mispredicted every few symbols: half of all mispredictions); the 8 bytes are shifted in
  * after the valid bits, whole bytes counted, the partial one left to be read again. */
@@ -537,7 +538,7 @@ static inline __attribute__((always_inline)) int fl_decode_band_body(fl_huff *hu
         break;                                                                              \
       }                                                                                     \
     }                                                                                       \
-    if (bits < 32) {                                                                        \
+    if (bits < 40) {                                                                        \
       fl_reader r_ = {buffer, bits, pos};                                                   \
       r_ = fl_fill_slow(huff, r_);                                                          \
       buffer = r_.buffer;                                                                   \
@@ -597,8 +598,10 @@ static inline __attribute__((always_inline)) int fl_decode_band_body(fl_huff *hu
       /* AC: (run, size, value) at once from the combined table; only nonzero values are written */
       int k = 1;
       while (k < 64) {
-        FL_FILL();
+        /* the lookup needs only the top FL_LOOKUP_BITS bits, valid before the refill (>= 13 are
+         * left after any symbol), so the table load and the refill overlap */
         entry = ac->combined[buffer >> (64 - FL_LOOKUP_BITS)];
+        FL_FILL();
         if (entry) {
           FL_DROP(entry);
           if (entry & FL_AC_EOB) break;
