@@ -470,7 +470,7 @@ static void fl_store_component(const fl_resize_scratch *scratch, const fl_compon
 }
 
 static void fl_fill_planes(void *out, int c, int dtype, size_t plane, const float *bias) {
-  const size_t element = dtype == FL_DTYPE_FLOAT32 ? 4 : 2;
+  const size_t element = fl_dtype_size(dtype);
   if (dtype != FL_DTYPE_FLOAT32 || !bias) {
     memset((char *)out + (size_t)64 * c * plane * element, 0, 64 * plane * element);
     return;
