@@ -4,9 +4,9 @@ The extension links against the system libjpeg-turbo (Debian/Ubuntu: ``libjpeg62
 Fedora: ``libjpeg-turbo-devel``, conda: ``libjpeg-turbo``).  Set ``FUNLOADER_SANITIZE=1`` to build
 it with AddressSanitizer and UndefinedBehaviorSanitizer (see README, "Hardening").
 """
+import importlib.util
 import os
 import sys
-import sysconfig
 
 from setuptools import Extension, setup
 
@@ -21,21 +21,15 @@ def _about():
 
 
 def _find_jpeglib():
-    """Return extra include dirs for jpeglib.h, or stop with a clear message."""
-    candidates = [os.environ.get("JPEG_INCLUDE_DIR", ""), os.path.join(sys.prefix, "include"),
-                  "/usr/include", "/usr/local/include", "/opt/homebrew/include",
-                  "/usr/include/" + (sysconfig.get_config_var("MULTIARCH") or "")]
-    for directory in candidates:
-        if directory and os.path.exists(os.path.join(directory, "jpeglib.h")):
-            return [directory]
-    sys.exit(
-        "funloader: jpeglib.h (libjpeg-turbo headers) not found.\n"
-        "  Debian/Ubuntu: apt-get install libjpeg62-turbo-dev   (or libjpeg-turbo8-dev)\n"
-        "  Fedora/RHEL:   dnf install libjpeg-turbo-devel\n"
-        "  macOS:         brew install jpeg-turbo\n"
-        "  conda:         conda install libjpeg-turbo\n"
-        "or set JPEG_INCLUDE_DIR / JPEG_LIBRARY_DIR to a libjpeg-turbo installation."
-    )
+    """Extra include dirs for jpeglib.h (funloader/_headers.py, shared with the DALI plugin build,
+    loaded by path: the package is not built yet), or stop with the install instructions."""
+    spec = importlib.util.spec_from_file_location("_funloader_headers", os.path.join(HERE, "funloader", "_headers.py"))
+    headers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(headers)
+    try:
+        return headers.find_jpeglib_include()
+    except FileNotFoundError as error:
+        sys.exit(f"funloader: {error}")
 
 
 def _extension():

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
-import tarfile
 import threading
 import warnings
 from pathlib import Path
@@ -32,10 +32,12 @@ import numpy as np
 import torch
 
 from .codec import read_batch, read_fun
-from .errors import JPEGDecodeError
-from .files import FileRefusedError, Listing, read_file, read_head, walk_files
+from .errors import JPEGDecodeError, UsageError, user_stacklevel
+from .shards import ShardError, read_member, read_shard_index
+from .files import FileRefusedError, Listing, is_ancestor_link, read_file, read_head, walk_files
 
-__all__ = ["DCTImageFolder", "IMG_EXTENSIONS", "find_classes", "make_dataset", "sniff_format", "read_shard_index"]
+__all__ = ["DCTImageFolder", "IMG_EXTENSIONS", "find_classes", "make_dataset", "sniff_format", "read_shard_index",
+           "MAX_CLASSES"]
 
 logger = logging.getLogger("funloader.dataset")
 
@@ -72,8 +74,19 @@ def _not_jpeg_error(head: bytes, name: str) -> Optional[JPEGDecodeError]:
 
 
 def find_classes(directory: Union[str, os.PathLike]) -> Tuple[List[str], Dict[str, int]]:
-    """Class folders of an ImageFolder root, as torchvision: sorted sub-directory names."""
-    classes = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
+    """Class folders of an ImageFolder root, as torchvision: sorted sub-directory names. A link to
+    the root itself or to a folder above it (a loop, e.g. ``root/all -> .``) is not a class: it is
+    left out with a warning."""
+    classes, loops = [], []
+    for entry in os.scandir(directory):
+        if entry.is_dir():
+            if entry.is_symlink() and is_ancestor_link(entry.path, os.path.join(os.fspath(directory), "")):
+                loops.append(entry.path)
+            else:
+                classes.append(entry.name)
+    classes.sort()
+    if loops:
+        _warn_listing(directory, Listing(links_skipped=sorted(loops)))
     if not classes:
         raise FileNotFoundError(f"{directory}: no class folders (expected root/<class>/<image>)")
     return classes, {name: index for index, name in enumerate(classes)}
@@ -86,15 +99,25 @@ def make_dataset(directory, class_to_idx: Dict[str, int], extensions: Sequence[s
     Folders are listed with :func:`funloader.files.walk_files` (links followed once, no loops, FIFOs
     and devices never opened); what could not be listed is reported in a warning."""
     samples, listing = _make_dataset(directory, class_to_idx, extensions, is_valid_file, allow_empty)
-    _warn_listing(directory, listing, stacklevel=3)
+    _warn_listing(directory, listing)
     return samples
 
 
-def _warn_listing(directory, listing: Listing, stacklevel: int = 4) -> None:
-    """Warn (pointing at the caller's caller) about what a folder walk could not list."""
+def _as_label(value, where) -> int:
+    """A class index from a file list or index (an integer, or a string of one), else UsageError."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise UsageError(f"{where}: {value!r} is not a class index (an integer)") from None
+
+
+def _warn_listing(directory, listing: Listing) -> None:
+    """Warn (pointing at the user's line) about what a folder walk could not list."""
     problems = listing.problems()
     if problems:
-        warnings.warn(f"funloader: {directory}: not every entry was listed: {problems}", stacklevel=stacklevel)
+        warnings.warn(f"funloader: {directory}: not every entry was listed: {problems}", stacklevel=user_stacklevel())
 
 
 def _make_dataset(directory, class_to_idx: Dict[str, int], extensions: Sequence[str],
@@ -136,69 +159,25 @@ def _make_dataset(directory, class_to_idx: Dict[str, int], extensions: Sequence[
     return samples, problems
 
 
-def read_shard_index(shard: Union[str, os.PathLike]) -> List[Tuple[str, int, int, Optional[int]]]:
-    """Members of one WebDataset ``.tar`` shard: ``[(key, data_offset, size, label), ...]`` in tar order
-    for every ``<key>.jpg``/``.jpeg`` member; ``label`` from ``<key>.cls`` (ASCII integer) or None.
-    The key is the member name up to the first dot of its last path component."""
-    samples: Dict[str, List] = {}
-    order: List[str] = []
-    try:
-        with tarfile.open(shard, mode="r:") as archive:
-            for member in archive:
-                if not member.isfile():
-                    continue
-                folder, _, base = member.name.rpartition("/")
-                stem, dot, ext = base.partition(".")
-                if not dot:
-                    continue
-                key = f"{folder}/{stem}" if folder else stem
-                ext = ext.lower()
-                if key not in samples and ext in ("jpg", "jpeg", "cls"):
-                    samples[key] = [None, None]
-                    order.append(key)
-                if ext in ("jpg", "jpeg"):
-                    samples[key][0] = (member.offset_data, member.size)
-                elif ext == "cls":
-                    text = archive.extractfile(member).read().decode("ascii", "replace").strip()
-                    try:
-                        label = int(text)
-                    except ValueError:
-                        raise ValueError(f"{shard}: member {member.name} holds {text[:20]!r}, not a class index") from None
-                    samples[key][1] = label
-    except tarfile.TarError as exc:
-        raise ValueError(f"{shard}: not a readable tar shard ({exc})") from exc
-    out = []
-    for key in order:
-        location, label = samples[key]
-        if location is not None:  # a .cls without its image is ignored
-            out.append((key, location[0], location[1], label))
-    return out
-
-
 class _ShardSource:
-    """Lazily read bytes of a shard member with ``os.pread``; one descriptor per process and shard."""
+    """Where sample bytes live inside a shard (read lazily with :func:`funloader.shards.read_member`)."""
 
     __slots__ = ("shard", "offset", "size", "name")
 
     def __init__(self, shard: str, offset: int, size: int, name: str):
         self.shard, self.offset, self.size, self.name = shard, offset, size, name
 
+    def read(self) -> bytes:
+        return read_member(self.shard, self.offset, self.size, name=self.name)
 
-_FD_CACHE: Dict[Tuple[int, str], int] = {}
-_FD_LOCK = threading.Lock()
 
+#: What a bad sample can raise while it is read or decoded (``on_error="skip"`` replaces it).
+SAMPLE_ERRORS = (JPEGDecodeError, OSError, MemoryError, ShardError)
 
-def _read_member(source: _ShardSource) -> bytes:
-    key = (os.getpid(), source.shard)
-    with _FD_LOCK:
-        fd = _FD_CACHE.get(key)
-        if fd is None:
-            fd = os.open(source.shard, os.O_RDONLY)
-            _FD_CACHE[key] = fd
-    data = os.pread(fd, source.size, source.offset)
-    if len(data) != source.size:
-        raise JPEGDecodeError(f"shard member truncated ({len(data)} of {source.size} bytes)", source.name)
-    return data
+#: Largest class index accepted when the class names are not given (``classes=``, ``index.json``):
+#: the loader builds one name per index up to the largest, so ``300000000`` in a ``.cls`` file
+#: would have built 300 million names.
+MAX_CLASSES = 1 << 20
 
 
 def _is_shard_dir(path: Path) -> bool:
@@ -261,7 +240,7 @@ class DCTImageFolder(torch.utils.data.Dataset):
                 self.classes = list(found)
                 self.samples, self.walk_problems = _make_dataset(path, self.class_to_idx, extensions, is_valid_file,
                                                                  allow_empty)
-                _warn_listing(path, self.walk_problems, stacklevel=3)
+                _warn_listing(path, self.walk_problems)
                 self._sources = [p for p, _ in self.samples]
         if not self.samples and not allow_empty:
             raise FileNotFoundError(f"{root}: no images found")
@@ -269,9 +248,23 @@ class DCTImageFolder(torch.utils.data.Dataset):
         self.imgs = self.samples
 
     # ------------------------------------------------------------------ construction
-    def _set_classes(self, classes: Optional[Sequence[str]], labels: Sequence[int]):
+    def _set_classes(self, classes: Optional[Sequence[str]], labels: Sequence[int], where):
+        """Set ``classes`` after checking every label against them (or against ``MAX_CLASSES`` when
+        the names are not given and are made up as ``"0"``, ``"1"``, ...). -1 means unlabelled."""
+        limit = len(classes) if classes is not None else MAX_CLASSES
+        for position, label in enumerate(labels):
+            if label < -1 or label >= limit:
+                name = self.samples[position][0] if position < len(self.samples) else f"item {position}"
+                if label < -1:
+                    why = "a class index must be non-negative (-1: unlabelled)"
+                elif classes is not None:
+                    why = f"there are {len(classes)} classes"
+                else:
+                    why = (f"above {MAX_CLASSES - 1}, the largest class index accepted without class names; "
+                           f"pass classes= (or list them in index.json) for more")
+                raise UsageError(f"{where}: sample {name} has label {label}: {why}")
         if classes is None:
-            top = max((label for label in labels if label is not None and label >= 0), default=-1)
+            top = max(labels, default=-1)
             classes = [str(i) for i in range(top + 1)]
         self.classes = list(classes)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
@@ -282,19 +275,23 @@ class DCTImageFolder(torch.utils.data.Dataset):
             try:
                 path, label = entry
             except (TypeError, ValueError):
-                raise ValueError(f"file list entries must be (path, label) pairs, got {entry!r}") from None
-            samples.append((os.fspath(path), int(label)))
+                raise UsageError(f"file list entries must be (path, label) pairs, got {entry!r}") from None
+            samples.append((os.fspath(path), _as_label(label, f"the label of {os.fspath(path)}")))
         self.samples = samples
         self._sources = [p for p, _ in samples]
-        self._set_classes(classes, [l for _, l in samples])
+        self._set_classes(classes, [label for _, label in samples], "file list")
 
-    def _load_shards(self, shards: Sequence[str], classes, labels_by_key: Optional[Dict[str, int]] = None):
+    def _load_shards(self, shards: Sequence[str], classes, labels_by_key: Optional[Dict[str, int]] = None,
+                     where="shards") -> List[int]:
+        """Samples of ``shards``; returns how many each shard holds."""
         self.shards = list(shards)
-        samples, sources = [], []
+        samples, sources, counts = [], [], []
         for shard in self.shards:
             if not os.path.isfile(shard):
                 raise FileNotFoundError(f"{shard}: shard not found")
-            for key, offset, size, label in read_shard_index(shard):
+            members = read_shard_index(shard)
+            counts.append(len(members))
+            for key, offset, size, label in members:
                 if label is None and labels_by_key is not None:
                     label = labels_by_key.get(key)
                 name = f"{shard}::{key}"
@@ -302,30 +299,63 @@ class DCTImageFolder(torch.utils.data.Dataset):
                 sources.append(_ShardSource(shard, offset, size, name))
         self.samples = samples
         self._sources = sources
-        self._set_classes(classes, [l for _, l in samples])
+        self._set_classes(classes, [label for _, label in samples], where)
+        return counts
 
     def _load_index(self, path: Path, classes) -> bool:
-        """A ``funloader prepare`` output: folder layout (files listed) or shards. False: not usable."""
+        """A ``funloader prepare`` output: folder layout (files listed) or shards. False: an
+        ``index.json`` that lists neither (not ours: the folder is read as an ImageFolder)."""
+        where = path / "index.json"
         try:
-            index = json.loads((path / "index.json").read_text())
-        except (OSError, ValueError):
-            return False
-        if not isinstance(index, dict):
+            index = json.loads(read_file(where, limit=1 << 30))
+        except ValueError as exc:
+            raise UsageError(f"{where}: not valid JSON ({exc})") from None
+        if not isinstance(index, dict) or not (index.get("shards") or index.get("files")):
             return False
         index_classes = classes if classes is not None else index.get("classes")
-        shards = index.get("shards")
-        if shards:
-            names = [s["name"] if isinstance(s, dict) else str(s) for s in shards]
-            labels = {str(f["key"]): int(f["label"]) for f in index.get("files", []) if "key" in f and "label" in f}
-            self._load_shards([str(path / name) for name in names], index_classes or None, labels)
-            return True
-        files = index.get("files")
-        if not files:
-            return False
-        self.samples = [(str(path / f["path"]), int(f.get("label", -1))) for f in files]
+        if index_classes is not None and (not isinstance(index_classes, list)
+                                          or not all(isinstance(c, str) for c in index_classes)):
+            raise UsageError(f"{where}: 'classes' must be a list of names")
+        try:
+            shards = index.get("shards")
+            if shards:
+                names = [str(s["name"]) if isinstance(s, dict) else str(s) for s in shards]
+                labels = {str(f["key"]): _as_label(f["label"], f"{where}: label of {f['key']}")
+                          for f in index.get("files", []) if "key" in f and "label" in f}
+                counts = self._load_shards([str(path / name) for name in names], index_classes or None, labels, where)
+                self._check_shard_counts(where, shards, counts)
+                return True
+            files = index["files"]
+            self.samples = [(str(path / f["path"]), _as_label(f.get("label", -1), f"{where}: label of {f['path']}"))
+                            for f in files]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise UsageError(f"{where}: malformed funloader index ({type(exc).__name__}: {exc})") from None
         self._sources = [p for p, _ in self.samples]
-        self._set_classes(index_classes or None, [l for _, l in self.samples])
+        self._set_classes(index_classes or None, [label for _, label in self.samples], where)
         return True
+
+    def _check_shard_counts(self, where, shards, counts) -> None:
+        """Compare each shard's samples (and size) with what ``index.json`` records: a shard cut at a
+        member boundary used to lose samples silently. An error, or a warning under ``on_error="skip"``."""
+        problems = []
+        for entry, found in zip(shards, counts):
+            if not isinstance(entry, dict):
+                continue
+            shard = str(where.parent / str(entry["name"]))
+            expected, size = entry.get("count"), entry.get("bytes")
+            if expected is not None and int(expected) != found:
+                problems.append(f"{shard} holds {found} samples, the index records {expected}")
+            elif size is not None and os.path.getsize(shard) != int(size):
+                problems.append(f"{shard} is {os.path.getsize(shard)} bytes, the index records {size}")
+        if not problems:
+            return
+        message = (f"{where}: {len(problems)} shard(s) do not match the index (truncated or replaced?): "
+                   + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else ""))
+        if self.on_error != "skip":
+            raise UsageError(message + ". Re-create them, or pass on_error='skip' (DCTImageFolder, DCTLoader) "
+                                       "to load what is there")
+        logger.warning(message)
+        warnings.warn(message + f"; loading the {len(self.samples)} samples that are there", stacklevel=user_stacklevel())
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -338,24 +368,25 @@ class DCTImageFolder(torch.utils.data.Dataset):
     def source(self, index: int):
         """What ``read_fun``/``read_batch`` take for sample ``index``: a path, or the bytes of a shard member."""
         source = self._sources[index]
-        return _read_member(source) if isinstance(source, _ShardSource) else source
+        return source.read() if isinstance(source, _ShardSource) else source
 
     def sources(self, indices: Sequence[int]) -> list:
         return [self.source(int(i)) for i in indices]
 
     def describe_error(self, index: int, error: BaseException) -> BaseException:
-        """A clear error for sample ``index``: names the file; says what a non-JPEG looks like."""
+        """A clear error for sample ``index``: names the file; says what a non-JPEG looks like.
+        Reads at most 16 bytes, never from a FIFO or device (:func:`funloader.files.read_head`)."""
         name = self.sample_name(index)
         try:
             source = self._sources[index]
             if isinstance(source, _ShardSource):
-                head = _read_member(source)[:16]
+                head = read_member(source.shard, source.offset, min(16, source.size), name=name)
             else:
                 head = read_head(source, 16)
             better = _not_jpeg_error(head, name)
             if better is not None:
                 return better
-        except OSError:
+        except (OSError, ShardError):
             pass
         if isinstance(error, JPEGDecodeError) and error.filename is None:
             return type(error)(error.reason, name)
@@ -365,9 +396,11 @@ class DCTImageFolder(torch.utils.data.Dataset):
         name = self.sample_name(index)
         source = self._sources[index]
         try:
-            data = _read_member(source) if isinstance(source, _ShardSource) else read_file(source)
+            data = source.read() if isinstance(source, _ShardSource) else read_file(source)
         except FileRefusedError as exc:
             raise JPEGDecodeError(exc.reason, name) from None
+        except ShardError as exc:
+            raise JPEGDecodeError(str(exc), name) from None
         except OSError as exc:
             raise JPEGDecodeError(f"cannot read: {exc.strerror or exc}", name) from exc
         problem = _not_jpeg_error(data[:16], name)
@@ -377,14 +410,32 @@ class DCTImageFolder(torch.utils.data.Dataset):
             return read_fun(data, dequantize=self.dequantize, strict=self.strict)
         except JPEGDecodeError as exc:
             raise type(exc)(exc.reason, name) from None
+        except MemoryError as exc:
+            raise JPEGDecodeError(f"out of memory decoding it ({exc})", name) from None
 
-    def mark_bad(self, index: int, error: BaseException) -> None:
-        """Record a bad sample (logged once per file) and count one replacement."""
+    def mark_bad(self, index: int, error: BaseException, *, replaced: bool = True) -> None:
+        """Record a bad sample (logged once per file); ``replaced``: count one replacement."""
         with self._lock:
-            self.skipped += 1
+            self.skipped += int(replaced)
             if index not in self.bad_samples:
                 self.bad_samples[index] = str(error)
                 logger.warning("funloader: skipping bad sample %d: %s", index, error)
+
+    def recover(self, index: int, error: BaseException, decode: Callable[[int], object], *,
+                on_error: Optional[str] = None):
+        """The error policy, in one place, for a sample ``index`` that failed with ``error``: raise it
+        (``"raise"``), or record it and return ``(decode(candidate), label)`` for the first
+        replacement candidate that decodes (``"skip"``). ``decode(i)`` raises one of
+        ``SAMPLE_ERRORS`` for a bad sample. ``on_error``: the caller's policy (default: the dataset's)."""
+        if (self.on_error if on_error is None else on_error) == "raise":
+            raise error
+        self.mark_bad(index, error)
+        for candidate in self.replacement_candidates(index):
+            try:
+                return decode(candidate), self.targets[candidate]
+            except SAMPLE_ERRORS as exc:
+                self.mark_bad(candidate, exc, replaced=False)
+        raise JPEGDecodeError("no decodable sample left in the dataset", self.root)
 
     def replacement_candidates(self, index: int):
         """Indices tried, in order, to replace a bad sample ``index``: the following ones, cyclically."""
@@ -399,18 +450,7 @@ class DCTImageFolder(torch.utils.data.Dataset):
         try:
             return self._decode(index), self.targets[index]
         except JPEGDecodeError as exc:
-            if self.on_error == "raise":
-                raise
-            self.mark_bad(index, exc)
-        for candidate in self.replacement_candidates(index):
-            try:
-                return self._decode(candidate), self.targets[candidate]
-            except JPEGDecodeError as exc:
-                with self._lock:
-                    if candidate not in self.bad_samples:
-                        self.bad_samples[candidate] = str(exc)
-                        logger.warning("funloader: skipping bad sample %d: %s", candidate, exc)
-        raise JPEGDecodeError("no decodable sample left in the dataset", self.root)
+            return self.recover(index, exc, self._decode)
 
     def __getitem__(self, index: int):
         coefficients, label = self.load(int(index))
@@ -441,11 +481,11 @@ def decode_into(dataset: DCTImageFolder, indices: Sequence[int], out, *, threads
                 on_error: Optional[str] = None):
     """Decode samples ``indices`` of ``dataset`` into ``out`` ``(len(indices), 192, H8, W8)`` (int16,
     or float32 when dequantized) with ``read_batch`` (centre crop / zero padding to the grid),
-    applying the error policy. Returns the labels (list of int) actually placed, which differ from
-    ``dataset.targets[indices]`` where a bad sample was replaced. ``layout``: per-item
-    ``row_maps``/``col_maps``/``gain`` arrays (and a shared ``bias``) passed on to ``read_batch``.
-    ``dequantize``, ``strict``, ``on_error``: the caller's settings (default: the dataset's; the
-    dataset is not changed)."""
+    applying the error policy (:meth:`DCTImageFolder.recover`). Returns the labels (list of int)
+    actually placed, which differ from ``dataset.targets[indices]`` where a bad sample was replaced.
+    ``layout``: per-item ``row_maps``/``col_maps``/``gain`` arrays (and a shared ``bias``) passed on
+    to ``read_batch``. ``dequantize``, ``strict``, ``on_error``: the caller's settings (default: the
+    dataset's; the dataset is not changed)."""
     indices = [int(i) for i in indices]
     layout = layout or {}
     dequantize = dataset.dequantize if dequantize is None else bool(dequantize)
@@ -455,28 +495,26 @@ def decode_into(dataset: DCTImageFolder, indices: Sequence[int], out, *, threads
     def item_layout(slot):
         return {key: (value if key == "bias" or value is None else value[slot:slot + 1]) for key, value in layout.items()}
 
-    errors = read_batch(dataset.sources(indices), out, threads=threads, dequantize=dequantize, strict=strict,
-                        **layout)
+    sources, unreadable = [], {}
+    for slot, index in enumerate(indices):
+        try:
+            sources.append(dataset.source(index))
+        except (OSError, ShardError) as exc:  # a shard member that cannot be read: a bad sample
+            sources.append(b"")
+            unreadable[slot] = JPEGDecodeError(str(exc), dataset.sample_name(index))
+    errors = read_batch(sources, out, threads=threads, dequantize=dequantize, strict=strict, **layout)
     labels = [dataset.targets[i] for i in indices]
     for slot, error in enumerate(errors):
+        error = unreadable.get(slot, error)
         if error is None:
             continue
-        index = indices[slot]
-        error = dataset.describe_error(index, error)
-        if on_error == "raise":
-            raise error
-        dataset.mark_bad(index, error)
-        for candidate in dataset.replacement_candidates(index):
+
+        def decode_slot(candidate, slot=slot):
             retry = read_batch([dataset.source(candidate)], out[slot:slot + 1], threads=1,
                                dequantize=dequantize, strict=strict, **item_layout(slot))[0]
-            if retry is None:
-                labels[slot] = dataset.targets[candidate]
-                break
-            retry = dataset.describe_error(candidate, retry)
-            with dataset._lock:
-                if candidate not in dataset.bad_samples:
-                    dataset.bad_samples[candidate] = str(retry)
-                    logger.warning("funloader: skipping bad sample %d: %s", candidate, retry)
-        else:
-            raise JPEGDecodeError("no decodable sample left in the dataset", dataset.root)
+            if retry is not None:
+                raise dataset.describe_error(candidate, retry)
+
+        _, labels[slot] = dataset.recover(indices[slot], dataset.describe_error(indices[slot], error), decode_slot,
+                                          on_error=on_error)
     return labels

@@ -32,7 +32,7 @@ from typing import List, Optional, Tuple, Union
 from .errors import FunloaderError
 
 __all__ = ["MAX_FILE_BYTES", "FileRefusedError", "Listing", "walk_files", "open_regular", "read_file", "read_head",
-           "check_size"]
+           "check_size", "cache_root", "untrusted_reason", "is_ancestor_link"]
 
 #: Largest input file (an image, a shard member, a stats or index file) any reader accepts, in
 #: bytes: 2 GiB, the same limit as the C core's ``FL_MAX_FILE_BYTES`` (``jpegdct_core.c``).
@@ -156,7 +156,7 @@ class Listing:
         return "; ".join(parts) or None
 
 
-def _is_ancestor(link: str, folder: str) -> bool:
+def is_ancestor_link(link: str, folder: str) -> bool:
     """Whether ``link`` (in ``folder``) points to ``folder`` itself or to a folder above it."""
     target, here = os.path.realpath(link), os.path.realpath(folder)
     return here == target or here.startswith(target.rstrip(os.sep) + os.sep)
@@ -220,7 +220,7 @@ def walk_files(top: PathLike, *, skip_hidden: bool = False) -> Listing:
                     if stat.S_ISREG(mode):
                         found.append((folder, entry.name))
                     elif stat.S_ISDIR(mode):
-                        if _is_ancestor(entry.path, folder):
+                        if is_ancestor_link(entry.path, folder):
                             listing.links_skipped.append(entry.path)  # a loop, even above the walked folder
                         else:
                             linked.append(entry.path)
@@ -246,3 +246,46 @@ def walk_files(top: PathLike, *, skip_hidden: bool = False) -> Listing:
     listing.not_regular.sort()
     listing.links_skipped.sort()
     return listing
+
+
+# ----------------------------------------------------------------------------------------------
+# caches: where funloader keeps what it builds or computes for the user, and whether to trust it
+def cache_root() -> "Path":
+    """Where funloader keeps caches (the DALI plugin, statistics of read-only datasets):
+    ``$FUNLOADER_CACHE_DIR``, else ``$XDG_CACHE_HOME/funloader``, else ``~/.cache/funloader``."""
+    from pathlib import Path
+
+    explicit = os.environ.get("FUNLOADER_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "funloader"
+
+
+def untrusted_reason(path: PathLike, *, levels: int = 2) -> Optional[str]:
+    """Why a cached file must not be trusted, or None when it may be.
+
+    Refused: a file (or a folder: ``path`` itself when it is one, then up to ``levels`` folders
+    above it) that is not owned by the current user (or root), or that is group- or world-writable,
+    except a folder with the sticky bit (``/tmp``-like, where nobody can replace another user's
+    entries). Another user who can write there could have planted or swapped it. Symbolic links
+    are judged by what they point to."""
+    me = os.geteuid()
+    current = os.path.abspath(os.fspath(path))
+    for level in range(levels + 1):
+        try:
+            info = os.stat(current)
+        except OSError as exc:
+            return f"{current}: cannot be checked ({exc.strerror or exc})"
+        shared_folder = stat.S_ISDIR(info.st_mode) and bool(info.st_mode & stat.S_ISVTX)
+        if info.st_uid not in (me, 0) and not shared_folder:
+            return f"{current} is owned by uid {info.st_uid}, not by you (uid {me})"
+        if info.st_mode & 0o022 and not shared_folder:
+            what = "folder" if stat.S_ISDIR(info.st_mode) else "file"
+            return (f"{current} is a {what} writable by other users (mode {stat.S_IMODE(info.st_mode):04o}"
+                    + (", no sticky bit)" if what == "folder" else ")"))
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return None

@@ -21,10 +21,8 @@ is dropped, so every batch has exactly ``batch_size`` items.
 from __future__ import annotations
 
 import math
-import os
 import queue
 import threading
-import warnings
 import weakref
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -34,7 +32,8 @@ import torch
 from . import transforms as T
 from .channels import KeepSpec, channel_indices, normalization_affine
 from .dataset import DCTImageFolder, decode_into
-from .errors import user_stacklevel
+from .errors import UsageError
+from .stats import resolve as resolve_stats
 
 __all__ = ["DCTLoader", "BatchDataset", "epoch_indices"]
 
@@ -65,36 +64,6 @@ def epoch_indices(length: int, *, shuffle: bool, seed: int, epoch: int, rank: in
 def _batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
     mixed = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(rank), int(batch)])
     return int(mixed.generate_state(1, dtype=np.uint64)[0] & 0x7FFFFFFFFFFFFFFF)
-
-
-def _resolve_stats(normalize, dataset: DCTImageFolder, dequantize: bool):
-    """(mean, std) numpy (192,) or None."""
-    from .stats import load_stats
-
-    if normalize is None or normalize is False:
-        return None
-    if isinstance(normalize, (str, os.PathLike)) and os.fspath(normalize) != "auto":
-        stats = load_stats(normalize, dequantize=dequantize)
-        if stats is None:
-            raise FileNotFoundError(f"{normalize}: no funloader stats file")
-    elif isinstance(normalize, dict):
-        stats = normalize
-    elif isinstance(normalize, (tuple, list)) and len(normalize) == 2:
-        stats = {"mean": normalize[0], "std": normalize[1]}
-    elif normalize is True or normalize == "auto":
-        stats = load_stats(dataset.root, dequantize=dequantize) if dataset.root else None
-        if stats is None:
-            if normalize is True:
-                raise FileNotFoundError(f"{dataset.root}: no channel statistics for dequantize={dequantize}; "
-                                        f"run 'funloader stats {dataset.root}' first")
-            warnings.warn(f"funloader: no channel statistics next to {dataset.root} for dequantize={dequantize}: "
-                          f"batches are not normalised (run 'funloader stats DIR' to compute them)", stacklevel=user_stacklevel())
-            return None
-    else:
-        raise TypeError("normalize must be 'auto', True, False/None, a stats path, a stats dict or (mean, std)")
-    mean = np.asarray(stats["mean"], dtype=np.float64).reshape(192)
-    std = np.asarray(stats["std"], dtype=np.float64).reshape(192)
-    return mean, std
 
 
 class DCTLoader:
@@ -150,7 +119,11 @@ class DCTLoader:
         if isinstance(dataset_or_root, DCTImageFolder):
             dataset = dataset_or_root
         else:
-            dataset = DCTImageFolder(dataset_or_root, dequantize=True if dequantize is None else dequantize)
+            if on_error is not None and on_error not in ("raise", "skip"):
+                raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            # the dataset built here takes the loader's policies (they also govern its construction checks)
+            dataset = DCTImageFolder(dataset_or_root, dequantize=True if dequantize is None else dequantize,
+                                     on_error=on_error or "raise", strict=True if strict is None else strict)
         if on_error is not None and on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         # The loader's own settings (default: the dataset's); the caller's dataset is left unchanged.
@@ -168,6 +141,9 @@ class DCTLoader:
         self.num_threads = num_threads
         self.prefetch = max(1, int(prefetch))
         self.device = torch.device(device)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise UsageError(f"dtype must be a floating torch dtype (torch.float32, torch.bfloat16, torch.float16), "
+                             f"got {dtype!r}")
         self.dtype = dtype
         self.channels_last = bool(channels_last)
         self.sampler = sampler
@@ -182,7 +158,7 @@ class DCTLoader:
         self.rank, self.world_size = int(rank), int(world_size)
         self.size = T._pair(size)
         self.transform = transform if transform is not None else dataset.transform
-        self.stats = _resolve_stats(normalize, dataset, self.dequantize)
+        self.stats = resolve_stats(normalize, dataset.root, self.dequantize)  # (mean, std) float64 or None
         self.keep = keep
         self.keep_mode = keep_mode
         self.chunk_size = int(chunk_size)

@@ -86,8 +86,11 @@ def mixup(x, lam: float):
     _check_batch(t, "mixup")
     if not t.is_floating_point():
         t = t.to(torch.float32)
-    # torchvision: batch.roll(1, 0).mul_(1.0 - lam).add_(batch.mul(lam))
-    out = t.roll(1, 0).mul_(1.0 - lam).add_(t.mul(lam))
+    # torchvision: batch.roll(1, 0).mul_(1.0 - lam).add_(batch.mul(lam)); here one pass without the
+    # rolled copy: out[i] = t[i-1] + lam * (t[i] - t[i-1]) (equal up to float rounding)
+    out = torch.empty_like(t)
+    torch.lerp(t[:-1], t[1:], float(lam), out=out[1:])
+    torch.lerp(t[-1:], t[:1], float(lam), out=out[:1])
     return out.numpy() if was_numpy else out
 
 

@@ -1,14 +1,16 @@
 """``funloader prepare``: turn any image folder into a FUN-ready JPEG dataset, resumably.
 
-FUN models read the quantized DCT coefficients of 224x224 JPEGs (a 28x28 block grid).  This module
+FUN models read the quantized DCT coefficients of JPEGs (224x224: a 28x28 block grid).  This module
 re-encodes an arbitrary image collection (anything Pillow opens: JPEG of any kind, CMYK, PNG,
-EXIF-rotated photos, ...) into such JPEGs:
+EXIF-rotated photos, ...) into uniform JPEGs:
 
 1. decode with Pillow, apply the EXIF orientation (``ImageOps.exif_transpose``), convert to RGB;
-2. resize the shorter side to ``resize_shorter`` (default: ``size``) with Lanczos (large JPEGs are
-   first reduced in the DCT domain by libjpeg to no less than twice the target, as Pillow's
-   ``thumbnail`` does), then centre-crop to ``size x size`` (``crop="center"``) or keep the aspect
-   ratio (``crop="none"``);
+2. training sets (default): keep the aspect ratio, shorter side ``resize_shorter`` (default
+   :data:`TRAIN_SHORTER_SIDE`, 320; a smaller image is not enlarged), for exact
+   ``RandomResizedCrop`` at load time; evaluation sets (``size=224``): resize the shorter side to
+   ``resize_shorter`` (default ``size``), then centre-crop ``size x size``.  Lanczos, after large
+   JPEGs are reduced in the DCT domain by libjpeg to no less than twice the target (as Pillow's
+   ``thumbnail`` does);
 3. encode with Pillow's libjpeg-turbo at ``quality`` (default 100, as in the paper) and chroma
    ``subsampling`` ``"420"`` (paper) or ``"444"`` (the authors' released models), baseline unless
    ``progressive``; no EXIF/ICC metadata is copied.
@@ -77,14 +79,16 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
+from ._process import exit_with_parent
 from .errors import UsageError
+from .files import open_regular, read_file, walk_files
 from .shards import ShardWriter, write_dali_index
 
 __all__ = [
     "prepare", "merge", "main", "PrepareResult", "PrepareError", "PrepareFailures",
-    "parse_byte_size", "parse_shard", "scan_source", "encode_image",
+    "parse_byte_size", "parse_shard", "scan_source", "encode_image", "read_tsv",
 ]
 
 MANIFEST_FORMAT = "funloader-prepared"
@@ -129,6 +133,8 @@ class PrepareResult:
     convert_seconds: float = 0.0    # of which converting images (the images/s of the summary)
     complete: bool = False  # index.json written (single run or merge)
     failures: List[Dict[str, str]] = field(default_factory=list)
+    unreadable: List[Tuple[str, str]] = field(default_factory=list)  # (folder, reason): could not be listed
+
 
     @property
     def failures_path(self) -> Path:
@@ -136,8 +142,9 @@ class PrepareResult:
 
     def summary(self) -> str:
         rate = self.converted / self.convert_seconds if self.convert_seconds > 0 else 0.0
+        unreadable = f" ({len(self.unreadable)} unreadable folder(s))" if self.unreadable else ""
         return (f"prepare {self.dst}: converted {self.converted}, skipped {self.skipped}, failed {self.failed}, "
-                f"ignored {self.ignored}; read {_human(self.bytes_in)}, wrote {_human(self.bytes_out)} "
+                f"ignored {self.ignored}{unreadable}; read {_human(self.bytes_in)}, wrote {_human(self.bytes_out)} "
                 f"in {self.seconds:.1f} s ({rate:.1f} images/s converting)")
 
 
@@ -194,9 +201,22 @@ def _human(count: int) -> str:
 
 # --------------------------------------------------------------------------------------------- settings
 
+#: Shorter side of a training set's images by default (aspect kept, never enlarged): see
+#: docs/prepare.md "Image size" for the measurements behind it.
+TRAIN_SHORTER_SIDE = 320
+#: Side of the square centre crop of ``--size`` without a value (evaluation sets: 28x28 blocks).
+EVAL_SIZE = 224
+
+
 @dataclass(frozen=True)
 class EncodeSettings:
-    """How every image is turned into the output JPEG (recorded in the manifest)."""
+    """How every image is turned into the output JPEG (recorded in the manifest).
+
+    ``crop="center"``: resize the shorter side to ``resize_shorter`` (default ``size``), then take the
+    centre ``size x size`` square.  ``crop="none"``: keep the aspect ratio with the shorter side
+    ``resize_shorter`` (default ``size``), never enlarging a smaller image.  :meth:`from_options`
+    fills in prepare's defaults.
+    """
 
     size: int = 224
     resize_shorter: Optional[int] = None
@@ -224,6 +244,22 @@ class EncodeSettings:
     def shorter_side(self) -> int:
         return self.resize_shorter if self.resize_shorter is not None else self.size
 
+    @classmethod
+    def from_options(cls, size: Optional[int] = None, resize_shorter: Optional[int] = None, crop: Optional[str] = None,
+                     **encoding) -> "EncodeSettings":
+        """Prepare's defaults: with ``size`` (or ``crop="center"``) a ``size x size`` centre crop (default
+        224, evaluation sets); otherwise a training set keeping the aspect ratio with the shorter side
+        ``resize_shorter`` (default :data:`TRAIN_SHORTER_SIDE`, never enlarged)."""
+        if crop is None:
+            crop = "center" if size is not None else "none"
+        if crop == "center":
+            size = EVAL_SIZE if size is None else size
+        elif crop == "none":
+            resize_shorter = resize_shorter or size or TRAIN_SHORTER_SIDE
+            size = resize_shorter
+        return cls(size=int(size), resize_shorter=None if resize_shorter is None else int(resize_shorter), crop=crop,
+                   **encoding).validate()
+
 
 def _encoder_description() -> str:
     import PIL
@@ -250,30 +286,52 @@ def _image_extensions() -> frozenset:
     return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN or fmt == "MPO")
 
 
-def scan_source(src) -> Tuple[List[str], List[SourceItem], List[str]]:
-    """List the images under ``src``: ``(classes, items sorted by path, ignored relative paths)``.
+class SourceScan(NamedTuple):
+    """What :func:`scan_source` found: the inputs, and everything under SRC that is not one."""
+
+    classes: List[str]             # sorted class names ([] for a flat folder)
+    items: List[SourceItem]        # the inputs, sorted by path
+    ignored: List[str]             # relative paths of files that are not inputs, and of skipped links/folders
+    unreadable: List[Tuple[str, str]]  # (relative folder, reason) of sub-folders that could not be listed
+    links_skipped: List[str]       # relative paths of links to a folder already walked (loops), not followed
+
+
+def scan_source(src) -> SourceScan:
+    """List the images under ``src`` (see :class:`SourceScan`), with :func:`funloader.files.walk_files`.
 
     ImageFolder layout when any sub-folder holds an image (classes = sorted top-level folder
-    names), else flat/unlabelled (``classes == []``, labels ``-1``).  Deterministic: depends only on
-    the names of the files.
+    names), else flat/unlabelled (``classes == []``, labels ``-1``).  Links to files and folders are
+    followed, each folder once (a link into an ancestor or to a folder already walked is skipped and
+    reported); FIFOs, devices and broken links with an image extension are inputs that fail
+    without being opened; unreadable sub-folders are reported.  Deterministic: depends only on the
+    names of the files.
     """
     root = Path(src)
     if not root.is_dir():
         raise PrepareError(f"source folder not found: {root}")
+    try:
+        listing = walk_files(root, skip_hidden=True)
+    except OSError as exc:
+        raise PrepareError(f"cannot list the source folder {root}: {exc.strerror or exc}") from None
+    top = len(os.fspath(root).rstrip(os.sep)) + 1
+
+    def relative(path: str) -> str:
+        return path[top:].replace(os.sep, "/")
+
     extensions = _image_extensions()
     images: List[Tuple[str, ...]] = []
     ignored: List[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        relative_dir = Path(dirpath).relative_to(root).parts
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            parts = relative_dir + (name,)
-            if os.path.splitext(name)[1].lower() in extensions:
-                images.append(parts)
-            else:
-                ignored.append("/".join(parts))
+    # Special files with an image name (FIFO, device, broken link) are inputs that fail, never opened.
+    for path in listing.files + listing.not_regular:
+        parts = tuple(relative(path).split("/"))
+        if os.path.splitext(parts[-1])[1].lower() in extensions:
+            images.append(parts)
+        else:
+            ignored.append("/".join(parts))
+    unreadable = [(relative(path), reason) for path, reason in listing.unreadable]
+    links_skipped = [relative(path) for path in listing.links_skipped]
+    ignored.extend(path + "/" for path, _ in unreadable)
+    ignored.extend(links_skipped)
     labelled = any(len(parts) > 1 for parts in images)
     if labelled:
         ignored.extend("/".join(parts) for parts in images if len(parts) == 1)
@@ -297,13 +355,13 @@ def scan_source(src) -> Tuple[List[str], List[SourceItem], List[str]]:
         if item.path in seen:
             raise PrepareError(f"two inputs map to the same output {item.path!r}; rename one of them")
         seen.add(item.path)
-    return classes, items, sorted(ignored)
+    return SourceScan(classes, items, sorted(ignored), unreadable, links_skipped)
 
 
 def _inventory_digest(classes: Sequence[str], items: Sequence[SourceItem]) -> str:
-    digest = hashlib.sha256(json.dumps(classes).encode())
-    for item in items:
-        digest.update(f"\n{item.source}\t{item.label}".encode())
+    digest = hashlib.sha256(json.dumps(classes).encode())  # ASCII: json.dumps escapes what is not
+    for item in items:  # os.fsencode: a file name that is not UTF-8 keeps its own bytes
+        digest.update(b"\n" + os.fsencode(item.source) + f"\t{item.label}".encode())
     return digest.hexdigest()
 
 
@@ -353,7 +411,7 @@ def encode_image(data: bytes, settings: EncodeSettings) -> Tuple[bytes, Tuple[in
         left, top = max(0.0, (width - side) / 2.0), max(0.0, (height - side) / 2.0)
         image = image.resize((settings.size, settings.size), Image.Resampling.LANCZOS,
                              box=(left, top, left + side, top + side))
-    else:
+    elif scale < 1:  # keep the aspect ratio; an image already smaller than the target is not enlarged
         target = (shorter, max(1, round(height * scale))) if width <= height else (max(1, round(width * scale)), shorter)
         image = image.resize(target, Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
@@ -386,8 +444,7 @@ def _convert_task(task):
         os._exit(70)  # testing hook: simulate a worker killed by a decoder crash (see tests)
     result = {"index": item.index, "ok": False, "source_bytes": 0}
     try:
-        with open(absolute, "rb") as handle:
-            data = handle.read()
+        data = read_file(absolute)  # never opens a FIFO/device; files over the size cap are refused unread
         result["source_bytes"] = len(data)
         jpeg, (width, height), (source_width, source_height) = encode_image(data, settings)
     except Exception as exc:  # any decoder/IO error is a per-file failure, the job goes on
@@ -396,15 +453,26 @@ def _convert_task(task):
     result.update(ok=True, width=width, height=height, bytes=len(jpeg), sha256=hashlib.sha256(jpeg).hexdigest())
     if out_file is None:
         result["data"] = jpeg
-    else:
+        return result
+    tmp_file = os.path.join(tmp_dir, f"{item.index}.{os.getpid()}.jpg")
+    try:
         os.makedirs(os.path.dirname(out_file), exist_ok=True)
-        tmp_file = os.path.join(tmp_dir, f"{item.index}.{os.getpid()}.jpg")
         # No per-file fsync (it would cost ~30% of the throughput): os.replace makes the file appear
         # whole or not at all to any later process, and on resume each journalled file is checked
         # against its recorded size, so a file lost to a power cut is simply converted again.
         with open(tmp_file, "wb") as handle:
             handle.write(jpeg)
         os.replace(tmp_file, out_file)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_file)
+        if exc.errno not in (errno.ENAMETOOLONG, errno.EILSEQ):
+            raise  # disk full, read-only...: the run stops with a message (see prepare)
+        # This output's name is not possible on DST's file system: one failed input, the run goes on.
+        name = os.fsencode(item.path.rsplit("/", 1)[-1])
+        result = {"index": item.index, "ok": False, "source_bytes": result["source_bytes"],
+                  "reason": f"cannot write the output {item.path!r} ({len(name)}-byte name): "
+                            f"{exc.strerror or exc}"}
     return result
 
 
@@ -424,16 +492,22 @@ class _Journal:
         good_bytes = 0
         existing_header = None
         if path.exists():
-            with open(path, "rb") as handle:
-                raw = handle.read()
-            for line in raw.split(b"\n")[:-1] if raw else []:  # last chunk lacks '\n': torn or empty
+            raw = read_file(path)  # refuses a FIFO or device planted under the journal's name
+            for number, line in enumerate(raw.split(b"\n")[:-1] if raw else [], start=1):  # last chunk: torn or ''
                 try:
                     record = json.loads(line)
                 except ValueError:
-                    break
+                    record = None
                 if existing_header is None:
+                    problem = None if isinstance(record, dict) and isinstance(record.get("settings"), dict) else "bad header"
                     existing_header = record
                 else:
+                    problem = _record_problem(record, header["settings"].get("format", "folder"), None)
+                if problem:
+                    raise PrepareError(f"{path}, line {number}: not a journal record written by funloader prepare "
+                                       f"({problem}); delete this file to start the job over (its outputs are "
+                                       f"then converted again)")
+                if number > 1:
                     self.units[int(record["unit"])] = record
                 good_bytes += len(line) + 1
         if existing_header is not None and existing_header != header and self.units:
@@ -465,8 +539,10 @@ class _Journal:
 
     def close(self) -> None:
         if not self._handle.closed:
-            self.sync()
-            self._handle.close()
+            try:
+                self.sync()
+            finally:  # closed even when the disk is full (the run then stops with a message)
+                self._handle.close()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -485,7 +561,7 @@ def _json_bytes(obj) -> bytes:
     half the size of fully indented JSON.)
     """
     if not isinstance(obj, dict):
-        return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+        return _utf8(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
     compact = dict(sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
     lines = []
     for key in sorted(obj):
@@ -495,7 +571,14 @@ def _json_bytes(obj) -> bytes:
             lines.append(f" {json.dumps(key)}: [\n{body}\n ]")
         else:
             lines.append(f" {json.dumps(key)}: {json.dumps(value, **compact)}")
-    return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")
+    return _utf8("{\n" + ",\n".join(lines) + "\n}\n")
+
+
+def _utf8(text: str) -> bytes:
+    r"""UTF-8 of JSON text; a file name that is not UTF-8 (its bytes held as lone surrogates by
+    ``os.fsdecode``) is written as a ``\udcXX`` JSON escape, which ``json.loads`` turns back into
+    the same name."""
+    return text.encode("utf-8", "backslashreplace")
 
 
 # --------------------------------------------------------------------------------------------- planning
@@ -537,13 +620,15 @@ class _Plan:
             "resample": "lanczos (after libjpeg DCT-domain reduction to >= 2x the shorter side)",
             "orientation": "exif_transpose", "encoder": _encoder_description(),
         }
+        if self.settings.crop == "none":
+            record["enlarge"] = False  # an image smaller than the shorter side is kept at its size
         if self.layout == "shards":
             record.update(shard_size=self.shard_size, images_per_shard=self.per_unit, shuffle=self.shuffle)
         return record
 
 
 def _shuffled(items: List[SourceItem]) -> List[SourceItem]:
-    return sorted(items, key=lambda item: hashlib.sha256(item.source.encode("utf-8")).digest())
+    return sorted(items, key=lambda item: hashlib.sha256(os.fsencode(item.source)).digest())
 
 
 def _calibrate_per_shard(plan_order: List[SourceItem], src: Path, settings: EncodeSettings, shard_bytes: int,
@@ -591,7 +676,9 @@ class _Pool:
 
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
-        self.executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+        # Workers exit when this process dies, even by SIGKILL (then the resource tracker goes too).
+        self.executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=exit_with_parent, initargs=(os.getpid(),))
 
     def submit(self, function, *args):
         return self.executor.submit(function, *args)
@@ -635,7 +722,11 @@ def _flock(descriptor: int, path: Path, exclusive: bool, busy: str) -> Optional[
 
 def _lock_directory(path: Path, *, exclusive: bool) -> Optional[int]:
     """``flock`` a folder, shared or exclusive; returns the descriptor to :func:`_unlock` (see :func:`_flock`)."""
-    return _flock(os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)), path, exclusive,
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        raise PrepareError(_os_error_message(exc, path, "cannot open the folder")) from None
+    return _flock(descriptor, path, exclusive,
                   f"{path} is in use by another funloader prepare run or merge; wait for it to finish (two runs "
                   f"writing the same folder would destroy each other's work)")
 
@@ -719,19 +810,67 @@ def _records_from_index(plan: _Plan, index: dict, failures: List[dict]) -> Dict[
     return records
 
 
-def _read_failures_tsv(path: Path) -> List[dict]:
+_TSV_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_TSV_UNESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|.)", re.DOTALL)
+_TSV_SPECIAL = re.compile(r"[\\\t\n\r\udc80-\udcff]")
+
+
+def _tsv_field(value) -> str:
+    r"""One TSV field: backslash, tab, newline and carriage return as ``\\``, ``\t``, ``\n``, ``\r``,
+    and each byte of a file name that is not UTF-8 as ``\xNN`` (see :func:`read_tsv`)."""
+    return _TSV_SPECIAL.sub(lambda m: _TSV_ESCAPES.get(m.group(), f"\\x{ord(m.group()) - 0xDC00:02x}"), str(value))
+
+
+def _tsv_bytes(rows: Sequence[Sequence]) -> bytes:
+    return "".join("\t".join(_tsv_field(value) for value in row) + "\n" for row in rows).encode("utf-8")
+
+
+def _tsv_unfield(text: str) -> str:
+    def replace(match):
+        code = match.group(1)
+        if code[0] == "x" and len(code) == 3:
+            return chr(0xDC00 + int(code[1:], 16))  # a byte of a non-UTF-8 name, as os.fsdecode holds it
+        return {"t": "\t", "n": "\n", "r": "\r"}.get(code, code)
+
+    return _TSV_UNESCAPE.sub(replace, text)
+
+
+def read_tsv(path) -> List[Dict[str, str]]:
+    r"""Rows of an ``index.tsv`` or ``failures.tsv`` written by prepare, as ``{column: text}``.
+
+    Fields are unescaped (``\t``, ``\n``, ``\r``, ``\\`` and ``\xNN`` for the bytes of a file name
+    that is not UTF-8), so every name comes back exactly as it is in ``index.json`` and on disk
+    (``os.fsencode(row["source"])`` gives the original bytes).  A row with the wrong number of
+    fields raises :class:`PrepareError` naming the file and line.
+    """
+    path = Path(path)
+    try:
+        lines = read_file(path).decode("utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise PrepareError(f"{path} is not a TSV file written by funloader prepare ({exc})") from None
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines:
+        return []
+    header = lines[0].split("\t")
     rows = []
-    if path.exists():
-        lines = path.read_text(encoding="utf-8").splitlines()[1:]
-        for line in lines:
-            source, _, reason = line.partition("\t")
-            rows.append({"source": source, "reason": reason})
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise PrepareError(f"{path}, line {number}: {len(fields)} fields, expected {len(header)}")
+        rows.append(dict(zip(header, map(_tsv_unfield, fields))))
     return rows
+
+
+def _read_failures_tsv(path: Path) -> List[dict]:
+    if not path.exists():
+        return []
+    return [{"source": row.get("source", ""), "reason": row.get("reason", "")} for row in read_tsv(path)]
 
 
 # --------------------------------------------------------------------------------------------- prepare
 
-def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, crop: str = "center",
+def prepare(src, dst, *, size: Optional[int] = None, resize_shorter: Optional[int] = None, crop: Optional[str] = None,
             quality: int = 100, subsampling: str = "420", progressive: bool = False,
             workers: Optional[int] = None, format: str = "folder", shard_size="1GB", shuffle: bool = True,
             shard=None, stats=False, allow_failures: bool = False,
@@ -743,10 +882,13 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
         dst: output folder (created; must not lie inside ``src``).  Re-running with the same
             arguments resumes an interrupted run; other settings into the same ``dst`` raise
             :class:`PrepareError`.
-        size: output side in pixels for ``crop="center"`` (224 -> a 28x28 block grid).
-        resize_shorter: shorter side before the crop (default ``size``; ImageNet eval uses 256).
-        crop: ``"center"`` (square ``size x size``) or ``"none"`` (keep aspect; shorter side =
-            ``resize_shorter`` or ``size``).
+        size: ``size x size`` centre crops (224 -> a 28x28 block grid), for evaluation sets.  Without
+            ``size`` (and ``crop``) the images keep their aspect ratio with the shorter side
+            ``resize_shorter`` (default :data:`TRAIN_SHORTER_SIDE` = 320, never enlarged): a training set
+            for exact ``RandomResizedCrop``.
+        resize_shorter: shorter side (before the crop with ``size``; default ``size`` there;
+            ``resize_shorter=256, size=224`` is ``Resize(256) + CenterCrop(224)``).
+        crop: ``"center"`` or ``"none"``; default ``"center"`` when ``size`` is given, else ``"none"``.
         quality / subsampling / progressive: JPEG encoding (``subsampling`` ``"420"`` or ``"444"``).
         workers: processes (default: the CPUs available); 1 converts in this process.  Workers are
             started with ``spawn``, so a script calling ``prepare`` needs the usual
@@ -766,10 +908,9 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
         failed and ``allow_failures`` is false.
     """
     started = time.monotonic()
-    settings = EncodeSettings(int(size), None if resize_shorter is None else int(resize_shorter), crop,
-                              int(quality), str(subsampling), bool(progressive))
     try:
-        settings.validate()
+        settings = EncodeSettings.from_options(size, resize_shorter, crop, quality=int(quality),
+                                               subsampling=str(subsampling), progressive=bool(progressive))
         job = parse_shard(shard) if shard is not None else (0, 1)
         shard_kind, shard_value = _parse_shard_size(shard_size)
     except ValueError as exc:
@@ -782,7 +923,8 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
     workers = _default_workers() if workers is None else max(1, int(workers))
     stats_modes = _stats_modes(stats)
 
-    classes, items, ignored = scan_source(src_path)
+    scan = scan_source(src_path)
+    classes, items, ignored = scan.classes, scan.items, scan.ignored
     if not items:
         raise PrepareError(f"no images found under {src_path} (looked for {', '.join(sorted(_image_extensions())[:8])}, ...)")
     order = _shuffled(items) if format == "shards" and shuffle else list(items)
@@ -799,8 +941,7 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
         if job[1] > 1:
             job_lock = _lock_job(job_lock_path)
         return _prepare_locked(src_path, dst_path, settings, job, format, shard_kind, shard_value, shard_size,
-                               shuffle, workers, stats_modes, allow_failures, progress, verbose, started,
-                               classes, items, ignored, order)
+                               shuffle, workers, stats_modes, allow_failures, progress, verbose, started, scan, order)
     except OSError as exc:
         raise PrepareError(_os_error_message(exc, dst_path, "prepare stopped") + "; run the same command again "
                            "to resume: finished outputs are kept") from None
@@ -817,9 +958,9 @@ def prepare(src, dst, *, size: int = 224, resize_shorter: Optional[int] = None, 
 def _prepare_locked(src_path: Path, dst_path: Path, settings: EncodeSettings, job: Tuple[int, int], format: str,
                     shard_kind: str, shard_value: int, shard_size, shuffle: bool, workers: int,
                     stats_modes: Tuple[str, ...], allow_failures: bool, progress: bool, verbose: bool, started: float,
-                    classes: List[str], items: List[SourceItem], ignored: List[str],
-                    order: List[SourceItem]) -> PrepareResult:
+                    scan: SourceScan, order: List[SourceItem]) -> PrepareResult:
     """The body of :func:`prepare`, run while this job holds its locks on DST."""
+    classes, items, ignored = scan.classes, scan.items, scan.ignored
     state = _state_dir(dst_path)
     job_name = _job_name(job)
     journal_path = state / f"journal-{job_name}.jsonl"
@@ -866,12 +1007,23 @@ def _prepare_locked(src_path: Path, dst_path: Path, settings: EncodeSettings, jo
                 journal.append(record)  # adopt units known from index.json / an old part file
         journal.sync()
 
-        result = PrepareResult(dst=dst_path, ignored=len(ignored))
+        result = PrepareResult(dst=dst_path, ignored=len(ignored), unreadable=list(scan.unreadable))
         result.total = sum(len(plan.unit_items(u)) for u in my_units)
         result.skipped = sum(len(done[u]["files"]) + len(done[u]["failures"]) for u in my_units if u in done)
         if verbose and ignored:
-            print(f"funloader prepare: ignoring {len(ignored)} file(s) that are not images of the layout "
+            print(f"funloader prepare: ignoring {len(ignored)} entries that are not images of the layout "
                   f"(e.g. {ignored[0]})", file=sys.stderr)
+        if scan.links_skipped and verbose:
+            print(f"funloader prepare: not following {len(scan.links_skipped)} link(s) to a folder already listed "
+                  f"or to an ancestor (a loop), e.g. {scan.links_skipped[0]}", file=sys.stderr)
+        if scan.unreadable:
+            shown = ", ".join(f"{path} ({reason})" for path, reason in scan.unreadable[:5])
+            message = (f"{len(scan.unreadable)} sub-folder(s) of {src_path} could not be listed; their images are "
+                       f"not in this dataset: {shown}")
+            if verbose:
+                print(f"funloader prepare: warning: {message}", file=sys.stderr)
+            else:
+                warnings.warn(message, stacklevel=3)
         bar = _progress(result.total, result.skipped, f"prepare {job_name}" if job[1] > 1 else "prepare",
                         progress)
         convert_started = time.monotonic()
@@ -940,22 +1092,17 @@ def _finish(result: PrepareResult, started: float, verbose: bool, allow_failures
 def _previous_per_unit(journal_path: Path, part_path: Path, index_path: Path, shard_size_text: str) -> Optional[int]:
     """Images per tar recorded by an earlier run with the same ``shard_size`` (skips recalibration)."""
     candidates = []
-    if journal_path.exists():
-        with open(journal_path, "rb") as handle:
-            line = handle.readline()
-        try:
-            candidates.append(json.loads(line)["settings"])
-        except (ValueError, KeyError):
-            pass
-    for path in (part_path, index_path):
+    for path in (journal_path, part_path, index_path):  # journal: its first line, the header
         if path.exists():
             try:
-                candidates.append(json.loads(path.read_text(encoding="utf-8"))["settings"])
-            except (ValueError, KeyError):
-                pass
+                text = read_file(path)
+                candidates.append(json.loads(text.split(b"\n", 1)[0] if path == journal_path else text)["settings"])
+            except (ValueError, KeyError, TypeError):
+                pass  # damaged: named by the check that reads it in full
     for record in candidates:
-        if record.get("format") == "shards" and record.get("shard_size") == shard_size_text:
-            return int(record["images_per_shard"])
+        if (isinstance(record, dict) and record.get("format") == "shards" and record.get("shard_size") == shard_size_text
+                and _is_int(record.get("images_per_shard")) and record["images_per_shard"] >= 1):
+            return record["images_per_shard"]
     return None
 
 
@@ -967,14 +1114,24 @@ def _index_records(plan: _Plan, header: dict) -> Dict[int, dict]:
     index_path = plan.dst / INDEX_JSON
     if not index_path.exists():
         return {}
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except ValueError:
-        return {}  # unreadable: ignore it, it is rewritten at the end
+    index = _load_json(index_path, "index")
+    if not isinstance(index, dict) or index.get("format") != MANIFEST_FORMAT:
+        raise PrepareError(f"{index_path} is not an index written by funloader prepare; choose another DST or "
+                           f"delete it")
     if index.get("settings") != header["settings"] or index.get("inventory") != plan.inventory:
         raise PrepareError(f"{plan.dst} already holds a dataset prepared with other settings or inputs "
                            f"({index_path}); choose another DST or delete it")
-    return _records_from_index(plan, index, _read_failures_tsv(plan.dst / FAILURES_TSV))
+    try:
+        records = _records_from_index(plan, index, _read_failures_tsv(plan.dst / FAILURES_TSV))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        records, problem = None, f"{type(exc).__name__}: {exc}"
+    else:
+        problem = next(filter(None, (_record_problem(r, plan.layout, len(plan.classes)) for r in records.values())),
+                       None)
+    if problem:
+        raise PrepareError(f"{index_path} is damaged ({problem}); delete it (and index.tsv, failures.tsv) to "
+                           f"prepare DST again")
+    return records
 
 
 def _load_done(plan: _Plan, journal: _Journal, part_path: Path, header: dict,
@@ -986,7 +1143,7 @@ def _load_done(plan: _Plan, journal: _Journal, part_path: Path, header: dict,
     candidates: Dict[int, dict] = dict(index_records)
     from_index = set(candidates)
     if part_path.exists():
-        part = json.loads(part_path.read_text(encoding="utf-8"))
+        part = _load_part(part_path)
         if part.get("settings") != header["settings"] or part.get("inventory") != plan.inventory:
             raise PrepareError(f"{part_path} was written with other settings or inputs; use another DST or delete it")
         candidates.update({int(record["unit"]): record for record in part["units"]})
@@ -1165,26 +1322,30 @@ def _merge_locked(dst_path: Path, part_dirs: List[Path], stats, allow_failures: 
     if not sources:
         if (dst_path / INDEX_JSON).exists() and not any(_state_dir(d).is_dir() for d in part_dirs):
             index = _load_json(dst_path / INDEX_JSON, "index")
+            if not (isinstance(index, dict) and isinstance(index.get("files"), list)
+                    and isinstance(index.get("counts"), dict) and _is_int(index["counts"].get("ignored"))):
+                raise PrepareError(f"{dst_path / INDEX_JSON} is not an index written by funloader prepare")
             failures = _read_failures_tsv(dst_path / FAILURES_TSV)
             if verbose:
                 print(f"{dst_path / INDEX_JSON} is already merged: nothing to do", file=sys.stderr)
-            counts = index.get("counts", {}) if isinstance(index, dict) else {}
-            result = PrepareResult(dst=dst_path, total=len(index.get("files", [])) + len(failures), complete=True,
-                                   failures=failures, failed=len(failures), ignored=int(counts.get("ignored", 0)),
+            result = PrepareResult(dst=dst_path, total=len(index["files"]) + len(failures), complete=True,
+                                   failures=failures, failed=len(failures), ignored=index["counts"]["ignored"],
                                    seconds=time.monotonic() - started)
             result.skipped = result.total
             if result.failed and not allow_failures:
                 raise PrepareFailures(result)
             return result
         where = [str(dst_path)] + [str(d) for d in part_dirs]
-        raise PrepareError(f"no part files (.funloader-prepare/part-I-of-N.json) in {', '.join(where)}")
+        hint = "" if part_dirs else ("; if the jobs wrote to other folders, name them: funloader prepare --merge "
+                                     "DST PART_DIR ...")
+        raise PrepareError(f"no part files (.funloader-prepare/part-I-of-N.json) in {', '.join(where)}{hint}")
     moves = _check_parts(dst_path, sources, gathered_already)  # raises before anything is moved
     for part_dir, part_file, names in moves:
         for name in names:
             _move_file(part_dir / name, dst_path / name)
         state.mkdir(exist_ok=True)
         _move_file(part_file, state / part_file.name)
-        _remove_empty_dirs(part_dir, {name for name in names} | {f"{STATE_DIR}/{part_file.name}"})
+        _remove_empty_dirs(part_dir, set(names) | {f"{STATE_DIR}/{part_file.name}"})
     loaded = [part for _, _, part in sources]
     merged = _merge_parts(dst_path, loaded, stats=None if stats is None else _stats_modes(stats), progress=progress,
                           checked=True)
@@ -1202,7 +1363,7 @@ def _merge_locked(dst_path: Path, part_dirs: List[Path], stats, allow_failures: 
 def _load_json(path: Path, what: str):
     """Parse a JSON file we wrote (part file, index.json); anything unreadable is a named :class:`PrepareError`."""
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(read_file(path).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise PrepareError(f"{path} is not a valid {what} file ({exc}); it was damaged or not written by "
                            f"funloader prepare") from None
@@ -1212,7 +1373,7 @@ def _load_part(path: Path) -> dict:
     part = _load_json(path, "part")
     problem = _part_problem(part)
     if problem:
-        raise PrepareError(f"{path} is not a valid part file: {problem}")
+        raise PrepareError(f"{path} is not a valid part file: {problem}; refusing to use it")
     return part
 
 
@@ -1248,27 +1409,41 @@ def _part_problem(part) -> Optional[str]:
     if not isinstance(units, list):
         return "bad units"
     for record in units:
-        if not (isinstance(record, dict) and _is_int(record.get("unit")) and record["unit"] >= 0
-                and isinstance(record.get("files"), list) and isinstance(record.get("failures"), list)):
-            return f"bad unit record {str(record)[:80]}"
-        for entry in record["files"]:
-            if not (isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("key", "path", "source", "sha256"))
-                    and all(_is_int(entry.get(k)) and entry[k] >= 0 for k in ("width", "height", "bytes"))
-                    and _is_int(entry.get("label"))
-                    and (0 <= entry["label"] < len(classes) if classes else entry["label"] == -1)):
-                return f"bad file entry {str(entry)[:80]} in unit {record['unit']}"
-        for failure in record["failures"]:
-            if not (isinstance(failure, dict) and isinstance(failure.get("source"), str)
-                    and isinstance(failure.get("reason"), str)):
-                return f"bad failure entry {str(failure)[:80]} in unit {record['unit']}"
-        if settings["format"] == "shards":
-            shard = record.get("shard")
-            if not (isinstance(shard, dict) and shard.get("name") == f"shard-{record['unit']:06d}.tar"
-                    and _is_int(shard.get("bytes")) and shard["bytes"] >= 0 and shard.get("count") == len(record["files"])
-                    and isinstance(shard.get("sha256"), str)):
-                return f"bad shard record in unit {record['unit']}"
-            if any(entry["path"] != shard["name"] for entry in record["files"]):
-                return f"a file of unit {record['unit']} is not in its shard {shard['name']}"
+        problem = _record_problem(record, settings["format"], len(classes))
+        if problem:
+            return problem
+    return None
+
+
+def _record_problem(record, layout: str, class_count: Optional[int]) -> Optional[str]:
+    """What is wrong with one finished-unit record (journal line or part file), or None.
+
+    ``class_count``: labels must be ``0..class_count-1`` (``-1`` when 0); None checks only ``>= -1``."""
+    if not (isinstance(record, dict) and _is_int(record.get("unit")) and record["unit"] >= 0
+            and isinstance(record.get("files"), list) and isinstance(record.get("failures"), list)):
+        return f"bad unit record {str(record)[:80]}"
+    for entry in record["files"]:
+        if not (isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("key", "path", "source", "sha256"))
+                and all(_is_int(entry.get(k)) and entry[k] >= 0 for k in ("width", "height", "bytes"))
+                and _is_int(entry.get("label")) and entry["label"] >= -1
+                and (class_count is None or (entry["label"] < class_count if class_count else entry["label"] == -1))
+                and (class_count is None or not class_count or entry["label"] >= 0)):
+            return f"bad file entry {str(entry)[:80]} in unit {record['unit']}"
+        problem = _relative_problem(entry["path"])
+        if problem:
+            return f"the output {entry['path']!r} of unit {record['unit']} {problem}"
+    for failure in record["failures"]:
+        if not (isinstance(failure, dict) and isinstance(failure.get("source"), str)
+                and isinstance(failure.get("reason"), str)):
+            return f"bad failure entry {str(failure)[:80]} in unit {record['unit']}"
+    if layout == "shards":
+        shard = record.get("shard")
+        if not (isinstance(shard, dict) and shard.get("name") == f"shard-{record['unit']:06d}.tar"
+                and _is_int(shard.get("bytes")) and shard["bytes"] >= 0 and shard.get("count") == len(record["files"])
+                and isinstance(shard.get("sha256"), str)):
+            return f"bad shard record in unit {record['unit']}"
+        if any(entry["path"] != shard["name"] for entry in record["files"]):
+            return f"a file of unit {record['unit']} is not in its shard {shard['name']}"
     return None
 
 
@@ -1369,6 +1544,8 @@ def _check_parts(dst: Path, sources: List[Tuple[Path, Path, dict]],
     if missing:
         note = (f"; {', '.join(map(str, gathered_already))} held no part file (already moved?)"
                 if gathered_already else "")
+        if all(part_dir == dst for part_dir, _, _ in sources):
+            note += "; if the jobs wrote to other folders, name them: funloader prepare --merge DST PART_DIR ..."
         raise PrepareError(f"the parts do not form a complete set of {count} jobs (missing --shard "
                            f"{', '.join(f'{i}/{count}' for i in missing)}){note}")
     total = first["total_images"]
@@ -1439,15 +1616,23 @@ def _check_parts(dst: Path, sources: List[Tuple[Path, Path, dict]],
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
-    if a.stat().st_size != b.stat().st_size:
-        return False
-    with open(a, "rb") as first, open(b, "rb") as second:
-        while True:
-            chunk = first.read(1 << 20)
-            if chunk != second.read(1 << 20):
-                return False
-            if not chunk:
-                return True
+    """Whether two regular files hold the same bytes (never opening a FIFO or device in their place)."""
+    no_cap = 1 << 62  # shards may exceed the input cap
+    first, size = open_regular(a, limit=no_cap)
+    try:
+        second, other_size = open_regular(b, limit=no_cap)
+        try:
+            offset = 0
+            while size == other_size and offset < size:
+                chunk = os.pread(first, 1 << 20, offset)
+                if not chunk or chunk != os.pread(second, len(chunk), offset):
+                    return False
+                offset += len(chunk)
+            return size == other_size
+        finally:
+            os.close(second)
+    finally:
+        os.close(first)
 
 
 def _move_file(source: Path, target: Path) -> None:
@@ -1512,14 +1697,13 @@ def _merge_parts(dst: Path, parts: List[dict], *, stats: Optional[Sequence[str]]
     stats_files = _write_stats(dst, index, stats, progress)
     if stats_files:
         index["stats"] = stats_files
-    rows = ["\t".join(TSV_COLUMNS)]
+    rows = [TSV_COLUMNS]
     for entry in files:
         class_name = classes[entry["label"]] if entry["label"] >= 0 else ""
-        rows.append("\t".join(str(v) for v in (entry["key"], entry["path"], entry["source"], entry["label"], class_name,
-                                               entry["width"], entry["height"], entry["bytes"], entry["sha256"])))
-    _write_atomic(dst / INDEX_TSV, ("\n".join(rows) + "\n").encode("utf-8"))
-    failure_rows = ["source\treason"] + [f"{f['source']}\t{f['reason']}" for f in failures]
-    _write_atomic(dst / FAILURES_TSV, ("\n".join(failure_rows) + "\n").encode("utf-8"))
+        rows.append((entry["key"], entry["path"], entry["source"], entry["label"], class_name,
+                     entry["width"], entry["height"], entry["bytes"], entry["sha256"]))
+    _write_atomic(dst / INDEX_TSV, _tsv_bytes(rows))
+    _write_atomic(dst / FAILURES_TSV, _tsv_bytes([("source", "reason")] + [(f["source"], f["reason"]) for f in failures]))
     _write_atomic(dst / INDEX_JSON, _json_bytes(index))  # last: its presence marks a finished dataset
     shutil.rmtree(_state_dir(dst), ignore_errors=True)
     return {"failures": failures, "total": first["total_images"], "images": len(files),
@@ -1563,8 +1747,10 @@ def _write_stats(dst: Path, index: dict, modes: Sequence[str], progress: bool) -
     else:
         dataset = DCTImageFolder([(str(dst / entry["path"]), entry["label"]) for entry in index["files"]])
     settings = index["settings"]
-    side = settings["size"] if settings["crop"] == "center" else (settings["resize_shorter"] or settings["size"])
-    grid = -(-side // 8)
+    if settings["crop"] == "center":
+        grid = -(-settings["size"] // 8)
+    else:  # sizes vary: the centre of the model's input size (224 px), as a centre-cropped evaluation reads it
+        grid = min(EVAL_SIZE // 8, -(-(settings["resize_shorter"] or settings["size"]) // 8))
     names = []
     for mode in modes:
         name = stats_filename(mode == "dequantized")
@@ -1585,10 +1771,15 @@ def _parser() -> argparse.ArgumentParser:
                "Re-running an interrupted command resumes it.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="SRC DST, or with --merge: DST [PART_DST ...]")
-    parser.add_argument("--size", type=int, default=224, help="output side in pixels for --crop center (default 224)")
+    parser.add_argument("--size", type=int, default=None,
+                        help=f"SIZE x SIZE centre crops, for evaluation sets (e.g. 224). Without it: a training "
+                             f"set, aspect ratio kept, shorter side --resize-shorter (default {TRAIN_SHORTER_SIDE}, "
+                             f"never enlarged)")
     parser.add_argument("--resize-shorter", type=int, default=None,
-                        help="resize the shorter side to this before cropping (default: --size)")
-    parser.add_argument("--crop", choices=("center", "none"), default="center")
+                        help="shorter side in pixels (with --size: before the centre crop, default --size; "
+                             "--resize-shorter 256 --size 224 is Resize(256) + CenterCrop(224))")
+    parser.add_argument("--crop", choices=("center", "none"), default=None,
+                        help="center (default with --size) or none (default without)")
     parser.add_argument("--quality", type=int, default=100, help="JPEG quality 1..100 (default 100, as in the paper)")
     parser.add_argument("--subsampling", choices=("420", "444"), default="420",
                         help="chroma subsampling (420: paper; 444: the authors' released models)")

@@ -202,17 +202,13 @@ def _config_from_dict(values: Dict[str, Any]) -> TrainConfig:
 # data
 def _channel_stats(cfg: TrainConfig, train_dataset, info: fdist.DistInfo, run_dir: Path) -> Optional[dict]:
     """``{"mean": [192], "std": [192], "source": ...}`` for normalisation (None with ``--stats none``)."""
-    from .stats import compute_stats, load_stats, stats_filename
+    from .stats import compute_stats, resolve, stats_filename
 
     if cfg.stats == "none":
         return None
-    stats = None
-    if cfg.stats:
-        stats = load_stats(cfg.stats, dequantize=cfg.dequantize)
-        if stats is None:
-            raise FileNotFoundError(f"--stats {cfg.stats}: no statistics file for dequantize={cfg.dequantize}")
-    elif train_dataset.root:
-        stats = load_stats(train_dataset.root, dequantize=cfg.dequantize)
+    found = (resolve(cfg.stats, None, cfg.dequantize, argument="--stats") if cfg.stats
+             else resolve("auto", train_dataset.root, cfg.dequantize, warn=False) if train_dataset.root else None)
+    stats = None if found is None else {"mean": found.mean.tolist(), "std": found.std.tolist(), "path": found.source}
     if stats is None:
         if info.is_main:
             out = run_dir / stats_filename(cfg.dequantize)
@@ -485,8 +481,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def _load_finetune_weights(model: nn.Module, path: str, num_classes: int) -> Dict[str, Any]:
-    state = load_checkpoint(path)
+def _load_finetune_weights(model: nn.Module, state: dict, path: str, num_classes: int) -> Dict[str, Any]:
     weights = state["ema"]["module"] if state.get("ema") else state["model"]
     source_classes = int(state.get("num_classes", -1))
     classifier_keys = [k for k in weights if k.startswith("classifier.")]
@@ -546,6 +541,7 @@ def _train(cfg: TrainConfig, info: fdist.DistInfo) -> Dict[str, Any]:
         mutable = {name: getattr(cfg, name) for name in _RESUME_MUTABLE
                    if name in _RESUME_RUNTIME or getattr(cfg, name) is not None}
         cfg = dataclasses.replace(saved, **mutable)
+    finetune_state = load_checkpoint(cfg.finetune) if cfg.finetune and resume_state is None else None
     user_overrides = _overrides(cfg)
     cfg = resolve_config(cfg)
     if cfg.torch_threads:
@@ -577,8 +573,8 @@ def _train(cfg: TrainConfig, info: fdist.DistInfo) -> Dict[str, Any]:
     model = build_model(cfg.model, num_classes=num_classes, in_channels=len(kept) if kept else None,
                         drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
     finetuned_from = None
-    if cfg.finetune and resume_state is None:
-        finetuned_from = _load_finetune_weights(model, cfg.finetune, num_classes)
+    if finetune_state is not None:
+        finetuned_from = _load_finetune_weights(model, finetune_state, cfg.finetune, num_classes)
     elif resume_state is not None:
         finetuned_from = resume_state.get("finetuned_from")
     model.to(info.device)

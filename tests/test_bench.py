@@ -119,7 +119,8 @@ def test_decode_section(tmp_path, sample_jpegs):
     section = decode.measure_corpora({"224_q100_420": files}, repeats=1, threads=[2], floor_binary=floor,
                                      methods=["read_fun", "read_fun_out", "read_batch_Nt", "pillow_rgb", "floor"])
     result = section.results["224_q100_420"]
-    assert result.extra == {"files": 3, "decodes_per_pass": decode.MIN_ITEMS}
+    assert result.extra["files"] == 3 and result.extra["decodes_per_pass"] == decode.MIN_ITEMS
+    assert set(result.extra["not_measured"]) == (set() if floor else {"floor"})
     expected = {"read_fun", "read_fun_out", "read_batch_1t", "read_batch_2t", "pillow_rgb"} | ({"floor"} if floor else set())
     assert set(result.methods) == expected
     for summary in result.methods.values():
@@ -290,3 +291,34 @@ def test_bench_quick_end_to_end(tmp_path):
         assert {"speedup_vs_pillow_pipeline", "speedup_vs_paper_pipeline"} <= set(result_["ratios"])
     assert set(sections["models"]["results"]) == {"batch 1", "batch 16"}
     assert report["reliability"]["busy"] in (True, False)
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path):
+    """benchmarks/gpu_check.py in its dry mode (--device cpu --quick) does every step it can and
+    writes one JSON and a log, so that the GPU script cannot rot between GPU sessions."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    result = subprocess.run([sys.executable, str(script), str(tmp_path), "--device", "cpu", "--quick",
+                             "--budget-s", "900"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    record = json.loads((tmp_path / "gpu_check.json").read_text())
+    steps = record["steps"]
+    assert list(steps) == ["load", "tests", "loader_equality", "train", "loader_throughput", "models", "train_step"]
+    assert steps["tests"]["status"].startswith("skipped: ")
+    for name in ("load", "loader_equality", "loader_throughput", "models", "train_step"):
+        assert steps[name]["status"] == "ok", (name, steps[name])
+    assert steps["train"]["status"] in ("ok",) or steps["train"]["status"].startswith("skipped: ")
+    assert steps["loader_equality"]["raw_int16"]["bit_identical"] is True
+    assert record["machine"]["cpus_available"] >= 1 and record["summary"]["load"] == "ok"
+    assert all(_positive(v) for row in steps["loader_throughput"]["images_per_s"].values() for v in row.values())
+    models = steps["models"]
+    assert set(models["table"]) == {"fp32 batch 1", "fp32 batch 2", "bf16 batch 1", "bf16 batch 2"}
+    if "parameter_counts_vs_timm" in models:  # timm installed: our baselines have its parameter counts
+        assert all(row["equal"] for row in models["parameter_counts_vs_timm"].values())
+    else:
+        assert models["timm"].startswith("skipped: ")
+    assert _positive(steps["train_step"]["efun_over_efficientnet_b0"])
+    log = (tmp_path / "gpu_check.log").read_text()
+    assert "step train_step: ok" in log

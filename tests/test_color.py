@@ -226,3 +226,25 @@ def test_read_batch_takes_a_bias_per_item(shared_data):
     np.testing.assert_array_equal(shared, plain * gain[:, :, None, None] + bias[1][None, :, None, None])
     with pytest.raises(ValueError, match="bias"):
         funloader.read_batch(paths, out, dequantize=True, gain=gain, bias=bias[:2])
+
+
+def test_loader_batches_do_not_depend_on_decode_threads(shared_data):
+    """A seed, epoch and batch give the same augmented batch with 1 or 2 decoding threads, fused
+    (colour maps in read_batch) or not (contrast and hue after the decode)."""
+    from funloader.loader import DCTLoader
+
+    samples = [(str(p), i % 2) for i, p in enumerate(photos(shared_data, "4:2:0", limit=8))]
+    stats = (np.zeros(192), np.ones(192))
+    fused = T.Compose([T.RandomResizedCrop(16, mode="nearest"), T.RandomHorizontalFlip(),
+                       T.ColorJitter(brightness=0.4, saturation=0.4)])
+    after = T.Compose([T.RandomResizedCrop(16, mode="nearest"), T.RandomHorizontalFlip(),
+                       T.ColorJitter(0.4, 0.4, 0.4, 0.1), T.RandAugment(2, 9)])
+    for pipeline in (fused, after):
+        batches = []
+        for threads in (1, 2):
+            loader = DCTLoader(samples, batch_size=8, size=16, transform=pipeline, normalize=stats, seed=2,
+                               num_threads=threads)
+            loader.set_epoch(3)
+            assert (loader.fused_layout(8, 0) is not None) == (pipeline is fused)
+            batches.append(next(iter(loader))[0])
+        assert torch.equal(batches[0], batches[1])

@@ -320,7 +320,7 @@ def test_plugin_build_is_cached_atomic_and_locked(tmp_path):
     assert len(paths) == 1
     library = Path(paths.pop())
     assert library.name == LIBRARY_NAME and library.parent.parent == tmp_path
-    assert sorted(p.name for p in library.parent.iterdir()) == [".lock", LIBRARY_NAME]
+    assert sorted(p.name for p in library.parent.iterdir()) == [".lock", LIBRARY_NAME, LIBRARY_NAME + ".manifest.json"]
     stamp = library.stat().st_mtime_ns
     again = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=True)
     assert again.stdout.strip() == str(library) and library.stat().st_mtime_ns == stamp
@@ -435,3 +435,48 @@ def test_defaults_equal_dct_loader_defaults(plugin, image_folder, tmp_path):
         for x, ex in zip(got, expected):
             assert x.dtype == np.float32
             np.testing.assert_array_equal(x, ex)
+
+
+# ---------------------------------------------------------------- colour jitter and mixing (issue 16)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_color_jitter_equals_the_transforms(backend, plugin, image_folder, samples):
+    """Fixed factors (degenerate ranges): the DALI graph equals funloader.transforms' colour functions
+    in the same order, then normalisation; random factors stay per sample and reproducible."""
+    import torch
+
+    names, _ = samples
+    stats = (np.linspace(-30, 30, 192), np.linspace(2, 50, 192))
+    jitter = {"brightness": (1.3, 1.3), "contrast": (0.8, 0.8), "saturation": (1.2, 1.2), "hue": (0.05, 0.05)}
+    pipe = fun_pipeline(image_folder, 4, num_threads=2, device_id=None, backend=backend, normalize_stats=stats,
+                        color_jitter=jitter)
+    images, _ = _epoch(FUNIterator(pipe))
+    x = torch.from_numpy(_reference(names, dtype=np.float32, dequantize=True))
+    expected = T.adjust_hue(T.adjust_saturation(T.adjust_contrast(T.adjust_brightness(x, 1.3), 0.8), 1.2), 0.05)
+    np.testing.assert_allclose(images, T.normalize(expected, *stats).numpy(), rtol=1e-4, atol=2e-3)
+    runs = []
+    for _ in range(2):
+        pipe = fun_pipeline(image_folder, 4, num_threads=2, device_id=None, backend=backend, normalize_stats=None,
+                            color_jitter={"brightness": 0.4, "saturation": 0.4}, seed=3)
+        runs.append(_epoch(FUNIterator(pipe))[0])
+    np.testing.assert_array_equal(runs[0], runs[1])
+    luma_gain = runs[0][:, 1] / np.where(x.numpy()[:, 1] == 0, np.nan, x.numpy()[:, 1])
+    per_sample = np.nanmedian(luma_gain.reshape(len(names), -1), axis=1)
+    assert len(set(np.round(per_sample, 4))) > 3 and np.all((per_sample >= 0.6 - 1e-4) & (per_sample <= 1.4 + 1e-4))
+
+
+def test_iterator_mixes_batches(plugin, image_folder, samples):
+    import torch
+
+    names, labels = samples
+    pipe = fun_pipeline(image_folder, 4, num_threads=2, device_id=None, normalize_stats=None)
+    mixup = T.Mixup(num_classes=3, alpha=0.4)
+    batches = list(FUNIterator(pipe, mixing=mixup, seed=5))
+    reference = torch.from_numpy(_reference(names, dtype=np.float32, dequantize=True))
+    for number, (x, targets) in enumerate(batches):
+        from funloader.loader import _batch_seed
+
+        generator = torch.Generator().manual_seed(_batch_seed(5, 0, 0, number))
+        expected_x, expected_t = mixup(reference[4 * number:4 * number + 4],
+                                       torch.tensor(labels[4 * number:4 * number + 4]), generator)
+        torch.testing.assert_close(x, expected_x)
+        torch.testing.assert_close(targets, expected_t)

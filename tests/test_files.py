@@ -100,6 +100,18 @@ def test_a_link_to_the_parent_does_not_list_the_other_classes(tmp_path, sample_j
     assert dataset.samples == [(str(tmp_path / "a" / "x.jpg"), 0), (str(tmp_path / "b" / "x.jpg"), 1)]
 
 
+def test_a_class_folder_linking_to_the_root_is_not_a_class(tmp_path, sample_jpegs):
+    """``root/all -> .`` would have been a class holding every other class's images."""
+    for name, photo in (("a", sample_jpegs[0]), ("b", sample_jpegs[1])):
+        (tmp_path / name).mkdir()
+        shutil.copy(photo, tmp_path / name / "x.jpg")
+    os.symlink(".", tmp_path / "all")
+    os.symlink("..", tmp_path / "up")
+    with pytest.warns(UserWarning, match="2 links to an ancestor"):
+        dataset = DCTImageFolder(tmp_path)
+    assert dataset.classes == ["a", "b"] and len(dataset) == 2
+
+
 def test_dataset_on_a_hostile_folder_lists_each_image_once_and_warns(hostile_folder):
     code = f"""
         import json, warnings

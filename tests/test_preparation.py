@@ -100,7 +100,7 @@ def big_src(tmp_path_factory, shared_data):
 def test_dlib_johns_classes_labels_and_decode(tmp_path, shared_data, layout):
     src = shared_data / "labelled" / "dlib_johns"
     dst = tmp_path / "out"
-    result = prepare(src, dst, workers=2, format=layout, shard_size="16", progress=False, verbose=False)
+    result = prepare(src, dst, size=224, workers=2, format=layout, shard_size="16", progress=False, verbose=False)
     expected_classes = sorted(p.name for p in src.iterdir() if p.is_dir())
     sources = sorted(str(p.relative_to(src)) for p in src.rglob("*.jpg"))
     index = load_index(dst)
@@ -138,7 +138,7 @@ def test_dlib_johns_classes_labels_and_decode(tmp_path, shared_data, layout):
 def test_shards_read_by_webdataset(tmp_path, shared_data):
     wds = pytest.importorskip("webdataset")
     dst = tmp_path / "out"
-    prepare(shared_data / "labelled" / "dlib_johns", dst, workers=2, format="shards", shard_size="200KB",
+    prepare(shared_data / "labelled" / "dlib_johns", dst, size=224, workers=2, format="shards", shard_size="200KB",
             progress=False, verbose=False)
     index = load_index(dst)
     assert len(index["shards"]) > 1
@@ -158,7 +158,7 @@ def test_shards_read_by_dali(tmp_path, shared_data):
     from nvidia.dali import fn, pipeline_def
 
     dst = tmp_path / "out"
-    prepare(shared_data / "labelled" / "dlib_johns", dst, workers=2, format="shards", shard_size="20",
+    prepare(shared_data / "labelled" / "dlib_johns", dst, size=224, workers=2, format="shards", shard_size="20",
             shuffle=False, progress=False, verbose=False)
     index = load_index(dst)
     tars = [str(dst / s["name"]) for s in index["shards"]]
@@ -199,7 +199,7 @@ def test_shards_read_by_dali(tmp_path, shared_data):
 def test_mixed_inputs_failures_and_orientation(tmp_path, mixed_src, layout):
     dst = tmp_path / "out"
     with pytest.raises(PrepareFailures) as info:
-        prepare(mixed_src, dst, workers=2, format=layout, shard_size="4", progress=False, verbose=False)
+        prepare(mixed_src, dst, size=224, workers=2, format=layout, shard_size="4", progress=False, verbose=False)
     result = info.value.result
     assert result.failed == 4 and result.converted == 11 and result.ignored == 1  # README.txt
     failures = failures_of(dst)
@@ -229,7 +229,7 @@ def test_worker_death_fails_only_that_image(tmp_path, mixed_src, monkeypatch, la
     victim = sorted(p.name for p in (mixed_src / "photos").glob("*.jpg") if not p.name.startswith("."))[2]
     monkeypatch.setenv("FUNLOADER_PREPARE_TEST_CRASH", victim)  # read by the (spawned) worker processes
     dst = tmp_path / "out"
-    result = prepare(mixed_src, dst, workers=2, format=layout, shard_size="4", allow_failures=True,
+    result = prepare(mixed_src, dst, size=224, workers=2, format=layout, shard_size="4", allow_failures=True,
                      progress=False, verbose=False)
     failures = failures_of(dst)
     assert set(failures) == BAD_INPUTS | {f"photos/{victim}"}
@@ -308,7 +308,7 @@ def test_edge_corpus_failures_match_manifest(tmp_path, shared_data):
     for row in rows:
         os.symlink(shared_data / row["file"], src / row["file"].split("/", 1)[1])
     dst = tmp_path / "out"
-    result = prepare(src, dst, workers=2, allow_failures=True, progress=False, verbose=False)
+    result = prepare(src, dst, size=224, workers=2, allow_failures=True, progress=False, verbose=False)
     expected_failures = {r["file"].split("/", 1)[1] for r in rows if r["pillow_decode"].startswith("FAIL")}
     assert set(failures_of(dst)) == expected_failures and len(expected_failures) >= 5
     assert result.ignored == 0 and result.converted == len(rows) - len(expected_failures)
@@ -321,8 +321,8 @@ def test_edge_corpus_failures_match_manifest(tmp_path, shared_data):
 
 def test_stats_match_direct_computation(tmp_path, shared_data):
     src = shared_data / "labelled" / "dlib_johns"
-    prepare(src, tmp_path / "f", workers=2, stats="both", progress=False, verbose=False)
-    prepare(src, tmp_path / "s", workers=2, stats="both", format="shards", shard_size="10", progress=False,
+    prepare(src, tmp_path / "f", size=224, workers=2, stats="both", progress=False, verbose=False)
+    prepare(src, tmp_path / "s", size=224, workers=2, stats="both", format="shards", shard_size="10", progress=False,
             verbose=False)
     index = load_index(tmp_path / "f")
     for mode in ("raw", "dequantized"):
@@ -481,7 +481,7 @@ def test_shard_writer_is_deterministic_and_atomic(tmp_path):
 @pytest.mark.parametrize("layout", ["folder", "shards"])
 def test_output_loads_with_dctimagefolder(tmp_path, shared_data, layout):
     dst = tmp_path / "out"
-    prepare(shared_data / "labelled" / "dlib_johns", dst, workers=1, format=layout, shard_size="20",
+    prepare(shared_data / "labelled" / "dlib_johns", dst, size=224, workers=1, format=layout, shard_size="20",
             progress=False, verbose=False)
     index = load_index(dst)
     dataset = funloader.DCTImageFolder(dst, dequantize=False)
@@ -552,6 +552,20 @@ def test_merge_refuses_paths_outside_the_part_before_moving_anything(tmp_path, t
     assert not any(p.is_file() for p in gathered.rglob("*"))
 
 
+def test_merge_refuses_a_hostile_part_file_inside_dst(tmp_path, two_jobs):
+    """The shared-DST case: a planted part file in DST's own bookkeeping folder."""
+    import shutil
+
+    parts = fresh_jobs(two_jobs, tmp_path)
+    shutil.copy(part_file_of(parts[1]), parts[0] / preparation.STATE_DIR)
+    planted = parts[0] / preparation.STATE_DIR / part_file_of(parts[1]).name
+    edit_first_file_path(planted, "../victim.jpg")
+    before = tree_bytes(tmp_path)
+    with pytest.raises(PrepareError, match="refusing"):
+        merge(parts[0], allow_failures=True, progress=False, verbose=False)
+    assert tree_bytes(tmp_path) == before and not (parts[0] / "index.json").exists()
+
+
 def test_merge_refuses_a_symlink_listed_as_output(tmp_path, two_jobs):
     parts = fresh_jobs(two_jobs, tmp_path)
     secret = tmp_path / "secret.jpg"
@@ -608,6 +622,8 @@ def test_merge_stopped_part_way_finishes_when_run_again(tmp_path, two_jobs, monk
         merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
     monkeypatch.setattr(preparation, "_move_file", real_move)
     assert len(moved) == 3 and not (gathered / "index.json").exists()
+    with pytest.raises(PrepareError, match="name them"):  # without the part folders: a hint, nothing moves
+        merge(gathered, allow_failures=True, progress=False, verbose=False)
     merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
     assert tree_bytes(gathered) == tree_bytes(two_jobs / "single")
     # and once more: a finished merge is recognised, nothing changes
@@ -680,3 +696,268 @@ def test_jobs_of_one_sharded_run_share_dst_but_not_a_job(tmp_path, mixed_src):
     merge(dst, allow_failures=True, progress=False, verbose=False)
     assert load_index(dst)["counts"] == {"images": 11, "failed": 4, "ignored": 1}
     assert not (dst / preparation.STATE_DIR).exists()
+
+
+# ---------------------------------------------------------------------------------------------- hostile sources
+
+def test_fifo_device_huge_file_and_link_loops_neither_hang_nor_exhaust(tmp_path, shared_data):
+    """issue 19: fifo.jpg hung prepare; zero.jpg -> /dev/zero read until MemoryError; two links to '..'
+    hung it and one link to '..' made it write every image 41 times, 40 folders deep.  Runs in a child
+    process with a time limit."""
+    src = tmp_path / "src"
+    photos = sorted((shared_data / "photos").glob("*.jpg"))[:3]
+    for folder in ("photos", "other"):
+        (src / folder).mkdir(parents=True)
+    for path in photos:
+        (src / "photos" / path.name).write_bytes(path.read_bytes())
+    (src / "other" / "one.jpg").write_bytes(photos[0].read_bytes())
+    os.mkfifo(src / "photos" / "fifo.jpg")
+    os.symlink("/dev/zero", src / "photos" / "zero.jpg")
+    with open(src / "photos" / "huge.jpg", "wb") as handle:  # sparse: 3 GB on paper, no blocks used
+        handle.truncate(3 * 10**9)
+    os.symlink("..", src / "photos" / "loop_a")
+    os.symlink("..", src / "photos" / "loop_b")
+    os.symlink("..", src / "other" / "up")
+    dst = tmp_path / "dst"
+    command = [sys.executable, "-m", "funloader", "prepare", str(src), str(dst), "--workers", "2", "--no-progress"]
+    try:
+        run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("prepare hung on a FIFO, a device or a link loop")
+    assert run.returncode == 1, run.stderr  # inputs failed: exit 1, not a crash
+    assert "Traceback" not in run.stderr and "not following 3 link(s)" in run.stderr
+    failures = {row["source"]: row["reason"] for row in preparation.read_tsv(dst / "failures.tsv")}
+    assert set(failures) == {"photos/fifo.jpg", "photos/zero.jpg", "photos/huge.jpg"}
+    assert "FIFO" in failures["photos/fifo.jpg"] and "character device" in failures["photos/zero.jpg"]
+    assert "larger than" in failures["photos/huge.jpg"]
+    index = load_index(dst)
+    assert sorted(e["source"] for e in index["files"]) == sorted(
+        ["other/one.jpg"] + [f"photos/{p.name}" for p in photos])  # each image once
+    assert all(p.relative_to(dst).parts[0] in ("photos", "other") and len(p.relative_to(dst).parts) == 2
+               for p in dst.rglob("*.jpg"))  # nothing written into nested link folders
+
+
+def test_unreadable_subfolder_is_reported(tmp_path, shared_data, monkeypatch, capsys):
+    """issue 19: an unreadable sub-folder was skipped and prepare still said "ignored 0".
+
+    Tests run as root on CI, and root lists a chmod-000 folder anyway, so as root the folder is made
+    unreadable by making ``os.scandir`` fail on it with EACCES (what a non-root user meets)."""
+    src = tmp_path / "src"
+    photos = sorted((shared_data / "photos").glob("*.jpg"))[:2]
+    for folder in ("good", "locked"):
+        (src / folder).mkdir(parents=True)
+        for path in photos:
+            (src / folder / path.name).write_bytes(path.read_bytes())
+    locked = src / "locked"
+    if os.geteuid() == 0:
+        real_scandir = os.scandir
+
+        def scandir(path="."):
+            if not isinstance(path, int) and os.fspath(path) == str(locked):
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return real_scandir(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+    else:
+        locked.chmod(0)
+    try:
+        result = prepare(src, tmp_path / "dst", workers=1, progress=False, verbose=True)
+    finally:
+        locked.chmod(0o755)
+    err = capsys.readouterr().err
+    assert result.unreadable == [("locked", "Permission denied")] and result.ignored == 1
+    assert "1 sub-folder(s)" in err and "locked (Permission denied)" in err and "1 unreadable folder(s)" in err
+    assert result.converted == 2
+
+
+def test_odd_file_names_round_trip_through_manifests_and_resume(tmp_path, shared_data):
+    """issue 19: a non-UTF-8 name aborted the run (UnicodeEncodeError); tabs/newlines broke the TSVs."""
+    photo = sorted((shared_data / "photos").glob("*.jpg"))[0].read_bytes()
+    src = tmp_path / "src"
+    (src / "odd").mkdir(parents=True)
+    names = [b"caf\xe9.jpg", b"tab\there.jpg", b"new\nline.jpg", b"back\\slash.jpg", b"plain.jpg"]
+    for name in names:
+        (Path(os.fsdecode(os.fsencode(src / "odd") + b"/" + name))).write_bytes(photo)
+    Path(os.fsdecode(os.fsencode(src / "odd") + b"/bad\tname\xff.jpg")).write_bytes(b"not an image")
+    for layout in ("folder", "shards"):
+        dst = tmp_path / layout
+        result = prepare(src, dst, workers=2, format=layout, allow_failures=True, progress=False, verbose=False)
+        assert result.converted == 5 and result.failed == 1
+        index = load_index(dst)
+        expected = sorted("odd/" + os.fsdecode(name) for name in names)
+        assert sorted(e["source"] for e in index["files"]) == expected
+        rows = preparation.read_tsv(dst / "index.tsv")
+        assert [r["source"] for r in rows] == [e["source"] for e in index["files"]]
+        assert [r["path"] for r in rows] == [e["path"] for e in index["files"]]
+        assert [r["source"] for r in preparation.read_tsv(dst / "failures.tsv")] == ["odd/" + os.fsdecode(b"bad\tname\xff.jpg")]
+        if layout == "folder":
+            for entry in index["files"]:  # the output is at the same bytes name
+                assert (dst / entry["path"]).read_bytes()[:2] == b"\xff\xd8"
+            assert os.path.exists(os.fsencode(dst) + b"/odd/caf\xe9.jpg")
+        before = tree_bytes(dst)
+        again = prepare(src, dst, workers=1, format=layout, allow_failures=True, progress=False, verbose=False)
+        assert again.converted == 0 and again.skipped == 6 and tree_bytes(dst) == before
+
+
+def test_output_name_too_long_is_one_failed_input(tmp_path, shared_data):
+    """issue 19: an output name over 255 bytes ended the whole run with a traceback."""
+    photo = sorted((shared_data / "photos").glob("*.jpg"))[0]
+    src = tmp_path / "src"
+    (src / "c").mkdir(parents=True)
+    stem = "x" * 251  # x...x.png and x...x.jpg collide as x...x.jpg, so each keeps its suffix: 259 bytes
+    with Image.open(photo) as image:
+        image.convert("RGB").save(src / "c" / f"{stem}.png")
+    (src / "c" / f"{stem}.jpg").write_bytes(photo.read_bytes())
+    (src / "c" / "short.jpg").write_bytes(photo.read_bytes())
+    dst = tmp_path / "dst"
+    with pytest.raises(PrepareFailures):
+        prepare(src, dst, workers=2, progress=False, verbose=False)
+    failures = {row["source"]: row["reason"] for row in preparation.read_tsv(dst / "failures.tsv")}
+    assert set(failures) == {f"c/{stem}.png", f"c/{stem}.jpg"}
+    assert all("259-byte name" in reason and "too long" in reason for reason in failures.values())
+    assert [e["source"] for e in load_index(dst)["files"]] == ["c/short.jpg"]
+    assert not (dst / preparation.STATE_DIR).exists()  # the run finished normally
+
+
+@pytest.mark.parametrize("layout", ["folder", "shards"])
+def test_disk_full_stops_with_a_resume_message_and_resumes_byte_identically(tmp_path, mixed_src, monkeypatch,
+                                                                          capsys, layout):
+    """Disk full used to end with a raw OSError traceback.  Simulated: os.replace into DST fails with
+    ENOSPC after a few outputs (a real full disk needs a small mount, which CI cannot make)."""
+    options = dict(workers=1, format=layout, shard_size="3", allow_failures=True, progress=False, verbose=False)
+    reference = tmp_path / "reference"
+    prepare(mixed_src, reference, **options)
+    dst = tmp_path / "dst"
+    real_replace = os.replace
+    written = []
+
+    def replace(source, target, **kwargs):
+        if str(target).startswith(str(dst)) and not str(target).endswith(".json"):
+            if len(written) == 2:
+                raise OSError(28, "No space left on device", str(target))
+            written.append(target)
+        return real_replace(source, target, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    args = [str(mixed_src), str(dst), "--workers", "1", "--format", layout, "--shard-size", "3", "--no-progress",
+            "--allow-failures"]
+    from funloader.cli import main as cli_main
+
+    assert cli_main(["prepare", *args]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if "error:" in line]  # one line, no traceback
+    assert "Traceback" not in err and "No space left on device" in line and "run the same command again" in line
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert cli_main(["prepare", *args]) == 0
+    assert "skipped 0" not in capsys.readouterr().err
+    assert tree_bytes(dst) == tree_bytes(reference)
+
+
+def test_unwritable_dst_is_a_message_not_a_traceback(tmp_path, mixed_src, monkeypatch, capsys):
+    """`prepare` into a read-only DST gave a traceback.  Root can write anywhere on CI, so two real
+    unwritable cases are used: a DST below a regular file (ENOTDIR), and a read-only file system
+    simulated by making mkdir under DST fail with EROFS (what a read-only mount returns)."""
+    from funloader.cli import main as cli_main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert cli_main(["prepare", str(mixed_src), str(blocker / "dst"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert "Traceback" not in err and "cannot create DST" in line and "Not a directory" in line
+
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(readonly)):
+            raise OSError(30, "Read-only file system", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    assert cli_main(["prepare", str(mixed_src), str(readonly), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert "Traceback" not in err and "Read-only file system" in line and "writable" in line
+    assert list(readonly.iterdir()) == []
+
+
+def test_damaged_index_and_journal_are_named(tmp_path, shared_data, capsys):
+    """A malformed index.json or journal line gave a traceback (KeyError/TypeError) or was dropped."""
+    src = shared_data / "labelled" / "dlib_johns"
+    dst = tmp_path / "out"
+    prepare(src, dst, workers=1, progress=False, verbose=False)
+    for damage in (b"{not json", b"[1, 2, 3]", (dst / "index.json").read_bytes().replace(b'"source"', b'"sauce"')):
+        (dst / "index.json").write_bytes(damage)
+        assert preparation.main([str(src), str(dst), "--workers", "1", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        (line,) = [line for line in err.splitlines() if "error:" in line]
+        assert "Traceback" not in err and str(dst / "index.json") in line, err
+
+    path = tmp_path / "journal.jsonl"
+    header = {"journal": 1, "settings": {"format": "folder"}}
+    good = {"unit": 0, "files": [], "failures": [{"source": "a.jpg", "reason": "r"}]}
+    for bad_line in (b"garbage", b'{"files": []}', b'{"unit": 1, "files": [{"path": "../../x"}], "failures": []}'):
+        path.write_bytes(b"\n".join([json.dumps(header).encode(), json.dumps(good).encode(), bad_line,
+                                     json.dumps(dict(good, unit=2)).encode()]) + b"\n")
+        with pytest.raises(PrepareError, match=f"{path}, line 3"):
+            preparation._Journal(path, header)
+
+
+# ---------------------------------------------------------------------------------------------- image size policy
+
+def test_training_default_keeps_the_aspect_ratio_and_never_enlarges(tmp_path, shared_data):
+    """Without --size, prepare writes a training set for exact RandomResizedCrop: aspect ratio kept,
+    shorter side TRAIN_SHORTER_SIDE (320), smaller images kept at their size; --size gives squares."""
+    photos = sorted((shared_data / "photos").glob("*.jpg"))
+    by_size = {}
+    for path in photos:
+        with Image.open(path) as image:
+            by_size[path.name] = image.size
+    large = [p for p in photos if min(by_size[p.name]) > 400 and max(by_size[p.name]) / min(by_size[p.name]) > 1.2][:2]
+    small = [p for p in photos if min(by_size[p.name]) < preparation.TRAIN_SHORTER_SIDE][:1]
+    src = tmp_path / "src"
+    (src / "c").mkdir(parents=True)
+    for path in large + small:
+        os.symlink(path, src / "c" / path.name)
+    dst = tmp_path / "train"
+    prepare(src, dst, workers=1, progress=False, verbose=False)
+    index = load_index(dst)
+    assert index["settings"]["crop"] == "none" and index["settings"]["resize_shorter"] == 320
+    assert index["settings"]["enlarge"] is False
+    for entry in index["files"]:
+        width, height = by_size[Path(entry["source"]).name]
+        out = (entry["width"], entry["height"])
+        with Image.open(dst / entry["path"]) as image:
+            assert image.size == out
+        if min(width, height) > 320:
+            assert min(out) == 320 and abs(max(out) / min(out) - max(width, height) / min(width, height)) < 0.01
+            assert (out[0] > out[1]) == (width > height)
+        else:
+            assert out == (width, height)  # not enlarged
+        assert funloader.read_fun(dst / entry["path"]).shape == (192, -(-out[1] // 8), -(-out[0] // 8))
+    evaluation = tmp_path / "eval"
+    prepare(src, evaluation, size=224, resize_shorter=256, workers=1, progress=False, verbose=False)
+    assert {(e["width"], e["height"]) for e in load_index(evaluation)["files"]} == {(224, 224)}
+    assert preparation.main([str(src), str(tmp_path / "cli"), "--resize-shorter", "256", "--workers", "1",
+                             "--no-progress"]) == 0
+    assert all(min(e["width"], e["height"]) == min(256, *by_size[Path(e["source"]).name])
+               for e in load_index(tmp_path / "cli")["files"])
+
+
+def test_merge_keeps_an_identical_copy_and_refuses_to_overwrite_a_different_file(tmp_path, two_jobs):
+    """A cross-file-system move killed after its copy leaves the same file on both sides: kept.  A
+    different file already in DST under an output's name is never overwritten."""
+    parts = fresh_jobs(two_jobs, tmp_path)
+    part = json.loads(part_file_of(parts[1]).read_text())
+    name = next(r for r in part["units"] if r["files"])["files"][0]["path"]
+    gathered = tmp_path / "gathered"
+    (gathered / name).parent.mkdir(parents=True)
+    (gathered / name).write_bytes(b"someone else's file")
+    with pytest.raises(PrepareError, match="already exists with other contents"):
+        merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
+    assert (gathered / name).read_bytes() == b"someone else's file"
+    (gathered / name).write_bytes((parts[1] / name).read_bytes())  # the identical copy
+    merge(gathered, parts, allow_failures=True, progress=False, verbose=False)
+    assert tree_bytes(gathered) == tree_bytes(two_jobs / "single")

@@ -13,8 +13,9 @@ import functools
 import io
 import math
 import random
-import shutil
+import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -309,3 +310,27 @@ def test_corrupt_file_in_a_boxed_batch_is_reported_not_raised(sample_jpegs):
     errors = funloader.read_batch([data, data[: len(data) // 3]], out, boxes=[(0, 0, 20, 20)] * 2)
     assert errors[0] is None and isinstance(errors[1], JPEGDecodeError)
     assert not out[1].any()
+
+
+def test_baseline_and_avx2_paths_give_the_same_bits(sample_jpegs, tmp_path):
+    """The kernel's SSE2 build (FUNLOADER_SIMD=sse2) and its AVX2 build use the same operations in the same
+    order (no fused multiply-add), so every CPU gives the same tensors."""
+    paths = [str(p) for p in sample_jpegs[:4]]
+    boxes = [(1.5, 2.0, 40.0, 60.5), (0, 0, 100, 100), (10, 20, 3, 2), (5, 5, 50, 30)]
+    script = (
+        "import sys, numpy as np, funloader\n"
+        "paths, boxes, target = eval(sys.argv[1]), eval(sys.argv[2]), sys.argv[3]\n"
+        "out = np.zeros((len(paths), 192, 5, 6), np.float32)\n"
+        "funloader.read_batch(paths, out, boxes=boxes, subsampling='444')\n"
+        "np.save(target, out)\n"
+        "print(funloader.codec._jpegdct.resize_simd())\n")
+    results = {}
+    for simd in ("sse2", "native"):
+        environment = dict(os.environ, FUNLOADER_SIMD=simd)
+        target = tmp_path / f"{simd}.npy"
+        run = subprocess.run([sys.executable, "-c", script, repr(paths), repr(boxes), str(target)], env=environment,
+                             stdout=subprocess.PIPE, check=True, text=True)
+        results[run.stdout.strip()] = np.load(target)
+    assert "sse2" in results
+    for array in results.values():
+        np.testing.assert_array_equal(array, results["sse2"])

@@ -171,6 +171,84 @@ def test_atomic_checkpoint_keeps_old_file_on_failure(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
+# checkpoints are data, never code (issue 19)
+class _RunsCommand:
+    """Pickles as a call to ``os.system(command)``: what a hostile checkpoint would hold."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def _hostile_checkpoint(tmp_path) -> tuple:
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "hostile.pt"
+    torch.save({"format": "funloader-train", "model": {"w": torch.ones(2)}, "model_name": "fun_test",
+                "num_classes": 2, "payload": _RunsCommand(f"touch {marker}")}, path)
+    return path, marker
+
+
+@pytest.mark.parametrize("command", ["eval", "resume", "finetune"])
+def test_checkpoint_that_runs_code_is_refused(tmp_path, capsys, command):
+    from funloader.cli import main
+
+    path, marker = _hostile_checkpoint(tmp_path)
+    data = tmp_path / "data"  # never reached: the checkpoint is read first
+    args = {"eval": ["eval", "--checkpoint", str(path), "--data", str(data)],
+            "resume": ["train", "--data", str(data), "--output", str(tmp_path / "run"), "--resume", str(path)],
+            "finetune": ["train", "--data", str(data), "--output", str(tmp_path / "run"), "--finetune", str(path)]}
+    assert main(args[command] + ["--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert not marker.exists()  # the command in the pickle never ran
+    assert len(err.splitlines()) == 1 and "refused" in err and "hostile.pt" in err and "system" in err, err
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_no_torch_load_without_weights_only():
+    """Every ``torch.load`` in the package passes ``weights_only=True`` (a literal)."""
+    import ast
+
+    calls = []
+    for source in sorted((REPO / "funloader").rglob("*.py")) + sorted((REPO / "models").rglob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+                keywords = {k.arg: k.value for k in node.keywords}
+                safe = isinstance(keywords.get("weights_only"), ast.Constant) and keywords["weights_only"].value is True
+                calls.append((f"{source.relative_to(REPO)}:{node.lineno}", safe))
+    assert calls, "expected the checkpoint loader's torch.load"
+    assert all(safe for _, safe in calls), [where for where, safe in calls if not safe]
+
+
+def test_rng_state_survives_a_safe_load(tmp_path):
+    import random
+
+    import numpy as np
+
+    from funloader.checkpoint import rng_state, set_rng_state
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.standard_normal()  # leaves a cached gaussian in NumPy's state
+    save_atomic({"model": {}, "rng": [rng_state()]}, tmp_path / "c.pt")
+    expected = (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"][0])
+    assert (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist()) == expected
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_checkpoint_file_mode_follows_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        path = save_atomic({"model": {}}, tmp_path / "last.pt")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# ----------------------------------------------------------------------------------------------
 # the learning check
 @pytest.mark.slow
 def test_learns_fashion_mnist(learning_run):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import io
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -136,6 +137,74 @@ def _read_batch_rrc(inputs):
     return {"read_batch_rrc_1t": run(rows), "read_batch_rrc_to_end_1t": run(to_end)}
 
 
+def _rrc_boxes(inputs, seed: int = 0) -> List[tuple]:
+    """One torchvision ``RandomResizedCrop`` window per image (scale 0.08-1, ratio 3/4-4/3), drawn from a
+    seeded generator: ``(top, left, height, width)`` in pixels, the same for every method that uses them."""
+    from ..codec import read_sizes
+    from .loader import _rrc_box
+
+    rng = random.Random(seed)
+    boxes = []
+    for height, width in read_sizes(inputs.datas):
+        left, top, right, bottom = _rrc_box(int(width), int(height), rng)
+        boxes.append((top, left, bottom - top, right - left))
+    return boxes
+
+
+def _read_fun_exact(inputs):
+    from ..codec import read_fun
+
+    boxes = _rrc_boxes(inputs)
+    out = np.empty((192, 28, 28), np.float32)
+
+    def run():
+        for data, box in zip(inputs.datas, boxes):
+            read_fun(data, box=box, out=out)
+        return len(inputs.datas)
+    return {"read_fun_exact": run}
+
+
+def _read_batch_exact(inputs):
+    from ..codec import read_batch
+
+    boxes = np.array(_rrc_boxes(inputs), np.float64)
+    batch = np.empty((len(inputs.datas), 192, 28, 28), np.float32)
+
+    def threads(count):
+        def run():
+            read_batch(inputs.datas, batch, boxes=boxes, threads=count)
+            return len(inputs.datas)
+        return run
+
+    return {f"read_batch_exact_{count}t": threads(count) for count in sorted({1, *inputs.threads})}
+
+
+def _read_batch_exact_libjpeg(inputs):
+    from ..codec import read_batch
+
+    boxes = np.array(_rrc_boxes(inputs), np.float64)
+    batch = np.empty((len(inputs.datas), 192, 28, 28), np.float32)
+
+    def run():
+        read_batch(inputs.datas, batch, boxes=boxes, threads=1, decoder="libjpeg")
+        return len(inputs.datas)
+    return {"read_batch_exact_1t_libjpeg": run}
+
+
+def _pillow_rrc(inputs):
+    from PIL import Image
+
+    boxes = _rrc_boxes(inputs)
+
+    def run():
+        for data, (top, left, height, width) in zip(inputs.datas, boxes):
+            with Image.open(io.BytesIO(data)) as image:
+                image = image.convert("RGB").crop((left, top, left + width, top + height))
+                np.asarray(image.resize((224, 224), Image.BILINEAR))
+        return len(inputs.datas)
+    return {"pillow_rrc": run}
+
+
 def _jpeg2dct(inputs):
     try:
         import jpeg2dct.numpy as jpeg2dct
@@ -162,18 +231,37 @@ def _floor(name, **kwargs):
     return make
 
 
+#: why a row gives no number here (shown in the report)
+NOT_HERE = {
+    "read_fun_out": "images of several sizes: no one reusable buffer",
+    "read_fun_libjpeg": "this version has one decoder",
+    "jpeg2dct": "jpeg2dct is not installed",
+    "floor": "needs benchmarks/floor.c (in the source tree) and a C compiler",
+    "floor_tuned": "needs benchmarks/floor.c (in the source tree) and a C compiler",
+    "libjpeg_rgb": "needs benchmarks/floor.c (in the source tree) and a C compiler",
+}
+
 METHODS: List[Row] = [  # make(inputs) -> {name: method}
     Row("read_fun", "funloader.read_fun: one file's coefficients in the FUN layout, a new array each call", _read_fun),
     Row("read_fun_out", "read_fun into a reused out= buffer (one-size corpora)", _read_fun_out),
     Row("read_fun_libjpeg", "read_fun with libjpeg-turbo's coefficient reader instead of funloader's own "
         "Huffman decoder (FUNLOADER_DECODER=libjpeg)", _read_fun_libjpeg),
-    Row("read_batch_Nt", "funloader.read_batch with N native threads into a reused (N, 192, 28, 28) batch", _read_batch),
+    Row("read_batch_Nt", "funloader.read_batch with N native threads into a reused (items, 192, 28, 28) batch", _read_batch),
     Row("read_batch_1t_libjpeg", "read_batch, 1 thread, with libjpeg-turbo's coefficient reader instead of "
         "funloader's own Huffman decoder (decoder='libjpeg')", _read_batch_libjpeg),
     Row("read_batch_rrc_1t", "read_batch, 1 thread, RandomResizedCrop windows as block maps (crop-aware: "
         "decoding stops after each window's last MCU row)", _read_batch_rrc),
     Row("read_batch_rrc_to_end_1t", "the same windows, but each decoded to the end of the 28x28 grid (its last "
         "output row maps to the grid's last row): the reference for the crop-aware gain", _read_batch_rrc),
+    Row("read_fun_exact", "read_fun(box=...): the exact resized crop of a torchvision RandomResizedCrop window to "
+        "28x28 blocks (224 pixels, Pillow's antialiased bilinear, chroma 4:2:0), float32", _read_fun_exact),
+    Row("read_batch_exact_Nt", "read_batch(boxes=...) with N native threads: the same exact crops into a reused "
+        "(items, 192, 28, 28) float32 batch", _read_batch_exact),
+    Row("read_batch_exact_1t_libjpeg", "read_batch(boxes=...), 1 thread, the window's coefficients read by libjpeg "
+        "(whole file) instead of the own decoder (only the window's MCU rows, only its blocks kept)",
+        _read_batch_exact_libjpeg),
+    Row("pillow_rrc", "Pillow: decode to RGB, then the same RandomResizedCrop windows cropped and resized to 224x224 "
+        "(BILINEAR): what read_fun_exact replaces", _pillow_rrc),
     Row("floor", "the floor: a C program doing only libjpeg's jpeg_read_coefficients (no layout, no copy), "
         "the least any coefficient reader can do", _floor("floor")),
     Row("floor_tuned", "the same floor with glibc told to keep freed memory (GLIBC_TUNABLES), which removes "
@@ -251,9 +339,13 @@ def measure_corpora(corpora: Dict[str, Sequence[Path]], *, repeats: int = 7, thr
         inputs = Inputs(files, datas, [read_fun(d).shape for d in datas], [t for t in threads if t > 1],
                         floor_binary)
         timed: Dict[str, Method] = {}
+        missing: Dict[str, str] = {}
         for row in METHODS:
             if methods is None or row.name in methods:
-                timed.update(row.make(inputs))
+                made = row.make(inputs)
+                timed.update(made)
+                if not made:
+                    missing[row.name] = NOT_HERE.get(row.name, "not available here")
         cycled = "" if distinct == len(files) else f", each decoded {len(files) // distinct}x per pass"
         progress(f"decode: {corpus_name} ({distinct} files{cycled}; {len(timed)} methods x {repeats} repeats)")
         faults_before = minor_faults()
@@ -264,9 +356,7 @@ def measure_corpora(corpora: Dict[str, Sequence[Path]], *, repeats: int = 7, thr
         if "read_fun" in summaries:
             summaries["read_fun"]["minor_faults_per_image_after_warmup"] = round(faults_per_image, 2)
         section.results[corpus_name] = Result(summaries, ratios(summaries),
-                                              {"files": distinct, "decodes_per_pass": len(datas)})
-    if floor_binary is None:
-        section.extra["not_measured"] = {"floor": "needs benchmarks/floor.c (source tree) and a C compiler"}
+                                              {"files": distinct, "decodes_per_pass": len(datas), "not_measured": missing})
     return section
 
 
@@ -286,12 +376,21 @@ def ratios(results: Dict[str, Dict[str, float]]) -> Dict[str, float]:
     for name in ("pillow_rgb", "jpeg2dct", "libjpeg_rgb"):
         if median(name):
             found[f"speedup_vs_{name}"] = round(median(name) / ours, 3)
+    if median("read_fun_exact") and median("read_fun"):
+        found["exact_crop_adds_us"] = round(median("read_fun_exact") - median("read_fun"), 1)
+        if median("pillow_rrc"):
+            found["exact_speedup_vs_pillow_rrc"] = round(median("pillow_rrc") / median("read_fun_exact"), 3)
+    if median("read_batch_exact_1t") and median("read_batch_1t"):
+        found["exact_batch_1t_over_batch_1t"] = round(median("read_batch_1t") / median("read_batch_exact_1t"), 3)
     if median("read_fun_libjpeg"):
         found["speedup_vs_libjpeg_decoder"] = round(median("read_fun_libjpeg") / median("read_fun"), 3)
     if median("read_batch_1t") and median("floor_tuned"):
         found["batch_1t_speedup_vs_floor_tuned"] = round(median("floor_tuned") / median("read_batch_1t"), 3)
     if median("read_batch_1t") and median("read_batch_1t_libjpeg"):
         found["batch_1t_speedup_vs_libjpeg_decoder"] = round(median("read_batch_1t_libjpeg") / median("read_batch_1t"), 3)
+    if median("read_batch_exact_1t") and median("read_batch_exact_1t_libjpeg"):
+        found["exact_speedup_vs_libjpeg_decoder"] = round(median("read_batch_exact_1t_libjpeg") /
+                                                          median("read_batch_exact_1t"), 3)
     if median("read_batch_rrc_1t") and median("read_batch_rrc_to_end_1t"):
         found["crop_aware_gain"] = round(median("read_batch_rrc_to_end_1t") / median("read_batch_rrc_1t"), 3)
     many = [name for name in results if re.fullmatch(r"read_batch_\d+t", name) and name != "read_batch_1t"]

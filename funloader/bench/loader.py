@@ -38,7 +38,12 @@ class Setup:
     pool: ThreadPoolExecutor
     stats: Dict[str, list]
     raw_stats: Dict[str, list]
+    device: str = "cpu"
     epochs: Dict[str, int] = field(default_factory=dict)
+
+    def synchronize(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
 
     def next_epoch(self, name: str) -> int:
         self.epochs[name] = self.epochs.get(name, 0) + 1
@@ -53,12 +58,14 @@ def _dct_loader(setup: Setup, name: str, crop, dequantize: bool = True):
 
     stats = setup.stats if dequantize else setup.raw_stats
     loader = DCTLoader(DCTImageFolder(setup.folder, dequantize=dequantize), setup.batch_size, shuffle=True,
-                       num_threads=setup.threads, prefetch=2, size=setup.grid,
+                       num_threads=setup.threads, prefetch=2, size=setup.grid, device=setup.device,
                        normalize=(stats["mean"], stats["std"]), transform=T.Compose([crop, T.RandomHorizontalFlip()]))
 
     def run():
         loader.set_epoch(setup.next_epoch(name))
-        return sum(x.shape[0] for x, _ in loader)
+        done = sum(x.shape[0] for x, _ in loader)
+        setup.synchronize()
+        return done
     return run
 
 
@@ -78,6 +85,37 @@ def _funloader_exact(setup):
     except (TypeError, ValueError):  # this version has no exact resized crop
         return None
     return _dct_loader(setup, "funloader_exact", crop)
+
+
+def _funloader_augment(setup):
+    """The exact-crop pipeline (nearest when this version has no exact crop) + RandAugment(2, 9) on
+    the coefficients + Mixup on each batch (issue 16's speed target: at most 25% over the same
+    pipeline without RandAugment/mixup)."""
+    from .. import transforms as T
+    from ..dataset import DCTImageFolder
+    from ..loader import DCTLoader
+
+    try:
+        crop = T.RandomResizedCrop(28, mode="exact")
+    except (TypeError, ValueError):  # this version has no exact resized crop
+        crop = T.RandomResizedCrop(28, mode="nearest")
+    dataset = DCTImageFolder(setup.folder)
+    loader = DCTLoader(dataset, setup.batch_size, shuffle=True, num_threads=setup.threads, prefetch=2,
+                       size=setup.grid, normalize=(setup.stats["mean"], setup.stats["std"]), device=setup.device,
+                       transform=T.Compose([crop, T.RandomHorizontalFlip(), T.RandAugment(2, 9)]))
+    mixup = T.Mixup(num_classes=max(1, len(dataset.classes)))
+
+    def run():
+        epoch = setup.next_epoch("funloader_augment")
+        loader.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(epoch)
+        done = 0
+        for x, y in loader:
+            x, _ = mixup(x, y, generator)
+            done += x.shape[0]
+        setup.synchronize()
+        return done
+    return run
 
 
 # ------------------------------------------------------------------------------------- pixel pipelines
@@ -187,7 +225,9 @@ def _pixel(kind: str):
                         x = (dctnet_batch(rgb) - mean) * inv_std
                     else:
                         x = (rgb.permute(0, 3, 1, 2).to(torch.float32) - rgb_mean) * rgb_inv_std
+                x = x.to(setup.device)
                 done += x.shape[0]
+            setup.synchronize()
             return done
         return run
     return make
@@ -203,6 +243,8 @@ PIPELINES: List[Row] = [  # make(setup) -> run one epoch, return images (None: n
         _funloader("dct", "funloader_dct")),
     Row("funloader_exact", "the same with RandomResizedCrop(mode='exact'): torchvision's resized crop "
         "computed from the coefficients", _funloader_exact),
+    Row("funloader_augment", "funloader_exact (funloader when there is no exact crop) + RandAugment(2, 9) "
+        "over the exact DCT-domain ops + Mixup per batch", _funloader_augment),
     Row("pillow", "torchvision-style pixel pipeline: Pillow decode, RandomResizedCrop(224, scale 0.08-1, "
         "bilinear), flip, to tensor, normalise -> (B, 3, 224, 224)", _pixel("pillow")),
     Row("paper", "the FUN paper's released pipeline: the Pillow pipeline's image re-encoded as JPEG q100 "
@@ -211,7 +253,7 @@ PIPELINES: List[Row] = [  # make(setup) -> run one epoch, return images (None: n
         "(B, 192, 28, 28)", _pixel("dctnet")),
 ]
 #: pipelines left out of --quick (the other funloader modes and DCTNet)
-QUICK_SKIP = ("funloader_dct", "dctnet")
+QUICK_SKIP = ("funloader_dct", "dctnet", "funloader_augment")
 
 
 def _image_grid(files: Sequence[str]) -> int:
@@ -222,10 +264,11 @@ def _image_grid(files: Sequence[str]) -> int:
 
 
 def measure_folder(folder, *, threads: Sequence[int] = (1, 2), batch_size: int = 256, repeats: int = 3,
-                   pipelines: Optional[Sequence[str]] = None, label: Optional[str] = None,
+                   pipelines: Optional[Sequence[str]] = None, label: Optional[str] = None, device: str = "cpu",
                    progress: Callable[[str], None] = lambda message: None, section: Optional[Section] = None) -> Section:
     """Images/s of each pipeline over all images of ``folder`` (an ImageFolder tree), per thread
-    count; adds one :class:`Result` per thread count to ``section`` (a new one by default)."""
+    count, batches delivered on ``device``; adds one :class:`Result` per thread count to
+    ``section`` (a new one by default)."""
     from ..dataset import DCTImageFolder
     from ..stats import compute_stats
 
@@ -247,7 +290,7 @@ def measure_folder(folder, *, threads: Sequence[int] = (1, 2), batch_size: int =
         for count in threads:
             torch.set_num_threads(int(count))
             with ThreadPoolExecutor(int(count)) as pool:
-                setup = Setup(Path(folder), files, batch_size, int(count), grid, pool, stats, raw_stats)
+                setup = Setup(Path(folder), files, batch_size, int(count), grid, pool, stats, raw_stats, device)
                 runs, missing = {}, {}
                 for row in PIPELINES:
                     if pipelines is not None and row.name not in pipelines:
@@ -261,7 +304,7 @@ def measure_folder(folder, *, threads: Sequence[int] = (1, 2), batch_size: int =
                          f"{', '.join(runs)} x {repeats} epochs")
                 summaries = round_robin(runs, repeats, progress=progress)
             section.results[f"{label}/{count}t"] = Result(summaries, ratios(summaries), {
-                "corpus": label, "threads": int(count), "images": len(files), "batch_size": batch_size,
+                "corpus": label, "threads": int(count), "images": len(files), "batch_size": batch_size, "device": device,
                 "grid_blocks": grid, "not_measured": missing})
     finally:
         torch.set_num_threads(previous_threads)
@@ -280,6 +323,9 @@ def ratios(results: Dict[str, Dict[str, float]]) -> Dict[str, float]:
         for other in ("pillow", "paper", "dctnet"):
             if rate(other) and (prefix != "raw_" or other == "paper"):
                 found[f"{prefix}speedup_vs_{other}_pipeline"] = round(rate(ours) / rate(other), 3)
+    base = "funloader_exact" if rate("funloader_exact") else "funloader"
+    if rate(base) and rate("funloader_augment"):  # issue 16: RandAugment(2, 9) + mixup cost, target <= 1.25
+        found[f"randaugment_mixup_cost_vs_{base}"] = round(rate(base) / rate("funloader_augment"), 3)
     return found
 
 

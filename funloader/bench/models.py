@@ -40,36 +40,42 @@ def count_mmacs(model: torch.nn.Module, input_size: Sequence[int]) -> float:
 
 
 def describe(name: str, model: torch.nn.Module) -> Dict[str, object]:
-    """A model's size and the paper's numbers for it (from ``default_cfg``)."""
+    """A model's size and the paper's numbers for it (from ``default_cfg``; models from elsewhere,
+    e.g. timm's, count as family ``"other"`` on RGB input)."""
     cfg = model.default_cfg
-    row = {"family": cfg["family"], "input": cfg["input"], "input_size": list(cfg["input_size"]),
+    row = {"family": cfg.get("family", "other"), "input": cfg.get("input", "rgb"),
+           "input_size": list(cfg["input_size"]),
            "params": sum(p.numel() for p in model.parameters()),
            "mmacs": round(count_mmacs(model, tuple(cfg["input_size"])), 2)}
     row.update({key: cfg.get(key) for key in _CFG_KEYS})
     return row
 
 
-def _forward(model, x, autocast) -> Callable[[], int]:
+def _forward(model, x, autocast, passes: int) -> Callable[[], int]:
     cuda = x.device.type == "cuda"
 
     def run():
         with autocast():
-            model(x)
+            for _ in range(passes):
+                model(x)
         if cuda:
             torch.cuda.synchronize(x.device)
-        return x.shape[0]
+        return x.shape[0] * passes
     return run
 
 
 def measure_models(names: Optional[Sequence[str]] = None, *, device: str = "cpu", batch_sizes: Sequence[int] = (1, 64),
                    repeats: int = 20, threads: Optional[int] = None, warmup: int = 3, channels_last: bool = False,
-                   dtype: Optional[torch.dtype] = None, compile: bool = False,
+                   dtype: Optional[torch.dtype] = None, compile: bool = False, passes: int = 1,
+                   builders: Optional[Dict[str, Callable[[], torch.nn.Module]]] = None,
                    progress: Callable[[str], None] = lambda message: None, flush_denormal: bool = True) -> Section:
     """Time ``names`` (default: every model but ``fun_test``) at each batch size; one :class:`Result`
     per batch size (``"batch B"``: model -> summary, with ``latency_ms`` per pass), the models'
     sizes in ``extra["models"]``. ``dtype``: autocast dtype (e.g. ``torch.bfloat16``), None for
-    float32; ``compile``: ``torch.compile`` each model; ``threads``: ``torch.set_num_threads``
-    for the run (restored afterwards)."""
+    float32; ``compile``: ``torch.compile`` each model; ``passes``: forward passes per timed call
+    (short GPU passes); ``builders``: more models to time alongside, name -> factory of a model
+    with a ``default_cfg`` holding ``input_size`` (e.g. timm's); ``threads``:
+    ``torch.set_num_threads`` for the run (restored afterwards)."""
     from ..models import create_model, list_models
 
     names = list(names or [n for n in list_models() if n != "fun_test"])
@@ -93,8 +99,10 @@ def measure_models(names: Optional[Sequence[str]] = None, *, device: str = "cpu"
         return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
     try:
         models = {}
-        for name in names:
-            model = create_model(name).eval().to(device)
+        factories = {name: (lambda name=name: create_model(name)) for name in names}
+        factories.update(builders or {})
+        for name, factory in factories.items():
+            model = factory().eval().to(device)
             section.extra["models"][name] = describe(name, model)
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
@@ -109,11 +117,11 @@ def measure_models(names: Optional[Sequence[str]] = None, *, device: str = "cpu"
                         x = x.uniform_(0, 255)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    runs[name] = _forward(model, x, autocast)
+                    runs[name] = _forward(model, x, autocast, passes)
                 progress(f"models: batch {batch}, {len(runs)} models x {repeats} repeats on {device}")
                 summaries = round_robin(runs, repeats, warmup=warmup)
                 for summary in summaries.values():
-                    summary["latency_ms"] = round(summary["median_us"] * batch / 1000, 3)
+                    summary["latency_ms"] = round(summary["median_us"] * batch / 1000, 3)  # one pass
                 section.results[f"batch {batch}"] = Result(summaries, ratios(summaries), {"batch": batch})
     finally:
         torch.set_num_threads(previous_threads)

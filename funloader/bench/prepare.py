@@ -42,8 +42,8 @@ def measure_photos(photos: Sequence[Path], *, workers: Sequence[int] = (1, 2), c
         def config(layout, count):
             def run():
                 target = work / f"out_{next(counter)}"
-                result = prepare(source, target, workers=count, format=layout, shard_size="100MB", progress=False,
-                                 verbose=False, allow_failures=True)
+                result = prepare(source, target, size=224, workers=count, format=layout, shard_size="100MB",
+                                 progress=False, verbose=False, allow_failures=True)
                 shutil.rmtree(target)
                 return result.converted
             return run

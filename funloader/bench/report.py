@@ -126,9 +126,11 @@ def headline(sections: Dict[str, Section]) -> List[str]:
     models = sections.get("models")
     if models and not models.skipped:
         for key, result in models.results.items():
-            pairs = [f"{fun} {_x(v)} {rgb}" for k, v in result.ratios.items() for fun, rgb in [k.split("_vs_")]]
+            pairs = [f"{fun} runs at {_x(v)} the images/s of {rgb}" for k, v in result.ratios.items()
+                     for fun, rgb in [k.split("_vs_")]]
             if pairs:
-                lines.append(f"Models at {key} on {models.extra.get('device')}, images/s: " + "; ".join(pairs) + ".")
+                lines.append(f"Models at {key} on {models.extra.get('device')} (the FUN model against the RGB "
+                             "baseline of about its accuracy): " + "; ".join(pairs) + ".")
     return lines
 
 
@@ -289,15 +291,17 @@ def plot_models(section: Section, path: Path, title: str = "") -> None:
 
     info = {n: r for n, r in section.extra.get("models", {}).items() if r.get("paper_top1") is not None}
     batches = list(section.results)
-    fig, axes = plt.subplots(1, 1 + len(batches), figsize=(5.2 * (1 + len(batches)), 5.0), squeeze=False)
+    fig, axes = plt.subplots(1, 1 + len(batches), figsize=(5.2 * (1 + len(batches)), 6.0), squeeze=False)
     axes = axes[0]
     styles = {"fun": ("tab:red", "o"), "rgb": ("tab:blue", "s")}
+
+    labels = []
 
     def scatter(axis, points, log):
         for name, x, y in points:
             colour, marker = styles.get(info[name]["family"], ("tab:gray", "^"))
             axis.scatter([x], [y], color=colour, marker=marker, zorder=3)
-            axis.annotate(name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            labels.append(axis.annotate(name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points"))
         if points:
             xs = [p[1] for p in points]
             ys = [p[2] for p in points]
@@ -331,5 +335,28 @@ def plot_models(section: Section, path: Path, title: str = "") -> None:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
+    _separate_labels(fig, labels)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _separate_labels(fig, labels, rounds: int = 30) -> None:
+    """Move point labels of one axes apart vertically until no two overlap (a few rounds)."""
+    renderer = fig.canvas.get_renderer()
+    points_per_pixel = 72.0 / fig.dpi
+    for _ in range(rounds):
+        moved = False
+        boxes = [label.get_window_extent(renderer) for label in labels]
+        for i in range(len(labels)):
+            for j in range(i + 1, len(labels)):
+                if labels[i].axes is not labels[j].axes or not boxes[i].overlaps(boxes[j]):
+                    continue
+                upper, lower = (i, j) if boxes[i].y0 >= boxes[j].y0 else (j, i)
+                shift = (min(boxes[upper].y1, boxes[lower].y1) - max(boxes[upper].y0, boxes[lower].y0)) / 2 + 1
+                for index, sign in ((upper, 1), (lower, -1)):
+                    x, y = labels[index].xyann
+                    labels[index].xyann = (x, y + sign * shift * points_per_pixel)
+                moved = True
+                boxes = [label.get_window_extent(renderer) for label in labels]
+        if not moved:
+            return

@@ -402,9 +402,31 @@ typedef struct {
   Py_ssize_t acquired;                /* sources acquired so far (released by job_close) */
 } BatchJob;
 
+/* Decoders kept between batches (their file buffer, coefficient and resize scratch are reused: no allocation per
+ * batch in steady state).  Lock-free slots, so a fork() in the middle of a batch cannot leave a lock held. */
+#define POOL_SLOTS 64
+static _Atomic(fl_decoder *) decoder_pool[POOL_SLOTS];
+
+static fl_decoder *pool_take(void) {
+  for (int i = 0; i < POOL_SLOTS; i++) {
+    fl_decoder *decoder = atomic_exchange(&decoder_pool[i], NULL);
+    if (decoder) return decoder;
+  }
+  return fl_decoder_new();
+}
+
+static void pool_give(fl_decoder *decoder) {
+  if (!decoder) return;
+  for (int i = 0; i < POOL_SLOTS; i++) {
+    fl_decoder *expected = NULL;
+    if (atomic_compare_exchange_strong(&decoder_pool[i], &expected, decoder)) return;
+  }
+  fl_decoder_free(decoder);
+}
+
 static void *batch_worker(void *argument) {
   BatchJob *job = (BatchJob *)argument;
-  fl_decoder *decoder = fl_decoder_new();
+  fl_decoder *decoder = pool_take();
   for (;;) {
     long index = atomic_fetch_add(&job->next, 1);
     if (index >= job->count) break;
@@ -446,7 +468,7 @@ static void *batch_worker(void *argument) {
     fl_decode_fun_mapped(decoder, data, size, &job->options, slot, job->item_bytes, job->dtype, job->dequantize,
                          job->out_h8, job->out_w8, mapped ? &mapping : NULL, &header, result);
   }
-  fl_decoder_free(decoder);
+  pool_give(decoder);
   return NULL;
 }
 

@@ -6,10 +6,30 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* fl_v8 values only cross always-inline functions: the AVX/SSE argument-passing ABI note does not apply */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define FL_X86 1
 #endif
+
+/* 8 floats; GCC lowers the arithmetic to one AVX register (avx2 build of the kernel) or two SSE ones.
+ * aligned(4): loads and stores through it may be unaligned.  No fused multiply-add anywhere (ISO C's
+ * fp-contract=off), so both builds give the same bits. */
+typedef float fl_v8 __attribute__((vector_size(32), aligned(4)));
+typedef int32_t fl_v8i __attribute__((vector_size(32), aligned(4)));
+typedef int16_t fl_v8s_load __attribute__((vector_size(16), aligned(2)));
+
+/* lanes of a where mask is set, else b */
+static inline __attribute__((always_inline)) fl_v8 fl_select(fl_v8i mask, fl_v8 a, fl_v8 b) {
+  return (fl_v8)(((fl_v8i)a & mask) | ((fl_v8i)b & ~mask));
+}
+
+static inline __attribute__((always_inline)) fl_v8 fl_splat(float value) {
+  const fl_v8 first = {value};
+  return __builtin_shuffle(first, (fl_v8i){0, 0, 0, 0, 0, 0, 0, 0}); /* one broadcast instruction */
+}
 
 /* ---------------------------------------------------------------- plan */
 
@@ -28,8 +48,19 @@ typedef struct {
   size_t out_capacity, weight_capacity;
 } fl_axis;
 
+/* One axis's resampling fused with the forward DCT: output block b's 8 coefficients (u) are
+ * sum_k matrix[(b * span + k) * 8 + u] * native[start[b] + k], k < length[b]. */
+typedef struct {
+  int blocks, span;
+  int *start;      /* blocks entries (owns the allocation of length too) */
+  int *length;     /* blocks entries */
+  float *matrix;   /* blocks * span * 8 */
+  size_t index_capacity, matrix_capacity;
+} fl_fused;
+
 typedef struct {
   fl_axis y, x;
+  fl_fused fy, fx;
   int grid_h, grid_w;   /* output blocks of this component: (count / 8) */
   int half;             /* replicated onto the luma grid: block = resized block / 2 */
 } fl_component_plan;
@@ -42,12 +73,14 @@ struct fl_resize_scratch {
   size_t taps_capacity;
   float *strip;           /* one row of IDCT'd blocks: 8 x (num_cols * 8) */
   size_t strip_capacity;
-  float *vertical;        /* vertical pass: y.count x (x.last - x.first) */
-  size_t vertical_capacity;
-  float *pixels;          /* resized component: y.count x x.count */
-  size_t pixels_capacity;
-  float *planes;          /* forward DCT, plane-major: 64 x grid_h x grid_w */
-  size_t planes_capacity;
+  float *rows;            /* horizontal pass: (y.last - y.first) x grid_w x 8 (u) */
+  size_t rows_capacity;
+  float *blocks;          /* vertical pass: grid_h x 8 (v) x grid_w x 8 (u) */
+  size_t blocks_capacity;
+  int *offsets;           /* store: out_w8 block offsets */
+  size_t offsets_capacity;
+  float *zero_row;        /* a block row of zeros: 8 x grid_w x 8 */
+  size_t zero_capacity;
 };
 
 static int fl_grow(void **buffer, size_t *capacity, size_t bytes) {
@@ -74,9 +107,6 @@ void fl_resize_scratch_free(fl_resize_scratch *scratch) {
   }
   free(scratch->taps_scratch);
   free(scratch->strip);
-  free(scratch->vertical);
-  free(scratch->pixels);
-  free(scratch->planes);
   free(scratch);
 }
 
@@ -197,7 +227,7 @@ static int fl_axis_build(fl_resize_scratch *scratch, fl_axis *axis, int mode, in
     axis->start[i] = first;
     axis->taps[i] = end - begin;
     float *weights = axis->weights + (size_t)i * kmax;
-    for (int k = 0; k < kmax; k++) weights[k] = k < end - begin ? (float)native_w[begin + k] : 0.0f;
+    for (int k = 0; k < end - begin; k++) weights[k] = (float)native_w[begin + k]; /* taps beyond are not read */
     if (first < axis->first) axis->first = first;
     if (first + end - begin > axis->last) axis->last = first + end - begin;
   }
@@ -209,12 +239,78 @@ static int fl_axis_build(fl_resize_scratch *scratch, fl_axis *axis, int mode, in
   return FL_OK;
 }
 
+static double fl_dct_table[8][8]; /* [u][x] = c(u) cos((2x + 1) u pi / 16): the orthonormal 8-point DCT */
+static float fl_dct[8][8];
+static float fl_dct_columns[8][8]; /* [x][u] = fl_dct[u][x] */
+static double fl_aan_scale[64];    /* [8v + u] = aan(v) aan(u) / 8, aan(0) = 1, aan(k) = sqrt 2 cos(k pi / 16) */
+static int fl_dct_ready;
+
+static void fl_dct_init(void) {
+  if (__atomic_load_n(&fl_dct_ready, __ATOMIC_ACQUIRE)) return;
+  for (int u = 0; u < 8; u++)
+    for (int x = 0; x < 8; x++) {
+      fl_dct_table[u][x] = (u == 0 ? sqrt(0.125) : 0.5) * cos((2 * x + 1) * u * 3.14159265358979323846 / 16.0);
+      fl_dct[u][x] = (float)fl_dct_table[u][x];
+      fl_dct_columns[x][u] = fl_dct[u][x];
+    }
+  for (int k = 0; k < 64; k++) {
+    const int v = k / 8, u = k % 8;
+    const double scale_v = v ? sqrt(2.0) * cos(v * 3.14159265358979323846 / 16.0) : 1.0;
+    const double scale_u = u ? sqrt(2.0) * cos(u * 3.14159265358979323846 / 16.0) : 1.0;
+    fl_aan_scale[k] = scale_v * scale_u / 8.0;
+  }
+  __atomic_store_n(&fl_dct_ready, 1, __ATOMIC_RELEASE);
+}
+
+/* Fuses an axis's per-output weights with the DCT of each group of 8 outputs (see fl_fused). */
+static int fl_fuse(fl_fused *fused, const fl_axis *axis) {
+  const int blocks = axis->count / 8;
+  int span = 1;
+  for (int b = 0; b < blocks; b++) {
+    int first = axis->start[8 * b], last = 0;
+    for (int x = 0; x < 8; x++) {
+      const int i = 8 * b + x;
+      if (axis->start[i] < first) first = axis->start[i];
+      if (axis->start[i] + axis->taps[i] > last) last = axis->start[i] + axis->taps[i];
+    }
+    if (last - first > span) span = last - first;
+  }
+  if (!fl_grow((void **)&fused->start, &fused->index_capacity, (size_t)blocks * 2 * sizeof(int)) ||
+      !fl_grow((void **)&fused->matrix, &fused->matrix_capacity, (size_t)blocks * span * 8 * sizeof(float)))
+    return FL_ERR_NOMEM;
+  fused->blocks = blocks;
+  fused->span = span;
+  fused->length = fused->start + blocks;
+  for (int b = 0; b < blocks; b++) {
+    int first = axis->start[8 * b], last = 0;
+    for (int x = 0; x < 8; x++) {
+      const int i = 8 * b + x;
+      if (axis->start[i] < first) first = axis->start[i];
+      if (axis->start[i] + axis->taps[i] > last) last = axis->start[i] + axis->taps[i];
+    }
+    fused->start[b] = first;
+    fused->length[b] = last - first;
+    float *matrix = fused->matrix + (size_t)b * span * 8;
+    memset(matrix, 0, (size_t)span * 8 * sizeof(float));
+    for (int x = 0; x < 8; x++) {
+      const int i = 8 * b + x;
+      const float *weights = axis->weights + (size_t)i * axis->kmax;
+      for (int tap = 0; tap < axis->taps[i]; tap++) {
+        fl_v8 *column = (fl_v8 *)(matrix + (size_t)(axis->start[i] + tap - first) * 8);
+        *column += *(const fl_v8 *)fl_dct_columns[x] * fl_splat(weights[tap]);
+      }
+    }
+  }
+  return FL_OK;
+}
+
 /* Ceil of a / b for positive ints. */
 static int fl_ceil_div(long long a, long long b) { return (int)((a + b - 1) / b); }
 
 int fl_resize_plan(fl_resize_scratch *scratch, const fl_header *header, const fl_resize_spec *spec, int out_h8,
                    int out_w8, fl_coef_window *window) {
   const int components = header->num_components < 3 ? header->num_components : 3;
+  fl_dct_init();
   scratch->num_components = components;
   scratch->out_h8 = out_h8;
   scratch->out_w8 = out_w8;
@@ -273,6 +369,7 @@ int fl_resize_plan(fl_resize_scratch *scratch, const fl_header *header, const fl
         }
       }
       int status = fl_axis_build(scratch, axes[a], modes[a], ratios[a], natives[a], lo, hi, in0, in1, valid[a], count[a]);
+      if (status == FL_OK) status = fl_fuse(a == 0 ? &plan->fy : &plan->fx, axes[a]);
       if (status != FL_OK) return status;
     }
     const int blocks_h = header->blocks_h[c], blocks_w = header->blocks_w[c];
@@ -290,141 +387,149 @@ int fl_resize_plan(fl_resize_scratch *scratch, const fl_header *header, const fl
 
 /* ---------------------------------------------------------------- kernels */
 
-static float fl_dct[8][8]; /* fl_dct[u][x] = c(u) cos((2x + 1) u pi / 16), orthonormal */
-static int fl_dct_ready;
-
-static void fl_dct_init(void) {
-  if (fl_dct_ready) return;
-  for (int u = 0; u < 8; u++)
-    for (int x = 0; x < 8; x++)
-      fl_dct[u][x] = (float)((u == 0 ? sqrt(0.125) : 0.5) * cos((2 * x + 1) * u * 3.14159265358979323846 / 16.0));
-  __atomic_store_n(&fl_dct_ready, 1, __ATOMIC_RELEASE);
+/* 8x8 transpose in registers (GCC emits unpack / shuffle / lane-swap instructions for these masks). */
+static inline __attribute__((always_inline)) void fl_transpose8(fl_v8 r[8]) {
+  const fl_v8i lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
+  const fl_v8i even = {0, 1, 8, 9, 4, 5, 12, 13}, odd = {2, 3, 10, 11, 6, 7, 14, 15};
+  const fl_v8i low_lanes = {0, 1, 2, 3, 8, 9, 10, 11}, high_lanes = {4, 5, 6, 7, 12, 13, 14, 15};
+  fl_v8 t[8], u[8];
+  for (int i = 0; i < 4; i++) {
+    t[2 * i] = __builtin_shuffle(r[2 * i], r[2 * i + 1], lo);
+    t[2 * i + 1] = __builtin_shuffle(r[2 * i], r[2 * i + 1], hi);
+  }
+  for (int half = 0; half < 2; half++) { /* rows 0-3, rows 4-7 */
+    const int base = 4 * half;
+    u[base + 0] = __builtin_shuffle(t[base + 0], t[base + 2], even);
+    u[base + 1] = __builtin_shuffle(t[base + 0], t[base + 2], odd);
+    u[base + 2] = __builtin_shuffle(t[base + 1], t[base + 3], even);
+    u[base + 3] = __builtin_shuffle(t[base + 1], t[base + 3], odd);
+  }
+  for (int j = 0; j < 4; j++) {
+    r[j] = __builtin_shuffle(u[j], u[j + 4], low_lanes);
+    r[j + 4] = __builtin_shuffle(u[j], u[j + 4], high_lanes);
+  }
 }
 
-/* Inverse DCT of one dequantized block into 8 rows of `stride` floats, clamped to [-128, 127]
- * (a decoder's [0, 255] less the level shift). */
-static inline __attribute__((always_inline)) void fl_idct_block(const int16_t *coef, const float *qtable, float *dst,
+/* One 8-point inverse DCT (Arai-Agui-Nakajima factorisation) applied to 8 vectors at once: in[k] holds
+ * frequency k (pre-scaled by aan(k), see fl_resize_run), out[n] sample n (times 2 sqrt 2). */
+static inline __attribute__((always_inline)) void fl_idct8(const fl_v8 in[8], fl_v8 out[8]) {
+  const fl_v8 r2 = fl_splat(1.414213562f), a = fl_splat(1.847759065f), b = fl_splat(1.082392200f),
+              c = fl_splat(2.613125930f);
+  fl_v8 t10 = in[0] + in[4], t11 = in[0] - in[4];
+  fl_v8 t13 = in[2] + in[6], t12 = (in[2] - in[6]) * r2 - t13;
+  const fl_v8 e0 = t10 + t13, e3 = t10 - t13, e1 = t11 + t12, e2 = t11 - t12;
+  const fl_v8 z13 = in[5] + in[3], z10 = in[5] - in[3], z11 = in[1] + in[7], z12 = in[1] - in[7];
+  const fl_v8 o7 = z11 + z13;
+  const fl_v8 o11 = (z11 - z13) * r2;
+  const fl_v8 z5 = (z10 + z12) * a;
+  const fl_v8 o10 = z5 - z12 * b, o12 = z5 - z10 * c;
+  const fl_v8 o6 = o12 - o7, o5 = o11 - o6, o4 = o10 - o5;
+  out[0] = e0 + o7;
+  out[7] = e0 - o7;
+  out[1] = e1 + o6;
+  out[6] = e1 - o6;
+  out[2] = e2 + o5;
+  out[5] = e2 - o5;
+  out[3] = e3 + o4;
+  out[4] = e3 - o4;
+}
+
+/* Inverse DCT of one block into 8 rows of `stride` floats, clamped to [-128, 127] (a decoder's [0, 255] less the
+ * level shift).  qrows: the quantization table times aan(v) aan(u) / 8, by rows.  A DC-only block is a constant. */
+static inline __attribute__((always_inline)) void fl_idct_block(const int16_t *coef, const fl_v8 *qrows, float *dst,
                                                                 size_t stride) {
-  float f[64], g[64];
-  for (int k = 0; k < 64; k++) f[k] = (float)coef[k] * qtable[k];
-  /* g[y][u] = sum_v D[v][y] f[v][u] */
-  for (int y = 0; y < 8; y++) {
-    float row[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int v = 0; v < 8; v++) {
-      const float d = fl_dct[v][y];
-      for (int u = 0; u < 8; u++) row[u] += d * f[8 * v + u];
-    }
-    for (int u = 0; u < 8; u++) g[8 * y + u] = row[u];
-  }
-  /* p[y][x] = sum_u g[y][u] D[u][x] */
-  for (int y = 0; y < 8; y++) {
-    float row[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int u = 0; u < 8; u++) {
-      const float gv = g[8 * y + u];
-      for (int x = 0; x < 8; x++) row[x] += gv * fl_dct[u][x];
-    }
-    float *out = dst + (size_t)y * stride;
-    for (int x = 0; x < 8; x++) {
-      float value = row[x];
-      value = value < -128.0f ? -128.0f : value;
-      value = value > 127.0f ? 127.0f : value;
-      out[x] = value;
-    }
-  }
-}
-
-/* Forward DCT of the 8x8 pixels at src (row stride `stride`) into 64 coefficients (natural order). */
-static inline __attribute__((always_inline)) void fl_fdct_block(const float *src, size_t stride, float *coef) {
-  float h[64];
-  /* h[y][u] = sum_x p[y][x] D[u][x] */
-  for (int y = 0; y < 8; y++) {
-    const float *in = src + (size_t)y * stride;
-    float row[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int x = 0; x < 8; x++) {
-      const float p = in[x];
-      for (int u = 0; u < 8; u++) row[u] += p * fl_dct[u][x];
-    }
-    for (int u = 0; u < 8; u++) h[8 * y + u] = row[u];
-  }
-  /* F[v][u] = sum_y D[v][y] h[y][u] */
+  uint64_t ac = 0;
   for (int v = 0; v < 8; v++) {
-    float row[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int y = 0; y < 8; y++) {
-      const float d = fl_dct[v][y];
-      for (int u = 0; u < 8; u++) row[u] += d * h[8 * y + u];
-    }
-    for (int u = 0; u < 8; u++) coef[8 * v + u] = row[u];
+    uint64_t a, b;
+    memcpy(&a, coef + 8 * v, 8);
+    memcpy(&b, coef + 8 * v + 4, 8);
+    ac |= (v == 0 ? a & ~(uint64_t)0xffff : a) | b;
+  }
+  const fl_v8 low = fl_splat(-128.0f), high = fl_splat(127.0f);
+  if (!ac) {
+    fl_v8 fill = fl_splat((float)coef[0] * qrows[0][0]);
+    fill = fl_select(fill < low, low, fill);
+    fill = fl_select(fill > high, high, fill);
+    for (int y = 0; y < 8; y++) *(fl_v8 *)(dst + (size_t)y * stride) = fill;
+    return;
+  }
+  fl_v8 f[8], g[8];
+  for (int v = 0; v < 8; v++) {
+    fl_v8s_load row;
+    memcpy(&row, coef + 8 * v, sizeof row);
+    f[v] = __builtin_convertvector(row, fl_v8) * qrows[v];
+  }
+  fl_idct8(f, g);   /* g[y]: vectors over u */
+  fl_transpose8(g); /* g[u]: vectors over y */
+  fl_idct8(g, f);   /* f[x]: vectors over y */
+  fl_transpose8(f);
+  for (int y = 0; y < 8; y++) {
+    fl_v8 value = fl_select(f[y] < low, low, f[y]);
+    value = fl_select(value > high, high, value);
+    *(fl_v8 *)(dst + (size_t)y * stride) = value;
   }
 }
 
-/* target[0..n) += w * source[0..n) */
-static inline __attribute__((always_inline)) void fl_axpy(float *target, const float *source, float w, int n) {
-  for (int i = 0; i < n; i++) target[i] += w * source[i];
-}
-
-/* Resamples one component into scratch->pixels (y.count x x.count, level-shifted). */
-static int fl_resample_component(fl_resize_scratch *scratch, const fl_component_plan *plan, const fl_coef_window *window,
-                                 int c, const float *qtable) {
-  const fl_axis *ay = &plan->y, *ax = &plan->x;
-  const int row0 = window->first_row[c], rows = window->num_rows[c];
-  const int col0 = window->first_col[c], cols = window->num_cols[c];
-  const size_t strip_stride = (size_t)cols * 8;
-  const int span = ax->last - ax->first;               /* native columns the horizontal pass reads */
-  const int strip_offset = ax->first - 8 * col0;       /* column of ax->first in the strip */
-  if (!fl_grow((void **)&scratch->strip, &scratch->strip_capacity, 8 * strip_stride * sizeof(float)) ||
-      !fl_grow((void **)&scratch->vertical, &scratch->vertical_capacity, (size_t)ay->valid * span * sizeof(float)) ||
-      !fl_grow((void **)&scratch->pixels, &scratch->pixels_capacity, (size_t)ay->count * ax->count * sizeof(float)))
-    return FL_ERR_NOMEM;
-  float *strip = scratch->strip, *vertical = scratch->vertical, *pixels = scratch->pixels;
-  memset(vertical, 0, (size_t)ay->valid * span * sizeof(float));
-  int j_begin = 0; /* first output row whose taps end below the current block row's start */
-  for (int r = 0; r < rows; r++) {
-    const int block_row = row0 + r;
-    const int y0 = 8 * block_row, y1 = y0 + 8;
-    while (j_begin < ay->valid && ay->start[j_begin] + ay->taps[j_begin] <= y0) j_begin++;
-    if (j_begin >= ay->valid || ay->start[j_begin] >= y1) continue; /* no output reads this block row */
-    const int16_t *blocks = window->rows[c][r];
-    for (int b = 0; b < cols; b++) fl_idct_block(blocks + (size_t)b * 64, qtable, strip + (size_t)b * 8, strip_stride);
-    for (int j = j_begin; j < ay->valid && ay->start[j] < y1; j++) {
-      const int start = ay->start[j], end = start + ay->taps[j];
-      const int from = start > y0 ? start : y0, to = end < y1 ? end : y1;
-      const float *weights = ay->weights + (size_t)j * ay->kmax;
-      float *target = vertical + (size_t)j * span;
-      for (int y = from; y < to; y++)
-        fl_axpy(target, strip + (size_t)(y - y0) * strip_stride + strip_offset, weights[y - start], span);
+/* Output block row `by` from the horizontal pass: blocks[v][bx][u] = sum_k My[k][v] * rows[start + k][bx][u]. */
+static inline __attribute__((always_inline)) void fl_vertical_block_row(const fl_fused *fy, int by, const float *rows,
+                                                                        int row_first, int grid_w, float *out) {
+  const int vectors = grid_w; /* one fl_v8 (u) per block column */
+  fl_v8 *target = (fl_v8 *)out;
+  const float *matrix = fy->matrix + (size_t)by * fy->span * 8;
+  const fl_v8 *source = (const fl_v8 *)(rows + (size_t)(fy->start[by] - row_first) * vectors * 8);
+  const int length = fy->length[by];
+  for (int v = 0; v < 8; v++) {
+    fl_v8 *line = target + v * vectors;
+    int i = 0;
+    for (; i + 4 <= vectors; i += 4) {
+      fl_v8 sum[4] = {fl_splat(0.0f), fl_splat(0.0f), fl_splat(0.0f), fl_splat(0.0f)};
+      for (int k = 0; k < length; k++) {
+        const fl_v8 weight = fl_splat(matrix[k * 8 + v]);
+        const fl_v8 *in = source + (size_t)k * vectors + i;
+        for (int j = 0; j < 4; j++) sum[j] += weight * in[j];
+      }
+      for (int j = 0; j < 4; j++) line[i + j] = sum[j];
+    }
+    for (; i < vectors; i++) {
+      fl_v8 sum = fl_splat(0.0f);
+      for (int k = 0; k < length; k++) sum += fl_splat(matrix[k * 8 + v]) * source[(size_t)k * vectors + i];
+      line[i] = sum;
     }
   }
-  /* horizontal pass */
-  for (int j = 0; j < ay->valid; j++) {
-    const float *source = vertical + (size_t)j * span;
-    float *out = pixels + (size_t)j * ax->count;
-    for (int i = 0; i < ax->valid; i++) {
-      const float *weights = ax->weights + (size_t)i * ax->kmax;
-      const float *in = source + (ax->start[i] - ax->first);
-      float sum = 0.0f;
-      for (int k = 0; k < ax->taps[i]; k++) sum += weights[k] * in[k];
-      out[i] = sum;
-    }
-    for (int i = ax->valid; i < ax->count; i++) out[i] = out[ax->valid - 1];
-  }
-  for (int j = ay->valid; j < ay->count; j++)
-    memcpy(pixels + (size_t)j * ax->count, pixels + (size_t)(ay->valid - 1) * ax->count, (size_t)ax->count * sizeof(float));
-  return FL_OK;
 }
 
-/* Forward DCT of every output block of scratch->pixels into scratch->planes (64 x grid_h x grid_w). */
-static int fl_transform_component(fl_resize_scratch *scratch, const fl_component_plan *plan) {
-  const size_t grid = (size_t)plan->grid_h * plan->grid_w;
-  if (!fl_grow((void **)&scratch->planes, &scratch->planes_capacity, 64 * grid * sizeof(float))) return FL_ERR_NOMEM;
-  const size_t stride = (size_t)plan->x.count;
-  for (int by = 0; by < plan->grid_h; by++)
-    for (int bx = 0; bx < plan->grid_w; bx++) {
-      float coef[64];
-      fl_fdct_block(scratch->pixels + (size_t)by * 8 * stride + (size_t)bx * 8, stride, coef);
-      const size_t index = (size_t)by * plan->grid_w + bx;
-      for (int k = 0; k < 64; k++) scratch->planes[(size_t)k * grid + index] = coef[k];
+/* Horizontal pass of one native pixel row (pixels[0] is native column pixels_first):
+ * out[bx][u] = sum_k Mx[bx][k][u] * native[start[bx] + k]. */
+static inline __attribute__((always_inline)) void fl_horizontal_row(const fl_fused *fx, const float *pixels,
+                                                                    int pixels_first, float *out) {
+  /* every block reads fx->span pixels (the matrices are zero past a block's length; the strip is padded with
+   * zeros), four blocks at a time on independent accumulation chains */
+  const int span = fx->span;
+  int bx = 0;
+  for (; bx + 4 <= fx->blocks; bx += 4) {
+    const float *in0 = pixels + (fx->start[bx] - pixels_first), *in1 = pixels + (fx->start[bx + 1] - pixels_first);
+    const float *in2 = pixels + (fx->start[bx + 2] - pixels_first), *in3 = pixels + (fx->start[bx + 3] - pixels_first);
+    const fl_v8 *matrix = (const fl_v8 *)(fx->matrix + (size_t)bx * span * 8);
+    fl_v8 sum0 = fl_splat(0.0f), sum1 = sum0, sum2 = sum0, sum3 = sum0;
+    for (int k = 0; k < span; k++) {
+      sum0 += fl_splat(in0[k]) * matrix[k];
+      sum1 += fl_splat(in1[k]) * matrix[span + k];
+      sum2 += fl_splat(in2[k]) * matrix[2 * span + k];
+      sum3 += fl_splat(in3[k]) * matrix[3 * span + k];
     }
-  return FL_OK;
+    fl_v8 *target = (fl_v8 *)(out + (size_t)bx * 8);
+    target[0] = sum0;
+    target[1] = sum1;
+    target[2] = sum2;
+    target[3] = sum3;
+  }
+  for (; bx < fx->blocks; bx++) {
+    const float *in = pixels + (fx->start[bx] - pixels_first);
+    const fl_v8 *matrix = (const fl_v8 *)(fx->matrix + (size_t)bx * span * 8);
+    fl_v8 sum = fl_splat(0.0f);
+    for (int k = 0; k < span; k++) sum += fl_splat(in[k]) * matrix[k];
+    *(fl_v8 *)(out + (size_t)bx * 8) = sum;
+  }
 }
 
 static inline int16_t fl_saturate16(float value) {
@@ -434,39 +539,139 @@ static inline int16_t fl_saturate16(float value) {
   return (int16_t)rounded;
 }
 
-/* Stores component c's 64 planes into out with the block maps and the affine. */
-static void fl_store_component(const fl_resize_scratch *scratch, const fl_component_plan *plan, int c, void *out,
-                               int dtype, const fl_mapping *mapping) {
-  const int out_h8 = scratch->out_h8, out_w8 = scratch->out_w8;
-  const size_t plane = (size_t)out_h8 * out_w8;
-  const size_t grid = (size_t)plan->grid_h * plan->grid_w;
-  const float *gain = mapping && mapping->gain ? mapping->gain + 64 * c : NULL;
-  const float *bias = mapping && mapping->gain ? mapping->bias + 64 * c : NULL;
-  const int32_t *rows = mapping ? mapping->rows : NULL, *cols = mapping ? mapping->cols : NULL;
-  const int shift = plan->half ? 1 : 0;
-  for (int k = 0; k < 64; k++) {
-    const float *source = scratch->planes + (size_t)k * grid;
-    const float g = gain ? gain[k] : 1.0f, b = gain ? bias[k] : 0.0f;
-    for (int y = 0; y < out_h8; y++) {
-      int row = rows ? rows[y] : y;
-      const float *line = (row >= 0 && row < out_h8) ? source + (size_t)(row >> shift) * plan->grid_w : NULL;
-      const size_t base = (size_t)(64 * c + k) * plane + (size_t)y * out_w8;
-      if (dtype == FL_DTYPE_FLOAT32) {
-        float *target = (float *)out + base;
-        for (int x = 0; x < out_w8; x++) {
-          int col = cols ? cols[x] : x;
-          float value = (line && col >= 0 && col < out_w8) ? line[col >> shift] : 0.0f;
-          target[x] = gain ? value * g + b : value;
-        }
-      } else {
-        int16_t *target = (int16_t *)out + base;
-        for (int x = 0; x < out_w8; x++) {
-          int col = cols ? cols[x] : x;
-          target[x] = (line && col >= 0 && col < out_w8) ? fl_saturate16(line[col >> shift]) : 0;
+/* Stores output row y of component c's 64 planes from the resized block row `source` ([v][bx][u]; NULL: zero
+ * blocks): output column x takes block offset[x] (floats from the row start; -1: a zero block, read from
+ * zero_row, a block row of zeros). */
+static inline __attribute__((always_inline)) void fl_store_row(const float *source, const float *zero_row, int grid_w,
+                                                               const int *offset, int out_w8, size_t plane, char *base,
+                                                               int dtype, const float *gain, const float *bias) {
+  const size_t element = dtype == FL_DTYPE_FLOAT32 ? 4 : 2;
+  const size_t v_stride = (size_t)grid_w * 8;
+  for (int x0 = 0; x0 < out_w8; x0 += 8) {
+    int start = x0, count = 8;
+    if (x0 + 8 > out_w8) {
+      if (out_w8 >= 8) start = out_w8 - 8; /* overlap the previous group: the same values written twice */
+      else count = out_w8;
+    }
+    const float *blocks[8];
+    for (int i = 0; i < 8; i++) {
+      const int x = start + (i < count ? i : 0);
+      blocks[i] = (source && offset[x] >= 0) ? source + offset[x] : zero_row;
+    }
+    for (int v = 0; v < 8; v++) {
+      fl_v8 r[8];
+      for (int i = 0; i < 8; i++) r[i] = *(const fl_v8 *)(blocks[i] + v * v_stride);
+      fl_transpose8(r); /* r[u][i]: coefficient (v, u) of output column start + i */
+      for (int u = 0; u < 8; u++) {
+        const size_t k = (size_t)(8 * v + u);
+        char *target = base + (k * plane + (size_t)start) * element;
+        fl_v8 value = r[u];
+        if (gain) value = value * fl_splat(gain[k]) + fl_splat(bias[k]);
+        if (dtype == FL_DTYPE_FLOAT32) {
+          if (count == 8) *(fl_v8 *)target = value;
+          else memcpy(target, &value, (size_t)count * 4);
+        } else {
+          int16_t packed[8];
+          for (int i = 0; i < count; i++) packed[i] = fl_saturate16(value[i]);
+          memcpy(target, packed, (size_t)count * 2);
         }
       }
     }
   }
+}
+
+typedef struct {
+  fl_resize_scratch *scratch;
+  const fl_component_plan *plan;
+  const fl_coef_window *window;
+  int c;
+  const float *qtable;
+  void *out;
+  int dtype;
+  const fl_mapping *mapping;
+} fl_component_job;
+
+/* IDCT of the window's blocks row by row -> horizontal pass of the needed pixel rows -> vertical pass per
+ * output block row -> store (maps, affine).  The scratch buffers are sized by the caller. */
+static inline __attribute__((always_inline)) void fl_component_body(const fl_component_job *job) {
+  fl_resize_scratch *scratch = job->scratch;
+  const fl_component_plan *plan = job->plan;
+  const fl_coef_window *window = job->window;
+  const int c = job->c;
+  const int row0 = window->first_row[c], rows = window->num_rows[c];
+  const int col0 = window->first_col[c], cols = window->num_cols[c];
+  const size_t strip_stride = (size_t)cols * 8 + (size_t)plan->fx.span; /* zero padding: see fl_horizontal_row */
+  const int grid_w = plan->grid_w, vectors = grid_w * 8;
+  fl_v8 qrows[8];
+  for (int v = 0; v < 8; v++) memcpy(&qrows[v], job->qtable + 8 * v, sizeof qrows[v]);
+  for (int r = 0; r < rows; r++) {
+    const int y0 = 8 * (row0 + r);
+    int from = plan->y.first > y0 ? plan->y.first : y0, to = plan->y.last < y0 + 8 ? plan->y.last : y0 + 8;
+    if (from >= to) continue;
+    const int16_t *blocks = window->rows[c][r];
+    for (int b = 0; b < cols; b++)
+      fl_idct_block(blocks + (size_t)b * 64, qrows, scratch->strip + (size_t)b * 8, strip_stride);
+    for (int y = from; y < to; y++)
+      fl_horizontal_row(&plan->fx, scratch->strip + (size_t)(y - y0) * strip_stride, 8 * col0,
+                        scratch->rows + (size_t)(y - plan->y.first) * vectors);
+  }
+  for (int by = 0; by < plan->grid_h; by++)
+    fl_vertical_block_row(&plan->fy, by, scratch->rows, plan->y.first, grid_w,
+                          scratch->blocks + (size_t)by * 8 * vectors);
+  const int out_h8 = scratch->out_h8, out_w8 = scratch->out_w8;
+  const size_t plane = (size_t)out_h8 * out_w8;
+  const size_t element = job->dtype == FL_DTYPE_FLOAT32 ? 4 : 2;
+  const fl_mapping *mapping = job->mapping;
+  const float *gain = mapping && mapping->gain ? mapping->gain + 64 * c : NULL;
+  const float *bias = mapping && mapping->gain ? mapping->bias + 64 * c : NULL;
+  const int32_t *row_map = mapping ? mapping->rows : NULL, *col_map = mapping ? mapping->cols : NULL;
+  const int shift = plan->half ? 1 : 0;
+  int *offset = scratch->offsets; /* column x -> float offset of its block in a block row, -1: zero block */
+  for (int x = 0; x < out_w8; x++) {
+    const int col = col_map ? col_map[x] : x;
+    offset[x] = (col >= 0 && col < out_w8) ? (col >> shift) * 8 : -1;
+  }
+  for (int y = 0; y < out_h8; y++) {
+    const int row = row_map ? row_map[y] : y;
+    const float *source = (row >= 0 && row < out_h8) ? scratch->blocks + (size_t)(row >> shift) * 8 * vectors : NULL;
+    char *base = (char *)job->out + ((size_t)64 * c * plane + (size_t)y * out_w8) * element;
+    /* constant dtype / affine arguments: one specialised copy each */
+    if (job->dtype == FL_DTYPE_FLOAT32 && gain)
+      fl_store_row(source, scratch->zero_row, grid_w, offset, out_w8, plane, base, FL_DTYPE_FLOAT32, gain, bias);
+    else if (job->dtype == FL_DTYPE_FLOAT32)
+      fl_store_row(source, scratch->zero_row, grid_w, offset, out_w8, plane, base, FL_DTYPE_FLOAT32, NULL, NULL);
+    else
+      fl_store_row(source, scratch->zero_row, grid_w, offset, out_w8, plane, base, FL_DTYPE_INT16, NULL, NULL);
+  }
+}
+
+static void fl_component_generic(const fl_component_job *job) { fl_component_body(job); }
+
+#if defined(FL_X86) && defined(__GNUC__)
+__attribute__((target("avx2"))) static void fl_component_avx2(const fl_component_job *job) { fl_component_body(job); }
+
+static int fl_has_avx2(void) {
+  static int known = -1;
+  int value = __atomic_load_n(&known, __ATOMIC_RELAXED);
+  if (value < 0) {
+    __builtin_cpu_init();
+    const char *force = getenv("FUNLOADER_SIMD"); /* "sse2": the baseline path even on an AVX2 CPU (tests) */
+    value = __builtin_cpu_supports("avx2") && !(force && strcmp(force, "sse2") == 0) ? 1 : 0;
+    __atomic_store_n(&known, value, __ATOMIC_RELAXED);
+  }
+  return value;
+}
+#endif
+
+const char *fl_resize_simd(void) {
+#if defined(FL_X86) && defined(__GNUC__)
+  if (fl_has_avx2()) return "avx2";
+#endif
+#if defined(__SSE2__)
+  return "sse2";
+#else
+  return "scalar";
+#endif
 }
 
 static void fl_fill_planes(void *out, int c, int dtype, size_t plane, const float *bias) {
@@ -482,22 +687,41 @@ static void fl_fill_planes(void *out, int c, int dtype, size_t plane, const floa
 
 int fl_resize_run(fl_resize_scratch *scratch, const fl_header *header, const fl_coef_window *window, void *out,
                   int dtype, const fl_mapping *mapping) {
-  fl_dct_init();
   const size_t plane = (size_t)scratch->out_h8 * scratch->out_w8;
   for (int c = 0; c < 3; c++) {
     if (c >= scratch->num_components) {
       fl_fill_planes(out, c, dtype, plane, mapping && mapping->gain ? mapping->bias + 64 * c : NULL);
       continue;
     }
-    float qtable[64];
-    for (int k = 0; k < 64; k++) qtable[k] = (float)header->qtables[c][k];
     const fl_component_plan *plan = &scratch->comp[c];
-    int status = fl_resample_component(scratch, plan, window, c, qtable);
-    if (status == FL_OK) status = fl_transform_component(scratch, plan);
-    if (status != FL_OK) return status;
-    fl_store_component(scratch, plan, c, out, dtype, mapping);
+    const size_t vectors = (size_t)plan->grid_w * 8;
+    const size_t strip_stride = (size_t)window->num_cols[c] * 8 + (size_t)plan->fx.span;
+    if (!fl_grow((void **)&scratch->strip, &scratch->strip_capacity, 8 * strip_stride * sizeof(float)) ||
+        !fl_grow((void **)&scratch->rows, &scratch->rows_capacity,
+                 (size_t)(plan->y.last - plan->y.first) * vectors * sizeof(float)) ||
+        !fl_grow((void **)&scratch->blocks, &scratch->blocks_capacity,
+                 (size_t)plan->grid_h * 8 * vectors * sizeof(float)) ||
+        !fl_grow((void **)&scratch->offsets, &scratch->offsets_capacity, (size_t)scratch->out_w8 * sizeof(int)))
+      return FL_ERR_NOMEM;
+    if (8 * vectors * sizeof(float) > scratch->zero_capacity) {
+      free(scratch->zero_row);
+      scratch->zero_capacity = 0;
+      if (!(scratch->zero_row = (float *)calloc(8 * vectors, sizeof(float)))) return FL_ERR_NOMEM;
+      scratch->zero_capacity = 8 * vectors * sizeof(float);
+    }
+    for (int y = 0; y < 8; y++) /* the padding columns of the strip read as zeros */
+      memset(scratch->strip + (size_t)y * strip_stride + (size_t)window->num_cols[c] * 8, 0,
+             (size_t)plan->fx.span * sizeof(float));
+    float qtable[64]; /* dequantization and the AAN inverse DCT's input scaling (fl_aan_scale) */
+    for (int k = 0; k < 64; k++) qtable[k] = (float)(header->qtables[c][k] * fl_aan_scale[k]);
+    fl_component_job job = {scratch, plan, window, c, qtable, out, dtype, mapping};
+#if defined(FL_X86) && defined(__GNUC__)
+    if (fl_has_avx2()) {
+      fl_component_avx2(&job);
+      continue;
+    }
+#endif
+    fl_component_generic(&job);
   }
   return FL_OK;
 }
-
-const char *fl_resize_simd(void) { return "scalar"; }

@@ -31,18 +31,19 @@ Example::
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import threading
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .._process import exit_with_parent
 from ..channels import KeepSpec, channel_indices, decode_affine, flip_signs, normalization_affine
 from ..errors import JPEGDecodeError, UnsupportedJPEGError
+from ..shards import dali_index_path
+from ..stats import resolve as resolve_stats
 
 __all__ = ["fun_pipeline", "FUNIterator", "load_plugin", "plugin_available", "resolve_source", "READER_NAME",
            "DALIDecodeError", "DALIUnsupportedJPEGError"]
@@ -87,10 +88,13 @@ def load_plugin(build: bool = True) -> str:
 
             from . import build as plugin_build
 
-            path = plugin_build.build() if build else plugin_build.library_path()
-            if not path.exists():
-                raise plugin_build.PluginBuildError(f"{path}: plugin not built (python -m funloader.dali.build)")
-            plugin_manager.load_library(str(path))
+            # both paths check the cached library (owner, modes, build manifest) before dlopen runs its code
+            path = plugin_build.build() if build else plugin_build.verified_library()
+            try:
+                plugin_manager.load_library(str(path))
+            except RuntimeError as error:
+                raise plugin_build.PluginBuildError(f"{path}: DALI could not load the plugin ({error}); rebuild it "
+                                                    f"with python -m funloader.dali.build --force") from None
             _plugin_path = str(path)
         return _plugin_path
 
@@ -178,6 +182,13 @@ class _FallbackSource:
             unflipped, self.bias = decode_affine(affine)
             self.gain = (unflipped[None], decode_affine(affine, flip=True)[0][None])
         self._orders: Dict[int, np.ndarray] = {}
+        self._parent_pid = os.getpid()
+
+    def __setstate__(self, state) -> None:
+        # Unpickled in each external_source worker process: exit when the pipeline's process dies
+        # (even by SIGKILL).  Polling, not PR_SET_PDEATHSIG: the thread that built the pipeline may end.
+        self.__dict__.update(state)
+        exit_with_parent(self._parent_pid, death_signal=False)
 
     def order(self, epoch: int) -> np.ndarray:
         """Dataset indices read in ``epoch`` (without the padding)."""
@@ -269,7 +280,7 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
                  backend: str = "plugin", on_error: str = "raise", strict: bool = True,
                  max_pixels: Optional[int] = None, stick_to_shard: bool = False, initial_fill: int = 1024,
                  prefetch_queue_depth: int = 2, py_num_workers: Optional[int] = None,
-                 py_start_method: Optional[str] = None):
+                 py_start_method: Optional[str] = None, color_jitter: Optional[Dict[str, Any]] = None):
     """Build a DALI pipeline reading JPEGs into FUN inputs; outputs ``(images, labels)``.
 
     Args:
@@ -295,7 +306,8 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
         normalize_stats: as ``DCTLoader(normalize=)``: ``"auto"`` (default: the statistics file next to
             the data for this ``dequantize`` mode, ``stats-dequantized.json`` / ``stats-raw.json``, if
             present, else no normalisation with a warning), True (require it), None/False, a stats
-            file path, a dict with ``mean``/``std`` or ``(mean, std)``. Applied as ``x * scale + shift``
+            file path, a dict with ``mean``/``std`` or ``(mean, std)``; found and validated by
+            :func:`funloader.stats.resolve`. Applied as ``x * scale + shift``
             (:func:`funloader.channels.normalization_affine`, float32), the same bits as ``DCTLoader``.
         dtype: output dtype: int16 (default for raw coefficients), float32 (default when dequantized
             or normalised) or float16.
@@ -309,6 +321,10 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
             next shard each epoch).
         py_num_workers, py_start_method: external_source worker processes (default ``num_threads``;
             ``"spawn"``: forking a process that already runs threads (a DCTLoader, torch) can deadlock).
+        color_jitter: ``{"brightness": .., "contrast": .., "saturation": .., "hue": ..}`` (torchvision
+            ``ColorJitter``'s arguments): per-sample colour jitter on the dequantised coefficients,
+            before normalisation, in the fixed order brightness, contrast, saturation, hue (see
+            :mod:`funloader.dali.color`; needs ``dequantize=True`` and all 192 channels decoded).
 
     Returns:
         A built ``nvidia.dali.Pipeline`` with outputs ``images`` and ``labels``, and attributes
@@ -337,9 +353,7 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     all_channels = len(kept) == 192
     decode_channels = None if (all_channels or keep_mode == "zero") else kept
     out_channels = kept if decode_channels is not None else list(range(192))
-    from ..loader import _resolve_stats
-
-    stats = _resolve_stats(normalize_stats, resolved.dataset, dequantize)  # the same rule as DCTLoader
+    stats = resolve_stats(normalize_stats, resolved.dataset.root, dequantize, argument="normalize_stats")
     decode_float = dequantize or stats is not None
     if dtype is None:
         dtype = "float32" if decode_float else "int16"
@@ -364,6 +378,14 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     # workers: no extra pass over the batch) when that equals flip-after-crop: the crop is random or
     # absent (a centred crop of an odd margin is not symmetric under the flip).
     fuse = not gpu and (flip_probability == 0 or grid == crop_hw or random_crop)
+    jitter = None
+    if color_jitter is not None:  # colour maps come before normalisation: not fused into the operator
+        from .color import jitter_ranges
+
+        jitter = jitter_ranges(**color_jitter)
+        if not dequantize or decode_channels is not None:
+            raise ValueError("color_jitter needs dequantize=True and all 192 channels (keep_mode='zero')")
+        fuse = False
     feeder = None
     if backend == "external_source":
         feeder = _FallbackSource(resolved, batch_size, shard_id, num_shards, random_shuffle, seed, grid,
@@ -379,7 +401,7 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     def _pipeline():
         if backend == "plugin":
             if resolved.shards:
-                index_paths = [p[:-4] + ".idx" for p in resolved.shards]
+                index_paths = [dali_index_path(p) for p in resolved.shards]
                 extra = {"index_paths": index_paths} if all(os.path.exists(p) for p in index_paths) else {}
                 jpegs, label_bytes = fn.readers.webdataset(
                     paths=resolved.shards, ext=["jpg;jpeg", "cls"], missing_component_behavior="empty",
@@ -425,6 +447,10 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
             negated = (flip_signs("h", out_channels) < 0).astype(np.int32).reshape(-1, 1, 1)
             signs = 1 - 2 * coin * types.Constant(negated, device=device)
             images = fn.flip(images, horizontal=coin) * fn.cast(signs, dtype=decode_dali_dtype)
+        if jitter is not None:
+            from .color import color_jitter as _color_jitter
+
+            images = _color_jitter(images, jitter, device)
         if normalization is not None and not fuse:
             images = fn.cast(images, dtype=types.FLOAT) * types.Constant(normalization[0].reshape(-1, 1, 1), device=device) \
                 + types.Constant(normalization[1].reshape(-1, 1, 1), device=device)
@@ -499,10 +525,14 @@ class FUNIterator:
             ``nvidia.dali.plugin.base_iterator.LastBatchPolicy``.
         auto_reset: start the next epoch when one ends (iterate the object again); otherwise call
             :meth:`reset`.
+        mixing: a batch mixing transform (``funloader.transforms.Mixup``, ``Cutmix``,
+            ``RandomMixing``): each batch becomes ``(mixed images, soft targets (N, num_classes))``,
+            drawn from a generator seeded by ``(seed, batch number)``, on the batch's device.
     Errors for bad samples raise :class:`DALIDecodeError` naming the file.
     """
 
-    def __init__(self, pipeline, *, last_batch_policy="partial", auto_reset: bool = True):
+    def __init__(self, pipeline, *, last_batch_policy="partial", auto_reset: bool = True, mixing=None,
+                 seed: int = 0):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         policies = {"partial": LastBatchPolicy.PARTIAL, "drop": LastBatchPolicy.DROP, "fill": LastBatchPolicy.FILL}
@@ -517,6 +547,7 @@ class FUNIterator:
         self._feeder = getattr(pipeline, "funloader_feeder", None)
         self._epoch = 0
         self._batch_in_epoch = 0
+        self.mixing, self.seed, self._mixed = mixing, int(seed), 0
         kwargs: Dict[str, Any] = dict(output_map=["images", "labels"], auto_reset=auto_reset)
         if self._reader_name is not None:
             kwargs.update(reader_name=self._reader_name, last_batch_policy=last_batch_policy)
@@ -560,6 +591,14 @@ class FUNIterator:
                     return self.__next__()
                 if self.last_batch_policy == self._policies.PARTIAL:
                     images, labels = images[:remaining], labels[:remaining]
+        if self.mixing is not None:
+            import torch
+
+            from ..loader import _batch_seed
+
+            generator = torch.Generator().manual_seed(_batch_seed(self.seed, 0, 0, self._mixed))
+            self._mixed += 1
+            images, labels = self.mixing(images, labels, generator)
         return images, labels
 
     def _drain(self) -> None:

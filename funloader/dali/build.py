@@ -12,6 +12,15 @@ source revision::
 The build is atomic (compiled under a temporary name, then renamed) and serialised across
 processes by a file lock, so concurrent first uses (e.g. one per GPU rank) build it once.
 
+Nothing in the cache is loaded on trust (loading a library runs its constructors). Before every
+``dlopen`` the cached plugin is checked: the folders holding it (its own and the cache root) must
+be owned by the current user (or root) and not writable by others unless sticky, else the build
+refuses with :class:`PluginBuildError` (another user could have planted the file: set
+``FUNLOADER_CACHE_DIR`` to a folder only you can write); the file must be owned by you, not
+writable by others, and match the manifest written when it was built
+(``libfunloader_dali.so.manifest.json``: size and SHA-256). A plugin that fails the file checks
+(truncated, empty, garbage, planted, no manifest) is rebuilt automatically.
+
 Prebuild from the command line (prints the library path)::
 
     python -m funloader.dali.build [--force] [--verbose]
@@ -25,6 +34,7 @@ import argparse
 import fcntl
 import glob
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -35,7 +45,11 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from .. import files
+from .._headers import find_jpeglib_include
+
 LIBRARY_NAME = "libfunloader_dali.so"
+MANIFEST_SUFFIX = ".manifest.json"
 _HERE = Path(__file__).resolve().parent
 _CSRC = _HERE.parent / "csrc"
 #: The sources compiled into the plugin (the core is shared with the CPython extension).
@@ -51,11 +65,7 @@ class PluginBuildError(RuntimeError):
 
 def cache_root() -> Path:
     """Where built plugins are kept: ``$FUNLOADER_CACHE_DIR`` or ``$XDG_CACHE_HOME/funloader`` or ``~/.cache/funloader``."""
-    explicit = os.environ.get("FUNLOADER_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "funloader"
+    return files.cache_root()
 
 
 def _dali():
@@ -103,13 +113,10 @@ def _cuda_include_dirs() -> List[str]:
 
 
 def _jpeg_include_dirs() -> List[str]:
-    candidates = [os.environ.get("JPEG_INCLUDE_DIR", ""), os.path.join(sys.prefix, "include"), "/usr/include",
-                  "/usr/local/include", "/opt/homebrew/include"]
-    for directory in candidates:
-        if directory and os.path.exists(os.path.join(directory, "jpeglib.h")):
-            return [directory] if directory != "/usr/include" else []
-    raise PluginBuildError("jpeglib.h (libjpeg-turbo headers) not found: apt-get install libjpeg62-turbo-dev "
-                           "(or libjpeg-turbo8-dev / libjpeg-turbo-devel), or set JPEG_INCLUDE_DIR")
+    try:
+        return find_jpeglib_include()
+    except FileNotFoundError as error:
+        raise PluginBuildError(str(error)) from None
 
 
 def build_flags() -> dict:
@@ -177,26 +184,112 @@ def _compile(flags: dict, target: Path, verbose: bool) -> None:
         _run([flags["cxx"], "-shared", "-o", temporary, op_object, core_object, huffman_object, resize_object,
               *flags["dali_link"], *flags["link"]],
              verbose)
+        manifest = os.path.join(scratch, LIBRARY_NAME + MANIFEST_SUFFIX)
+        with open(manifest, "w") as handle:
+            json.dump(_fingerprint(temporary), handle)
+        os.replace(manifest, manifest_path(target))
         os.replace(temporary, target)  # atomic: readers see no file or the whole library
 
 
+def manifest_path(library: Path) -> Path:
+    """The manifest written next to a built plugin (its size and SHA-256)."""
+    return library.with_name(library.name + MANIFEST_SUFFIX)
+
+
+def _fingerprint(path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"format": "funloader-dali-plugin", "bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
+def check(target: Path) -> Optional[str]:
+    """Why the cached plugin ``target`` must not be loaded (None: it may). Checks ownership and modes
+    (file and folders) and the build manifest (size, SHA-256), without loading anything."""
+    reason = files.untrusted_reason(target, levels=2)
+    if reason is not None:
+        return reason
+    manifest = manifest_path(target)
+    if not manifest.exists():
+        return f"{target} has no build manifest {manifest.name} (built by an older funloader, or not by funloader)"
+    reason = files.untrusted_reason(manifest, levels=0)
+    if reason is not None:
+        return reason
+    try:
+        recorded = json.loads(files.read_file(manifest, limit=1 << 16))
+        actual = _fingerprint(target)
+    except (OSError, ValueError) as exc:
+        return f"{manifest}: unreadable manifest ({exc})"
+    if not isinstance(recorded, dict) or recorded.get("bytes") != actual["bytes"] or recorded.get("sha256") != actual["sha256"]:
+        return (f"{target} does not match its build manifest ({actual['bytes']} bytes, sha256 {actual['sha256'][:12]}..."
+                f"; recorded {recorded.get('bytes') if isinstance(recorded, dict) else '?'} bytes): truncated, "
+                f"damaged or replaced")
+    return None
+
+
+def _refuse_folder(target: Path) -> None:
+    """PluginBuildError when a folder on the way to ``target`` could hold a planted plugin."""
+    for folder in (target.parent, target.parent.parent):
+        if not folder.exists():
+            continue
+        reason = files.untrusted_reason(folder, levels=1)
+        if reason is not None:
+            raise PluginBuildError(
+                f"refusing the DALI plugin cache: {reason}. Another user could plant a library there, and loading "
+                f"it would run its code. Set FUNLOADER_CACHE_DIR to a folder only you can write (or use "
+                f"fun_pipeline(..., backend='external_source'), which needs no plugin).")
+
+
+def verified_library(flags: Optional[dict] = None) -> Path:
+    """The cached plugin's path after the checks of :func:`check` (nothing built or loaded);
+    PluginBuildError when it is missing or fails them."""
+    target = library_path(flags)
+    _refuse_folder(target)
+    if not target.exists():
+        raise PluginBuildError(f"{target}: plugin not built (python -m funloader.dali.build)")
+    reason = check(target)
+    if reason is not None:
+        raise PluginBuildError(f"refusing to load the cached DALI plugin: {reason} (rebuild it: python -m "
+                               f"funloader.dali.build --force)")
+    return target
+
+
 def build(force: bool = False, verbose: bool = False) -> Path:
-    """Build the plugin if it is not in the cache yet; return the path of ``libfunloader_dali.so``.
+    """Build the plugin if the cache has no valid one; return the path of ``libfunloader_dali.so``,
+    checked (:func:`check`) and safe to load.
 
     Raises:
-        PluginBuildError: DALI, a compiler, ``jpeglib.h`` or ``cuda_runtime.h`` is missing, or the
-            compiler failed (its output is in the message).
+        PluginBuildError: DALI, a compiler, ``jpeglib.h`` or ``cuda_runtime.h`` is missing, the
+            compiler failed (its output is in the message), the cache folder cannot be created, or
+            it could hold another user's files (see the module docstring).
     """
     flags = build_flags()
     target = library_path(flags)
-    if target.exists() and not force:
+    _refuse_folder(target)
+    if target.exists() and not force and check(target) is None:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / ".lock", "w") as lock:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        lock_file = open(target.parent / ".lock", "a")
+    except OSError as exc:
+        raise PluginBuildError(
+            f"cannot write the DALI plugin cache {target.parent} ({exc.strerror or exc}): set FUNLOADER_CACHE_DIR "
+            f"to a writable folder (e.g. FUNLOADER_CACHE_DIR=/tmp/$USER-funloader), or use "
+            f"fun_pipeline(..., backend='external_source'), which needs no plugin") from None
+    _refuse_folder(target)  # the folder was just made, or made by someone else in the meantime
+    with lock_file as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same plugin
         try:
             if target.exists() and not force:
-                return target
+                reason = check(target)
+                if reason is None:
+                    return target
+                print(f"funloader: the cached DALI plugin failed its checks ({reason}); rebuilding it",
+                      file=sys.stderr)
+                for stale in (target, manifest_path(target)):
+                    if stale.exists():
+                        stale.unlink()
             started = time.perf_counter()
             if verbose:
                 print(f"funloader: building the DALI plugin into {target}", file=sys.stderr)
@@ -205,6 +298,9 @@ def build(force: bool = False, verbose: bool = False) -> Path:
                 print(f"funloader: built in {time.perf_counter() - started:.1f} s", file=sys.stderr)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+    reason = check(target)
+    if reason is not None:  # pragma: no cover - the build just wrote both files
+        raise PluginBuildError(f"the freshly built DALI plugin failed its checks: {reason}")
     return target
 
 
