@@ -1088,49 +1088,38 @@ int fl_decode_fun_resized(fl_decoder *decoder, const uint8_t *data, size_t size,
     memset(out, 0, needed);
     return result->status;
   }
+  int own_window = 0; /* the own decoder filled the window (else libjpeg's arrays do) */
   if (decoder->own) {
     status = fl_own_window(decoder, &window);
-    if (status == FL_OK) {
-      status = fl_resize_run(decoder->resize, header, &window, out, dtype, mapping);
+    own_window = status == FL_OK;
+    if (status == -1 && fl_hand_over(decoder, header, result) != FL_OK) {
+      memset(out, 0, needed);
+      return result->status;
+    }
+  }
+  if (!own_window && status != FL_ERR_NOMEM) {
+    if (setjmp(decoder->err.jump)) {
       fl_abort(decoder);
-      if (status != FL_OK) {
-        fl_fail(result, FL_ERR_NOMEM, "out of memory");
-        memset(out, 0, needed);
-        return result->status;
+      memset(out, 0, needed);
+      return result->status;
+    }
+    j_decompress_ptr cinfo = &decoder->cinfo;
+    jvirt_barray_ptr *arrays = fl_read_coefficients(decoder, header);
+    size_t used = 0;
+    for (int c = 0; c < FL_MAX_COMPONENTS; c++) {
+      window.rows[c] = decoder->window_rows + used;
+      for (int r = 0; r < window.num_rows[c]; r++) {
+        JBLOCKROW blocks = (*cinfo->mem->access_virt_barray)((j_common_ptr)cinfo, arrays[c],
+                                                             (JDIMENSION)(window.first_row[c] + r), 1, FALSE)[0];
+        window.rows[c][r] = (int16_t *)blocks[window.first_col[c]];
       }
-      return FL_OK;
-    }
-    if (status == FL_ERR_NOMEM) {
-      fl_abort(decoder);
-      fl_fail(result, FL_ERR_NOMEM, "out of memory");
-      memset(out, 0, needed);
-      return result->status;
-    }
-    if (fl_hand_over(decoder, header, result) != FL_OK) {
-      memset(out, 0, needed);
-      return result->status;
+      used += (size_t)window.num_rows[c];
     }
   }
-  if (setjmp(decoder->err.jump)) {
-    fl_abort(decoder);
-    memset(out, 0, needed);
-    return result->status;
-  }
-  j_decompress_ptr cinfo = &decoder->cinfo;
-  jvirt_barray_ptr *arrays = fl_read_coefficients(decoder, header);
-  size_t used = 0;
-  for (int c = 0; c < FL_MAX_COMPONENTS; c++) {
-    window.rows[c] = decoder->window_rows + used;
-    for (int r = 0; r < window.num_rows[c]; r++) {
-      JBLOCKROW blocks = (*cinfo->mem->access_virt_barray)((j_common_ptr)cinfo, arrays[c],
-                                                           (JDIMENSION)(window.first_row[c] + r), 1, FALSE)[0];
-      window.rows[c][r] = (int16_t *)blocks[window.first_col[c]];
-    }
-    used += (size_t)window.num_rows[c];
-  }
-  status = fl_resize_run(decoder->resize, header, &window, out, dtype, mapping);
+  if (status != FL_ERR_NOMEM) status = FL_OK;
+  if (status == FL_OK) status = fl_resize_run(decoder->resize, header, &window, out, dtype, mapping);
   fl_abort(decoder);
-  if (status != FL_OK) {
+  if (status != FL_OK) { /* the only failures left are allocations */
     fl_fail(result, FL_ERR_NOMEM, "out of memory");
     memset(out, 0, needed);
     return result->status;
