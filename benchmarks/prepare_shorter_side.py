@@ -24,7 +24,6 @@ import json
 import math
 import os
 import random
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import funloader  # noqa: E402
-from funloader.bench.harness import machine_info  # noqa: E402
+from funloader.bench.harness import machine_info, round_robin  # noqa: E402
 from funloader.preparation import EncodeSettings, encode_image  # noqa: E402
 
 SIDES = (224, 256, 320, 384, 512)
@@ -115,28 +114,35 @@ def main(argv=None) -> int:
             "read_fun_us": [], "exact_crop_us": [],
         }
 
-    load_before = os.getloadavg()
-    order = list(configs)
-    for round_index in range(args.rounds):
-        random.Random(round_index).shuffle(order)
-        for key in order:
-            encoded, boxes = stored[key]
-            started = time.perf_counter()
+    def decode_all(encoded):
+        def run():
             for data in encoded:
                 funloader.read_fun(data)
-            middle = time.perf_counter()
+            return len(encoded)
+        return run
+
+    def crop_all(encoded, boxes):
+        def run():
             for data, box in zip(encoded, boxes):
                 funloader.read_fun(data, box=box, size=GRID)
-            ended = time.perf_counter()
-            rows[key]["read_fun_us"].append((middle - started) / len(encoded) * 1e6)
-            rows[key]["exact_crop_us"].append((ended - middle) / len(encoded) * 1e6)
+            return len(encoded)
+        return run
+
+    methods = {}
+    for key in configs:
+        methods[("read_fun", key)] = decode_all(stored[key][0])
+        methods[("exact_crop", key)] = crop_all(*stored[key])
+    load_before = os.getloadavg()
+    timed = round_robin(methods, repeats=args.rounds)  # funloader's one benchmark timer
     load_after = os.getloadavg()
 
     results = []
     for key in configs:
         row = rows[key]
-        row["read_fun_us_median"] = statistics.median(row.pop("read_fun_us"))
-        row["exact_crop_us_median"] = statistics.median(row.pop("exact_crop_us"))
+        for name in ("read_fun", "exact_crop"):
+            row.pop(f"{name}_us")
+            row[f"{name}_us_median"] = timed[(name, key)]["median_us"]
+            row[f"{name}_us_spread"] = timed[(name, key)]["spread"]
         results.append(row)
     for row in results:
         base = rows[(SIDES[0], row["quality"])]

@@ -478,22 +478,29 @@ class DCTImageFolder(torch.utils.data.Dataset):
 
 def decode_into(dataset: DCTImageFolder, indices: Sequence[int], out, *, threads: Optional[int] = None,
                 layout: Optional[dict] = None, dequantize: Optional[bool] = None, strict: Optional[bool] = None,
-                on_error: Optional[str] = None):
+                on_error: Optional[str] = None, box_for: Optional[Callable[[int, int], Sequence[float]]] = None):
     """Decode samples ``indices`` of ``dataset`` into ``out`` ``(len(indices), 192, H8, W8)`` (int16,
     or float32 when dequantized) with ``read_batch`` (centre crop / zero padding to the grid),
     applying the error policy (:meth:`DCTImageFolder.recover`). Returns the labels (list of int)
     actually placed, which differ from ``dataset.targets[indices]`` where a bad sample was replaced.
-    ``layout``: per-item ``row_maps``/``col_maps``/``gain`` arrays (and a shared ``bias``) passed on
-    to ``read_batch``. ``dequantize``, ``strict``, ``on_error``: the caller's settings (default: the
-    dataset's; the dataset is not changed)."""
+    ``layout``: per-item ``row_maps``/``col_maps``/``gain``/``boxes``/``bias`` arrays (a ``(192,)``
+    bias, ``subsampling`` and ``support`` are shared) passed on to ``read_batch``. ``dequantize``,
+    ``strict``, ``on_error``: the caller's settings (default: the dataset's; the dataset is not
+    changed). ``box_for(candidate, slot)``: the pixel window of a replacement sample ``candidate``
+    placed in ``slot`` (with ``boxes``)."""
     indices = [int(i) for i in indices]
     layout = layout or {}
     dequantize = dataset.dequantize if dequantize is None else bool(dequantize)
     strict = dataset.strict if strict is None else bool(strict)
     on_error = dataset.on_error if on_error is None else on_error
 
-    def item_layout(slot):
-        return {key: (value if key == "bias" or value is None else value[slot:slot + 1]) for key, value in layout.items()}
+    def item_layout(slot, candidate):
+        def shared(key, value):  # strings and a (192,) bias serve every item; the rest has a row per item
+            return value is None or key in ("subsampling", "support") or (key == "bias" and len(value.shape) == 1)
+        entries = {key: (value if shared(key, value) else value[slot:slot + 1]) for key, value in layout.items()}
+        if box_for is not None:
+            entries["boxes"] = np.asarray([box_for(candidate, slot)], dtype=np.float64)
+        return entries
 
     sources, unreadable = [], {}
     for slot, index in enumerate(indices):
@@ -511,7 +518,7 @@ def decode_into(dataset: DCTImageFolder, indices: Sequence[int], out, *, threads
 
         def decode_slot(candidate, slot=slot):
             retry = read_batch([dataset.source(candidate)], out[slot:slot + 1], threads=1,
-                               dequantize=dequantize, strict=strict, **item_layout(slot))[0]
+                               dequantize=dequantize, strict=strict, **item_layout(slot, candidate))[0]
             if retry is not None:
                 raise dataset.describe_error(candidate, retry)
 

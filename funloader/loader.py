@@ -156,8 +156,13 @@ class DCTLoader:
         if not 0 <= int(rank) < int(world_size):
             raise ValueError(f"rank {rank} is not in 0..{int(world_size) - 1}")
         self.rank, self.world_size = int(rank), int(world_size)
-        self.size = T._pair(size)
         self.transform = transform if transform is not None else dataset.transform
+        # A transform that reads the JPEG (exact resized crops) runs inside the decode; the rest after it.
+        self._source, self._rest = T.split_source(self.transform)
+        self.size = self._source.size if self._source is not None else T._pair(size)
+        self._default_source = T.ReadOrResize(self.size) if self.transform is None else None
+        self._sizes: dict = {}
+        self._sizes_lock = threading.Lock()
         self.stats = resolve_stats(normalize, dataset.root, self.dequantize)  # (mean, std) float64 or None
         self.keep = keep
         self.keep_mode = keep_mode
@@ -214,13 +219,117 @@ class DCTLoader:
         self._buffers = needed
         return needed[:count]
 
-    def _policy(self) -> dict:
-        return {"dequantize": self.dequantize, "strict": self.strict, "on_error": self.on_error}
+    def decode(self, batch_indices: Sequence[int], out: torch.Tensor, batch_number: Optional[int] = None,
+               epoch: Optional[int] = None, layout: Optional[dict] = None) -> List[int]:
+        """Decode ``batch_indices`` into ``out[:len]`` (CPU); returns the labels placed (see ``on_error``).
 
-    def decode(self, batch_indices: Sequence[int], out: torch.Tensor) -> List[int]:
-        """Decode ``batch_indices`` into ``out[:len]`` (CPU); returns the labels placed (see ``on_error``)."""
-        return decode_into(self.dataset, batch_indices, out[:len(batch_indices)], threads=self.num_threads,
-                           **self._policy())
+        Each item is read as the loader's first step defines it: the exact resized crop of its window
+        when the transform reads the JPEG (``RandomResizedCrop(mode="exact")``, ``ResizeCenterCrop``;
+        the windows of batch ``batch_number`` are :meth:`source_boxes`), with no transform the
+        evaluation transform for an image whose block grid is not ``size`` (as is otherwise), else the
+        centre crop / zero padding by whole blocks to ``size``. ``layout``: ``read_batch`` block maps
+        and affine applied in the same pass (see :meth:`fused_layout`)."""
+        count = len(batch_indices)
+        boxes = self.source_boxes(batch_indices, batch_number, epoch)
+        return self._decode_items(list(batch_indices), out[:count], boxes, layout or {}, batch_number, epoch)
+
+    def _source_generator(self, batch_number: int, epoch: Optional[int], *extra: int) -> torch.Generator:
+        """The generator of a batch's windows: its own stream (the block transforms that follow draw
+        from ``_batch_seed``), so decoding and finishing a batch can happen apart."""
+        mixed = np.random.SeedSequence([self.seed & 0xFFFFFFFF, self.epoch if epoch is None else int(epoch), self.rank,
+                                        int(batch_number), 1, *extra])
+        generator = torch.Generator()
+        generator.manual_seed(int(mixed.generate_state(1, dtype=np.uint64)[0] & 0x7FFFFFFFFFFFFFFF))
+        return generator
+
+    def image_sizes(self, indices: Sequence[int]) -> np.ndarray:
+        """``(N, 2)`` int64 ``(height, width)`` of samples ``indices`` from their JPEG headers (cached per
+        index); ``(0, 0)`` for a sample whose header cannot be read (its decode then fails as usual)."""
+        from .codec import read_sizes
+
+        with self._sizes_lock:
+            missing = sorted({int(i) for i in indices if int(i) not in self._sizes})
+        if missing:
+            try:
+                found = read_sizes(self.dataset.sources(missing), threads=self.num_threads, strict=self.strict)
+            except (ValueError, OSError, MemoryError):  # one bad header: find it item by item
+                found = np.zeros((len(missing), 2), np.int64)
+                for row, index in enumerate(missing):
+                    try:
+                        found[row] = read_sizes([self.dataset.source(index)], threads=1, strict=self.strict)[0]
+                    except (ValueError, OSError, MemoryError):
+                        pass
+            with self._sizes_lock:
+                self._sizes.update((index, (int(h), int(w))) for index, (h, w) in zip(missing, found))
+        with self._sizes_lock:
+            return np.array([self._sizes[int(i)] for i in indices], dtype=np.int64).reshape(-1, 2)
+
+    def source_boxes(self, batch_indices: Sequence[int], batch_number: Optional[int] = None,
+                     epoch: Optional[int] = None) -> Optional[np.ndarray]:
+        """The pixel windows ``(N, 4)`` float64 ``(top, left, height, width)`` the decode resizes for
+        batch ``batch_number`` (rows of NaN: read as is), or None when every item is read as is.
+        Random windows (``RandomResizedCrop``) are drawn per item, in order, from a generator seeded
+        by ``(seed, epoch, rank, batch_number)``, whatever the thread count."""
+        source = self._source if self._source is not None else self._default_source
+        if source is None or not len(batch_indices):
+            return None
+        sizes = self.image_sizes(batch_indices)
+        good = sizes.min(axis=1) > 0  # an unreadable header gives (0, 0)
+        generator = None
+        if source.random:
+            if batch_number is None:
+                raise ValueError("random windows are drawn per batch: pass batch_number (and epoch)")
+            generator = self._source_generator(batch_number, epoch)
+        boxes = np.full((len(sizes), 4), np.nan)  # NaN: read as is
+        boxes[good] = source.boxes(sizes[good], generator)
+        if np.isnan(boxes[:, 0]).all():
+            return None
+        boxes[~good] = (0.0, 0.0, 1.0, 1.0)  # decoded with the others: fails with the file's error, is replaced
+        return boxes
+
+    def _replacement_box(self, batch_number, epoch):
+        """``box_for`` of ``decode_into``: the window of a replacement sample (its own generator stream)."""
+        source = self._source if self._source is not None else self._default_source
+
+        def box_for(candidate: int, slot: int):
+            size = self.image_sizes([candidate])
+            if size.min() <= 0:
+                return (0.0, 0.0, 1.0, 1.0)
+            generator = self._source_generator(batch_number or 0, epoch, 2, slot, candidate) if source.random else None
+            box = source.boxes(size, generator)[0]
+            if np.isnan(box[0]):  # read as is elsewhere; among resized items: its whole image, resized
+                return (0.0, 0.0, float(size[0, 0]), float(size[0, 1]))
+            return tuple(box)
+        return box_for
+
+    def _decode_items(self, indices: List[int], out: torch.Tensor, boxes: Optional[np.ndarray], layout: dict,
+                      batch_number, epoch) -> List[int]:
+        policy = {"dequantize": self.dequantize, "strict": self.strict, "on_error": self.on_error}
+        if boxes is None:
+            return decode_into(self.dataset, indices, out, threads=self.num_threads, layout=layout, **policy)
+        source = self._source if self._source is not None else self._default_source
+        resized = {"subsampling": source.subsampling, "support": source.support}
+        boxed = ~np.isnan(boxes[:, 0])
+        box_for = self._replacement_box(batch_number, epoch)
+        if boxed.all():
+            return decode_into(self.dataset, indices, out, threads=self.num_threads, box_for=box_for,
+                               layout={**layout, "boxes": boxes, **resized}, **policy)
+        labels: List[int] = [0] * len(indices)  # some items as is, some resized: two decodes, then placed
+        for mask, with_boxes in ((~boxed, False), (boxed, True)):
+            rows = np.flatnonzero(mask)
+            if not len(rows):
+                continue
+            part = torch.empty((len(rows),) + tuple(out.shape[1:]), dtype=out.dtype)
+            part_layout = {key: (value if key == "bias" and value.ndim == 1 else value[torch.from_numpy(rows)])
+                           for key, value in layout.items()}
+            if with_boxes:
+                part_layout.update(boxes=boxes[rows], **resized)
+            placed = decode_into(self.dataset, [indices[r] for r in rows], part, threads=self.num_threads,
+                                 layout=part_layout, box_for=box_for if with_boxes else None, **policy)
+            out[torch.from_numpy(rows)] = part
+            for row, label in zip(rows, placed):
+                labels[row] = label
+        return labels
 
     def finish(self, raw: torch.Tensor, labels: Sequence[int], batch_number: int, epoch: Optional[int] = None):
         """Float conversion, transform, normalisation, frequency selection, layout — on ``raw``'s device.
@@ -230,7 +339,8 @@ class DCTLoader:
         transform's generator is passed to the chunks in order, so the result is deterministic for
         a given ``(seed, epoch, rank, batch)`` and ``chunk_size``."""
         generator = None
-        if self.transform is not None:
+        transform = self._rest
+        if transform is not None:
             generator = torch.Generator()
             generator.manual_seed(_batch_seed(self.seed, self.epoch if epoch is None else epoch, self.rank, batch_number))
         count = raw.shape[0]
@@ -238,23 +348,23 @@ class DCTLoader:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         direct = self.stats is not None and self._kept is None and self.dtype == torch.float32 and not self.channels_last
         out = None
-        fused = T.is_fusable(self.transform)  # block moves, then per-channel colour maps (funloader.color)
-        keep_integers = not raw.is_floating_point() and (self.transform is None or getattr(self.transform, "integer_exact", False))
+        fused = T.is_fusable(transform)  # block moves, then per-channel colour maps (funloader.color)
+        keep_integers = not raw.is_floating_point() and (transform is None or getattr(transform, "integer_exact", False))
         for start in range(0, count, step):
             x = raw[start:start + step]
             if not keep_integers and x.dtype != torch.float32:
                 x = x.to(torch.float32)  # raw int16 stays int16 through integer-exact transforms
             signs = gain = bias = None
             if fused:  # crops/flips/nearest resized crops as one gather; flip signs and colour maps folded into the scale
-                plan, gain, bias = T.fused_plan(self.transform, tuple(x.shape), generator)
+                plan, gain, bias = T.fused_plan(transform, tuple(x.shape), generator)
                 x = plan.apply(x, with_sign=not direct)
                 signs = plan.sign if direct else None
                 if not direct and gain is not None:  # raw integers only meet 0/1 masks (integer_exact steps)
                     x = x * gain.to(device=x.device, dtype=x.dtype)[:, :, None, None]
                     if x.is_floating_point():
                         x = x + bias.to(device=x.device, dtype=x.dtype)[:, :, None, None]
-            elif self.transform is not None:
-                x = self.transform(x, generator=generator) if isinstance(self.transform, T.DCTTransform) else self.transform(x)
+            elif transform is not None:
+                x = transform(x, generator=generator) if isinstance(transform, T.DCTTransform) else transform(x)
             if direct:  # normalise straight into the output: x * (1/std) + (-mean/std)
                 if out is None:
                     out = torch.empty((count,) + tuple(x.shape[1:]), dtype=torch.float32, device=x.device)
@@ -286,25 +396,32 @@ class DCTLoader:
             y = y.to(self.device, non_blocking=True)
         return out, y
 
-    def fused_layout(self, count: int, batch_number: int, epoch: Optional[int] = None) -> Optional[dict]:
+    def fused_layout(self, count: int, batch_number: int, epoch: Optional[int] = None,
+                     indices: Optional[Sequence[int]] = None) -> Optional[dict]:
         """``read_batch`` block maps and affine that make the decode itself produce what
         :meth:`finish` would (same random draws, bit-identical values), or None when the batch needs
         :meth:`finish`: only on the CPU, for normalised float32 output without frequency selection
         or channels_last, with no transform or a plannable one (crops, flips, nearest resized crops)
-        that keeps the grid. Saves the gather and normalisation passes over the batch."""
+        that keeps the grid, after an exact resized crop if the transform starts with one (its windows
+        go to ``read_batch(boxes=)``, see :meth:`decode`). In raw mode (``dequantize=False``) a resized
+        crop is rounded to int16 first, so it is not fused (``indices``: the batch, checked with
+        :meth:`fusable`). Saves the gather and normalisation passes over the batch."""
         if (self.device.type != "cpu" or self.stats is None or self._kept is not None or self.dtype != torch.float32
                 or self.channels_last):
             return None
+        if indices is not None and not self.fusable(indices):
+            return None
         scale, shift = self._normalizer(torch.device("cpu"))
         scale = scale.reshape(1, 192)
-        if self.transform is None:
+        transform = self._rest
+        if transform is None:
             return {"gain": scale.expand(count, 192), "bias": shift.reshape(192)}
-        if not T.is_fusable(self.transform):
+        if not T.is_fusable(transform):
             return None
         generator = torch.Generator()
         generator.manual_seed(_batch_seed(self.seed, self.epoch if epoch is None else epoch, self.rank, batch_number))
         step = max(1, int(self.chunk_size))  # the chunks finish() plans, in the same order
-        chunks = [T.fused_plan(self.transform, (min(step, count - start), 192) + self.size, generator)
+        chunks = [T.fused_plan(transform, (min(step, count - start), 192) + self.size, generator)
                   for start in range(0, count, step)]
         if any(tuple(plan.shape) != self.size for plan, _, _ in chunks):
             return None
@@ -314,10 +431,18 @@ class DCTLoader:
                 "gain": torch.cat([g for g, _ in affines]),
                 "bias": torch.cat([b.expand(g.shape[0], 192) for g, b in affines])}
 
-    def decode_fused(self, batch_indices: Sequence[int], layout: dict, batch_number: int):
+    def fusable(self, batch_indices: Sequence[int]) -> bool:
+        """False when the batch's decode cannot take the affine: in raw mode (``dequantize=False``) a
+        resized crop is rounded to int16 (q100 coefficients) before normalisation, which a float32
+        decode would skip."""
+        if self.dequantize:
+            return True
+        return self._source is None and (self._default_source is None or self.source_boxes(batch_indices) is None)
+
+    def decode_fused(self, batch_indices: Sequence[int], layout: dict, batch_number: int, epoch: Optional[int] = None):
         """Decode straight into a new normalised, augmented float32 batch (see :meth:`fused_layout`)."""
         out = torch.empty((len(batch_indices), 192) + self.size, dtype=torch.float32)
-        labels = decode_into(self.dataset, batch_indices, out, threads=self.num_threads, layout=layout, **self._policy())
+        labels = self.decode(batch_indices, out, batch_number, epoch, layout=layout)
         return out, torch.as_tensor(labels, dtype=torch.int64)
 
     def _normalizer(self, device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -396,14 +521,14 @@ def _produce(loader: DCTLoader, batches: List[List[int]], buffers: List[torch.Te
                 event.synchronize()  # the GPU copy out of this pinned slot has finished
                 state.events[slot] = None
             buffer = buffers[slot]
-            layout = loader.fused_layout(len(batch), number, epoch) if finish_here else None
+            layout = loader.fused_layout(len(batch), number, epoch) if finish_here and loader.fusable(batch) else None
             if layout is not None:  # CPU: augmentation and normalisation done by the decode itself
-                item = loader.decode_fused(batch, layout, number)
+                item = loader.decode_fused(batch, layout, number, epoch)
                 state.free.put(slot)
                 if not _put(state, ("batch", item)):
                     return
                 continue
-            labels = loader.decode(batch, buffer)
+            labels = loader.decode(batch, buffer, number, epoch)
             if finish_here:
                 item = loader.finish(buffer[:len(batch)], labels, number, epoch)
                 state.free.put(slot)
@@ -520,6 +645,6 @@ class BatchDataset(torch.utils.data.Dataset):
         batch = self._batches[number]
         loader = self.loader
         buffer = torch.empty((len(batch), 192) + loader.size, dtype=loader._buffer_dtype())
-        labels = loader.decode(batch, buffer)
+        labels = loader.decode(batch, buffer, number, self.epoch)
         x, y = loader.finish(buffer, labels, number, self.epoch)
         return x.cpu(), y.cpu()

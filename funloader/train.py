@@ -254,6 +254,10 @@ def _make_skipping_loader_class():
         def fused_layout(self, count, batch_number, epoch=None):  # the CPU path's random draws
             return super().fused_layout(count, batch_number + self.skip, epoch)
 
+        def decode(self, batch_indices, out, batch_number=None, epoch=None, layout=None):  # exact-crop windows
+            number = None if batch_number is None else batch_number + self.skip
+            return super().decode(batch_indices, out, number, epoch, layout)
+
         def __len__(self):
             return max(0, super().__len__() - self.skip)
 

@@ -41,7 +41,9 @@ __all__ = [
     "hflip", "vflip", "crop", "center_crop", "random_crop", "resized_crop", "select_frequencies",
     "dequantize", "qtable_vector", "normalize", "flip_signs",
     "Compose", "RandomHorizontalFlip", "RandomVerticalFlip", "CenterCrop", "RandomCrop",
-    "RandomResizedCrop", "SelectFrequencies", "Dequantize", "Normalize", "ToDtype", "GatherPlan",
+    "RandomResizedCrop", "ResizeCenterCrop", "SourceTransform", "random_resized_crop_box", "resize_center_crop_box",
+    "split_source", "ReadOrResize",
+    "SelectFrequencies", "Dequantize", "Normalize", "ToDtype", "GatherPlan",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -231,6 +233,58 @@ def resized_crop_params(shape: Tuple[int, int], scale=(0.08, 1.0), ratio=(3 / 4,
             chosen = ((H - h) // 2, (W - w) // 2, h, w)
         out[item] = torch.tensor(chosen)
     return out
+
+
+def random_resized_crop_box(height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                            generator: Optional[torch.Generator] = None) -> Tuple[int, int, int, int]:
+    """One ``RandomResizedCrop`` window ``(top, left, h, w)`` in pixels of a ``height x width`` image,
+    drawn as torchvision's ``RandomResizedCrop.get_params`` draws it (same algorithm and the same
+    sequence of torch random calls, so the same generator state gives the same window): up to 10
+    attempts of an area fraction uniform in ``scale`` and a log-uniform aspect ratio in ``ratio``,
+    the window's position uniform; else the centred window of the ratio clamped to ``ratio``."""
+    height, width = int(height), int(width)
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
+            left = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
+            return top, left, h, w
+    in_ratio = float(width) / float(height)
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def resize_center_crop_box(height: int, width: int, resize: int, crop: Tuple[int, int]) -> Tuple[float, float, float, float]:
+    """The window of a ``height x width`` image that torchvision's ``Resize(resize)`` (shorter side to
+    ``resize``, the other ``int(resize * long / short)``) followed by ``CenterCrop(crop)`` (offset
+    ``int(round((size - crop) / 2))``) shows, as ``(top, left, h, w)`` in original pixels (floats):
+    resizing that window to ``crop`` with the filter reading the image around it (Pillow's
+    ``resize(box=)``, ``support="image"``) is ``Resize + CenterCrop``. If the crop does not fit in the
+    resized image (a crop longer than ``resize``), the shorter side is resized further, to fit."""
+    height, width = int(height), int(width)
+    crop_h, crop_w = int(crop[0]), int(crop[1])
+    short, long = (width, height) if width <= height else (height, width)
+    new_short = int(resize)
+    while True:
+        new_long = int(new_short * long / short)
+        new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+        if new_h >= crop_h and new_w >= crop_w:
+            break
+        new_short += 1
+    top = int(round((new_h - crop_h) / 2.0))
+    left = int(round((new_w - crop_w) / 2.0))
+    scale_y, scale_x = height / new_h, width / new_w
+    return top * scale_y, left * scale_x, crop_h * scale_y, crop_w * scale_x
 
 
 _DCT8 = None
@@ -626,21 +680,73 @@ class RandomCrop(DCTTransform):
         return GatherPlan(_window_indices(tops, h, H), _window_indices(lefts, w, W))
 
 
-class RandomResizedCrop(DCTTransform):
-    """Approximate ``RandomResizedCrop`` in the DCT domain: a random block-aligned window (area
-    fraction in ``scale``, aspect ratio in ``ratio``, torchvision's sampling in whole blocks)
-    resized to ``size`` blocks with ``mode="dct"`` (exact linear resampling of the coefficients,
-    matrix products) or ``mode="nearest"`` (block repetition, a gather); see ``resized_crop``."""
+class SourceTransform(DCTTransform):
+    """A transform that reads the JPEG itself: it picks a window of the ORIGINAL image in pixels for
+    each item (``boxes``), and the native decode resizes that window exactly (``read_batch(boxes=,
+    support=, subsampling=)``: decoded YCbCr pixels, Pillow/torchvision bilinear antialias, block DCT)
+    to ``size`` blocks. ``DCTLoader`` learns each image's size from its header and runs it inside the
+    decode; it must come first in a ``Compose`` (the block transforms after it work on its output).
+    On coefficients that are already decoded it cannot run: it raises ``UsageError``."""
 
-    def __init__(self, size: SizeLike = 28, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), mode: str = "dct",
-                 channels: Optional[Sequence[int]] = None):
-        if mode not in ("dct", "nearest"):
-            raise ValueError(f"mode must be 'dct' or 'nearest', got {mode!r}")
+    reads_source = True
+    #: whether ``boxes`` draws from the generator (else the windows depend on the image sizes only)
+    random = False
+    #: ``"box"``: crop, then resize (the filter reads only the window: torchvision ``resized_crop``);
+    #: ``"image"``: the filter reads around the window too (Pillow ``resize(box=)``: Resize + CenterCrop).
+    support = "box"
+
+    def boxes(self, sizes: np.ndarray, generator: Optional[torch.Generator] = None) -> np.ndarray:
+        """``(N, 4)`` float64 windows ``(top, left, height, width)`` in pixels for images of ``sizes``
+        ``(N, 2)`` ``(height, width)``, drawn in item order from ``generator``."""
+        raise NotImplementedError
+
+    def __call__(self, x, generator=None):
+        from .errors import UsageError
+
+        raise UsageError(
+            f"{type(self).__name__}(mode='exact') resamples the decoded pixels of the JPEG, so it runs inside the "
+            "decode: give it to DCTLoader(transform=...) (first in a Compose), or call "
+            "funloader.read_batch(..., boxes=transform.boxes(funloader.codec.read_sizes(files))); on coefficients "
+            "already decoded use RandomResizedCrop(mode='nearest') (approximate)")
+
+
+class RandomResizedCrop(SourceTransform):
+    """torchvision's ``RandomResizedCrop(size * 8, scale, ratio)``, in the DCT domain.
+
+    ``mode="exact"`` (default): the window is drawn in pixels on the whole original image exactly as
+    torchvision's ``RandomResizedCrop.get_params`` draws it (:func:`random_resized_crop_box`), and the
+    native decode resizes it with torchvision's ``resized_crop(..., BILINEAR, antialias=True)``
+    semantics per YCbCr component (chroma at half resolution with ``subsampling="420"``, full with
+    ``"444"``) and block-DCTs it into ``size`` blocks: the pixel operation itself (see docs/loader.md
+    for the measured PSNR and speed). Runs in ``DCTLoader`` (or ``read_batch(boxes=)``), not on a tensor.
+
+    ``mode="nearest"``: approximate. A block-aligned window of the decoded block grid (the same
+    area/aspect sampling, in whole blocks), resized by repeating or skipping whole 8x8 blocks: object
+    scale changes but the texture inside a block does not (far from the pixel operation: see
+    docs/loader.md for its measured PSNR). A gather; runs on any coefficient tensor.
+
+    ``mode="dct"``: approximate, for coefficient tensors (e.g. on a GPU): the block window resampled
+    by a linear map in the DCT domain (inverse block DCT, bilinear resize, block DCT as matrix products).
+    """
+
+    random = True
+
+    def __init__(self, size: SizeLike = 28, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), mode: str = "exact",
+                 channels: Optional[Sequence[int]] = None, subsampling: str = "420"):
+        if mode not in ("exact", "nearest", "dct"):
+            raise ValueError(f"mode must be 'exact', 'nearest' or 'dct', got {mode!r}")
+        if subsampling not in ("420", "444"):
+            raise ValueError(f"subsampling must be '420' or '444', got {subsampling!r}")
         self.size = _pair(size)
         self.scale = tuple(scale)
         self.ratio = tuple(ratio)
         self.mode = mode
         self.channels = None if channels is None else list(channels)
+        self.subsampling = subsampling
+
+    @property
+    def reads_source(self) -> bool:  # type: ignore[override]
+        return self.mode == "exact"
 
     @property
     def integer_exact(self) -> bool:
@@ -649,6 +755,13 @@ class RandomResizedCrop(DCTTransform):
     @property
     def plannable(self) -> bool:
         return self.mode == "nearest"
+
+    def boxes(self, sizes, generator=None) -> np.ndarray:
+        sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+        out = np.empty((len(sizes), 4), dtype=np.float64)
+        for item, (height, width) in enumerate(sizes):
+            out[item] = random_resized_crop_box(height, width, self.scale, self.ratio, generator)
+        return out
 
     def plan(self, shape, generator=None) -> GatherPlan:
         if self.mode != "nearest":
@@ -659,6 +772,8 @@ class RandomResizedCrop(DCTTransform):
                           _nearest_indices(boxes[:, 1], boxes[:, 3], self.size[1]))
 
     def __call__(self, x, generator=None):
+        if self.mode == "exact":
+            return super().__call__(x, generator)
         was_numpy = isinstance(x, np.ndarray)
         t = torch.from_numpy(np.ascontiguousarray(x)) if was_numpy else x
         batch = t if t.ndim == 4 else t[None]
@@ -666,6 +781,68 @@ class RandomResizedCrop(DCTTransform):
         out = _resized_crop_batch(batch, boxes, self.size, self.mode, self.channels)
         out = out if t.ndim == 4 else out[0]
         return out.numpy() if was_numpy else out
+
+
+def split_source(transform) -> Tuple[Optional["SourceTransform"], Optional[DCTTransform]]:
+    """``(source, rest)``: the transform that reads the JPEG itself (``RandomResizedCrop(mode="exact")``,
+    ``ResizeCenterCrop``), which must come first, and the transforms that follow it (or None)."""
+    if transform is None:
+        return None, None
+    if getattr(transform, "reads_source", False):
+        return transform, None
+    if isinstance(transform, Compose):
+        items = list(transform.transforms)
+        late = [t for t in items[1:] if getattr(t, "reads_source", False)]
+        if late:
+            from .errors import UsageError
+
+            raise UsageError(f"{type(late[0]).__name__} reads the JPEG (it resizes a window of the original image): "
+                             "it must be the first transform of the Compose")
+        if items and getattr(items[0], "reads_source", False):
+            return items[0], (Compose(items[1:]) if len(items) > 1 else None)
+    return None, transform
+
+
+class ResizeCenterCrop(SourceTransform):
+    """The evaluation transform: torchvision's ``Resize(resize) + CenterCrop(8 * size)`` on the original
+    image, in pixels, done by the native decode (default ``resize = round(8 * min(size) * 256 / 224)``,
+    i.e. ``Resize(256) + CenterCrop(224)`` for 28 blocks). The filter reads the image around the
+    crop, as Resize then CenterCrop does (Pillow's ``resize(box=)``). Deterministic."""
+
+    support = "image"
+
+    def __init__(self, size: SizeLike = 28, resize: Optional[int] = None, subsampling: str = "420"):
+        if subsampling not in ("420", "444"):
+            raise ValueError(f"subsampling must be '420' or '444', got {subsampling!r}")
+        self.size = _pair(size)
+        self.resize = int(resize) if resize is not None else int(round(8 * min(self.size) * 256 / 224))
+        if self.resize <= 0:
+            raise ValueError(f"resize must be a positive side length in pixels, got {resize!r}")
+        self.subsampling = subsampling
+
+    def boxes(self, sizes, generator=None) -> np.ndarray:
+        sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+        crop = (8 * self.size[0], 8 * self.size[1])
+        out = np.empty((len(sizes), 4), dtype=np.float64)
+        for item, (height, width) in enumerate(sizes):
+            out[item] = resize_center_crop_box(height, width, self.resize, crop)
+        return out
+
+
+class ReadOrResize(ResizeCenterCrop):
+    """What ``DCTLoader`` (and ``fun_pipeline``) do without a transform: a file whose block grid is
+    ``size`` (e.g. prepared 224x224 files at 28 blocks) is read as it is (its window is a NaN row:
+    no resampling, the stored coefficients); any other file gets the evaluation transform
+    :class:`ResizeCenterCrop` (``Resize(256) + CenterCrop(224)`` for 28 blocks), not a centre crop."""
+
+    def boxes(self, sizes, generator=None) -> np.ndarray:
+        sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+        grids = (sizes + 7) // 8
+        as_is = (grids[:, 0] == self.size[0]) & (grids[:, 1] == self.size[1])
+        out = np.full((len(sizes), 4), np.nan)
+        if not as_is.all():
+            out[~as_is] = super().boxes(sizes[~as_is])
+        return out
 
 
 class SelectFrequencies(DCTTransform):

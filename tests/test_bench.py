@@ -96,6 +96,12 @@ def test_bad_data_folder_is_a_usage_error(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"funloader bench: error: --data {tmp_path / 'nonexistent'}: no such folder"]
+    for arguments, message in ((["--corpora", "nope"], "--corpora: unknown nope"), (["--sections", "x"], "--sections"),
+                               (["--batch-size", "0"], "--batch-size must be at least 1")):
+        result = subprocess.run([sys.executable, "-m", "funloader", "bench", *arguments], capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert message in result.stderr
 
 
 # ----------------------------------------------------------------------------- sections

@@ -34,10 +34,12 @@ BACKENDS = ["plugin", "external_source"]
 
 
 def _raw_pipeline(*args, **kwargs):
-    """fun_pipeline with raw int16 coefficients and no normalisation unless a test asks for them
-    (the defaults, like DCTLoader's, dequantise and normalise)."""
+    """fun_pipeline with raw int16 coefficients, no normalisation and the block grid centre-cropped
+    (resize=None) unless a test asks otherwise (the defaults, like DCTLoader's, dequantise, normalise
+    and read originals with the evaluation transform)."""
     kwargs.setdefault("dequantize", False)
     kwargs.setdefault("normalize_stats", None)
+    kwargs.setdefault("resize", None)
     return fun_pipeline(*args, **kwargs)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,7 +126,8 @@ def test_keep_mode_zero_and_float16(backend, plugin, image_folder, samples):
 
 def test_equals_dct_loader(plugin, image_folder):
     """The same files and no random augmentation: DALI (both backends) == DCTLoader bit for bit, raw,
-    dequantized, normalised, with frequency selection (drop and zero)."""
+    dequantized, normalised, with frequency selection (drop and zero); both read these originals
+    (128x128 .. 640x901) with the evaluation transform."""
     from funloader import DCTLoader
 
     rng = np.random.default_rng(1)
@@ -135,8 +138,8 @@ def test_equals_dct_loader(plugin, image_folder):
                            keep=keep, keep_mode=keep_mode)
         expected = [(x.numpy(), y.numpy()) for x, y in loader]
         for backend in BACKENDS:
-            pipe = _raw_pipeline(image_folder, 5, num_threads=2, backend=backend, dequantize=dequantize,
-                                normalize_stats=normalize, keep_channels=keep, keep_mode=keep_mode, dtype="float32")
+            pipe = _raw_pipeline(image_folder, 5, num_threads=2, backend=backend, dequantize=dequantize, resize="auto",
+                                 normalize_stats=normalize, keep_channels=keep, keep_mode=keep_mode, dtype="float32")
             got = [(x.numpy(), y.numpy()) for x, y in FUNIterator(pipe)]
             assert len(got) == len(expected)
             for (x, y), (ex, ey) in zip(got, expected):
@@ -437,6 +440,48 @@ def test_defaults_equal_dct_loader_defaults(plugin, image_folder, tmp_path):
             np.testing.assert_array_equal(x, ex)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exact_resized_crop_equals_read_batch_of_its_windows(backend, plugin, image_folder, samples):
+    """resize=RandomResizedCrop: each sample is the exact resized crop of the window the transform drew
+    (whole-image pixel windows), bit for bit as read_batch(boxes=), here flipped and normalised too."""
+    names, _ = samples
+    rng = np.random.default_rng(6)
+    stats = {"mean": rng.normal(0, 10, 192).tolist(), "std": rng.uniform(1, 30, 192).tolist()}
+    pipe = _raw_pipeline(image_folder, 4, num_threads=2, backend=backend, resize=T.RandomResizedCrop(20), flip=1.0,
+                         dequantize=True, normalize_stats=stats, seed=5)
+    images, _ = _epoch(FUNIterator(pipe))
+    assert images.shape == (len(names), 192, 20, 20) and images.dtype == np.float32
+    if backend == "plugin":
+        boxes = np.concatenate(list(pipe.funloader_boxes))[:len(names)]
+    else:
+        boxes = np.concatenate([pipe.funloader_feeder.box(i, 0, i) for i in range(len(names))])
+    sizes = funloader.codec.read_sizes(names)
+    assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, :2] + boxes[:, 2:] <= sizes)
+    resized = np.empty((len(names), 192, 20, 20), np.float32)
+    assert funloader.read_batch(names, resized, boxes=boxes) == [None] * len(names)
+    np.testing.assert_array_equal(images, T.normalize(T.hflip(resized), stats["mean"], stats["std"]))
+
+
+def test_evaluation_transform_equals_dct_loader(plugin, image_folder, tmp_path):
+    """resize=ResizeCenterCrop (Resize(256) + CenterCrop(224), native): plugin == external_source ==
+    DCTLoader with the same transform, raw (int16, q100 rounding) and normalised float."""
+    from funloader import DCTLoader
+
+    rng = np.random.default_rng(7)
+    stats = {"mean": rng.normal(0, 10, 192).tolist(), "std": rng.uniform(1, 30, 192).tolist()}
+    for dequantize, normalize in [(True, stats), (False, None)]:
+        loader = DCTLoader(image_folder, 5, num_threads=2, transform=T.ResizeCenterCrop(28), dequantize=dequantize,
+                           normalize=normalize or False)
+        expected = np.concatenate([x.numpy() for x, _ in loader])
+        for backend in BACKENDS:
+            pipe = _raw_pipeline(image_folder, 5, num_threads=2, backend=backend, resize=T.ResizeCenterCrop(28),
+                                 dequantize=dequantize, normalize_stats=normalize, dtype="float32")
+            images, _ = _epoch(FUNIterator(pipe))
+            np.testing.assert_array_equal(images, expected)
+    with pytest.raises(ValueError, match="resize"):
+        fun_pipeline(image_folder, 4, resize=T.RandomResizedCrop(28, mode="nearest"))
+
+
 # ---------------------------------------------------------------- colour jitter and mixing (issue 16)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_color_jitter_equals_the_transforms(backend, plugin, image_folder, samples):
@@ -448,7 +493,7 @@ def test_color_jitter_equals_the_transforms(backend, plugin, image_folder, sampl
     stats = (np.linspace(-30, 30, 192), np.linspace(2, 50, 192))
     jitter = {"brightness": (1.3, 1.3), "contrast": (0.8, 0.8), "saturation": (1.2, 1.2), "hue": (0.05, 0.05)}
     pipe = fun_pipeline(image_folder, 4, num_threads=2, device_id=None, backend=backend, normalize_stats=stats,
-                        color_jitter=jitter)
+                        color_jitter=jitter, resize=None)
     images, _ = _epoch(FUNIterator(pipe))
     x = torch.from_numpy(_reference(names, dtype=np.float32, dequantize=True))
     expected = T.adjust_hue(T.adjust_saturation(T.adjust_contrast(T.adjust_brightness(x, 1.3), 0.8), 1.2), 0.05)
@@ -456,7 +501,7 @@ def test_color_jitter_equals_the_transforms(backend, plugin, image_folder, sampl
     runs = []
     for _ in range(2):
         pipe = fun_pipeline(image_folder, 4, num_threads=2, device_id=None, backend=backend, normalize_stats=None,
-                            color_jitter={"brightness": 0.4, "saturation": 0.4}, seed=3)
+                            color_jitter={"brightness": 0.4, "saturation": 0.4}, seed=3, resize=None)
         runs.append(_epoch(FUNIterator(pipe))[0])
     np.testing.assert_array_equal(runs[0], runs[1])
     luma_gain = runs[0][:, 1] / np.where(x.numpy()[:, 1] == 0, np.nan, x.numpy()[:, 1])
@@ -468,7 +513,7 @@ def test_iterator_mixes_batches(plugin, image_folder, samples):
     import torch
 
     names, labels = samples
-    pipe = fun_pipeline(image_folder, 4, num_threads=2, device_id=None, normalize_stats=None)
+    pipe = fun_pipeline(image_folder, 4, num_threads=2, device_id=None, normalize_stats=None, resize=None)
     mixup = T.Mixup(num_classes=3, alpha=0.4)
     batches = list(FUNIterator(pipe, mixing=mixup, seed=5))
     reference = torch.from_numpy(_reference(names, dtype=np.float32, dequantize=True))

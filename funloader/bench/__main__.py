@@ -68,8 +68,24 @@ def run(args, argv: List[str]) -> Dict[str, object]:
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         raise UsageError(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
-    if args.repeats is not None and args.repeats < 1:
-        raise UsageError("--repeats must be at least 1")
+    for name, value in (("--repeats", args.repeats), ("--batch-size", args.batch_size),
+                        ("--loader-images", args.loader_images)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be at least 1, got {value}")
+    from .corpus import CORPORA
+
+    unknown = [c for c in args.corpora or () if c not in CORPORA]
+    if unknown:
+        raise UsageError(f"--corpora: unknown {', '.join(unknown)}; choose from {', '.join(CORPORA)}")
+    if args.device != "cpu":
+        import torch
+
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            raise UsageError(f"--device {args.device}: not a device name (cpu, cuda, cuda:1...)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device}: torch sees no CUDA device here")
     threads = args.threads or [cpus_available()]
     repeats = args.repeats or (3 if args.quick else 7)
     workdir = Path(tempfile.mkdtemp(prefix="funloader-bench-"))

@@ -235,7 +235,8 @@ def _pixel(kind: str):
 
 PIPELINES: List[Row] = [  # make(setup) -> run one epoch, return images (None: not here)
     Row("funloader", "DCTLoader: funloader.read_batch in native threads, DCT-domain RandomResizedCrop "
-        "(mode='nearest', block-aligned) + flip + normalisation fused into the decode -> (B, 192, 28, 28)",
+        "(mode='nearest', block-aligned; on originals within the centre square of whole blocks) + flip + "
+        "normalisation fused into the decode -> (B, 192, 28, 28)",
         _funloader("nearest", "funloader")),
     Row("funloader_raw", "the same on raw quantised integers (dequantize=False: what the paper's released "
         "models take)", _funloader("nearest", "funloader_raw", dequantize=False)),

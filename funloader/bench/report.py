@@ -31,6 +31,8 @@ TARGETS = [
 ]
 #: method names that are funloader's own (red in the plots); everything else is a baseline
 OURS_PREFIXES = ("read_fun", "read_batch", "funloader", "fun_")
+#: a baseline compared with another of our methods than the panel's first (it does the same work)
+COMPARED_WITH = {"pillow_rrc": "read_fun_exact"}
 
 
 def is_ours(method: str) -> bool:
@@ -110,11 +112,15 @@ def headline(sections: Dict[str, Section]) -> List[str]:
             ours = result.methods.get("funloader", {}).get("images_per_s")
             r = result.ratios
             if ours:
-                text = f"Loading augmented batches ({setting_label(key)}): DCTLoader {ours:,.0f} images/s"
+                text = f"Loading augmented batches ({setting_label(key)}): DCTLoader (block-aligned crop) {ours:,.0f} images/s"
                 versus = [f"{_x(r[k])} the {label}" for k, label in (
                     ("speedup_vs_pillow_pipeline", "torchvision-style Pillow pipeline"),
                     ("speedup_vs_paper_pipeline", "paper's pipeline"),
                     ("speedup_vs_dctnet_pipeline", "DCTNet-style pipeline")) if k in r]
+                exact = result.methods.get("funloader_exact", {}).get("images_per_s")
+                if exact and "exact_speedup_vs_pillow_pipeline" in r:
+                    versus.append(f"with the exact RandomResizedCrop (torchvision's, from the coefficients) "
+                                  f"{exact:,.0f} images/s, {_x(r['exact_speedup_vs_pillow_pipeline'])} the Pillow pipeline")
                 lines.append(text + (", " + ", ".join(versus) if versus else "") + ".")
     dali = sections.get("dali")
     if dali and not dali.skipped:
@@ -182,9 +188,9 @@ def to_markdown(report: Dict[str, object], *, targets: bool = False) -> str:
              f"{machine.get('cpus_available')} CPUs available, load average (1, 5, 15 min) "
              f"{report.get('load_before')} before and {report.get('load_after')} after.", ""]
     if reliability.get("busy"):
-        lines += ["**These numbers are unreliable: the machine was busy.** " + "; ".join(
-                      reason[0].upper() + reason[1:] for reason in reliability["reasons"]) +
-                  ". Other programs took CPU time from the measurements, so the ratios below may be wrong in "
+        lines += ["**These numbers are unreliable: the machine was busy.** " + " ".join(
+                      reason[0].upper() + reason[1:] + "." for reason in reliability["reasons"]) +
+                  " Other programs took CPU time from the measurements, so the ratios below may be wrong in "
                   "either direction; no conclusions are drawn. Rerun on an idle machine.", ""]
     else:
         lines += ["## What funloader buys on this machine", ""] + [f"- {line}" for line in headline(sections)] + [""]
@@ -250,11 +256,11 @@ def plot(report: Dict[str, object], output: Path, prefix: str = "") -> List[Path
             speeds = [values[n] for n in names]
             colours = ["tab:red" if is_ours(n) else "tab:gray" for n in names]
             axis.barh(names, speeds, color=colours)
-            ours = values.get(reference)
             for index, (method, speed) in enumerate(zip(names, speeds)):
                 label = f" {speed:,.0f}/s"
-                if ours and not is_ours(method):
-                    label += f"   {reference} is {ours / speed:.2f}x this"
+                compared = COMPARED_WITH.get(method) if COMPARED_WITH.get(method) in values else reference
+                if values.get(compared) and not is_ours(method):
+                    label += f"   {compared} is {values[compared] / speed:.2f}x this"
                 axis.text(speed, index, label, va="center", fontsize=8)
             axis.set_title(title, fontsize=10, loc="left")
             axis.set_xlim(0, max(speeds) * 1.6)

@@ -331,7 +331,9 @@ int fl_resize_plan(fl_resize_scratch *scratch, const fl_header *header, const fl
     const int native_h = fl_ceil_div((long long)header->height * v, vmax);
     /* libjpeg's upsampler choice (jdsample.c jinit_upsampler) for a full-resolution target */
     int mode_x = FL_AXIS_DIRECT, mode_y = FL_AXIS_DIRECT, ratio_x = 1, ratio_y = 1;
-    if (full_res && (h != hmax || v != vmax)) {
+    /* the source is always the full-resolution plane a decoder produces (the native plane upsampled as libjpeg
+     * does), also for "420" output: the result is then the resize of what Pillow decodes */
+    if (h != hmax || v != vmax) {
       const int rh = hmax % h == 0 ? hmax / h : 0, rv = vmax % v == 0 ? vmax / v : 0;
       if (rh == 2 && rv == 1 && native_w > 2) mode_x = FL_AXIS_TRIANGLE;
       else if (rh == 1 && rv == 2) mode_y = FL_AXIS_TRIANGLE;

@@ -8,15 +8,17 @@
  * block grid as read_fun does for a 4:2:0 file), block-DCT'd (orthonormal JPEG DCT of level-shifted
  * samples: the units of dequantized JPEG coefficients) and laid out as FUN (192, H8, W8).
  *
- * Pipeline per component: inverse DCT of the needed blocks only (clamped to [0, 255] as a decoder
- * does), separable resample with precomputed per-axis weights (vertical pass streamed one block row
- * at a time, then horizontal), forward DCT of each output block, then the caller's block maps and
- * per-channel affine (fl_mapping) while storing.
+ * Pipeline per component: inverse DCT (AAN, 8 columns per vector) of the needed blocks only, clamped to
+ * [0, 255] as a decoder does; then each axis's resampling fused with that axis's forward DCT (per output
+ * block, an 8 x span matrix = DCT x Pillow weights, applied to the native pixels it covers): a row pass over
+ * the needed pixel rows, a column pass per output block row; then the caller's block maps and per-channel
+ * affine (fl_mapping) while transposing to the FUN layout.  AVX2 when the CPU has it (run-time check), SSE2
+ * otherwise: the same operations in the same order (no fused multiply-add), hence the same bits.
  *
- * Source chroma: "420" resamples each component from its own (native) plane, the box scaled by
- * h/h_max, v/v_max.  "444" (and luma of odd files) reads the full-resolution plane a libjpeg decode
- * produces: the native plane upsampled by libjpeg's rule (h2v1/h1v2/h2v2 "fancy" triangle filter,
- * else replication), folded into the resampling weights (no upsampled plane is materialised).
+ * Source chroma: the full-resolution plane a libjpeg decode produces (the native plane upsampled by libjpeg's
+ * rule: h2v1/h1v2/h2v2 "fancy" triangle filter, else replication), for "444" and "420" alike, folded into the
+ * resampling weights (no upsampled plane is materialised; the blocks read are the same).  A fractional
+ * sampling ratio (which libjpeg cannot decode) resamples the native plane with the box scaled to it.
  *
  * Support: FL_SUPPORT_BOX is torchvision's resized_crop (crop, then resize): the filter reads only
  * the pixels of the box (for a non-integer box, the whole pixels it touches, [floor, ceil)); edge

@@ -159,7 +159,8 @@ class _FallbackSource:
     def __init__(self, resolved: ResolvedSource, batch_size: int, shard_id: int, num_shards: int, shuffle: bool,
                  seed: int, grid: Tuple[int, int], out_dtype, dequantize: bool, channels: Optional[List[int]],
                  strict: bool, max_pixels: Optional[int], on_error: str, stick_to_shard: bool,
-                 flip_probability: float = 0.0, normalization: Optional[Tuple[np.ndarray, np.ndarray]] = None):
+                 flip_probability: float = 0.0, normalization: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+                 resize=None):
         self.dataset = resolved.dataset
         self.labels = resolved.labels
         self.batch_size = batch_size
@@ -171,6 +172,7 @@ class _FallbackSource:
         self.channels = channels
         self.strict, self.max_pixels, self.on_error = strict, max_pixels, on_error
         self.stick_to_shard = stick_to_shard
+        self.resize = resize
         self.flip_probability = flip_probability
         self.normalized = normalization is not None
         # read_batch's affine over the 192 decoded channels (funloader.channels.decode_affine):
@@ -202,6 +204,27 @@ class _FallbackSource:
             self._orders = {epoch: cached}
         return cached
 
+    def box(self, index: int, epoch: int, position: int) -> Optional[np.ndarray]:
+        """The window ``(1, 4)`` of sample ``index`` read at ``position`` of ``epoch`` (``resize``'s draw
+        from a generator seeded by ``(seed, epoch, position)``), or None without ``resize`` or when the
+        header cannot be read (the decode then reports the file's error)."""
+        import torch
+
+        from ..codec import read_sizes
+
+        if self.resize is None:
+            return None
+        try:
+            size = read_sizes([self.dataset.source(index)], threads=1, strict=self.strict, max_pixels=self.max_pixels)
+        except (ValueError, OSError, MemoryError):
+            return None
+        generator = None
+        if self.resize.random:
+            generator = torch.Generator()
+            generator.manual_seed(int(np.random.SeedSequence([max(self.seed, 0), epoch, position]).generate_state(1)[0]))
+        box = self.resize.boxes(size, generator)
+        return None if np.isnan(box[0, 0]) else box
+
     def __call__(self, sample_info):
         from ..codec import read_batch
 
@@ -219,6 +242,9 @@ class _FallbackSource:
             layout["col_maps"] = np.arange(self.grid[1])[None, ::-1]
         if self.gain is not None and out.dtype == np.float32 and (flip or self.normalized):
             layout.update(gain=self.gain[int(flip)], bias=self.bias)
+        box = self.box(index, sample_info.epoch_idx, sample_info.idx_in_epoch)
+        if box is not None:
+            layout.update(boxes=box, subsampling=self.resize.subsampling, support=self.resize.support)
         error = read_batch([self.dataset.source(index)], out, threads=1, dequantize=self.dequantize,
                            strict=self.strict, max_pixels=self.max_pixels, warn=False, **layout)[0]
         if error is None and flip and out.dtype == np.int16:  # the sign half of the flip
@@ -280,7 +306,8 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
                  backend: str = "plugin", on_error: str = "raise", strict: bool = True,
                  max_pixels: Optional[int] = None, stick_to_shard: bool = False, initial_fill: int = 1024,
                  prefetch_queue_depth: int = 2, py_num_workers: Optional[int] = None,
-                 py_start_method: Optional[str] = None, color_jitter: Optional[Dict[str, Any]] = None):
+                 py_start_method: Optional[str] = None, color_jitter: Optional[Dict[str, Any]] = None,
+                 resize="auto"):
     """Build a DALI pipeline reading JPEGs into FUN inputs; outputs ``(images, labels)``.
 
     Args:
@@ -319,6 +346,18 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
         strict, max_pixels: as :func:`funloader.read_fun`.
         stick_to_shard: keep reading the same shard every epoch (DALI's readers otherwise move to the
             next shard each epoch).
+        resize: what the decode reads of each file, as ``DCTLoader`` does: ``"auto"`` (default, as
+            ``DCTLoader`` without a transform: ``funloader.transforms.ReadOrResize``: a file whose block
+            grid is the decode grid is read as it is, any other gets the evaluation transform
+            ``Resize(256) + CenterCrop(224)``, natively), a ``RandomResizedCrop(size)`` (exact mode) or
+            ``ResizeCenterCrop(size)`` (``crop`` is then its size), or None (every file centre-cropped /
+            zero-padded by whole blocks: no per-file window, see below). Windows are drawn in Python by
+            the transform (the plugin reads each file's size with ``fn.funloader.image_size`` and draws in a
+            ``fn.python_function``, which makes DALI run the pipeline without its asynchronous
+            execution; external_source draws per sample from ``(seed, epoch, position)``) and resized by
+            the native kernel, bit for bit as ``read_batch(boxes=)``; the windows the plugin drew last are
+            in ``pipe.funloader_boxes``. ``resize=None`` keeps DALI's asynchronous execution and gives the
+            same tensors as ``"auto"`` on files whose grid is the decode grid (e.g. prepared 224 sets).
         py_num_workers, py_start_method: external_source worker processes (default ``num_threads``;
             ``"spawn"``: forking a process that already runs threads (a DCTLoader, torch) can deadlock).
         color_jitter: ``{"brightness": .., "contrast": .., "saturation": .., "hue": ..}`` (torchvision
@@ -344,6 +383,17 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     resolved = resolve_source(source)
     if len(resolved) == 0:
         raise ValueError("the source holds no samples")
+    if isinstance(resize, str) and resize == "auto":
+        from ..transforms import ReadOrResize
+
+        resize = ReadOrResize(_pair(decode_grid) if decode_grid is not None else _pair(crop))
+    elif resize is not None:
+        if not getattr(resize, "reads_source", False):
+            raise ValueError("resize must be 'auto', None or a transform that reads the JPEG: "
+                             "RandomResizedCrop(size) (mode='exact') or ResizeCenterCrop(size)")
+        if decode_grid is not None or random_crop:
+            raise ValueError("resize replaces decode_grid/random_crop (its window is already random or centred)")
+        crop = resize.size
     crop_hw = _pair(crop)
     grid = _pair(decode_grid) if decode_grid is not None else crop_hw
     if grid[0] < crop_hw[0] or grid[1] < crop_hw[1]:
@@ -361,6 +411,8 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     if dtype_name == "int16" and decode_float:
         raise ValueError("dtype int16 cannot hold dequantized or normalised values; use float32/float16")
     decode_np_dtype = np.float32 if (decode_float or dtype_name != "int16") else np.int16
+    if resize is not None and not dequantize:  # raw mode: the resized crop rounded to int16 (q100), as DCTLoader
+        decode_np_dtype = np.int16
     decode_dali_dtype = types.FLOAT if decode_np_dtype == np.float32 else types.INT16
     threads = int(num_threads or max(1, len(os.sched_getaffinity(0))))
     limit = None if max_pixels is None else int(max_pixels)
@@ -378,6 +430,8 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     # workers: no extra pass over the batch) when that equals flip-after-crop: the crop is random or
     # absent (a centred crop of an odd margin is not symmetric under the flip).
     fuse = not gpu and (flip_probability == 0 or grid == crop_hw or random_crop)
+    if decode_np_dtype == np.int16 and stats is not None:
+        fuse = False  # normalisation of rounded integers: after the decode, as DCTLoader
     jitter = None
     if color_jitter is not None:  # colour maps come before normalisation: not fused into the operator
         from .color import jitter_ranges
@@ -391,10 +445,13 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
         feeder = _FallbackSource(resolved, batch_size, shard_id, num_shards, random_shuffle, seed, grid,
                                  decode_np_dtype, dequantize, decode_channels, strict, limit, on_error, stick_to_shard,
                                  flip_probability=flip_probability if fuse else 0.0,
-                                 normalization=normalization if fuse else None)
+                                 normalization=normalization if fuse else None, resize=resize)
+    drawer = _BoxDrawer(resize, seed) if resize is not None and backend == "plugin" else None
+
+    synchronous = {"exec_async": False, "exec_pipelined": False} if drawer is not None else {}
 
     @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id,
-                  seed=None if seed is None or seed < 0 else int(seed),
+                  seed=None if seed is None or seed < 0 else int(seed), **synchronous,
                   prefetch_queue_depth=prefetch_queue_depth,
                   py_num_workers=int(py_num_workers or threads),
                   py_start_method=py_start_method or "spawn")
@@ -425,7 +482,13 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
                 if normalization is not None:
                     op_args["scale"] = normalization[0].tolist()
                     op_args["shift"] = normalization[1].tolist()
-            images = fn.funloader.dct_decode(jpegs, **op_args)
+            if drawer is not None:  # the windows: each file's size from its header, drawn in Python
+                sizes = fn.funloader.image_size(jpegs, max_pixels=int(effective_limit))
+                boxes = fn.python_function(sizes, function=drawer, batch_processing=True, num_outputs=1)
+                op_args.update(support=resize.support, subsampling=resize.subsampling)
+                images = fn.funloader.dct_decode(jpegs, boxes, **op_args)
+            else:
+                images = fn.funloader.dct_decode(jpegs, **op_args)
         else:
             images, labels = fn.external_source(source=feeder, num_outputs=2, parallel=True, batch=False,
                                                 layout=["CHW", None], dtype=[decode_dali_dtype, types.INT32],
@@ -470,8 +533,34 @@ def fun_pipeline(source, batch_size: int, *, num_threads: Optional[int] = None, 
     pipe.funloader_source = resolved
     pipe.funloader_backend = backend
     pipe.funloader_feeder = feeder
+    pipe.funloader_boxes = drawer.drawn if drawer is not None else None
     _build(pipe)
     return pipe
+
+
+class _BoxDrawer:
+    """``fn.python_function`` of the plugin pipeline: the windows of a batch from the image sizes read
+    in the headers (``fn.funloader.image_size``), drawn by the transform in sample order from one
+    generator seeded with ``seed`` (the batches of a run follow each other); NaN (read as is) for a
+    file whose header is unreadable (its decode reports the error). Keeps the last batches' windows."""
+
+    def __init__(self, transform, seed: int):
+        import collections
+
+        import torch
+
+        self.transform = transform
+        self.generator = torch.Generator()
+        self.generator.manual_seed(max(int(seed), 0))
+        self.drawn = collections.deque(maxlen=64)
+
+    def __call__(self, sizes):
+        sizes = np.stack([np.asarray(size).reshape(2) for size in sizes]).astype(np.int64)
+        good = sizes.min(axis=1) > 0
+        boxes = np.full((len(sizes), 4), np.nan)
+        boxes[good] = self.transform.boxes(sizes[good], self.generator if self.transform.random else None)
+        self.drawn.append(boxes)
+        return [np.ascontiguousarray(box) for box in boxes]
 
 
 _ERROR_PATTERN = re.compile(r"funloader: (\w+) in '(.*?)': (.*?) \[(?:sample|external_source)", re.DOTALL)

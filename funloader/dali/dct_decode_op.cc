@@ -2,6 +2,9 @@
 //
 // Input 0: encoded JPEG bytes, one uint8 1-D tensor per sample (fn.readers.file,
 // fn.readers.webdataset, fn.external_source, ...).
+// Input 1 (optional): per sample a float64 (4,) box (top, left, height, width) in pixels of the
+// original image: the exact resized crop of that window (resize.h, as funloader.read_batch(boxes=));
+// a NaN box reads the sample's blocks as they are. Python draws the boxes (funloader.transforms).
 // Output 0: (C, crop_h, crop_w) layout "CHW", C = 192 or len(channels); int16 raw quantized
 // coefficients, or float32 (raw, or multiplied by the quantization tables with dequantize=True).
 // channel = 64 * component + 8 * v + u; chroma replicated onto the luma block grid; each image
@@ -10,6 +13,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstring>
 #include <utility>
 
@@ -31,6 +35,7 @@ const char *ErrorKind(int status) {
     case FL_ERR_IO: return "OSError";
     case FL_ERR_NOMEM: return "MemoryError";
     case FL_ERR_ARGUMENT: return "ValueError";
+    case FL_ERR_BOX: return "ValueError";
     default: return "JPEGDecodeError";
   }
 }
@@ -107,6 +112,14 @@ DctDecode::DctDecode(const ::dali::OpSpec &spec) : ::dali::Operator<::dali::CPUB
   gain_[1] = gain_[0];
   for (size_t channel = 0; channel < flip_signs_.size(); channel++) gain_[1][channel] *= flip_signs_[channel];
   for (int x = 0; x < out_w8_; x++) reversed_cols_.push_back(out_w8_ - 1 - x);
+  std::string support = spec.GetArgument<std::string>("support");
+  DALI_ENFORCE(support == "box" || support == "image",
+               "funloader.dct_decode: `support` must be \"box\" or \"image\", got \"" + support + "\"");
+  support_ = support == "box" ? FL_SUPPORT_BOX : FL_SUPPORT_IMAGE;
+  std::string subsampling = spec.GetArgument<std::string>("subsampling");
+  DALI_ENFORCE(subsampling == "420" || subsampling == "444",
+               "funloader.dct_decode: `subsampling` must be \"420\" or \"444\", got \"" + subsampling + "\"");
+  chroma_ = subsampling == "420" ? FL_CHROMA_420 : FL_CHROMA_444;
 }
 
 std::unique_ptr<DecoderSlot> DctDecode::Acquire() {
@@ -132,6 +145,14 @@ bool DctDecode::SetupImpl(std::vector<::dali::OutputDesc> &output_desc,
   DALI_ENFORCE(input.type() == DALI_UINT8,
                "funloader.dct_decode: the input must be encoded JPEG bytes (uint8)");
   int batch_size = input.num_samples();
+  if (ws.NumInput() > 1) {
+    const auto &boxes = ws.Input<::dali::CPUBackend>(1);
+    DALI_ENFORCE(boxes.type() == DALI_FLOAT64 && boxes.num_samples() == batch_size,
+                 "funloader.dct_decode: input 1 must hold one float64 box per sample");
+    for (int i = 0; i < batch_size; i++)
+      DALI_ENFORCE(boxes[i].shape().num_elements() == 4,
+                   "funloader.dct_decode: each box must be 4 float64 (top, left, height, width)");
+  }
   int64_t channels = channels_.empty() ? 192 : static_cast<int64_t>(channels_.size());
   output_desc.resize(1);
   output_desc[0].type = dtype_;
@@ -140,7 +161,7 @@ bool DctDecode::SetupImpl(std::vector<::dali::OutputDesc> &output_desc,
   return true;
 }
 
-std::string DctDecode::DecodeSample(const uint8_t *data, size_t size, void *out, bool flip) {
+std::string DctDecode::DecodeSample(const uint8_t *data, size_t size, void *out, bool flip, const double *box) {
   const size_t plane = static_cast<size_t>(out_h8_) * out_w8_ * elem_size_;
   std::unique_ptr<DecoderSlot> slot = Acquire();
   void *target = out;
@@ -163,9 +184,16 @@ std::string DctDecode::DecodeSample(const uint8_t *data, size_t size, void *out,
   const bool mapped = mapping.cols || mapping.gain;
   fl_header header;
   fl_result result;
-  int status = fl_decode_fun_mapped(slot->decoder, data, size, &options, target, target_bytes, fl_dtype_,
-                                    dequantize_ ? 1 : 0, out_h8_, out_w8_, mapped ? &mapping : nullptr, &header,
-                                    &result);
+  int status;
+  if (box != nullptr && !std::isnan(box[0])) {  // the exact resized crop of the box (dequantized units)
+    fl_resize_spec resize = {box[0], box[1], box[2], box[3], support_, chroma_};
+    status = fl_decode_fun_resized(slot->decoder, data, size, &options, target, target_bytes, fl_dtype_, out_h8_,
+                                   out_w8_, &resize, mapped ? &mapping : nullptr, &header, &result);
+  } else {
+    status = fl_decode_fun_mapped(slot->decoder, data, size, &options, target, target_bytes, fl_dtype_,
+                                  dequantize_ ? 1 : 0, out_h8_, out_w8_, mapped ? &mapping : nullptr, &header,
+                                  &result);
+  }
   if (status != FL_OK && normalize_) {
     // A replaced sample is all-zero coefficients, normalised like the others (as when the
     // normalisation runs as a separate step): the core zero-filled the output, the shift is added.
@@ -206,12 +234,15 @@ void DctDecode::RunImpl(::dali::Workspace &ws) {
       DALI_ENFORCE(flip_[i] == 0, "funloader.dct_decode: `flip` needs `flip_signs` (funloader.channels.flip_signs(\"h\"))");
   }
   auto &thread_pool = ws.GetThreadPool();
+  const ::dali::TensorList<::dali::CPUBackend> *boxes =
+      ws.NumInput() > 1 ? &ws.Input<::dali::CPUBackend>(1) : nullptr;
   for (int i = 0; i < batch_size; i++) {
-    thread_pool.AddWork([this, &input, &output, &errors, i](int) {
+    thread_pool.AddWork([this, &input, &output, &errors, boxes, i](int) {
       const auto &sample = input[i];
       const uint8_t *data = sample.data<uint8_t>();
       size_t size = static_cast<size_t>(sample.shape().num_elements());
-      errors[i] = DecodeSample(data, size, output.raw_mutable_tensor(i), flip_[i] != 0);
+      const double *box = boxes ? (*boxes)[i].data<double>() : nullptr;
+      errors[i] = DecodeSample(data, size, output.raw_mutable_tensor(i), flip_[i] != 0, box);
     }, -i);  // FIFO: earlier samples first
   }
   thread_pool.RunAll();
@@ -265,6 +296,38 @@ void ParseLabel::RunImpl(::dali::Workspace &ws) {
   }
 }
 
+ImageSize::ImageSize(const ::dali::OpSpec &spec)
+    : ::dali::Operator<::dali::CPUBackend>(spec), max_pixels_(spec.GetArgument<int64_t>("max_pixels")) {}
+
+bool ImageSize::SetupImpl(std::vector<::dali::OutputDesc> &output_desc, const ::dali::Workspace &ws) {
+  const auto &input = ws.Input<::dali::CPUBackend>(0);
+  DALI_ENFORCE(input.type() == DALI_UINT8, "funloader.image_size: the input must be encoded JPEG bytes (uint8)");
+  output_desc.resize(1);
+  output_desc[0].type = DALI_INT64;
+  output_desc[0].shape = ::dali::uniform_list_shape(input.num_samples(), ::dali::TensorShape<1>{2});
+  return true;
+}
+
+void ImageSize::RunImpl(::dali::Workspace &ws) {
+  const auto &input = ws.Input<::dali::CPUBackend>(0);
+  auto &output = ws.Output<::dali::CPUBackend>(0);
+  fl_options options;
+  std::memset(&options, 0, sizeof(options));
+  options.strict = 1;
+  options.max_pixels = max_pixels_ > 0 ? static_cast<uint64_t>(max_pixels_) : 0;
+  options.max_scans = 0;
+  for (int i = 0; i < input.num_samples(); i++) {
+    const auto &sample = input[i];
+    fl_header header;
+    fl_result result;
+    int status = fl_read_size(slot_.decoder, sample.data<uint8_t>(),
+                              static_cast<size_t>(sample.shape().num_elements()), &options, &header, &result);
+    int64_t *size = output.mutable_tensor<int64_t>(i);
+    size[0] = status == FL_OK ? header.height : 0;
+    size[1] = status == FL_OK ? header.width : 0;
+  }
+}
+
 }  // namespace funloader_dali
 
 namespace dali {
@@ -277,9 +340,17 @@ colour conversion or resize) and lays them out as the FUN input ``(C, crop_h, cr
 ``channel = 64 * component + 8 * v + u`` (Y, Cb, Cr; chroma replicated onto the luma block grid;
 grayscale gives zero chroma). Each image is centre-cropped or zero-padded by whole 8x8 blocks to
 ``crop``, exactly as ``funloader.read_batch``. The decoding is funloader's C core.)code")
-    .NumInput(1)
+    .NumInput(1, 2)
     .NumOutput(1)
     .InputDox(0, "data", "TensorList", "Encoded JPEG bytes, one 1-D uint8 tensor per sample.")
+    .InputDox(1, "boxes", "TensorList", "Optional: per sample a float64 (4,) window (top, left, height, width) in "
+              "pixels of the original image, resized exactly (decoded YCbCr, bilinear antialias, block DCT) to "
+              "`crop` blocks, as funloader.read_batch(boxes=); a NaN box reads the blocks as they are.")
+    .AddOptionalArg("support", "With boxes: \"box\" (crop then resize, torchvision resized_crop) or \"image\" "
+                    "(the filter reads around the box: Pillow resize(box=), Resize + CenterCrop).",
+                    std::string("box"))
+    .AddOptionalArg("subsampling", "With boxes: \"420\" (chroma resized at half resolution, replicated) or "
+                    "\"444\" (chroma at full resolution).", std::string("420"))
     .AddOptionalArg<int>("crop", "Output block grid (H8, W8); 28x28 blocks = 224x224 pixels.",
                          std::vector<int>{28, 28})
     .AddOptionalArg("dequantize", "Multiply by the quantization tables (float32 output).", false)
@@ -311,6 +382,17 @@ grayscale gives zero chroma). Each image is centre-cropped or zero-padded by who
                            "needs dtype FLOAT. Empty: no normalisation.", std::vector<float>{})
     .AddOptionalArg<float>("shift", "Per output channel: added after `scale`; same length as scale.",
                            std::vector<float>{});
+
+DALI_REGISTER_OPERATOR(funloader__ImageSize, ::funloader_dali::ImageSize, CPU);
+
+DALI_SCHEMA(funloader__ImageSize)
+    .DocStr("(height, width) int64 of each JPEG from its header (funloader's parser); (0, 0) when the header "
+            "cannot be read, so that the decode reports the file's error.")
+    .NumInput(1)
+    .NumOutput(1)
+    .InputDox(0, "data", "TensorList", "Encoded JPEG bytes, one 1-D uint8 tensor per sample.")
+    .AddOptionalArg<int64_t>("max_pixels", "Decompression-bomb limit (width*height); 0: no limit.",
+                             static_cast<int64_t>(178956970));
 
 DALI_REGISTER_OPERATOR(funloader__ParseLabel, ::funloader_dali::ParseLabel, CPU);
 

@@ -16,6 +16,7 @@
 
 extern "C" {
 #include "jpegdct_core.h"
+#include "resize.h"
 }
 
 namespace funloader_dali {
@@ -50,7 +51,9 @@ class DctDecode : public ::dali::Operator<::dali::CPUBackend> {
   // output planes whose sign is -1);
   // normalisation x * scale + shift likewise (float32, multiply then add, each rounded: the same
   // bits as funloader.DCTLoader).
-  std::string DecodeSample(const uint8_t *data, size_t size, void *out, bool flip);
+  // `box` (top, left, height, width in original pixels), or nullptr / a NaN box: read the blocks as
+  // they are (centre crop / zero padding); else the exact resized crop of the box (resize.h).
+  std::string DecodeSample(const uint8_t *data, size_t size, void *out, bool flip, const double *box);
 
   int out_h8_, out_w8_;
   bool dequantize_;
@@ -69,6 +72,8 @@ class DctDecode : public ::dali::Operator<::dali::CPUBackend> {
   std::vector<float> bias_;            // per decoded channel (192): shift (or 0)
   std::vector<int32_t> reversed_cols_; // block map of a horizontal flip: out_w8 - 1 - x
   std::vector<int> flip_;  // per sample of the current batch
+  int support_;            // FL_SUPPORT_BOX or FL_SUPPORT_IMAGE (resized crops)
+  int chroma_;             // FL_CHROMA_420 or FL_CHROMA_444 (resized crops)
   std::mutex pool_mutex_;
   std::vector<std::unique_ptr<DecoderSlot>> pool_;
 };
@@ -84,6 +89,23 @@ class ParseLabel : public ::dali::Operator<::dali::CPUBackend> {
   bool SetupImpl(std::vector<::dali::OutputDesc> &output_desc,
                  const ::dali::Workspace &ws) override;
   void RunImpl(::dali::Workspace &ws) override;
+};
+
+// "funloader__ImageSize" -> `fn.funloader.image_size`: (height, width) int64 of each JPEG from its
+// header (funloader's own parser, fl_read_size); (0, 0) when the header cannot be read (the decode
+// then reports the file's error, so on_error keeps working). Feeds the Python window drawing.
+class ImageSize : public ::dali::Operator<::dali::CPUBackend> {
+ public:
+  explicit ImageSize(const ::dali::OpSpec &spec);
+
+ protected:
+  bool SetupImpl(std::vector<::dali::OutputDesc> &output_desc,
+                 const ::dali::Workspace &ws) override;
+  void RunImpl(::dali::Workspace &ws) override;
+
+ private:
+  DecoderSlot slot_;
+  int64_t max_pixels_;
 };
 
 }  // namespace funloader_dali
