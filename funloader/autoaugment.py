@@ -232,6 +232,20 @@ class _Policy(DCTTransform):
 
     def __call__(self, x, generator: Optional[torch.Generator] = None):
         batch, restore = _as_batch(x, type(self).__name__)
+        out, gain, bias = self.split(batch, generator)
+        if gain is not None:
+            out = torch.addcmul(bias.to(device=out.device, dtype=out.dtype)[:, :, None, None], out,
+                                gain.to(device=out.device, dtype=out.dtype)[:, :, None, None])
+        elif out is batch:
+            out = batch.clone()
+        return restore(out)
+
+    def split(self, batch: torch.Tensor, generator: Optional[torch.Generator] = None):
+        """The policy on a batch ``(N, 192, H8, W8)`` float as ``(moved, gain, bias)``: block shifts
+        (and the colour maps drawn before a shift) applied, the remaining colour maps and frequency
+        masks as a per-item per-channel affine ``moved * gain + bias`` (``(N, 192)`` float64, or None
+        when there is none; ``moved`` may be ``batch`` itself then). Same draws as ``__call__``."""
+        batch, _ = _as_batch(batch, type(self).__name__)
         N, _, H, W = batch.shape
         drawn = self.params(N, (H, W), generator)
         index = {name: i for i, name in enumerate(self.ops)}
@@ -266,14 +280,13 @@ class _Policy(DCTTransform):
             keep_y = np.where(dropped, np.minimum(keep_y, 64 - np.round(magnitude * 63).astype(np.int64)), keep_y)
             keep_c = np.where(dropped, np.minimum(keep_c, 64 - np.round(magnitude * 63).astype(np.int64)), keep_c)
             keep_c = np.where(op == code["ChromaDropout"], np.minimum(keep_c, 1), keep_c)
+        gain = bias = None
         if touched.any():
-            out = pending.apply(out, out=None if out is batch else out)
+            gain, bias = pending.gain_bias(out)
         if (keep_y < 64).any() or (keep_c < 64).any():  # 0/1 frequency masks commute with colour maps and shifts
-            gain = _keep_gain(torch.from_numpy(keep_y), torch.from_numpy(keep_c))
-            out = out * gain.to(device=out.device, dtype=out.dtype)[:, :, None, None]
-        if out is batch:
-            out = batch.clone()
-        return restore(out)
+            mask = _keep_gain(torch.from_numpy(keep_y), torch.from_numpy(keep_c))
+            gain, bias = (mask, torch.zeros_like(mask)) if gain is None else (gain * mask, bias * mask)
+        return out, gain, bias
 
 
 def _shift_in_place(image: torch.Tensor, dy: int, dx: int, fill: torch.Tensor) -> None:

@@ -167,16 +167,20 @@ class ColorAffine:
         contrast): then the map is ``x * gain + bias`` per channel (see ``gain_bias``)."""
         return bool(torch.all(self.chroma_angle == 0) and torch.all(self.dc_mean_gain == 0))
 
-    def gain_bias(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(N, 192)`` float64 ``gain`` and ``bias`` with ``out = x * gain + bias`` (needs ``diagonal``)."""
-        if not self.diagonal:
-            raise ValueError("a hue rotation or a contrast change is not a per-channel affine")
+    def gain_bias(self, x: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(N, 192)`` float64 ``gain`` and ``bias`` with ``out = x * gain + bias``. Needs ``diagonal``,
+        or, for a contrast change, the batch ``x`` it applies to (its mean Y DC gives the bias); a hue
+        rotation is never per-channel."""
+        if not bool(torch.all(self.chroma_angle == 0)) or (x is None and not self.diagonal):
+            raise ValueError("a hue rotation, or a contrast change without its image, is not a per-channel affine")
         N = self.y_gain.shape[0]
         gain = torch.empty(N, 192, dtype=torch.float64)
         gain[:, :64] = self.y_gain[:, None]
         gain[:, 64:] = self.chroma_gain[:, None]
         bias = torch.zeros(N, 192, dtype=torch.float64)
         bias[:, 0] = self.dc_bias
+        if x is not None and bool(torch.any(self.dc_mean_gain != 0)):
+            bias[:, 0] += self.dc_mean_gain * x[:, 0].to(torch.float64).mean(dim=(-2, -1)).cpu()
         return gain, bias
 
     def apply(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -477,3 +481,4 @@ def fold_affine(sign: Optional[torch.Tensor], gain: Optional[torch.Tensor], bias
     if bias is None:
         return total, shift
     return total, bias.to(torch.float32) * scale + shift
+

@@ -12,9 +12,9 @@ Files (JSON, next to the data): ``stats-dequantized.json`` and ``stats-raw.json`
 also accepts a ``stats.json`` (as written by ``funloader prepare --stats``) whose ``dequantized``
 field matches. Content: ``{"format": "funloader-stats", "version": 1, "dequantized": bool,
 "size": [h, w], "count": images, "positions": blocks per channel, "failed": n, "mean": [192],
-"std": [192]}``. When the data folder cannot be written (read-only, another user's), the file goes
-to the cache instead (:func:`cache_path`: ``$FUNLOADER_CACHE_DIR/stats/...``), and ``resolve``
-looks there too.
+"std": [192]}``. When the data folder cannot be written (read-only, or shared without write
+permission), the file goes to the cache instead (:func:`cache_path`:
+``$FUNLOADER_CACHE_DIR/stats/...``), and ``resolve`` looks there too.
 
 Validation (every path that brings statistics in: files, dicts, ``(mean, std)`` pairs, tensors):
 192 finite numbers each, no strings or nested lists, every std 0 (a constant channel: centred only)

@@ -18,13 +18,15 @@ for reproducible draws (the parameters are drawn on the CPU, then applied on the
 Exactness: flips, crops, frequency selection, dequantisation and normalisation are exact. Flipping
 reverses the block order and negates the coefficients of odd ``u`` (odd ``v`` for a vertical flip):
 the result equals the coefficients of ``jpegtran -flip horizontal -trim`` of the same file.
-Scale changes are not exact in the DCT domain of a JPEG (the result is not a quantised JPEG any
-more); ``resized_crop`` offers two approximations, see its docstring.
+Scale changes: ``RandomResizedCrop(mode="exact")`` (default) and ``ResizeCenterCrop`` pick a window of
+the original image in pixels and the native decode resizes it exactly (decoded YCbCr pixels, Pillow's
+bilinear antialias, block DCT: ~56 dB luma PSNR against Pillow); they run inside the decode
+(``DCTLoader``, ``read_batch(boxes=)``). ``mode="nearest"`` / ``resized_crop`` repeat whole blocks of
+decoded coefficients: approximate (median luma PSNR ~20 dB), see docs/loader.md.
 """
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -287,47 +289,6 @@ def resize_center_crop_box(height: int, width: int, resize: int, crop: Tuple[int
     return top * scale_y, left * scale_x, crop_h * scale_y, crop_w * scale_x
 
 
-_DCT8 = None
-
-
-def _dct_matrix() -> np.ndarray:
-    """Orthonormal 8-point DCT-II matrix ``T[k, x]`` (float64) — the JPEG block transform."""
-    global _DCT8
-    if _DCT8 is None:
-        k = np.arange(8)[:, None]
-        n = np.arange(8)[None, :]
-        T = np.cos((2 * n + 1) * k * np.pi / 16) * np.sqrt(2 / 8)
-        T[0] /= np.sqrt(2)
-        _DCT8 = T
-    return _DCT8
-
-
-@lru_cache(maxsize=512)
-def _dct_resample_matrix(blocks_in: int, blocks_out: int) -> torch.Tensor:
-    """``(8*blocks_out, 8*blocks_in)`` float64 map, along one axis, from the coefficients of
-    ``blocks_in`` blocks to those of ``blocks_out`` blocks: inverse block DCT, linear resampling of
-    the pixels (``F.interpolate`` bilinear, ``align_corners=False``, antialiased when shrinking), block DCT."""
-    T = _dct_matrix()
-    n_in, n_out = 8 * blocks_in, 8 * blocks_out
-    # Resample the columns of an identity image along its height only: column i becomes the resampled
-    # unit vector e_i, so R (n_out, n_in) is the 1-D operator that F.interpolate applies separably in 2-D.
-    identity = torch.eye(n_in, dtype=torch.float64)[None, None]
-    R = F.interpolate(identity, size=(n_out, n_in), mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy()
-    to_pixels = np.kron(np.eye(blocks_in), T).T  # (n_in, n_in)
-    to_coeffs = np.kron(np.eye(blocks_out), T)  # (n_out, n_out)
-    return torch.from_numpy(to_coeffs @ R @ to_pixels)
-
-
-def _axis_maps(starts, lengths, blocks_in: int, blocks_out: int, dtype, device) -> torch.Tensor:
-    """Per-item ``(N, 8*blocks_out, 8*blocks_in)`` maps: resample the window [start, start+length)."""
-    N = len(starts)
-    maps = torch.zeros((N, 8 * blocks_out, 8 * blocks_in), dtype=torch.float64)
-    for item in range(N):
-        start, length = int(starts[item]), int(lengths[item])
-        maps[item, :, 8 * start:8 * (start + length)] = _dct_resample_matrix(length, blocks_out)
-    return maps.to(device=device, dtype=dtype)
-
-
 def _nearest_indices(starts, lengths, blocks_out: int) -> torch.Tensor:
     starts = torch.as_tensor(starts, dtype=torch.int64)
     lengths = torch.as_tensor(lengths, dtype=torch.int64)
@@ -335,52 +296,28 @@ def _nearest_indices(starts, lengths, blocks_out: int) -> torch.Tensor:
     return starts[:, None] + pos.floor().long().clamp_(max=(lengths[:, None] - 1))
 
 
-def _resized_crop_batch(x: torch.Tensor, boxes: torch.Tensor, size: Tuple[int, int], mode: str,
-                        channels) -> torch.Tensor:
-    N, C, H, W = x.shape
+def _resized_crop_batch(x: torch.Tensor, boxes: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Nearest-block resized crop of each item's block window ``boxes`` (N, 4) to ``size`` blocks."""
     out_h, out_w = size
     boxes = boxes.to(torch.int64).cpu()
-    if mode == "nearest":
-        rows = _nearest_indices(boxes[:, 0], boxes[:, 2], out_h)
-        cols = _nearest_indices(boxes[:, 1], boxes[:, 3], out_w)
-        return _gather_windows(x, rows, cols)
-    if mode != "dct":
-        raise ValueError(f"mode must be 'dct' or 'nearest', got {mode!r}")
-    chans = _channels_of(x, channels)
-    if len(chans) != 192 or not np.array_equal(chans, _ALL_CHANNELS):
-        raise ValueError("mode='dct' needs all 192 channels (resample before selecting frequencies)")
-    work_dtype = x.dtype if x.is_floating_point() and x.dtype != torch.float16 and x.dtype != torch.bfloat16 else torch.float32
-    planes = x.to(work_dtype).reshape(N, 3, 8, 8, H, W).permute(0, 1, 4, 2, 5, 3).reshape(N, 3, 8 * H, 8 * W)
-    rows_map = _axis_maps(boxes[:, 0], boxes[:, 2], H, out_h, work_dtype, x.device)  # (N, 8oh, 8H)
-    cols_map = _axis_maps(boxes[:, 1], boxes[:, 3], W, out_w, work_dtype, x.device)  # (N, 8ow, 8W)
-    resampled = rows_map[:, None] @ planes @ cols_map[:, None].transpose(-1, -2)  # (N, 3, 8oh, 8ow)
-    out = resampled.reshape(N, 3, out_h, 8, out_w, 8).permute(0, 1, 3, 5, 2, 4).reshape(N, 192, out_h, out_w)
-    if not x.is_floating_point():
-        out = out.round().to(x.dtype)
-    elif out.dtype != x.dtype:
-        out = out.to(x.dtype)
-    return out.contiguous()
+    rows = _nearest_indices(boxes[:, 0], boxes[:, 2], out_h)
+    cols = _nearest_indices(boxes[:, 1], boxes[:, 3], out_w)
+    return _gather_windows(x, rows, cols)
 
 
 def resized_crop(x: Array, top: int, left: int, height: int, width: int, size: SizeLike = 28,
-                 mode: str = "dct", channels: Optional[Sequence[int]] = None) -> Array:
-    """Crop the block window ``(top, left, height, width)`` and resize it to ``size`` blocks.
-
-    Two approximations of a pixel-domain resized crop (neither is a JPEG decode):
-
-    - ``mode="dct"``: exact *linear* resampling in the DCT domain: the result equals, up to float
-      rounding, taking the inverse block DCT of the window (unquantised pixels, no clamping, chroma
-      as replicated on the luma grid), resizing it bilinearly (``F.interpolate``, antialiased when
-      shrinking) and taking the block DCT again — done as two matrix products per item, no
-      pixels materialised. Costs about ``2 * 3 * (8*size)^3`` multiply-adds per image (GPU-friendly).
-      Integer inputs are rounded back to integers.
-    - ``mode="nearest"``: nearest-neighbour resampling of whole blocks (blocks are repeated or
-      skipped; their content is unchanged, so object scale changes but texture frequency does not).
-      A gather, almost free.
+                 mode: str = "nearest") -> Array:
+    """Approximate resized crop of decoded coefficients: the block window ``(top, left, height, width)``
+    resized to ``size`` blocks by repeating or skipping whole blocks (``mode="nearest"``, the only
+    mode: object scale changes, the texture inside a block does not; see docs/loader.md for its
+    measured fidelity). The exact resized crop is a pixel operation on the JPEG:
+    ``RandomResizedCrop(mode="exact")`` / ``read_batch(boxes=)``.
 
     ``x``: ``(C, H8, W8)`` or ``(N, C, H8, W8)`` (one window for the whole batch here; the class
-    ``RandomResizedCrop`` draws one per item).
-    """
+    ``RandomResizedCrop`` draws one per item)."""
+    if mode != "nearest":
+        raise ValueError(f"resized_crop on decoded coefficients is mode='nearest' only, got {mode!r} (the exact "
+                         "resized crop runs in the decode: read_batch(boxes=) or RandomResizedCrop(mode='exact'))")
     out_size = _pair(size)
     was_numpy = isinstance(x, np.ndarray)
     t = torch.from_numpy(np.ascontiguousarray(x)) if was_numpy else x
@@ -389,7 +326,7 @@ def resized_crop(x: Array, top: int, left: int, height: int, width: int, size: S
     if not (0 <= top and 0 <= left and top + height <= t.shape[-2] and left + width <= t.shape[-1] and height > 0 and width > 0):
         raise ValueError(f"window {(top, left, height, width)} is not inside the {t.shape[-2]}x{t.shape[-1]} block grid")
     boxes = torch.tensor([[top, left, height, width]], dtype=torch.int64).expand(batch.shape[0], 4)
-    out = _resized_crop_batch(batch, boxes, out_size, mode, channels)
+    out = _resized_crop_batch(batch, boxes, out_size)
     out = out[0] if single else out.reshape(*t.shape[:-3], *out.shape[-3:])
     return out.numpy() if was_numpy else out
 
@@ -725,23 +662,22 @@ class RandomResizedCrop(SourceTransform):
     scale changes but the texture inside a block does not (far from the pixel operation: see
     docs/loader.md for its measured PSNR). A gather; runs on any coefficient tensor.
 
-    ``mode="dct"``: approximate, for coefficient tensors (e.g. on a GPU): the block window resampled
-    by a linear map in the DCT domain (inverse block DCT, bilinear resize, block DCT as matrix products).
+    (``mode="dct"``, a linear DCT-domain resampling of the block window, is gone: ``exact`` is both
+    faithful and fast.)
     """
 
     random = True
 
     def __init__(self, size: SizeLike = 28, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), mode: str = "exact",
-                 channels: Optional[Sequence[int]] = None, subsampling: str = "420"):
-        if mode not in ("exact", "nearest", "dct"):
-            raise ValueError(f"mode must be 'exact', 'nearest' or 'dct', got {mode!r}")
+                 subsampling: str = "420"):
+        if mode not in ("exact", "nearest"):
+            raise ValueError(f"mode must be 'exact' (default) or 'nearest' (approximate), got {mode!r}")
         if subsampling not in ("420", "444"):
             raise ValueError(f"subsampling must be '420' or '444', got {subsampling!r}")
         self.size = _pair(size)
         self.scale = tuple(scale)
         self.ratio = tuple(ratio)
         self.mode = mode
-        self.channels = None if channels is None else list(channels)
         self.subsampling = subsampling
 
     @property
@@ -778,7 +714,7 @@ class RandomResizedCrop(SourceTransform):
         t = torch.from_numpy(np.ascontiguousarray(x)) if was_numpy else x
         batch = t if t.ndim == 4 else t[None]
         boxes = resized_crop_params(tuple(batch.shape[-2:]), self.scale, self.ratio, batch.shape[0], generator)
-        out = _resized_crop_batch(batch, boxes, self.size, self.mode, self.channels)
+        out = _resized_crop_batch(batch, boxes, self.size)
         out = out if t.ndim == 4 else out[0]
         return out.numpy() if was_numpy else out
 

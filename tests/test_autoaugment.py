@@ -114,3 +114,19 @@ def test_policy_same_draws_on_cuda(batch):
     cpu = policy(batch.float(), torch.Generator().manual_seed(3))
     gpu = policy(batch.float().cuda(), torch.Generator().manual_seed(3))
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-3)
+
+
+def test_loader_with_policy_equals_the_policy_then_normalisation(shared_data):
+    from funloader.loader import DCTLoader, _batch_seed
+
+    samples = [(str(p), i % 2) for i, p in enumerate(photos(shared_data, "4:2:0", limit=8))]
+    stats = (np.linspace(-10, 10, 192), np.linspace(1, 20, 192))
+    pipeline = T.Compose([T.RandomResizedCrop(16, mode="nearest"), T.RandomHorizontalFlip(),
+                          T.RandAugment(2, 15, ops=T.RANDAUGMENT_OPS + T.JPEG_OPS)])
+    loader = DCTLoader(samples, batch_size=8, size=16, transform=pipeline, normalize=stats, seed=4, chunk_size=4)
+    x, _ = next(iter(loader))
+    buffer = torch.empty((8, 192, 16, 16))
+    loader.decode(list(range(8)), buffer)
+    generator = torch.Generator().manual_seed(_batch_seed(4, 0, 0, 0))
+    stepwise = torch.cat([pipeline(buffer[i:i + 4].double(), generator) for i in (0, 4)])
+    torch.testing.assert_close(x, T.normalize(stepwise, *stats).float(), rtol=1e-5, atol=2e-4)

@@ -388,3 +388,21 @@ def test_no_transform_on_originals_is_the_evaluation_transform(originals, johns)
     funloader.read_batch([paths[0]], single, boxes=T.ResizeCenterCrop(19).boxes(funloader.codec.read_sizes(paths[:1])),
                          support="image")
     np.testing.assert_array_equal(x[0].numpy(), single[0])
+
+
+def test_dataset_items_take_exact_transforms_too(originals):
+    """DCTImageFolder(transform=...) with a first step that reads the JPEG gives per item what DCTLoader
+    gives per batch (a standard DataLoader path): the evaluation transform bit for bit, and a random
+    RandomResizedCrop (global torch RNG, as torchvision) of the right shape."""
+    dataset = DCTImageFolder(originals, transform=T.ResizeCenterCrop(28))
+    loader = DCTLoader(originals, batch_size=6, transform=T.ResizeCenterCrop(28), normalize=False)
+    x, _ = next(iter(loader))
+    for item in (0, 3, 5):
+        np.testing.assert_array_equal(dataset[item][0].numpy(), x[item].numpy())
+    augmented = DCTImageFolder(originals, transform=T.Compose([T.RandomResizedCrop(20), T.RandomHorizontalFlip()]))
+    torch.manual_seed(0)
+    first = augmented[2][0]
+    torch.manual_seed(0)
+    assert first.shape == (192, 20, 20) and torch.equal(first, augmented[2][0])
+    batch = next(iter(DataLoader(augmented, batch_size=4)))
+    assert batch[0].shape == (4, 192, 20, 20)

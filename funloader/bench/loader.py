@@ -240,8 +240,6 @@ PIPELINES: List[Row] = [  # make(setup) -> run one epoch, return images (None: n
         _funloader("nearest", "funloader")),
     Row("funloader_raw", "the same on raw quantised integers (dequantize=False: what the paper's released "
         "models take)", _funloader("nearest", "funloader_raw", dequantize=False)),
-    Row("funloader_dct", "the same with the DCT-domain resampling RandomResizedCrop(mode='dct')",
-        _funloader("dct", "funloader_dct")),
     Row("funloader_exact", "the same with RandomResizedCrop(mode='exact'): torchvision's resized crop "
         "computed from the coefficients", _funloader_exact),
     Row("funloader_augment", "funloader_exact (funloader when there is no exact crop) + RandAugment(2, 9) "
@@ -254,7 +252,7 @@ PIPELINES: List[Row] = [  # make(setup) -> run one epoch, return images (None: n
         "(B, 192, 28, 28)", _pixel("dctnet")),
 ]
 #: pipelines left out of --quick (the other funloader modes and DCTNet)
-QUICK_SKIP = ("funloader_dct", "dctnet", "funloader_augment")
+QUICK_SKIP = ("dctnet", "funloader_augment")
 
 
 def _image_grid(files: Sequence[str]) -> int:
