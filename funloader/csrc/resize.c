@@ -679,7 +679,7 @@ const char *fl_resize_simd(void) {
 }
 
 static void fl_fill_planes(void *out, int c, int dtype, size_t plane, const float *bias) {
-  const size_t element = dtype == FL_DTYPE_FLOAT32 ? 4 : 2;
+  const size_t element = fl_dtype_size(dtype);
   if (dtype != FL_DTYPE_FLOAT32 || !bias) {
     memset((char *)out + (size_t)64 * c * plane * element, 0, 64 * plane * element);
     return;
