@@ -44,8 +44,9 @@ def _extension():
         link_args += flags
     return Extension(
         "funloader._jpegdct",
-        sources=["funloader/csrc/jpegdct_module.c", "funloader/csrc/jpegdct_core.c", "funloader/csrc/resize.c"],
-        depends=["funloader/csrc/jpegdct_core.h", "funloader/csrc/resize.h"],
+        sources=["funloader/csrc/jpegdct_module.c", "funloader/csrc/jpegdct_core.c", "funloader/csrc/huffman.c",
+                 "funloader/csrc/resize.c"],
+        depends=["funloader/csrc/jpegdct_core.h", "funloader/csrc/huffman.h", "funloader/csrc/resize.h"],
         include_dirs=include_dirs + ["funloader/csrc"],
         library_dirs=library_dirs,
         libraries=["jpeg"],

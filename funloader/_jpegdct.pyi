@@ -9,7 +9,10 @@ reason, ``warnings`` the recoverable problems libjpeg reported (lenient mode).
 A *header* is a dict: ``width``, ``height``, ``num_components``, ``colorspace`` (``"YCbCr"`` or
 ``"gray"``), ``progressive``, ``arithmetic``, ``sampling`` [(h, v)] and ``blocks``
 [(blocks_h, blocks_w)] per component, ``qtables`` (bytes: uint16 natural order, 64 per component),
-``grid`` (H8, W8).
+``grid`` (H8, W8), ``decoder`` (``"funloader"`` or ``"libjpeg"``: which entropy decoder read it),
+``handover`` (why funloader's own decoder handed the file to libjpeg, or "").
+*decoder* arguments: ``DECODER_AUTO`` (default: the own decoder for baseline files, libjpeg for the
+rest) or ``DECODER_LIBJPEG``.
 """
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -33,34 +36,41 @@ CHROMA_444: int
 DTYPE_INT16: int
 DTYPE_FLOAT32: int
 MAX_COMPONENTS: int
+DECODER_AUTO: int
+DECODER_LIBJPEG: int
 
 
 class Decoder:
     """One libjpeg decompressor (and its buffers), reused across calls; one thread at a time."""
 
     def read_fun(self, source: _Source, out: Optional[_Buffer], dtype: int, dequantize: bool, strict: bool,
-                 max_pixels: int, max_scans: int, /) -> Tuple[Optional[Any], Optional[_Header], _Result]:
+                 max_pixels: int, max_scans: int, decoder: int = ..., /
+                 ) -> Tuple[Optional[Any], Optional[_Header], _Result]:
         """The FUN layout ``(192, H8, W8)`` of ``dtype`` (``DTYPE_*``) into ``out`` (or a new bytearray
         when ``out`` is None); ``max_pixels`` 0: no limit. Returns ``(buffer, header, result)``,
         ``buffer`` and ``header`` None on failure."""
 
     def read_resized(self, source: _Source, out: _Buffer, out_h8: int, out_w8: int, dtype: int,
                      box: Tuple[float, float, float, float], support: int, chroma: int, strict: bool,
-                     max_pixels: int, max_scans: int, /) -> Tuple[Optional[_Header], _Result]:
+                     max_pixels: int, max_scans: int, decoder: int = ..., /) -> Tuple[Optional[_Header], _Result]:
         """The exact resized crop of ``box`` (top, left, height, width) into ``out`` ``(192, out_h8, out_w8)``
         (``SUPPORT_*``, ``CHROMA_*``; see funloader/csrc/resize.h); ``header`` None on failure
         (``ERR_BOX``: the box is outside the image or empty)."""
 
-    def read_dct(self, source: _Source, strict: bool, max_pixels: int, max_scans: int, /
+    def read_dct(self, source: _Source, strict: bool, max_pixels: int, max_scans: int, decoder: int = ..., /
                  ) -> Tuple[Optional[_Header], List[bytearray], _Result]:
         """Every component's coefficients ``(blocks_h, blocks_w, 64)`` int16, one bytearray each."""
+
+    def decoder_path(self, source: _Source, max_pixels: int, /) -> Tuple[bool, str, _Result]:
+        """Whether ``DECODER_AUTO`` decodes the file with the own decoder (its entropy data decoded to
+        find out), the hand-over reason otherwise, and the result of reading the source."""
 
 
 def decode_batch(sources: Sequence[_Source], out: _Buffer, out_h8: int, out_w8: int, dtype: int, dequantize: bool,
                  threads: int, strict: bool, max_pixels: int, max_scans: int,
                  row_maps: Optional[_Buffer] = None, col_maps: Optional[_Buffer] = None,
                  gains: Optional[_Buffer] = None, bias: Optional[_Buffer] = None, boxes: Optional[_Buffer] = None,
-                 support: int = ..., chroma: int = ..., /) -> List[Optional[_Result]]:
+                 support: int = ..., chroma: int = ..., decoder: int = ..., /) -> List[Optional[_Result]]:
     """Decode N sources into ``out`` ``(N, 192, out_h8, out_w8)`` on ``threads`` native threads, GIL
     released; each image centre-cropped / zero-padded by whole blocks to the grid.
 

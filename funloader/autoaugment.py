@@ -185,6 +185,7 @@ def _magnitude_table(name: str, bins: int, grid: Tuple[int, int], wide: bool):
 
 class _Policy(DCTTransform):
     integer_exact = False
+    runs_normalized = True  # split(normalization=) runs it on a normalised batch (the loader's fused decode)
     _wide = False
 
     def __init__(self, num_magnitude_bins: int, ops: Optional[Sequence[str]], fill):
@@ -240,12 +241,26 @@ class _Policy(DCTTransform):
             out = batch.clone()
         return restore(out)
 
-    def split(self, batch: torch.Tensor, generator: Optional[torch.Generator] = None):
+    def split(self, batch: torch.Tensor, generator: Optional[torch.Generator] = None,
+              normalization: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, in_place: bool = False):
         """The policy on a batch ``(N, 192, H8, W8)`` float as ``(moved, gain, bias)``: block shifts
         (and the colour maps drawn before a shift) applied, the remaining colour maps and frequency
         masks as a per-item per-channel affine ``moved * gain + bias`` (``(N, 192)`` float64, or None
-        when there is none; ``moved`` may be ``batch`` itself then). Same draws as ``__call__``."""
+        when there is none; ``moved`` may be ``batch`` itself then). Same draws as ``__call__``.
+
+        ``normalization``: ``(scale, shift)`` (192,) when ``batch`` is already normalised
+        (``scale * x + shift``, see ``channels.normalization_affine``): the fill, the contrast mean and
+        the returned affine are then those of the normalised batch (``channels.map_on_normalized``).
+        ``in_place``: shift blocks inside ``batch`` (``moved`` is ``batch``) instead of a copy."""
+        from .channels import map_on_normalized, normalized_value, unnormalized
+
         batch, _ = _as_batch(batch, type(self).__name__)
+
+        def colour_input(x):  # what ColorAffine's contrast mean reads: the unnormalised Y DC
+            return x if normalization is None else unnormalized(x, *normalization, channels=slice(0, 1))
+
+        def on_batch(gain, bias):
+            return (gain, bias) if normalization is None else map_on_normalized(gain, bias, *normalization)
         N, _, H, W = batch.shape
         drawn = self.params(N, (H, W), generator)
         index = {name: i for i, name in enumerate(self.ops)}
@@ -255,17 +270,21 @@ class _Policy(DCTTransform):
         touched = np.zeros(N, dtype=bool)  # items with a pending colour map
         keep_y = np.full(N, 64)
         keep_c = np.full(N, 64)
-        fill = self._fill.to(device=batch.device, dtype=batch.dtype)[:, None, None]
+        fill = self._fill if normalization is None else normalized_value(self._fill, *normalization)
+        fill = fill.to(device=batch.device, dtype=batch.dtype)[:, None, None]
         for op_t, magnitude_t in drawn:
             op, magnitude = op_t.numpy(), magnitude_t.numpy()
             # torchvision: translate=[int(magnitude), 0] pixels; here rounded to whole blocks
             blocks = np.round(np.trunc(magnitude) / 8.0).astype(np.int64)
             for item in np.flatnonzero(((op == code["TranslateX"]) | (op == code["TranslateY"])) & (blocks != 0)):
-                if out is batch:
+                if out is batch and not in_place:
                     out = batch.clone()
                 if touched[item]:  # colour ops drawn before this translation apply first (the fill is not recoloured)
                     items = torch.tensor([item])
-                    out[item:item + 1] = pending.subset(items).apply(out[item:item + 1])
+                    one = out[item:item + 1]
+                    g, b = on_batch(*pending.subset(items).gain_bias(colour_input(one)))
+                    one.mul_(g.to(device=one.device, dtype=one.dtype)[:, :, None, None])
+                    one.add_(b.to(device=one.device, dtype=one.dtype)[:, :, None, None])
                     pending.reset(items)
                     touched[item] = False
                 dy, dx = (0, int(blocks[item])) if op[item] == code["TranslateX"] else (int(blocks[item]), 0)
@@ -282,10 +301,12 @@ class _Policy(DCTTransform):
             keep_c = np.where(op == code["ChromaDropout"], np.minimum(keep_c, 1), keep_c)
         gain = bias = None
         if touched.any():
-            gain, bias = pending.gain_bias(out)
+            gain, bias = pending.gain_bias(colour_input(out))
         if (keep_y < 64).any() or (keep_c < 64).any():  # 0/1 frequency masks commute with colour maps and shifts
             mask = _keep_gain(torch.from_numpy(keep_y), torch.from_numpy(keep_c))
             gain, bias = (mask, torch.zeros_like(mask)) if gain is None else (gain * mask, bias * mask)
+        if gain is not None:
+            gain, bias = on_batch(gain, bias)
         return out, gain, bias
 
 

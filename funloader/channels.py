@@ -145,3 +145,35 @@ def decode_affine(normalization: Optional[Tuple[np.ndarray, np.ndarray]] = None,
         scale, shift = (np.asarray(v, dtype=np.float32).reshape(192) for v in normalization)
     gain = scale * flip_signs(axis) if flip else scale.copy()
     return gain.astype(np.float32), shift.astype(np.float32)
+
+
+def map_on_normalized(gain, bias, scale, shift):
+    """A per-channel map ``x -> gain * x + bias`` of unnormalised coefficients, written for the
+    normalised batch ``y = scale * x + shift`` (:func:`normalization_affine`): ``y -> gain * y +
+    (scale * bias + shift - gain * shift)``. A zeroed channel (``gain = bias = 0``) becomes ``shift``,
+    the normalised zero. ``gain``/``bias`` ``(N, 192)``, ``scale``/``shift`` ``(192,)`` tensors;
+    returns ``(gain, new_bias)`` in float64."""
+    import torch
+
+    scale = torch.as_tensor(scale, dtype=torch.float64).reshape(1, -1)
+    shift = torch.as_tensor(shift, dtype=torch.float64).reshape(1, -1)
+    gain = torch.as_tensor(gain, dtype=torch.float64)
+    return gain, scale * torch.as_tensor(bias, dtype=torch.float64) + shift - gain * shift
+
+
+def unnormalized(y, scale, shift, channels=slice(None)):
+    """The unnormalised coefficients ``(y - shift) / scale`` of the normalised batch ``y`` (N, C, H8, W8)
+    restricted to ``channels`` (a slice of the 192; ``scale``/``shift`` (192,) tensors), float64."""
+    import torch
+
+    s = torch.as_tensor(scale, dtype=torch.float64).reshape(-1)[channels]
+    t = torch.as_tensor(shift, dtype=torch.float64).reshape(-1)[channels]
+    return (y[:, channels].to(torch.float64) - t[:, None, None]) / s[:, None, None]
+
+
+def normalized_value(coefficients, scale, shift):
+    """The normalised value ``scale * c + shift`` of fixed coefficients ``c`` (192,) (e.g. a fill colour), float64."""
+    import torch
+
+    return (torch.as_tensor(scale, dtype=torch.float64).reshape(-1) * torch.as_tensor(coefficients, dtype=torch.float64)
+            + torch.as_tensor(shift, dtype=torch.float64).reshape(-1))

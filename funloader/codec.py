@@ -1,9 +1,12 @@
 """Read quantized DCT coefficients from JPEG files: ``read_dct``, ``read_fun``, ``read_batch``.
 
-The C extension (``funloader._jpegdct``) entropy-decodes with libjpeg-turbo's
-``jpeg_read_coefficients`` with the GIL released and copies straight into buffers it is handed.
-This module holds the policy: what a source is, which exception a failure becomes, how warnings
-surface, and the shape checks.
+The C extension (``funloader._jpegdct``) entropy-decodes with the GIL released and copies straight
+into buffers it is handed: baseline files with funloader's own Huffman decoder, everything else (and
+any file in which that decoder meets anything unexpected) with libjpeg-turbo's
+``jpeg_read_coefficients``, which then gives exactly libjpeg's output, errors and warnings. The
+choice is the ``decoder`` argument or the ``FUNLOADER_DECODER`` environment variable (``auto``,
+the default, or ``libjpeg``). This module holds the policy: what a source is, which exception a
+failure becomes, how warnings surface, and the shape checks.
 
 Layouts
 -------
@@ -32,6 +35,12 @@ DEFAULT_MAX_PIXELS = 178_956_970
 DEFAULT_MAX_SCANS = 1000
 
 _max_pixels = DEFAULT_MAX_PIXELS
+
+#: Entropy decoders: ``auto`` (funloader's own for baseline files, libjpeg-turbo for the rest and on
+#: anything unexpected) and ``libjpeg`` (libjpeg-turbo for every file, for debugging and benchmarks).
+DECODERS = ("auto", "libjpeg")
+#: The environment variable that picks the decoder when a call does not.
+DECODER_ENV = "FUNLOADER_DECODER"
 
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, io.IOBase]
 
@@ -73,6 +82,8 @@ class DCTImage:
     arithmetic: bool = False
     filename: Optional[str] = None
     warnings: List[str] = field(default_factory=list)
+    #: which entropy decoder produced the coefficients: ``"funloader"`` or ``"libjpeg"``
+    decoder: str = "libjpeg"
 
     @property
     def num_components(self) -> int:
@@ -162,8 +173,31 @@ def _limit(max_pixels: Optional[int]) -> int:
     return int(_max_pixels if max_pixels is None else (max_pixels or 0))
 
 
+def decoder_code(decoder: Optional[str] = None) -> int:
+    """The C core's code for ``decoder`` (None: ``$FUNLOADER_DECODER``, default ``auto``)."""
+    name = decoder
+    if name is None:
+        name = os.environ.get(DECODER_ENV, "").strip().lower() or "auto"
+        if name not in DECODERS:
+            raise UsageError(f"{DECODER_ENV}={os.environ[DECODER_ENV]!r}: must be one of {', '.join(DECODERS)}")
+    elif name not in DECODERS:
+        raise UsageError(f"decoder={decoder!r}: must be one of {', '.join(DECODERS)} (or None for ${DECODER_ENV})")
+    return _jpegdct.DECODER_LIBJPEG if name == "libjpeg" else _jpegdct.DECODER_AUTO
+
+
+def decoder_path(source: Source, *, max_pixels: Optional[int] = None) -> Tuple[str, str]:
+    """Which entropy decoder ``decoder="auto"`` uses for a file: ``("funloader", "")``, or
+    ``("libjpeg", reason)`` with the reason funloader's own decoder handed the file over (it decodes
+    the file's entropy-coded data to find out). Raises ``OSError`` when the file cannot be read."""
+    data, filename = _resolve(source)
+    own, reason, result = _decoder().decoder_path(data, _limit(max_pixels))
+    if result[0] != _jpegdct.OK:
+        raise _error(result, filename)
+    return ("funloader", "") if own else ("libjpeg", reason)
+
+
 def read_dct(source: Source, *, strict: bool = True, max_pixels: Optional[int] = None,
-             max_scans: int = DEFAULT_MAX_SCANS) -> DCTImage:
+             max_scans: int = DEFAULT_MAX_SCANS, decoder: Optional[str] = None) -> DCTImage:
     """Read the quantized DCT coefficients of every component of a JPEG.
 
     Args:
@@ -174,6 +208,8 @@ def read_dct(source: Source, *, strict: bool = True, max_pixels: Optional[int] =
         max_pixels: decompression-bomb limit checked from the header before any large allocation
             (None: the process default, :data:`DEFAULT_MAX_PIXELS`; 0: no limit).
         max_scans: refuse progressive files with more scans than this.
+        decoder: ``"auto"`` or ``"libjpeg"`` (None: ``$FUNLOADER_DECODER``, default ``auto``); the
+            coefficients, errors and warnings are the same either way.
 
     Returns:
         :class:`DCTImage` (coefficients ``(blocks_h, blocks_w, 64)`` int16 per component).
@@ -184,7 +220,7 @@ def read_dct(source: Source, *, strict: bool = True, max_pixels: Optional[int] =
         OSError: the file cannot be read.
     """
     data, filename = _resolve(source)
-    header, planes, result = _decoder().read_dct(data, strict, _limit(max_pixels), max_scans)
+    header, planes, result = _decoder().read_dct(data, strict, _limit(max_pixels), max_scans, decoder_code(decoder))
     if header is None:
         raise _error(result, filename)
     messages = _warn(result, filename)
@@ -202,6 +238,7 @@ def read_dct(source: Source, *, strict: bool = True, max_pixels: Optional[int] =
         arithmetic=bool(header["arithmetic"]),
         filename=filename,
         warnings=messages,
+        decoder=header["decoder"],
     )
 
 
@@ -230,7 +267,8 @@ def _as_numpy(out):
 
 def read_fun(source: Source, *, out=None, dequantize: bool = False, strict: bool = True,
              max_pixels: Optional[int] = None, max_scans: int = DEFAULT_MAX_SCANS, box=None, size=None,
-             subsampling: str = "420", support: str = "box", dtype=None) -> np.ndarray:
+             subsampling: str = "420", support: str = "box", dtype=None,
+             decoder: Optional[str] = None) -> np.ndarray:
     """Decode a JPEG to the FUN input ``(192, H8, W8)`` with ``H8 = ceil(H/8)``, ``W8 = ceil(W/8)``.
 
     Channels are Y0..Y63, Cb0..Cb63, Cr0..Cr63 (``64 * component + 8 * v + u``); chroma is
@@ -242,7 +280,7 @@ def read_fun(source: Source, *, out=None, dequantize: bool = False, strict: bool
         out: optional C-contiguous ``(192, H8, W8)`` array/CPU tensor (int16, or float32) to write
             into (no allocation); its dtype decides the output type (float32 without
             ``dequantize`` holds the raw integers as floats).
-        strict, max_pixels, max_scans: as :func:`read_dct`.
+        strict, max_pixels, max_scans, decoder: as :func:`read_dct`.
         box: ``(top, left, height, width)`` in pixels of the original image (floats allowed): return the
             EXACT resized crop of that window instead (see :ref:`exact resized crop <exact>` below);
             needs ``size`` (or ``out``).
@@ -267,7 +305,8 @@ def read_fun(source: Source, *, out=None, dequantize: bool = False, strict: bool
     """
     if box is not None:
         return _read_resized(source, out=out, box=box, size=size, subsampling=subsampling, support=support,
-                             dtype=dtype, strict=strict, max_pixels=max_pixels, max_scans=max_scans)
+                             dtype=dtype, strict=strict, max_pixels=max_pixels, max_scans=max_scans,
+                             decoder=decoder)
     if size is not None or dtype is not None:
         raise UsageError("read_fun: size= and dtype= go with box= (the exact resized crop)")
     data, filename = _resolve(source)
@@ -281,7 +320,8 @@ def read_fun(source: Source, *, out=None, dequantize: bool = False, strict: bool
         dtype = array.dtype
         target = array
     code = _dtype_code(dtype, dequantize)
-    buffer, header, result = _decoder().read_fun(data, target, code, dequantize, strict, _limit(max_pixels), max_scans)
+    buffer, header, result = _decoder().read_fun(data, target, code, dequantize, strict, _limit(max_pixels), max_scans,
+                                                 decoder_code(decoder))
     if header is None:
         raise _error(result, filename)
     _warn(result, filename)
@@ -325,7 +365,7 @@ def _as_boxes(boxes, count: int) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _read_resized(source, *, out, box, size, subsampling, support, dtype, strict, max_pixels, max_scans):
+def _read_resized(source, *, out, box, size, subsampling, support, dtype, strict, max_pixels, max_scans, decoder):
     chroma, support_code = _resize_codes(subsampling, support)
     if out is not None:
         array = _as_numpy(out)
@@ -350,7 +390,7 @@ def _read_resized(source, *, out, box, size, subsampling, support, dtype, strict
     data, filename = _resolve(source)
     header, result = _decoder().read_resized(data, target, target.shape[1], target.shape[2], code,
                                              tuple(boxes[0]), support_code, chroma, strict, _limit(max_pixels),
-                                             max_scans)
+                                             max_scans, decoder_code(decoder))
     if header is None:
         raise _error(result, filename)
     _warn(result, filename)
@@ -388,7 +428,8 @@ def _default_threads() -> int:
 def read_batch(sources: Sequence[Source], out, *, threads: Optional[int] = None, dequantize: bool = False,
                strict: bool = True, max_pixels: Optional[int] = None, max_scans: int = DEFAULT_MAX_SCANS,
                warn: bool = True, row_maps=None, col_maps=None, gain=None, bias=None, boxes=None,
-               subsampling: str = "420", support: str = "box") -> List[Optional[Exception]]:
+               subsampling: str = "420", support: str = "box",
+               decoder: Optional[str] = None) -> List[Optional[Exception]]:
     """Decode many JPEGs into a preallocated batch with native threads (GIL released).
 
     Args:
@@ -399,13 +440,15 @@ def read_batch(sources: Sequence[Source], out, *, threads: Optional[int] = None,
             ``(H8 - grid) // 2``) by whole blocks, independently per axis.
         threads: native decoding threads (default: the CPUs this process may use).
         dequantize: multiply by the quantization tables (float32 ``out`` only).
-        strict, max_pixels, max_scans: as :func:`read_dct`.
+        strict, max_pixels, max_scans, decoder: as :func:`read_dct`.
         warn: issue :class:`JPEGWarning` for recoverable problems (lenient mode).
         row_maps, col_maps: optional ``(N, H8)`` / ``(N, W8)`` integer block maps, applied while laying
             out: output block row ``i`` of item ``n`` is row ``row_maps[n, i]`` of the centre-cropped /
             padded grid described above (``-1``: a zero block); columns likewise. This is how
             block-aligned crops, flips (reversed columns) and nearest-block resized crops are done
             without a second pass; the caller draws them (``funloader.transforms.GatherPlan``).
+            With maps, funloader's own decoder stops entropy decoding after the last MCU row the maps
+            use (crop-aware decoding), so damage after that row goes unreported, even when strict.
         gain, bias: optional ``(N, 192)`` and ``(192,)`` or ``(N, 192)`` float32 (float32 ``out``
             only): each output value becomes ``x * gain[n, c] + bias[n, c]`` (``bias[c]`` for a
             ``(192,)`` bias) with ``x`` the (dequantized) coefficient, evaluated in float32 in that
@@ -436,12 +479,13 @@ def read_batch(sources: Sequence[Source], out, *, threads: Optional[int] = None,
         resize = (_as_boxes(boxes, count), support_code, chroma)
     else:
         code = _dtype_code(array.dtype, dequantize)
-        resize = ()
+        resize = (None, _jpegdct.SUPPORT_BOX, _jpegdct.CHROMA_420)
     resolved = [_resolve(source) for source in sources]
     threads = _default_threads() if threads is None else max(1, int(threads))
     maps = _batch_maps(count, array.shape[2], array.shape[3], array.dtype, row_maps, col_maps, gain, bias)
     results = _jpegdct.decode_batch([data for data, _ in resolved], array, array.shape[2], array.shape[3], code,
-                                    dequantize, threads, strict, _limit(max_pixels), max_scans, *maps, *resize)
+                                    dequantize, threads, strict, _limit(max_pixels), max_scans, *maps, *resize,
+                                    decoder_code(decoder))
     for index, result in enumerate(results):
         if result is not None and result[0] == _jpegdct.ERR_BOX:
             raise UsageError(f"boxes[{index}]: {resolved[index][1] or '<buffer>'}: {result[2]}")

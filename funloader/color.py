@@ -59,7 +59,7 @@ from .transform_base import DCTTransform
 __all__ = [
     "DC_LEVEL", "ColorAffine", "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue",
     "rgb_to_grayscale", "ColorJitter", "RandomBrightness", "RandomContrast", "RandomSaturation", "RandomHue",
-    "RandomGrayscale", "Grayscale", "is_fusable", "fused_plan", "fold_affine",
+    "RandomGrayscale", "Grayscale", "is_fusable", "fused_plan", "fold_affine", "split_fusable",
 ]
 
 #: The JPEG level shift in DC units, ``8 * 128``: a block of constant sample value ``p`` has DC ``8 * (p - 128)``.
@@ -410,6 +410,8 @@ class Grayscale(RandomGrayscale):
 def _steps(transform):
     from .transforms import Compose
 
+    if isinstance(transform, (list, tuple)):
+        return list(transform)
     return list(transform.transforms) if isinstance(transform, Compose) else [transform]
 
 
@@ -437,6 +439,21 @@ def is_fusable(transform) -> bool:
             continue
         return False
     return True
+
+
+def split_fusable(transform) -> Tuple[list, list]:
+    """``(prefix, rest)``: the longest prefix of ``transform``'s steps that :func:`is_fusable` accepts
+    (block moves, then per-channel colour maps; a list :func:`fused_plan` takes), and the steps after it."""
+    steps = [] if transform is None else _steps(transform)
+    seen_affine = False
+    for index, step in enumerate(steps):
+        if _moves_blocks(step) and not seen_affine:
+            continue
+        if _channel_affine_step(step):
+            seen_affine = True
+            continue
+        return steps[:index], steps[index:]
+    return steps, []
 
 
 def fused_plan(transform, shape, generator: Optional[torch.Generator] = None):

@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .codec import read_batch, read_fun
+from .codec import read_batch, read_fun, read_sizes
 from .errors import JPEGDecodeError, UsageError, user_stacklevel
 from .shards import ShardError, read_member, read_shard_index
 from .files import FileRefusedError, Listing, is_ancestor_link, read_file, read_head, walk_files
@@ -392,7 +392,7 @@ class DCTImageFolder(torch.utils.data.Dataset):
             return type(error)(error.reason, name)
         return error
 
-    def _decode(self, index: int) -> np.ndarray:
+    def _decode(self, index: int, source_transform=None) -> np.ndarray:
         name = self.sample_name(index)
         source = self._sources[index]
         try:
@@ -407,6 +407,12 @@ class DCTImageFolder(torch.utils.data.Dataset):
         if problem is not None:
             raise problem
         try:
+            if source_transform is not None:  # an exact resized crop of a window of this image (transforms.py)
+                box = source_transform.boxes(read_sizes([data], threads=1, strict=self.strict))[0]
+                if not np.isnan(box[0]):
+                    return read_fun(data, box=tuple(box), size=source_transform.size, strict=self.strict,
+                                    subsampling=source_transform.subsampling, support=source_transform.support,
+                                    dtype=np.float32 if self.dequantize else np.int16)
             return read_fun(data, dequantize=self.dequantize, strict=self.strict)
         except JPEGDecodeError as exc:
             raise type(exc)(exc.reason, name) from None
@@ -453,10 +459,20 @@ class DCTImageFolder(torch.utils.data.Dataset):
             return self.recover(index, exc, self._decode)
 
     def __getitem__(self, index: int):
-        coefficients, label = self.load(int(index))
+        from .transforms import split_source
+
+        source, transform = split_source(self.transform)  # a first step that reads the JPEG (exact crops)
+        if source is None:
+            coefficients, label = self.load(int(index))
+        else:
+            decode = lambda i: self._decode(i, source)  # noqa: E731
+            try:
+                coefficients, label = decode(int(index)), self.targets[int(index)]
+            except JPEGDecodeError as exc:
+                coefficients, label = self.recover(int(index), exc, decode)
         tensor = torch.from_numpy(coefficients)
-        if self.transform is not None:
-            tensor = self.transform(tensor)
+        if transform is not None:
+            tensor = transform(tensor)
         if self.target_transform is not None:
             label = self.target_transform(label)
         return tensor, label

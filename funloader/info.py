@@ -1,4 +1,5 @@
-"""``funloader info FILE...``: what funloader sees in JPEG files (size, sampling, coding, FUN shape)."""
+"""``funloader info FILE...``: what funloader sees in JPEG files (size, sampling, coding, FUN shape, and
+which entropy decoder reads it: funloader's own, or libjpeg and why)."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,7 @@ import json
 import sys
 from typing import List, Optional
 
-from .codec import read_dct
+from .codec import decoder_path, read_dct
 from .errors import JPEGDecodeError
 
 
@@ -16,6 +17,7 @@ def describe(path: str, strict: bool = True) -> dict:
         image = read_dct(path, strict=strict)
     except (JPEGDecodeError, OSError) as error:
         return {"file": path, "error": type(error).__name__, "reason": str(error)}
+    taken, reason = decoder_path(path)
     return {
         "file": path,
         "width": image.width,
@@ -28,6 +30,7 @@ def describe(path: str, strict: bool = True) -> dict:
         "fun_shape": [192, *image.grid],
         "qtable_dc": [int(t[0]) for t in image.qtables],
         "warnings": image.warnings,
+        "decoder": f"{taken} ({reason})" if reason else taken,
     }
 
 
@@ -48,7 +51,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             print(f"{path}: {entry['width']}x{entry['height']} {entry['colorspace']} sampling {','.join(entry['sampling'])}"
                   f"{' progressive' if entry['progressive'] else ''}{' arithmetic' if entry['arithmetic'] else ''}"
-                  f" -> FUN (192, {entry['fun_shape'][1]}, {entry['fun_shape'][2]})")
+                  f" -> FUN (192, {entry['fun_shape'][1]}, {entry['fun_shape'][2]}), decoder {entry['decoder']}")
     return 1 if failed else 0
 
 

@@ -424,20 +424,30 @@ class DCTLoader:
         transform = self._rest
         if transform is None:
             return {"gain": scale.expand(count, 192), "bias": shift.reshape(192)}
-        if not T.is_fusable(transform):
+        prefix, after = T.split_fusable(transform)
+        if not all(_on_normalized(step) for step in after):
             return None
         generator = torch.Generator()
         generator.manual_seed(_batch_seed(self.seed, self.epoch if epoch is None else epoch, self.rank, batch_number))
         step = max(1, int(self.chunk_size))  # the chunks finish() plans, in the same order
-        chunks = [T.fused_plan(transform, (min(step, count - start), 192) + self.size, generator)
-                  for start in range(0, count, step)]
+        chunks, states = [], []
+        for start in range(0, count, step):
+            items = min(step, count - start)
+            chunks.append(T.fused_plan(prefix, (items, 192) + self.size, generator))
+            if after:  # the steps after the prefix draw next (as in finish()); replayed after the decode
+                states.append(generator.get_state())
+                for later in after:
+                    later.params(items, tuple(chunks[-1][0].shape), generator)
         if any(tuple(plan.shape) != self.size for plan, _, _ in chunks):
             return None
         affines = [T.fold_affine(plan.sign, gain, bias, scale, shift, plan.rows.shape[0]) for plan, gain, bias in chunks]
-        return {"row_maps": torch.cat([plan.rows for plan, _, _ in chunks]),
-                "col_maps": torch.cat([plan.cols for plan, _, _ in chunks]),
-                "gain": torch.cat([g for g, _ in affines]),
-                "bias": torch.cat([b.expand(g.shape[0], 192) for g, b in affines])}
+        layout = {"row_maps": torch.cat([plan.rows for plan, _, _ in chunks]),
+                  "col_maps": torch.cat([plan.cols for plan, _, _ in chunks]),
+                  "gain": torch.cat([g for g, _ in affines]),
+                  "bias": torch.cat([b.expand(g.shape[0], 192) for g, b in affines])}
+        if after:
+            layout[_AFTER] = (after, states, step)
+        return layout
 
     def fusable(self, batch_indices: Sequence[int]) -> bool:
         """False when the batch's decode cannot take the affine: in raw mode (``dequantize=False``) a
@@ -449,8 +459,23 @@ class DCTLoader:
 
     def decode_fused(self, batch_indices: Sequence[int], layout: dict, batch_number: int, epoch: Optional[int] = None):
         """Decode straight into a new normalised, augmented float32 batch (see :meth:`fused_layout`)."""
+        layout = dict(layout)
+        after, states, step = layout.pop(_AFTER, ((), (), 1))
         out = torch.empty((len(batch_indices), 192) + self.size, dtype=torch.float32)
         labels = self.decode(batch_indices, out, batch_number, epoch, layout=layout)
+        if after:  # non-fusable steps, on the normalised batch, in place, with the draws finish() makes
+            scale, shift = (v.reshape(192) for v in self._normalizer(torch.device("cpu")))
+            for start, state in zip(range(0, out.shape[0], step), states):
+                chunk = out[start:start + step]
+                generator = torch.Generator()
+                generator.set_state(state)
+                for later in after:
+                    moved, gain, bias = later.split(chunk, generator, normalization=(scale, shift), in_place=True)
+                    if moved.data_ptr() != chunk.data_ptr():  # in place normally (a view of chunk's memory)
+                        chunk.copy_(moved)
+                    if gain is not None:  # one pass, in place
+                        torch.addcmul(bias.to(torch.float32)[:, :, None, None], chunk,
+                                      gain.to(torch.float32)[:, :, None, None], out=chunk)
         return out, torch.as_tensor(labels, dtype=torch.int64)
 
     def _normalizer(self, device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -484,6 +509,16 @@ class DCTLoader:
         return (f"DCTLoader({len(self.dataset)} samples, batch_size={self.batch_size}, shuffle={self.shuffle}, "
                 f"drop_last={self.drop_last}, size={self.size}, device={self.device}, rank={self.rank}/{self.world_size}, "
                 f"normalized={self.stats is not None}, transform={self.transform!r})")
+
+
+_AFTER = "after_decode"  # fused_layout key (not a read_batch argument): the steps decode_fused applies after the decode
+
+
+def _on_normalized(step) -> bool:
+    """True when ``step`` can run on the normalised batch (``runs_normalized``): it draws with
+    ``params(count, grid, generator)`` alone and applies with ``split(batch, generator,
+    normalization=, in_place=)`` (the RandAugment / TrivialAugmentWide policies)."""
+    return bool(getattr(step, "runs_normalized", False))
 
 
 def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:

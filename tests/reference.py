@@ -3,6 +3,7 @@ marker-segment scanner."""
 from __future__ import annotations
 
 import struct
+import warnings
 
 import numpy as np
 
@@ -70,3 +71,16 @@ def segments(data: bytes):
         found.append((marker, position, end))
         position = max(end, position + 2)
     return found
+
+
+def decode_recording(function, *args, **kwargs):
+    """Call ``function``; return ``(result or JPEGDecodeError, [JPEGWarning messages])``."""
+    from funloader.errors import JPEGDecodeError, JPEGWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = function(*args, **kwargs)
+        except JPEGDecodeError as error:
+            result = error
+    return result, [str(w.message) for w in caught if issubclass(w.category, JPEGWarning)]

@@ -130,3 +130,26 @@ def test_loader_with_policy_equals_the_policy_then_normalisation(shared_data):
     generator = torch.Generator().manual_seed(_batch_seed(4, 0, 0, 0))
     stepwise = torch.cat([pipeline(buffer[i:i + 4].double(), generator) for i in (0, 4)])
     torch.testing.assert_close(x, T.normalize(stepwise, *stats).float(), rtol=1e-5, atol=2e-4)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_policy_on_a_normalised_batch_equals_policy_then_normalisation(batch, in_place):
+    """``split(normalization=)`` on ``y = scale * x + shift``: fill, contrast mean, dropped channels
+    and the trailing colour map carried over, so ``normalise(policy(x)) == policy_normalised(normalise(x))``."""
+    from funloader.channels import normalization_affine
+
+    scale, shift = (torch.from_numpy(v).to(torch.float64) for v in
+                    normalization_affine(np.linspace(-30, 30, 192), np.linspace(0.5, 40, 192)))
+    policy = T.RandAugment(3, 20, ops=T.RANDAUGMENT_OPS + T.JPEG_OPS, fill=(250, 10, 60))
+    for seed in range(4):
+        moved, gain, bias = policy.split(batch, torch.Generator().manual_seed(seed))
+        expected = moved * scale[:, None, None] + shift[:, None, None]
+        if gain is not None:
+            expected = (moved * gain[:, :, None, None] + bias[:, :, None, None]) * scale[:, None, None] + shift[:, None, None]
+        y = batch * scale[:, None, None] + shift[:, None, None]
+        moved_y, gain_y, bias_y = policy.split(y, torch.Generator().manual_seed(seed),
+                                               normalization=(scale, shift), in_place=in_place)
+        if in_place:  # shifted inside y's memory
+            assert moved_y.data_ptr() == y.data_ptr()
+        out = moved_y if gain_y is None else moved_y * gain_y[:, :, None, None] + bias_y[:, :, None, None]
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-9)

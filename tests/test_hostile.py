@@ -35,7 +35,7 @@ import pytest
 import funloader
 from funloader import codec
 from funloader.errors import JPEGDecodeError, JPEGWarning, UnsupportedJPEGError
-from reference import centre_fit, fun_from_dct, segments
+from reference import centre_fit, decode_recording, fun_from_dct, segments
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -88,17 +88,6 @@ def expected_outcome(row: dict, strict: bool) -> str:
 
 
 
-
-
-def decode_recording(function, *args, **kwargs):
-    """Call ``function``; return ``(result or exception, [JPEGWarning messages])``."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            result = function(*args, **kwargs)
-        except JPEGDecodeError as error:
-            result = error
-    return result, [str(w.message) for w in caught if issubclass(w.category, JPEGWarning)]
 
 
 def assert_outcome(outcome: str, result, messages, where: str) -> None:

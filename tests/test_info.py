@@ -14,5 +14,6 @@ def test_info_json(sample_jpegs, tmp_path, capsys):
     assert code == 1
     assert lines[0]["fun_shape"] == [192, (lines[0]["height"] + 7) // 8, (lines[0]["width"] + 7) // 8]
     assert lines[0]["sampling"] == ["2x2", "1x1", "1x1"]
+    assert lines[0]["decoder"] == "libjpeg (progressive JPEG)"  # handed over by our own entropy decoder
     assert lines[1]["error"] == "JPEGDecodeError" and "Not a JPEG" in lines[1]["reason"]
     assert main([str(sample_jpegs[0])]) == 0

@@ -274,6 +274,44 @@ def test_fused_decode_equals_decode_then_finish(johns, tmp_path, transform, dequ
     assert torch.equal(first, expected)
 
 
+@pytest.mark.parametrize("dequantize", [True, False])
+@pytest.mark.parametrize("policy", ["randaugment", "jpeg_ops", "trivial"])
+def test_fused_prefix_then_policy_on_the_normalised_batch(johns, policy, dequantize):
+    """A policy after crop + flip: the decode does the crop, flip and normalisation, the policy runs
+    on the normalised batch with its fill, contrast mean and colour affine carried over
+    (``channels.map_on_normalized``): equal to decode + finish (policy, then normalisation) up to
+    float32 rounding, with the same random draws."""
+    policies = {
+        "randaugment": T.RandAugment(2, 9),
+        "jpeg_ops": T.RandAugment(3, 20, ops=("Brightness", "Contrast", "TranslateX", "TranslateY",
+                                             "FrequencyDropout", "ChromaDropout", "Color"), fill=(200, 40, 90)),
+        "trivial": T.TrivialAugmentWide(fill=17),
+    }
+    transform = T.Compose([T.RandomResizedCrop(28, mode="nearest"), T.RandomHorizontalFlip(), policies[policy]])
+    stats = funloader.compute_stats(johns, dequantize=dequantize, size=28, output=None, progress=False)
+    loader = DCTLoader(johns, batch_size=20, size=28, transform=transform, dequantize=dequantize,
+                       normalize=stats, num_threads=2, seed=5, chunk_size=8)
+    batch = list(range(0, 20))
+    worst = 0.0
+    for number in range(3):  # several batches: many translations / contrast draws
+        layout = loader.fused_layout(20, batch_number=number, epoch=1, indices=batch)
+        assert layout is not None
+        fused, labels = loader.decode_fused(batch, layout, number, 1)
+        buffer = torch.empty((20, 192, 28, 28), dtype=torch.float32 if dequantize else torch.int16)
+        reference, reference_labels = loader.finish(buffer, loader.decode(batch, buffer, number, 1), number, 1)
+        assert labels.tolist() == reference_labels.tolist()
+        scale = float(reference.abs().max())
+        worst = max(worst, float((fused - reference).abs().max()) / scale)
+        torch.testing.assert_close(fused, reference, rtol=0, atol=2e-5 * scale)
+    assert worst < 2e-5
+    loader.set_epoch(1)  # the iterator takes the fused path and gives the same first batch
+    first = next(iter(loader))[0]
+    indices = loader.batches()[0]
+    buffer0 = torch.empty((len(indices), 192, 28, 28), dtype=torch.float32 if dequantize else torch.int16)
+    expected, _ = loader.finish(buffer0, loader.decode(indices, buffer0, 0, 1), 0, 1)
+    torch.testing.assert_close(first, expected, rtol=0, atol=2e-5 * float(expected.abs().max()))
+
+
 def test_fused_layout_not_used_where_finish_is_needed(johns):
     loader = DCTLoader(johns, batch_size=8, normalize=False)
     assert loader.fused_layout(8, 0) is None  # no normalisation: nothing to fold
@@ -388,3 +426,21 @@ def test_no_transform_on_originals_is_the_evaluation_transform(originals, johns)
     funloader.read_batch([paths[0]], single, boxes=T.ResizeCenterCrop(19).boxes(funloader.codec.read_sizes(paths[:1])),
                          support="image")
     np.testing.assert_array_equal(x[0].numpy(), single[0])
+
+
+def test_dataset_items_take_exact_transforms_too(originals):
+    """DCTImageFolder(transform=...) with a first step that reads the JPEG gives per item what DCTLoader
+    gives per batch (a standard DataLoader path): the evaluation transform bit for bit, and a random
+    RandomResizedCrop (global torch RNG, as torchvision) of the right shape."""
+    dataset = DCTImageFolder(originals, transform=T.ResizeCenterCrop(28))
+    loader = DCTLoader(originals, batch_size=6, transform=T.ResizeCenterCrop(28), normalize=False)
+    x, _ = next(iter(loader))
+    for item in (0, 3, 5):
+        np.testing.assert_array_equal(dataset[item][0].numpy(), x[item].numpy())
+    augmented = DCTImageFolder(originals, transform=T.Compose([T.RandomResizedCrop(20), T.RandomHorizontalFlip()]))
+    torch.manual_seed(0)
+    first = augmented[2][0]
+    torch.manual_seed(0)
+    assert first.shape == (192, 20, 20) and torch.equal(first, augmented[2][0])
+    batch = next(iter(DataLoader(augmented, batch_size=4)))
+    assert batch[0].shape == (4, 192, 20, 20)

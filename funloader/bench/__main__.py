@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="folder of JPEG photos to measure on (default: the shared or bundled photos)")
     p.add_argument("--quick", action="store_true",
-                   help="12 photos, 3 repeats, 4 models at batch 1 and 16 (about a minute on 2 idle cores)")
+                   help="the short run: 12 photos, 3 repeats, 4 models at batch 1 and 16")
     p.add_argument("--sections", type=_names, default=list(DEFAULT_SECTIONS),
                    help=f"comma-separated subset of {','.join(SECTIONS)} (default {','.join(DEFAULT_SECTIONS)})")
     p.add_argument("--corpora", type=_names, default=None,

@@ -47,9 +47,11 @@ def _fun(backend: str):
         from ..dali import fun_pipeline
 
         extra = {"py_num_workers": setup.threads} if backend == "external_source" else {}
+        # resize=None: the 224 corpora are on the 28x28 grid, where it equals the default "auto" without the
+        # Python window step that makes DALI run synchronously (like for like with DALI's RGB pipeline)
         return fun_pipeline([(f, 0) for f in setup.files], setup.batch_size, num_threads=setup.threads,
                             device_id=setup.device_id, backend=backend, dequantize=True,
-                            normalize_stats=setup.stats, **extra)
+                            normalize_stats=setup.stats, resize=None, **extra)
     return make
 
 

@@ -10,6 +10,7 @@ import inspect
 import io
 import os
 import random
+import re
 import shutil
 import subprocess
 import tempfile
@@ -89,6 +90,53 @@ def _read_batch(inputs):
     return {f"read_batch_{count}t": threads(count) for count in sorted({1, *inputs.threads})}
 
 
+def _read_batch_libjpeg(inputs):
+    from ..codec import read_batch
+
+    def run():
+        read_batch(inputs.datas, inputs.batch, threads=1, decoder="libjpeg")
+        return len(inputs.datas)
+
+    return {"read_batch_1t_libjpeg": run}
+
+
+def rrc_maps(count: int, grid: int = 28, seed: int = 0):
+    """``count`` RandomResizedCrop windows (scale 0.08-1, ratio 3/4-4/3, torchvision's ranges) on a
+    ``grid x grid`` block grid, as nearest-block row/column maps resizing each window to the grid."""
+    rng = np.random.default_rng(seed)
+    rows = np.empty((count, grid), np.int32)
+    cols = np.empty((count, grid), np.int32)
+    steps = np.arange(grid)
+    for n in range(count):
+        area = rng.uniform(0.08, 1.0) * grid * grid
+        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        height = int(np.clip(round(np.sqrt(area / ratio)), 1, grid))
+        width = int(np.clip(round(np.sqrt(area * ratio)), 1, grid))
+        top, left = rng.integers(0, grid - height + 1), rng.integers(0, grid - width + 1)
+        rows[n] = top + steps * height // grid
+        cols[n] = left + steps * width // grid
+    return rows, cols
+
+
+def _read_batch_rrc(inputs):
+    """RandomResizedCrop windows as block maps: the own decoder stops after each window's last MCU
+    row (crop-aware). The "_to_end" twin maps its last output row to the grid's last row, so the same
+    layout work is done but every file is decoded to the end of the grid: their ratio is the gain."""
+    from ..codec import read_batch
+
+    rows, cols = rrc_maps(len(inputs.datas))
+    to_end = rows.copy()
+    to_end[:, -1] = inputs.batch.shape[2] - 1
+
+    def run(maps):
+        def timed():
+            read_batch(inputs.datas, inputs.batch, threads=1, row_maps=maps, col_maps=cols)
+            return len(inputs.datas)
+        return timed
+
+    return {"read_batch_rrc_1t": run(rows), "read_batch_rrc_to_end_1t": run(to_end)}
+
+
 def _rrc_boxes(inputs, seed: int = 0) -> List[tuple]:
     """One torchvision ``RandomResizedCrop`` window per image (scale 0.08-1, ratio 3/4-4/3), drawn from a
     seeded generator: ``(top, left, height, width)`` in pixels, the same for every method that uses them."""
@@ -129,6 +177,18 @@ def _read_batch_exact(inputs):
         return run
 
     return {f"read_batch_exact_{count}t": threads(count) for count in sorted({1, *inputs.threads})}
+
+
+def _read_batch_exact_libjpeg(inputs):
+    from ..codec import read_batch
+
+    boxes = np.array(_rrc_boxes(inputs), np.float64)
+    batch = np.empty((len(inputs.datas), 192, 28, 28), np.float32)
+
+    def run():
+        read_batch(inputs.datas, batch, boxes=boxes, threads=1, decoder="libjpeg")
+        return len(inputs.datas)
+    return {"read_batch_exact_1t_libjpeg": run}
 
 
 def _pillow_rrc(inputs):
@@ -187,10 +247,19 @@ METHODS: List[Row] = [  # make(inputs) -> {name: method}
     Row("read_fun_libjpeg", "read_fun with libjpeg-turbo's coefficient reader instead of funloader's own "
         "Huffman decoder (FUNLOADER_DECODER=libjpeg)", _read_fun_libjpeg),
     Row("read_batch_Nt", "funloader.read_batch with N native threads into a reused (items, 192, 28, 28) batch", _read_batch),
+    Row("read_batch_1t_libjpeg", "read_batch, 1 thread, with libjpeg-turbo's coefficient reader instead of "
+        "funloader's own Huffman decoder (decoder='libjpeg')", _read_batch_libjpeg),
+    Row("read_batch_rrc_1t", "read_batch, 1 thread, RandomResizedCrop windows as block maps (crop-aware: "
+        "decoding stops after each window's last MCU row)", _read_batch_rrc),
+    Row("read_batch_rrc_to_end_1t", "the same windows, but each decoded to the end of the 28x28 grid (its last "
+        "output row maps to the grid's last row): the reference for the crop-aware gain", _read_batch_rrc),
     Row("read_fun_exact", "read_fun(box=...): the exact resized crop of a torchvision RandomResizedCrop window to "
         "28x28 blocks (224 pixels, Pillow's antialiased bilinear, chroma 4:2:0), float32", _read_fun_exact),
     Row("read_batch_exact_Nt", "read_batch(boxes=...) with N native threads: the same exact crops into a reused "
         "(items, 192, 28, 28) float32 batch", _read_batch_exact),
+    Row("read_batch_exact_1t_libjpeg", "read_batch(boxes=...), 1 thread, the window's coefficients read by libjpeg "
+        "(whole file) instead of the own decoder (only the window's MCU rows, only its blocks kept)",
+        _read_batch_exact_libjpeg),
     Row("pillow_rrc", "Pillow: decode to RGB, then the same RandomResizedCrop windows cropped and resized to 224x224 "
         "(BILINEAR): what read_fun_exact replaces", _pillow_rrc),
     Row("floor", "the floor: a C program doing only libjpeg's jpeg_read_coefficients (no layout, no copy), "
@@ -315,8 +384,16 @@ def ratios(results: Dict[str, Dict[str, float]]) -> Dict[str, float]:
         found["exact_batch_1t_over_batch_1t"] = round(median("read_batch_1t") / median("read_batch_exact_1t"), 3)
     if median("read_fun_libjpeg"):
         found["speedup_vs_libjpeg_decoder"] = round(median("read_fun_libjpeg") / median("read_fun"), 3)
-    many = [name for name in results if name.startswith("read_batch_") and name != "read_batch_1t"
-            and not name.startswith("read_batch_exact_")]
+    if median("read_batch_1t") and median("floor_tuned"):
+        found["batch_1t_speedup_vs_floor_tuned"] = round(median("floor_tuned") / median("read_batch_1t"), 3)
+    if median("read_batch_1t") and median("read_batch_1t_libjpeg"):
+        found["batch_1t_speedup_vs_libjpeg_decoder"] = round(median("read_batch_1t_libjpeg") / median("read_batch_1t"), 3)
+    if median("read_batch_exact_1t") and median("read_batch_exact_1t_libjpeg"):
+        found["exact_speedup_vs_libjpeg_decoder"] = round(median("read_batch_exact_1t_libjpeg") /
+                                                          median("read_batch_exact_1t"), 3)
+    if median("read_batch_rrc_1t") and median("read_batch_rrc_to_end_1t"):
+        found["crop_aware_gain"] = round(median("read_batch_rrc_to_end_1t") / median("read_batch_rrc_1t"), 3)
+    many = [name for name in results if re.fullmatch(r"read_batch_\d+t", name) and name != "read_batch_1t"]
     for name in many:
         count = name[len("read_batch_"):-1]
         found[f"batch_{count}t_over_1t"] = round(median("read_batch_1t") / median(name), 3)

@@ -1,6 +1,7 @@
 /* jpegdct_core.c: see jpegdct_core.h. */
 #define _POSIX_C_SOURCE 200809L
 #include "jpegdct_core.h"
+#include "huffman.h"
 #include "resize.h"
 
 #include <errno.h>
@@ -24,6 +25,9 @@
  * at most this many bytes. */
 #define FL_MAPPED_EXPAND_MAX ((size_t)4 << 20)
 
+_Static_assert((int)FL_COLORSPACE_GRAY == (int)JCS_GRAYSCALE && (int)FL_COLORSPACE_YCBCR == (int)JCS_YCbCr,
+               "fl_header.colorspace carries libjpeg's J_COLOR_SPACE values");
+
 typedef struct {
   struct jpeg_error_mgr pub; /* must be first */
   jmp_buf jump;
@@ -40,6 +44,12 @@ struct fl_decoder {
   int max_scans;
   uint8_t *file_buffer;
   size_t file_capacity;
+  fl_huff *huff;            /* funloader's own baseline entropy decoder (huffman.h) */
+  fl_huff_frame frame;      /* its begun image */
+  int own;                  /* the begun image is the own decoder's (fl_begin under FL_DECODER_AUTO) */
+  const uint8_t *data;      /* the begun image's bytes and options, for a hand-over to libjpeg */
+  size_t size;
+  fl_options options;
   JCOEF (*row_scratch)[64]; /* scratch: one output row of blocks (float32 mapped layouts: all rows) */
   int *map_scratch;         /* scratch: composed full-resolution row and column maps */
   size_t map_capacity;
@@ -47,6 +57,8 @@ struct fl_decoder {
   fl_resize_scratch *resize;  /* exact resized crop (resize.h): weights, pixel rows, planes */
   int16_t **window_rows;      /* row pointers of the coefficient window the resize reads */
   size_t window_capacity;     /* in pointers */
+  int16_t *window_blocks;     /* the own decoder's copy of the window's blocks */
+  size_t window_blocks_capacity; /* in int16 */
 };
 
 static void fl_result_reset(fl_result *result) {
@@ -137,6 +149,12 @@ fl_decoder *fl_decoder_new(void) {
   }
   jpeg_create_decompress(&decoder->cinfo);
   decoder->created = 1;
+  decoder->huff = fl_huff_new();
+  if (!decoder->huff) {
+    jpeg_destroy_decompress(&decoder->cinfo);
+    free(decoder);
+    return NULL;
+  }
   decoder->progress.progress_monitor = fl_progress_monitor;
   decoder->cinfo.progress = &decoder->progress;
   decoder->err.result = NULL;
@@ -147,10 +165,12 @@ void fl_decoder_free(fl_decoder *decoder) {
   if (!decoder) return;
   if (decoder->created) jpeg_destroy_decompress(&decoder->cinfo);
   free(decoder->file_buffer);
+  fl_huff_free(decoder->huff);
   free(decoder->row_scratch);
   free(decoder->map_scratch);
   fl_resize_scratch_free(decoder->resize);
   free(decoder->window_rows);
+  free(decoder->window_blocks);
   free(decoder);
 }
 
@@ -168,6 +188,7 @@ static int fl_has_tables(j_decompress_ptr cinfo) {
 }
 
 void fl_abort(fl_decoder *decoder) {
+  decoder->own = 0;
   if (decoder->active) {
     jpeg_abort_decompress(&decoder->cinfo);
     decoder->active = 0;
@@ -241,8 +262,63 @@ static void fl_copy_qtables(j_decompress_ptr cinfo, fl_header *header) {
   }
 }
 
+/* The header of an image the own decoder accepted (the same values libjpeg would give). */
+static void fl_header_from_frame(const fl_huff_frame *frame, fl_header *header) {
+  memset(header, 0, sizeof *header);
+  header->width = frame->width;
+  header->height = frame->height;
+  header->num_components = frame->num_components;
+  header->colorspace = frame->num_components == 1 ? FL_COLORSPACE_GRAY : FL_COLORSPACE_YCBCR;
+  header->max_h_samp = frame->max_h_samp;
+  header->max_v_samp = frame->max_v_samp;
+  header->grid_w = (frame->width + 7) / 8;
+  header->grid_h = (frame->height + 7) / 8;
+  for (int c = 0; c < frame->num_components; c++) {
+    header->h_samp[c] = frame->h_samp[c];
+    header->v_samp[c] = frame->v_samp[c];
+    header->blocks_w[c] = frame->blocks_w[c];
+    header->blocks_h[c] = frame->blocks_h[c];
+    memcpy(header->qtables[c], frame->qtables[c], sizeof header->qtables[c]);
+  }
+}
+
+static int fl_begin_libjpeg(fl_decoder *decoder, const uint8_t *data, size_t size, const fl_options *options,
+                            fl_header *header, fl_result *result);
+
 int fl_begin(fl_decoder *decoder, const uint8_t *data, size_t size, const fl_options *options,
              fl_header *header, fl_result *result) {
+  fl_result_reset(result);
+  fl_abort(decoder);
+  if (options->decoder != FL_DECODER_LIBJPEG && size > 0) {
+    if (fl_huff_begin(decoder->huff, data, size, options->max_pixels, &decoder->frame) == FL_HUFF_OK) {
+      fl_header_from_frame(&decoder->frame, header);
+      header->own_decoder = 1;
+      decoder->own = 1;
+      decoder->data = data;
+      decoder->size = size;
+      decoder->options = *options;
+      return FL_OK;
+    }
+    int status = fl_begin_libjpeg(decoder, data, size, options, header, result);
+    header->handover = fl_huff_reason(decoder->huff);
+    return status;
+  }
+  return fl_begin_libjpeg(decoder, data, size, options, header, result);
+}
+
+/* Hands a begun image over to libjpeg: its header is read again (the same values). */
+static int fl_hand_over(fl_decoder *decoder, fl_header *header, fl_result *result) {
+  const uint8_t *data = decoder->data;
+  size_t size = decoder->size;
+  fl_options options = decoder->options;
+  int status = fl_begin_libjpeg(decoder, data, size, &options, header, result);
+  header->own_decoder = 0;
+  header->handover = fl_huff_reason(decoder->huff);
+  return status;
+}
+
+static int fl_begin_libjpeg(fl_decoder *decoder, const uint8_t *data, size_t size, const fl_options *options,
+                            fl_header *header, fl_result *result) {
   j_decompress_ptr cinfo = &decoder->cinfo;
   fl_result_reset(result);
   fl_abort(decoder);
@@ -331,38 +407,9 @@ int fl_begin(fl_decoder *decoder, const uint8_t *data, size_t size, const fl_opt
   return FL_OK;
 }
 
-/* Runs jpeg_read_coefficients on a begun image; returns the coefficient arrays. */
-static jvirt_barray_ptr *fl_read_coefficients(fl_decoder *decoder, fl_header *header) {
-  jvirt_barray_ptr *arrays = jpeg_read_coefficients(&decoder->cinfo);
-  fl_copy_qtables(&decoder->cinfo, header);
-  return arrays;
+size_t fl_dtype_size(int dtype) {
+  return dtype == FL_DTYPE_FLOAT32 ? 4 : dtype == FL_DTYPE_INT16 ? 2 : 0;
 }
-
-int fl_read_components(fl_decoder *decoder, fl_header *header, int16_t *const *components,
-                       fl_result *result) {
-  j_decompress_ptr cinfo = &decoder->cinfo;
-  if (!decoder->active) {
-    fl_fail(result, FL_ERR_ARGUMENT, "fl_read_components without a successful fl_begin");
-    return result->status;
-  }
-  if (setjmp(decoder->err.jump)) {
-    fl_abort(decoder);
-    return result->status;
-  }
-  jvirt_barray_ptr *arrays = fl_read_coefficients(decoder, header);
-  for (int c = 0; c < header->num_components; c++) {
-    size_t row_values = (size_t)header->blocks_w[c] * 64;
-    for (int row = 0; row < header->blocks_h[c]; row++) {
-      JBLOCKARRAY rows = (*cinfo->mem->access_virt_barray)((j_common_ptr)cinfo, arrays[c],
-                                                          (JDIMENSION)row, 1, FALSE);
-      memcpy(components[c] + (size_t)row * row_values, rows[0], row_values * sizeof(int16_t));
-    }
-  }
-  fl_abort(decoder);
-  return FL_OK;
-}
-
-static size_t fl_dtype_size(int dtype) { return dtype == FL_DTYPE_FLOAT32 ? 4 : 2; }
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -463,147 +510,192 @@ static inline __attribute__((always_inline)) void fl_transpose_row(const JCOEF (
   }
 }
 
-/* Grows the decoder's scratch row to `cols` blocks; FL_OK or FL_ERR_NOMEM. */
-static int fl_reserve_row(fl_decoder *decoder, int cols) {
-  if ((size_t)cols * 64 <= decoder->row_capacity) return FL_OK;
-  JCOEF(*row)[64] = (JCOEF(*)[64])realloc(decoder->row_scratch, (size_t)cols * 64 * sizeof(JCOEF));
+/* Grows the decoder's scratch to `blocks` blocks; FL_OK or FL_ERR_NOMEM. */
+static int fl_reserve_row(fl_decoder *decoder, size_t blocks) {
+  if (blocks * 64 <= decoder->row_capacity) return FL_OK;
+  JCOEF(*row)[64] = (JCOEF(*)[64])realloc(decoder->row_scratch, blocks * 64 * sizeof(JCOEF));
   if (!row) return FL_ERR_NOMEM;
   decoder->row_scratch = row;
-  decoder->row_capacity = (size_t)cols * 64;
+  decoder->row_capacity = blocks * 64;
   return FL_OK;
 }
+
+/* Where the layout reads blocks from: libjpeg's whole-image arrays, or one band of the own
+ * decoder (the component rows of one MCU row).  Only output rows whose full-resolution block row
+ * lies in [full_begin, full_end) are laid out by a call; the source row of any such row is in the
+ * band (source row = floor(full row * v / v_max), clamped to the last row, which is in the last
+ * band). */
+typedef struct {
+  jvirt_barray_ptr *arrays;
+  int16_t *band[FL_MAX_COMPONENTS];
+  int band_first[FL_MAX_COMPONENTS]; /* first block row of the band, per component */
+  int band_cols[FL_MAX_COMPONENTS];
+  int full_begin, full_end;
+  int zero_rows; /* mapped layouts: this call also writes the rows mapped to -1 */
+} fl_rows;
+
+static inline JCOEF (*fl_block_row(fl_decoder *decoder, const fl_rows *source, int c, int row))[64] {
+  if (source->arrays)
+    return (*decoder->cinfo.mem->access_virt_barray)((j_common_ptr)&decoder->cinfo, source->arrays[c],
+                                                       (JDIMENSION)row, 1, FALSE)[0];
+  return (JCOEF(*)[64])(source->band[c] + (size_t)(row - source->band_first[c]) * (size_t)source->band_cols[c] * 64);
+}
+
+/* What both layouts need to know about component c of the output. */
+typedef struct {
+  size_t plane, element;
+  int h, v, hmax, vmax, last_col, last_row;
+  float scale[64];
+  char *base; /* the component's first plane */
+} fl_geometry;
+
+static void fl_geometry_init(fl_geometry *g, const fl_header *header, int c, void *out, int dtype, int dequantize,
+                             int out_h8, int out_w8) {
+  g->plane = (size_t)out_h8 * (size_t)out_w8;
+  g->element = fl_dtype_size(dtype);
+  g->h = header->h_samp[c];
+  g->v = header->v_samp[c];
+  g->hmax = header->max_h_samp;
+  g->vmax = header->max_v_samp;
+  g->last_col = header->blocks_w[c] - 1;
+  g->last_row = header->blocks_h[c] - 1;
+  for (int k = 0; k < 64; k++) g->scale[k] = dequantize ? (float)header->qtables[c][k] : 1.0f;
+  g->base = (char *)out + ((size_t)64 * c * g->plane) * g->element;
+}
+
+static inline int fl_source_row(const fl_geometry *g, int full_row) {
+  int row = (int)(((long long)full_row * g->v) / g->vmax);
+  return row > g->last_row ? g->last_row : row;
+}
+
+/* The output geometry of one image: centre crop/pad and, for mapped layouts, the caller's maps
+ * composed with it (indices of full-resolution block rows/columns, -1 for a zero block). */
+typedef struct {
+  int out_h8, out_w8, dtype, dequantize;
+  int src_y0, src_x0, dst_y0, dst_x0, rows, cols;
+  int mapped, whole;
+  const int *row_full, *col_full;
+  const float *gain, *bias; /* 192 each, or NULL */
+  int last_full_row;        /* the last full-resolution block row the output uses (-1: none) */
+} fl_plan;
 
 /* Lays one component out as 64 planes of (out_h8, out_w8), for output rows [dst_y0, dst_y0+rows)
  * and columns [dst_x0, dst_x0+cols) taken from full-resolution block rows/columns starting at
  * src_y0/src_x0 (source block = floor(full-resolution block * samp / max_samp)).  Every run of
  * output rows that maps to one source row is written by one SIMD transpose; full-width and
  * half-width components are read in place, other factors through a row of replicated blocks. */
-static int fl_layout_component(fl_decoder *decoder, jvirt_barray_ptr array, const fl_header *header,
-                               int c, void *out, int dtype, int dequantize, int out_h8, int out_w8,
-                               int src_y0, int src_x0, int dst_y0, int dst_x0, int rows, int cols,
-                               const float *gain, const float *bias) {
-  j_decompress_ptr cinfo = &decoder->cinfo;
-  const size_t plane = (size_t)out_h8 * (size_t)out_w8;
-  const size_t element = dtype == FL_DTYPE_FLOAT32 ? 4 : 2;
-  const int h = header->h_samp[c], v = header->v_samp[c];
-  const int hmax = header->max_h_samp, vmax = header->max_v_samp;
-  const int last_col = header->blocks_w[c] - 1, last_row = header->blocks_h[c] - 1;
+static int fl_layout_component(fl_decoder *decoder, const fl_rows *source, const fl_header *header, int c,
+                               void *out, const fl_plan *plan, const float *gain, const float *bias) {
+  fl_geometry g;
+  fl_geometry_init(&g, header, c, out, plan->dtype, plan->dequantize, plan->out_h8, plan->out_w8);
+  const int dtype = plan->dtype, out_w8 = plan->out_w8, cols = plan->cols;
+  const int src_y0 = plan->src_y0, src_x0 = plan->src_x0, dst_y0 = plan->dst_y0, dst_x0 = plan->dst_x0;
+  const size_t plane = g.plane, element = g.element;
+  int y_begin = source->full_begin - src_y0, y_end = source->full_end - src_y0;
+  if (y_begin < 0) y_begin = 0;
+  if (y_end > plan->rows) y_end = plan->rows;
+  if (y_begin >= y_end) return FL_OK;
   int dup = 0, first = 0; /* in-place read: output column x takes source block first + x / dup */
-  if (h == hmax && src_x0 + cols - 1 <= last_col) {
+  if (g.h == g.hmax && src_x0 + cols - 1 <= g.last_col) {
     dup = 1;
     first = src_x0;
-  } else if (2 * h == hmax && src_x0 % 2 == 0 && (src_x0 + cols - 1) / 2 <= last_col) {
+  } else if (2 * g.h == g.hmax && src_x0 % 2 == 0 && (src_x0 + cols - 1) / 2 <= g.last_col) {
     dup = 2;
     first = src_x0 / 2;
   }
-  if (!dup && fl_reserve_row(decoder, cols) != FL_OK) return FL_ERR_NOMEM;
-  float scale[64];
-  for (int k = 0; k < 64; k++) scale[k] = dequantize ? (float)header->qtables[c][k] : 1.0f;
-  char *base = (char *)out + ((size_t)64 * c * plane) * element;
+  if (!dup && fl_reserve_row(decoder, (size_t)cols) != FL_OK) return FL_ERR_NOMEM;
+  const float *scale = g.scale;
+  char *base = g.base;
   const int groups_per_pass = (dup && dtype == FL_DTYPE_FLOAT32) ? 1 : 8; /* see FL_MAPPED_EXPAND_MAX */
   for (int group_first = 0; group_first < 8; group_first += groups_per_pass) {
-  const int group_last = group_first + groups_per_pass;
-  for (int y = 0; y < rows;) {
-    int source_row = (int)(((long long)(src_y0 + y) * v) / vmax);
-    if (source_row > last_row) source_row = last_row;
-    int run = 1; /* following output rows with the same source row */
-    while (y + run < rows) {
-      int next = (int)(((long long)(src_y0 + y + run) * v) / vmax);
-      if ((next > last_row ? last_row : next) != source_row) break;
-      run++;
-    }
-    JBLOCKROW blocks = (*cinfo->mem->access_virt_barray)((j_common_ptr)cinfo, array,
-                                                         (JDIMENSION)source_row, 1, FALSE)[0];
-    size_t offset = (size_t)(dst_y0 + y) * (size_t)out_w8 + (size_t)dst_x0;
-    if (dup) {
-      const JCOEF(*row)[64] = (const JCOEF(*)[64])blocks[first];
-      void *target = base + offset * element;
-      /* constant dtype/dup/run arguments let the compiler specialise the inlined transpose */
-      if (dtype == FL_DTYPE_INT16 && dup == 1 && run == 1)
-        fl_transpose_row(row, cols, 1, 1, (size_t)out_w8, target, plane, FL_DTYPE_INT16, scale, NULL, NULL, group_first, group_last);
-      else if (dtype == FL_DTYPE_INT16 && dup == 2 && run == 2)
-        fl_transpose_row(row, cols, 2, 2, (size_t)out_w8, target, plane, FL_DTYPE_INT16, scale, NULL, NULL, group_first, group_last);
-      else if (dtype == FL_DTYPE_FLOAT32 && dup == 1 && run == 1 && !gain)
-        fl_transpose_row(row, cols, 1, 1, (size_t)out_w8, target, plane, FL_DTYPE_FLOAT32, scale, NULL, NULL, group_first, group_last);
-      else if (dtype == FL_DTYPE_FLOAT32 && dup == 2 && run == 2 && !gain)
-        fl_transpose_row(row, cols, 2, 2, (size_t)out_w8, target, plane, FL_DTYPE_FLOAT32, scale, NULL, NULL, group_first, group_last);
-      else if (dtype == FL_DTYPE_FLOAT32 && dup == 1 && run == 1)
-        fl_transpose_row(row, cols, 1, 1, (size_t)out_w8, target, plane, FL_DTYPE_FLOAT32, scale, gain, bias, group_first, group_last);
-      else if (dtype == FL_DTYPE_FLOAT32 && dup == 2 && run == 2)
-        fl_transpose_row(row, cols, 2, 2, (size_t)out_w8, target, plane, FL_DTYPE_FLOAT32, scale, gain, bias, group_first, group_last);
-      else
-        fl_transpose_row(row, cols, dup, run, (size_t)out_w8, target, plane, dtype, scale, gain, bias, group_first,
-                         group_last);
-    } else {
-      JCOEF(*expanded)[64] = decoder->row_scratch;
-      for (int x = 0; x < cols; x++) {
-        int column = (int)(((long long)(src_x0 + x) * h) / hmax);
-        memcpy(expanded[x], blocks[column > last_col ? last_col : column], 64 * sizeof(JCOEF));
+    const int group_last = group_first + groups_per_pass;
+    for (int y = y_begin; y < y_end;) {
+      int source_row = fl_source_row(&g, src_y0 + y);
+      int run = 1; /* following output rows with the same source row */
+      while (y + run < y_end && fl_source_row(&g, src_y0 + y + run) == source_row) run++;
+      JBLOCKROW blocks = fl_block_row(decoder, source, c, source_row);
+      size_t offset = (size_t)(dst_y0 + y) * (size_t)out_w8 + (size_t)dst_x0;
+      if (dup) {
+        const JCOEF(*row)[64] = (const JCOEF(*)[64])blocks[first];
+        void *target = base + offset * element;
+        /* constant dtype/dup/run arguments let the compiler specialise the inlined transpose */
+        if (dtype == FL_DTYPE_INT16 && dup == 1 && run == 1)
+          fl_transpose_row(row, cols, 1, 1, (size_t)out_w8, target, plane, FL_DTYPE_INT16, scale, NULL, NULL, group_first, group_last);
+        else if (dtype == FL_DTYPE_INT16 && dup == 2 && run == 2)
+          fl_transpose_row(row, cols, 2, 2, (size_t)out_w8, target, plane, FL_DTYPE_INT16, scale, NULL, NULL, group_first, group_last);
+        else if (dtype == FL_DTYPE_FLOAT32 && dup == 1 && run == 1 && !gain)
+          fl_transpose_row(row, cols, 1, 1, (size_t)out_w8, target, plane, FL_DTYPE_FLOAT32, scale, NULL, NULL, group_first, group_last);
+        else if (dtype == FL_DTYPE_FLOAT32 && dup == 2 && run == 2 && !gain)
+          fl_transpose_row(row, cols, 2, 2, (size_t)out_w8, target, plane, FL_DTYPE_FLOAT32, scale, NULL, NULL, group_first, group_last);
+        else if (dtype == FL_DTYPE_FLOAT32 && dup == 1 && run == 1)
+          fl_transpose_row(row, cols, 1, 1, (size_t)out_w8, target, plane, FL_DTYPE_FLOAT32, scale, gain, bias, group_first, group_last);
+        else if (dtype == FL_DTYPE_FLOAT32 && dup == 2 && run == 2)
+          fl_transpose_row(row, cols, 2, 2, (size_t)out_w8, target, plane, FL_DTYPE_FLOAT32, scale, gain, bias, group_first, group_last);
+        else
+          fl_transpose_row(row, cols, dup, run, (size_t)out_w8, target, plane, dtype, scale, gain, bias, group_first,
+                           group_last);
+      } else {
+        JCOEF(*expanded)[64] = decoder->row_scratch;
+        for (int x = 0; x < cols; x++) {
+          int column = (int)(((long long)(src_x0 + x) * g.h) / g.hmax);
+          memcpy(expanded[x], blocks[column > g.last_col ? g.last_col : column], 64 * sizeof(JCOEF));
+        }
+        fl_transpose_row((const JCOEF(*)[64])expanded, cols, 1, run, (size_t)out_w8, base + offset * element, plane,
+                         dtype, scale, gain, bias, 0, 8);
       }
-      fl_transpose_row((const JCOEF(*)[64])expanded, cols, 1, run, (size_t)out_w8, base + offset * element, plane,
-                       dtype, scale, gain, bias, 0, 8);
+      y += run;
     }
-    y += run;
-  }
   }
   return FL_OK;
 }
 
-
 /* Mapped layout (fl_decode_fun_mapped): output block (y, x) of component c takes the block at
  * full-resolution row row_full[y], column col_full[x] (-1: a zero block), then out = (x * q) *
- * gain + bias per channel when gain is given (float32 only). */
-static int fl_layout_mapped(fl_decoder *decoder, jvirt_barray_ptr array, const fl_header *header, int c, void *out,
-                            int dtype, int dequantize, int out_h8, int out_w8, const int *row_full,
-                            const int *col_full, const float *gain, const float *bias) {
+ * gain + bias per channel when gain is given (float32 only).  In `whole` mode (float32) rows are
+ * expanded into the decoder's scratch (component c at block c * plane) and written by
+ * fl_layout_mapped_planes afterwards, 8 planes per pass; otherwise each row is written at once. */
+static void fl_layout_mapped(fl_decoder *decoder, const fl_rows *source, const fl_header *header, int c, void *out,
+                             const fl_plan *plan, const float *gain, const float *bias) {
   static const JCOEF zero_block[64];
-  j_decompress_ptr cinfo = &decoder->cinfo;
-  const size_t plane = (size_t)out_h8 * (size_t)out_w8;
-  const size_t element = dtype == FL_DTYPE_FLOAT32 ? 4 : 2;
-  const int h = header->h_samp[c], v = header->v_samp[c];
-  const int hmax = header->max_h_samp, vmax = header->max_v_samp;
-  const int last_col = header->blocks_w[c] - 1, last_row = header->blocks_h[c] - 1;
-  /* float32: expand every output row first, then write 8 planes per pass (see FL_MAPPED_EXPAND_MAX) */
-  const int whole = dtype == FL_DTYPE_FLOAT32 && plane * 64 * sizeof(JCOEF) <= FL_MAPPED_EXPAND_MAX;
-  if (fl_reserve_row(decoder, whole ? (int)plane : out_w8) != FL_OK) return FL_ERR_NOMEM;
-  float scale[64];
-  for (int k = 0; k < 64; k++) scale[k] = dequantize ? (float)header->qtables[c][k] : 1.0f;
-  char *base = (char *)out + ((size_t)64 * c * plane) * element;
-  for (int y = 0; y < out_h8; y++) {
-    int full_row = row_full[y];
-    JBLOCKROW blocks = NULL;
-    if (full_row >= 0) {
-      int source_row = (int)(((long long)full_row * v) / vmax);
-      blocks = (*cinfo->mem->access_virt_barray)((j_common_ptr)cinfo, array,
-                                                 (JDIMENSION)(source_row > last_row ? last_row : source_row), 1,
-                                                 FALSE)[0];
-    }
-    JCOEF(*expanded)[64] = decoder->row_scratch + (whole ? (size_t)y * (size_t)out_w8 : 0);
+  fl_geometry g;
+  fl_geometry_init(&g, header, c, out, plan->dtype, plan->dequantize, plan->out_h8, plan->out_w8);
+  const int out_w8 = plan->out_w8;
+  for (int y = 0; y < plan->out_h8; y++) {
+    int full_row = plan->row_full[y];
+    if (full_row < 0 ? !source->zero_rows : (full_row < source->full_begin || full_row >= source->full_end)) continue;
+    JBLOCKROW blocks = full_row >= 0 ? fl_block_row(decoder, source, c, fl_source_row(&g, full_row)) : NULL;
+    JCOEF(*expanded)[64] = decoder->row_scratch + (plan->whole ? (size_t)c * g.plane + (size_t)y * (size_t)out_w8 : 0);
     for (int x = 0; x < out_w8; x++) {
-      const JCOEF *source = zero_block;
-      if (blocks && col_full[x] >= 0) {
-        int column = (int)(((long long)col_full[x] * h) / hmax);
-        source = blocks[column > last_col ? last_col : column];
+      const JCOEF *block = zero_block;
+      if (blocks && plan->col_full[x] >= 0) {
+        int column = (int)(((long long)plan->col_full[x] * g.h) / g.hmax);
+        block = blocks[column > g.last_col ? g.last_col : column];
       }
-      memcpy(expanded[x], source, 64 * sizeof(JCOEF));
+      memcpy(expanded[x], block, 64 * sizeof(JCOEF));
     }
-    if (!whole)
+    if (!plan->whole)
       fl_transpose_row((const JCOEF(*)[64])expanded, out_w8, 1, 1, (size_t)out_w8,
-                       base + (size_t)y * (size_t)out_w8 * element, plane, dtype, scale, gain, bias, 0, 8);
+                       g.base + (size_t)y * (size_t)out_w8 * g.element, g.plane, plan->dtype, g.scale, gain, bias, 0, 8);
   }
-  for (int group = 0; whole && group < 8; group++)
-    for (int y = 0; y < out_h8; y++)
-      fl_transpose_row((const JCOEF(*)[64])(decoder->row_scratch + (size_t)y * (size_t)out_w8), out_w8, 1, 1,
-                       (size_t)out_w8, base + (size_t)y * (size_t)out_w8 * element, plane, FL_DTYPE_FLOAT32, scale,
-                       gain, bias, group, group + 1);
-  return FL_OK;
+}
+
+static void fl_layout_mapped_planes(fl_decoder *decoder, const fl_header *header, int c, void *out,
+                                    const fl_plan *plan, const float *gain, const float *bias) {
+  fl_geometry g;
+  fl_geometry_init(&g, header, c, out, plan->dtype, plan->dequantize, plan->out_h8, plan->out_w8);
+  const int out_w8 = plan->out_w8;
+  for (int group = 0; group < 8; group++)
+    for (int y = 0; y < plan->out_h8; y++)
+      fl_transpose_row((const JCOEF(*)[64])(decoder->row_scratch + (size_t)c * g.plane + (size_t)y * (size_t)out_w8),
+                       out_w8, 1, 1, (size_t)out_w8, g.base + (size_t)y * (size_t)out_w8 * g.element, g.plane,
+                       FL_DTYPE_FLOAT32, g.scale, gain, bias, group, group + 1);
 }
 
 /* Fills the planes of an absent component (grayscale chroma) with zeros, or bias when given. */
 static void fl_fill_component(void *out, int c, int dtype, size_t plane, const float *bias) {
+  const size_t element = fl_dtype_size(dtype);
   if (dtype == FL_DTYPE_INT16 || !bias) {
-    memset((char *)out + (size_t)64 * c * plane * (dtype == FL_DTYPE_FLOAT32 ? 4 : 2), 0,
-           (size_t)64 * plane * (dtype == FL_DTYPE_FLOAT32 ? 4 : 2));
+    memset((char *)out + (size_t)64 * c * plane * element, 0, (size_t)64 * plane * element);
     return;
   }
   float *base = (float *)out + (size_t)64 * c * plane;
@@ -611,10 +703,114 @@ static void fl_fill_component(void *out, int c, int dtype, size_t plane, const f
     for (size_t i = 0; i < plane; i++) base[k * plane + i] = bias[k];
 }
 
+/* Lays out the rows `source` holds, every component. */
+static int fl_lay_out(fl_decoder *decoder, const fl_rows *source, const fl_header *header, void *out,
+                      const fl_plan *plan) {
+  int components = header->num_components < 3 ? header->num_components : 3;
+  for (int c = 0; c < components; c++) {
+    const float *gain = plan->gain ? plan->gain + 64 * c : NULL;
+    const float *bias = plan->gain ? plan->bias + 64 * c : NULL;
+    if (plan->mapped) {
+      fl_layout_mapped(decoder, source, header, c, out, plan, gain, bias);
+    } else if (fl_layout_component(decoder, source, header, c, out, plan, gain, bias) != FL_OK) {
+      return FL_ERR_NOMEM;
+    }
+  }
+  return FL_OK;
+}
+
+/* After the last rows: the whole-mode planes, and the planes of absent components. */
+static void fl_lay_out_finish(fl_decoder *decoder, const fl_header *header, void *out, const fl_plan *plan) {
+  for (int c = 0; c < 3; c++) {
+    const float *gain = plan->gain ? plan->gain + 64 * c : NULL;
+    const float *bias = plan->gain ? plan->bias + 64 * c : NULL;
+    if (c >= header->num_components) {
+      if (plan->mapped) fl_fill_component(out, c, plan->dtype, (size_t)plan->out_h8 * (size_t)plan->out_w8, bias);
+    } else if (plan->mapped && plan->whole) {
+      fl_layout_mapped_planes(decoder, header, c, out, plan, gain, bias);
+    }
+  }
+}
+
+/* Decodes the begun image band by band with the own decoder, laying each band out as it arrives,
+ * and stops after band last_band.  FL_OK, FL_ERR_NOMEM, or -1: hand the file over to libjpeg. */
+static int fl_own_decode(fl_decoder *decoder, const fl_header *header, void *out, const fl_plan *plan,
+                         int16_t *const *components, int last_band) {
+  fl_huff_frame *frame = &decoder->frame;
+  if (last_band >= frame->mcu_rows) last_band = frame->mcu_rows - 1;
+  if (last_band < 0) last_band = 0;
+  fl_rows source;
+  memset(&source, 0, sizeof source);
+  for (int band = 0; band <= last_band; band++) {
+    if (fl_huff_decode_band(decoder->huff, frame) != FL_HUFF_OK) return -1;
+    source.full_begin = band * frame->band_full_rows;
+    source.full_end = source.full_begin + frame->band_full_rows;
+    source.zero_rows = band == 0;
+    for (int c = 0; c < frame->num_components; c++) {
+      source.band[c] = frame->band[c];
+      source.band_first[c] = band * frame->band_rows[c];
+      source.band_cols[c] = frame->band_cols[c];
+      if (components) { /* read_dct: the component's rows of this band, unpadded */
+        int rows = header->blocks_h[c] - source.band_first[c];
+        if (rows > frame->band_rows[c]) rows = frame->band_rows[c];
+        for (int r = 0; r < rows; r++)
+          memcpy(components[c] + ((size_t)(source.band_first[c] + r) * (size_t)header->blocks_w[c]) * 64,
+                 frame->band[c] + (size_t)r * (size_t)frame->band_cols[c] * 64,
+                 (size_t)header->blocks_w[c] * 64 * sizeof(int16_t));
+      }
+    }
+    if (out && source.full_end > 0 && fl_lay_out(decoder, &source, header, out, plan) != FL_OK) return FL_ERR_NOMEM;
+  }
+  if (last_band == frame->mcu_rows - 1 && fl_huff_finish(decoder->huff) != FL_HUFF_OK) return -1;
+  if (out) fl_lay_out_finish(decoder, header, out, plan);
+  return FL_OK;
+}
+
+/* Runs jpeg_read_coefficients on a begun image; returns the coefficient arrays. */
+static jvirt_barray_ptr *fl_read_coefficients(fl_decoder *decoder, fl_header *header) {
+  jvirt_barray_ptr *arrays = jpeg_read_coefficients(&decoder->cinfo);
+  fl_copy_qtables(&decoder->cinfo, header);
+  return arrays;
+}
+
+int fl_read_components(fl_decoder *decoder, fl_header *header, int16_t *const *components,
+                       fl_result *result) {
+  j_decompress_ptr cinfo = &decoder->cinfo;
+  if (!decoder->active && !decoder->own) {
+    fl_fail(result, FL_ERR_ARGUMENT, "fl_read_components without a successful fl_begin");
+    return result->status;
+  }
+  if (decoder->own) {
+    int status = fl_own_decode(decoder, header, NULL, NULL, components, decoder->frame.mcu_rows - 1);
+    if (status == FL_OK) {
+      fl_abort(decoder);
+      return FL_OK;
+    }
+    if (fl_hand_over(decoder, header, result) != FL_OK) return result->status;
+  }
+  if (setjmp(decoder->err.jump)) {
+    fl_abort(decoder);
+    return result->status;
+  }
+  jvirt_barray_ptr *arrays = fl_read_coefficients(decoder, header);
+  for (int c = 0; c < header->num_components; c++) {
+    size_t row_values = (size_t)header->blocks_w[c] * 64;
+    for (int row = 0; row < header->blocks_h[c]; row++) {
+      JBLOCKARRAY rows = (*cinfo->mem->access_virt_barray)((j_common_ptr)cinfo, arrays[c],
+                                                          (JDIMENSION)row, 1, FALSE);
+      memcpy(components[c] + (size_t)row * row_values, rows[0], row_values * sizeof(int16_t));
+    }
+  }
+  fl_abort(decoder);
+  return FL_OK;
+}
+
 /* zero_on_error: fl_decode_fun's contract (batch slots must not keep a previous image). fl_read_fun
  * (read_fun's fresh or caller-owned buffer) does not: libjpeg fails before out is written, and
  * zero-filling a fresh buffer sized from a hostile header (a 600-byte file claiming 13000x13000)
- * would touch 1-2 GB only to throw it away. */
+ * would touch 1-2 GB only to throw it away.  (The own decoder may have written some rows of out
+ * before handing over; libjpeg then writes them again, or fails.)
+ * stop_early: with block maps, entropy decoding stops after the last MCU row the maps use. */
 static int fl_read_fun_begun(fl_decoder *decoder, fl_header *header, void *out, size_t out_bytes,
                              int dtype, int dequantize, int out_h8, int out_w8, int zero_on_error,
                              const fl_mapping *mapping, fl_result *result) {
@@ -628,52 +824,87 @@ static int fl_read_fun_begun(fl_decoder *decoder, fl_header *header, void *out, 
     fl_abort(decoder);
     return result->status;
   }
+  fl_plan plan;
+  memset(&plan, 0, sizeof plan);
+  plan.out_h8 = out_h8;
+  plan.out_w8 = out_w8;
+  plan.dtype = dtype;
+  plan.dequantize = dequantize;
+  plan.gain = mapping ? mapping->gain : NULL;
+  plan.bias = mapping ? mapping->bias : NULL;
   /* Centre crop or centre pad, independently per axis. */
-  int src_y0 = 0, dst_y0 = 0, rows = header->grid_h;
-  int src_x0 = 0, dst_x0 = 0, cols = header->grid_w;
-  if (header->grid_h >= out_h8) { src_y0 = (header->grid_h - out_h8) / 2; rows = out_h8; }
-  else dst_y0 = (out_h8 - header->grid_h) / 2;
-  if (header->grid_w >= out_w8) { src_x0 = (header->grid_w - out_w8) / 2; cols = out_w8; }
-  else dst_x0 = (out_w8 - header->grid_w) / 2;
-  int padded = rows < out_h8 || cols < out_w8 || header->num_components < 3;
+  plan.rows = header->grid_h;
+  plan.cols = header->grid_w;
+  if (header->grid_h >= out_h8) { plan.src_y0 = (header->grid_h - out_h8) / 2; plan.rows = out_h8; }
+  else plan.dst_y0 = (out_h8 - header->grid_h) / 2;
+  if (header->grid_w >= out_w8) { plan.src_x0 = (header->grid_w - out_w8) / 2; plan.cols = out_w8; }
+  else plan.dst_x0 = (out_w8 - header->grid_w) / 2;
+  int padded = plan.rows < out_h8 || plan.cols < out_w8 || header->num_components < 3;
+  plan.mapped = mapping && (mapping->rows || mapping->cols || padded);
+  plan.last_full_row = header->grid_h - 1;
+  if (plan.mapped) {
+    /* Compose the caller's maps (indices into the centre-cropped/padded grid) with that geometry. */
+    int *row_full = decoder->map_scratch, *col_full = decoder->map_scratch + out_h8;
+    plan.last_full_row = -1;
+    for (int y = 0; y < out_h8; y++) {
+      int index = mapping->rows ? mapping->rows[y] : y;
+      row_full[y] = (index >= plan.dst_y0 && index < plan.dst_y0 + plan.rows) ? plan.src_y0 + index - plan.dst_y0 : -1;
+      if (row_full[y] > plan.last_full_row) plan.last_full_row = row_full[y];
+    }
+    for (int x = 0; x < out_w8; x++) {
+      int index = mapping->cols ? mapping->cols[x] : x;
+      col_full[x] = (index >= plan.dst_x0 && index < plan.dst_x0 + plan.cols) ? plan.src_x0 + index - plan.dst_x0 : -1;
+    }
+    plan.row_full = row_full;
+    plan.col_full = col_full;
+    size_t plane = (size_t)out_h8 * (size_t)out_w8;
+    plan.whole = dtype == FL_DTYPE_FLOAT32 && plane * 64 * sizeof(JCOEF) <= FL_MAPPED_EXPAND_MAX;
+    if (fl_reserve_row(decoder, plan.whole ? plane * 3 : (size_t)out_w8) != FL_OK) {
+      fl_fail(result, FL_ERR_NOMEM, "out of memory");
+      fl_abort(decoder);
+      if (zero_on_error) memset(out, 0, needed);
+      return result->status;
+    }
+  } else if (padded) {
+    memset(out, 0, needed);
+  }
+
+  int status = FL_OK;
+  if (decoder->own) {
+    /* crop-aware: with block maps, stop after the last band the maps use */
+    int last_band = decoder->frame.mcu_rows - 1;
+    if (mapping && (mapping->rows || mapping->cols) && plan.last_full_row >= 0)
+      last_band = plan.last_full_row / decoder->frame.band_full_rows;
+    status = fl_own_decode(decoder, header, out, &plan, NULL, last_band);
+    if (status != -1) {
+      fl_abort(decoder);
+      if (status != FL_OK) {
+        fl_fail(result, FL_ERR_NOMEM, "out of memory");
+        memset(out, 0, needed);
+        return result->status;
+      }
+      return FL_OK;
+    }
+    status = FL_OK;
+    if (fl_hand_over(decoder, header, result) != FL_OK) {
+      if (zero_on_error) memset(out, 0, needed);
+      return result->status;
+    }
+  }
 
   if (setjmp(decoder->err.jump)) {
     fl_abort(decoder);
     if (zero_on_error) memset(out, 0, needed);
     return result->status;
   }
-  jvirt_barray_ptr *arrays = fl_read_coefficients(decoder, header);
-  int status = FL_OK;
-  if (mapping && (mapping->rows || mapping->cols || padded)) {
-    /* Compose the caller's maps (indices into the centre-cropped/padded grid) with that geometry. */
-    int *row_full = decoder->map_scratch, *col_full = decoder->map_scratch + out_h8;
-    for (int y = 0; y < out_h8; y++) {
-      int index = mapping->rows ? mapping->rows[y] : y;
-      row_full[y] = (index >= dst_y0 && index < dst_y0 + rows) ? src_y0 + index - dst_y0 : -1;
-    }
-    for (int x = 0; x < out_w8; x++) {
-      int index = mapping->cols ? mapping->cols[x] : x;
-      col_full[x] = (index >= dst_x0 && index < dst_x0 + cols) ? src_x0 + index - dst_x0 : -1;
-    }
-    for (int c = 0; c < 3 && status == FL_OK; c++) {
-      const float *gain = mapping->gain ? mapping->gain + 64 * c : NULL;
-      const float *bias = mapping->gain ? mapping->bias + 64 * c : NULL;
-      if (c >= header->num_components)
-        fl_fill_component(out, c, dtype, (size_t)out_h8 * (size_t)out_w8, bias);
-      else
-        status = fl_layout_mapped(decoder, arrays[c], header, c, out, dtype, dequantize, out_h8, out_w8, row_full,
-                                  col_full, gain, bias);
-    }
-  } else {
-    /* Identity geometry (an affine alone, on a full grid, takes this in-place path too). */
-    if (padded) memset(out, 0, needed);
-    for (int c = 0; c < header->num_components && c < 3 && status == FL_OK; c++) {
-      const float *gain = mapping && mapping->gain ? mapping->gain + 64 * c : NULL;
-      const float *bias = mapping && mapping->gain ? mapping->bias + 64 * c : NULL;
-      status = fl_layout_component(decoder, arrays[c], header, c, out, dtype, dequantize, out_h8, out_w8, src_y0,
-                                   src_x0, dst_y0, dst_x0, rows, cols, gain, bias);
-    }
-  }
+  fl_rows source;
+  memset(&source, 0, sizeof source);
+  source.arrays = fl_read_coefficients(decoder, header);
+  source.full_begin = 0;
+  source.full_end = header->grid_h;
+  source.zero_rows = 1;
+  status = fl_lay_out(decoder, &source, header, out, &plan);
+  if (status == FL_OK) fl_lay_out_finish(decoder, header, out, &plan);
   fl_abort(decoder);
   if (status != FL_OK) { /* the only layout failure is a scratch allocation */
     fl_fail(result, FL_ERR_NOMEM, "out of memory");
@@ -685,7 +916,7 @@ static int fl_read_fun_begun(fl_decoder *decoder, fl_header *header, void *out, 
 
 int fl_read_fun(fl_decoder *decoder, fl_header *header, void *out, size_t out_bytes, int dtype,
                 int dequantize, int out_h8, int out_w8, fl_result *result) {
-  if (!decoder->active) {
+  if (!decoder->active && !decoder->own) {
     fl_fail(result, FL_ERR_ARGUMENT, "fl_read_fun without a successful fl_begin");
     return result->status;
   }
@@ -732,6 +963,20 @@ int fl_decode_fun_mapped(fl_decoder *decoder, const uint8_t *data, size_t size, 
   return fl_read_fun_begun(decoder, header, out, out_bytes, dtype, dequantize, out_h8, out_w8, 1, mapping, result);
 }
 
+int fl_decoder_path(fl_decoder *decoder, const uint8_t *data, size_t size, uint64_t max_pixels, char *reason,
+                    size_t reason_size) {
+  fl_abort(decoder);
+  int own = 0;
+  if (fl_huff_begin(decoder->huff, data, size, max_pixels, &decoder->frame) == FL_HUFF_OK) {
+    own = 1;
+    for (int band = 0; own && band < decoder->frame.mcu_rows; band++)
+      own = fl_huff_decode_band(decoder->huff, &decoder->frame) == FL_HUFF_OK;
+    if (own) own = fl_huff_finish(decoder->huff) == FL_HUFF_OK;
+  }
+  snprintf(reason, reason_size, "%s", own ? "" : fl_huff_reason(decoder->huff));
+  return own;
+}
+
 int fl_libjpeg_version(void) {
 #ifdef LIBJPEG_TURBO_VERSION_NUMBER
   return LIBJPEG_TURBO_VERSION_NUMBER;
@@ -748,6 +993,53 @@ int fl_read_size(fl_decoder *decoder, const uint8_t *data, size_t size, const fl
   int status = fl_begin(decoder, data, size, options, header, result);
   fl_abort(decoder);
   return status;
+}
+
+/* Fills `window` from the own decoder (crop-aware): the bands are decoded up to the last one the
+ * window uses, only the window's blocks are kept (copied into the decoder's window_blocks), and
+ * the rest of the file is not read.  FL_OK, FL_ERR_NOMEM, or -1: hand the file over to libjpeg. */
+static int fl_own_window(fl_decoder *decoder, fl_coef_window *window) {
+  fl_huff_frame *frame = &decoder->frame;
+  size_t values = 0, used = 0;
+  int last_band = 0;
+  for (int c = 0; c < frame->num_components; c++) {
+    if (window->num_rows[c] <= 0) continue;
+    int last_row = window->first_row[c] + window->num_rows[c] - 1;
+    if (window->first_row[c] < 0 || window->first_col[c] < 0 ||
+        window->first_col[c] + window->num_cols[c] > frame->band_cols[c] ||
+        last_row >= frame->mcu_rows * frame->band_rows[c])
+      return -1; /* outside the coded blocks: libjpeg's arrays decide */
+    if (last_row / frame->band_rows[c] > last_band) last_band = last_row / frame->band_rows[c];
+    values += (size_t)window->num_rows[c] * (size_t)window->num_cols[c] * 64;
+  }
+  if (values > decoder->window_blocks_capacity) {
+    int16_t *blocks = (int16_t *)realloc(decoder->window_blocks, values * sizeof(int16_t));
+    if (!blocks) return FL_ERR_NOMEM;
+    decoder->window_blocks = blocks;
+    decoder->window_blocks_capacity = values;
+  }
+  for (int c = 0; c < FL_MAX_COMPONENTS; c++) {
+    window->rows[c] = decoder->window_rows + used;
+    used += (size_t)window->num_rows[c];
+  }
+  int16_t *next = decoder->window_blocks;
+  for (int band = 0; band <= last_band; band++) {
+    if (fl_huff_decode_band(decoder->huff, frame) != FL_HUFF_OK) return -1;
+    for (int c = 0; c < frame->num_components; c++) {
+      int band_first = band * frame->band_rows[c];
+      for (int r = 0; r < window->num_rows[c]; r++) {
+        int row = window->first_row[c] + r;
+        if (row < band_first || row >= band_first + frame->band_rows[c]) continue;
+        const int16_t *source = frame->band[c] + ((size_t)(row - band_first) * (size_t)frame->band_cols[c] +
+                                                  (size_t)window->first_col[c]) * 64;
+        memcpy(next, source, (size_t)window->num_cols[c] * 64 * sizeof(int16_t));
+        window->rows[c][r] = next;
+        next += (size_t)window->num_cols[c] * 64;
+      }
+    }
+  }
+  if (last_band == frame->mcu_rows - 1 && fl_huff_finish(decoder->huff) != FL_HUFF_OK) return -1;
+  return FL_OK;
 }
 
 int fl_decode_fun_resized(fl_decoder *decoder, const uint8_t *data, size_t size, const fl_options *options, void *out,
@@ -796,26 +1088,38 @@ int fl_decode_fun_resized(fl_decoder *decoder, const uint8_t *data, size_t size,
     memset(out, 0, needed);
     return result->status;
   }
-  if (setjmp(decoder->err.jump)) {
-    fl_abort(decoder);
-    memset(out, 0, needed);
-    return result->status;
-  }
-  j_decompress_ptr cinfo = &decoder->cinfo;
-  jvirt_barray_ptr *arrays = fl_read_coefficients(decoder, header);
-  size_t used = 0;
-  for (int c = 0; c < FL_MAX_COMPONENTS; c++) {
-    window.rows[c] = decoder->window_rows + used;
-    for (int r = 0; r < window.num_rows[c]; r++) {
-      JBLOCKROW blocks = (*cinfo->mem->access_virt_barray)((j_common_ptr)cinfo, arrays[c],
-                                                           (JDIMENSION)(window.first_row[c] + r), 1, FALSE)[0];
-      window.rows[c][r] = (int16_t *)blocks[window.first_col[c]];
+  int own_window = 0; /* the own decoder filled the window (else libjpeg's arrays do) */
+  if (decoder->own) {
+    status = fl_own_window(decoder, &window);
+    own_window = status == FL_OK;
+    if (status == -1 && fl_hand_over(decoder, header, result) != FL_OK) {
+      memset(out, 0, needed);
+      return result->status;
     }
-    used += (size_t)window.num_rows[c];
   }
-  status = fl_resize_run(decoder->resize, header, &window, out, dtype, mapping);
+  if (!own_window && status != FL_ERR_NOMEM) {
+    if (setjmp(decoder->err.jump)) {
+      fl_abort(decoder);
+      memset(out, 0, needed);
+      return result->status;
+    }
+    j_decompress_ptr cinfo = &decoder->cinfo;
+    jvirt_barray_ptr *arrays = fl_read_coefficients(decoder, header);
+    size_t used = 0;
+    for (int c = 0; c < FL_MAX_COMPONENTS; c++) {
+      window.rows[c] = decoder->window_rows + used;
+      for (int r = 0; r < window.num_rows[c]; r++) {
+        JBLOCKROW blocks = (*cinfo->mem->access_virt_barray)((j_common_ptr)cinfo, arrays[c],
+                                                             (JDIMENSION)(window.first_row[c] + r), 1, FALSE)[0];
+        window.rows[c][r] = (int16_t *)blocks[window.first_col[c]];
+      }
+      used += (size_t)window.num_rows[c];
+    }
+  }
+  if (status != FL_ERR_NOMEM) status = FL_OK;
+  if (status == FL_OK) status = fl_resize_run(decoder->resize, header, &window, out, dtype, mapping);
   fl_abort(decoder);
-  if (status != FL_OK) {
+  if (status != FL_OK) { /* the only failures left are allocations */
     fl_fail(result, FL_ERR_NOMEM, "out of memory");
     memset(out, 0, needed);
     return result->status;

@@ -1,6 +1,9 @@
 /*
- * jpegdct_core: read quantized DCT coefficients out of JPEG data with libjpeg-turbo
- * (jpeg_read_coefficients: entropy decoding only) and lay them out for FUN models.
+ * jpegdct_core: read quantized DCT coefficients out of JPEG data and lay them out for FUN models.
+ * Baseline files are entropy-decoded by funloader's own decoder (huffman.h), one MCU row at a time
+ * straight into the layout; everything else, and any file in which that decoder meets anything it
+ * does not fully expect, by libjpeg-turbo's jpeg_read_coefficients (the "hand-over": the whole
+ * file is decoded again by libjpeg, so its output, errors and warnings are libjpeg's own).
  *
  * Plain C with no Python dependency, so the CPython module and the DALI operator share it.
  * Every libjpeg error is caught with setjmp/longjmp and turned into a status code plus a message;
@@ -38,26 +41,38 @@ enum {
   FL_ERR_BOX = 7          /* resized-crop box outside the image / empty (resize.h) -> ValueError */
 };
 
+/* fl_header.colorspace values this core accepts (equal to libjpeg's JCS_GRAYSCALE / JCS_YCbCr). */
+enum { FL_COLORSPACE_GRAY = 1, FL_COLORSPACE_YCBCR = 3 };
+
 /* Output element types of fl_decode_fun. */
 enum { FL_DTYPE_INT16 = 0, FL_DTYPE_FLOAT32 = 1 };
+
+/* Which entropy decoder runs (fl_options.decoder). */
+enum {
+  FL_DECODER_AUTO = 0,   /* funloader's own for baseline files, libjpeg for the rest (hand-over) */
+  FL_DECODER_LIBJPEG = 1 /* libjpeg-turbo for every file */
+};
 
 typedef struct {
   int strict;          /* 1: corrupt-data warnings are errors; 0: collected, decoding goes on */
   uint64_t max_pixels; /* width * height limit checked from the header before any big allocation */
   int max_scans;       /* progressive/multi-scan limit (CPU bomb guard); <= 0: no limit */
+  int decoder;         /* FL_DECODER_AUTO (0, the default of a zeroed struct) or FL_DECODER_LIBJPEG */
 } fl_options;
 
 /* What the header says about an image, plus the quantization tables (natural order). */
 typedef struct {
   int width, height;
   int num_components;
-  int colorspace; /* libjpeg J_COLOR_SPACE of the coded data */
+  int colorspace; /* FL_COLORSPACE_GRAY or FL_COLORSPACE_YCBCR (libjpeg's J_COLOR_SPACE value) */
   int progressive, arithmetic;
   int max_h_samp, max_v_samp;
   int h_samp[FL_MAX_COMPONENTS], v_samp[FL_MAX_COMPONENTS];
   int blocks_w[FL_MAX_COMPONENTS], blocks_h[FL_MAX_COMPONENTS]; /* not MCU-padded */
   int grid_h, grid_w; /* full-resolution block grid: ceil(H/8), ceil(W/8) */
   uint16_t qtables[FL_MAX_COMPONENTS][64];
+  int own_decoder;      /* 1: the image was entropy-decoded by funloader's own decoder */
+  const char *handover; /* why libjpeg decoded it under FL_DECODER_AUTO (static string), or NULL */
 } fl_header;
 
 /* Result of one decode: status, message and the recoverable warnings seen. */
@@ -105,7 +120,8 @@ int fl_decode_fun(fl_decoder *decoder, const uint8_t *data, size_t size, const f
 /* A per-image block mapping and affine for fl_decode_fun_mapped (the loader's augmentations done
  * while laying out): output block row y takes row rows[y] of the grid fl_decode_fun would have
  * produced (centre crop/pad to out_h8 x out_w8), column x takes column cols[x]; -1 is a zero block;
- * NULL maps mean identity.  With gain (192 floats) the float32 output is (x * q) * gain[ch] +
+ * NULL maps mean identity.  With maps, the own decoder stops entropy decoding after the last MCU
+ * row the maps use (crop-aware decoding): damage after that row is then not seen, in either mode.  With gain (192 floats) the float32 output is (x * q) * gain[ch] +
  * bias[ch] per channel (x * gain + bias without dequantize), evaluated in that order. */
 typedef struct {
   const int32_t *rows;
@@ -118,7 +134,15 @@ int fl_decode_fun_mapped(fl_decoder *decoder, const uint8_t *data, size_t size, 
                          void *out, size_t out_bytes, int dtype, int dequantize, int out_h8, int out_w8,
                          const fl_mapping *mapping, fl_header *header, fl_result *result);
 
-/* libjpeg-turbo version number (e.g. 2001005) and whether SIMD was compiled in (-1 unknown). */
+/* Bytes per output element of an FL_DTYPE_* (0 for an unknown code). */
+size_t fl_dtype_size(int dtype);
+
+/* Which decoder a file takes under FL_DECODER_AUTO: 1 funloader's own (the whole scan decodes with
+ * it), 0 libjpeg, with the hand-over reason copied to reason. Decodes the file's entropy data. */
+int fl_decoder_path(fl_decoder *decoder, const uint8_t *data, size_t size, uint64_t max_pixels, char *reason,
+                    size_t reason_size);
+
+/* libjpeg-turbo version number (e.g. 2001005). */
 int fl_libjpeg_version(void);
 
 #ifdef __cplusplus

@@ -90,9 +90,15 @@ static PyObject *result_tuple(const fl_result *result) {
   return Py_BuildValue("(iisN)", result->status, result->os_errno, message, warnings);
 }
 
-static const char *colorspace_name(int colorspace, int components) {
-  if (components == 1) return "gray";
-  return components == 3 ? "YCbCr" : "unknown";
+static const char *colorspace_name(int colorspace) {
+  switch (colorspace) {
+    case FL_COLORSPACE_GRAY:
+      return "gray";
+    case FL_COLORSPACE_YCBCR:
+      return "YCbCr";
+    default:
+      return "unknown";
+  }
 }
 
 static PyObject *header_dict(const fl_header *header) {
@@ -107,12 +113,14 @@ static PyObject *header_dict(const fl_header *header) {
   if (!qtables) goto fail;
   char *qtable_bytes = PyBytes_AS_STRING(qtables);
   for (int c = 0; c < n; c++) memcpy(qtable_bytes + (size_t)c * 128, header->qtables[c], 128);
-  return Py_BuildValue("{s:i,s:i,s:i,s:s,s:O,s:O,s:N,s:N,s:N,s:(ii)}", "width", header->width,
+  return Py_BuildValue("{s:i,s:i,s:i,s:s,s:O,s:O,s:N,s:N,s:N,s:(ii),s:s,s:s}", "width", header->width,
                        "height", header->height, "num_components", n, "colorspace",
-                       colorspace_name(header->colorspace, n), "progressive",
+                       colorspace_name(header->colorspace), "progressive",
                        header->progressive ? Py_True : Py_False, "arithmetic",
                        header->arithmetic ? Py_True : Py_False, "sampling", sampling, "blocks",
-                       blocks, "qtables", qtables, "grid", header->grid_h, header->grid_w);
+                       blocks, "qtables", qtables, "grid", header->grid_h, header->grid_w, "decoder",
+                       header->own_decoder ? "funloader" : "libjpeg", "handover",
+                       header->handover ? header->handover : "");
 fail:
   Py_XDECREF(sampling);
   Py_XDECREF(blocks);
@@ -151,8 +159,6 @@ static int decoder_enter(DecoderObject *self) {
   return 0;
 }
 
-static size_t dtype_size(int dtype) { return dtype == FL_DTYPE_FLOAT32 ? 4 : 2; }
-
 /* Common start of read_fun/read_dct: take the source, mark the decoder busy, then (GIL released)
  * load the file and parse the header.  Returns -1 with a Python exception set (nothing to release),
  * else the FL_* status; on return >= 0 the caller owns `source` and must clear self->busy. */
@@ -173,21 +179,21 @@ static int decoder_open(DecoderObject *self, PyObject *source_object, Source *so
   return status;
 }
 
-/* read_fun(source, out, dtype, dequantize, strict, max_pixels, max_scans)
+/* read_fun(source, out, dtype, dequantize, strict, max_pixels, max_scans[, decoder])
  *   -> (out_or_new_bytearray_or_None, header_or_None, result) */
 static PyObject *Decoder_read_fun(DecoderObject *self, PyObject *args) {
   PyObject *source_object, *out_object;
-  int dtype, dequantize, strict, max_scans;
+  int dtype, dequantize, strict, max_scans, decoder = FL_DECODER_AUTO;
   unsigned long long max_pixels;
-  if (!PyArg_ParseTuple(args, "OOippKi", &source_object, &out_object, &dtype, &dequantize, &strict,
-                        &max_pixels, &max_scans))
+  if (!PyArg_ParseTuple(args, "OOippKi|i", &source_object, &out_object, &dtype, &dequantize, &strict,
+                        &max_pixels, &max_scans, &decoder))
     return NULL;
   if (dtype != FL_DTYPE_INT16 && dtype != FL_DTYPE_FLOAT32) {
     PyErr_SetString(PyExc_ValueError, "dtype code must be 0 (int16) or 1 (float32)");
     return NULL;
   }
   Source source;
-  fl_options options = {strict, (uint64_t)max_pixels, max_scans};
+  fl_options options = {strict, (uint64_t)max_pixels, max_scans, decoder};
   fl_header header;
   fl_result result;
   int status = decoder_open(self, source_object, &source, &options, &header, &result);
@@ -197,7 +203,7 @@ static PyObject *Decoder_read_fun(DecoderObject *self, PyObject *args) {
   Py_buffer out_view;
   int has_out = 0;
   if (status == FL_OK) {
-    size_t needed = (size_t)192 * header.grid_h * header.grid_w * dtype_size(dtype);
+    size_t needed = (size_t)192 * header.grid_h * header.grid_w * fl_dtype_size(dtype);
     if (out_object == Py_None) {
       target = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)needed);
     } else {
@@ -235,14 +241,14 @@ done:
   return answer;
 }
 
-/* read_dct(source, strict, max_pixels, max_scans) -> (header_or_None, [bytearray...], result) */
+/* read_dct(source, strict, max_pixels, max_scans[, decoder]) -> (header_or_None, [bytearray...], result) */
 static PyObject *Decoder_read_dct(DecoderObject *self, PyObject *args) {
   PyObject *source_object;
-  int strict, max_scans;
+  int strict, max_scans, decoder = FL_DECODER_AUTO;
   unsigned long long max_pixels;
-  if (!PyArg_ParseTuple(args, "OpKi", &source_object, &strict, &max_pixels, &max_scans)) return NULL;
+  if (!PyArg_ParseTuple(args, "OpKi|i", &source_object, &strict, &max_pixels, &max_scans, &decoder)) return NULL;
   Source source;
-  fl_options options = {strict, (uint64_t)max_pixels, max_scans};
+  fl_options options = {strict, (uint64_t)max_pixels, max_scans, decoder};
   fl_header header;
   fl_result result;
   int status = decoder_open(self, source_object, &source, &options, &header, &result);
@@ -282,15 +288,42 @@ done:
   return answer;
 }
 
+/* decoder_path(source, max_pixels) -> (own: bool, reason: str, result): which entropy decoder a
+ * file takes under FL_DECODER_AUTO (result: the file could not be read when its status is not OK) */
+static PyObject *Decoder_decoder_path(DecoderObject *self, PyObject *args) {
+  PyObject *source_object;
+  unsigned long long max_pixels;
+  if (!PyArg_ParseTuple(args, "OK", &source_object, &max_pixels)) return NULL;
+  Source source;
+  if (source_acquire(source_object, &source) != 0) return NULL;
+  if (decoder_enter(self) != 0) {
+    source_release(&source);
+    return NULL;
+  }
+  const uint8_t *data = NULL;
+  size_t size = 0;
+  fl_result result;
+  char reason[FL_MESSAGE_LEN] = "";
+  int own = 0;
+  Py_BEGIN_ALLOW_THREADS
+  if (source_load(self->decoder, &source, &data, &size, &result) == FL_OK)
+    own = fl_decoder_path(self->decoder, data, size, (uint64_t)max_pixels, reason, sizeof reason);
+  Py_END_ALLOW_THREADS
+  source_release(&source);
+  self->busy = 0;
+  return Py_BuildValue("(NsN)", PyBool_FromLong(own), reason, result_tuple(&result));
+}
+
 /* read_resized(source, out, out_h8, out_w8, dtype, (top, left, height, width), support, chroma, strict,
- *              max_pixels, max_scans) -> (header_or_None, result): the exact resized crop into out. */
+ *              max_pixels, max_scans[, decoder]) -> (header_or_None, result): the exact resized crop into out. */
 static PyObject *Decoder_read_resized(DecoderObject *self, PyObject *args) {
   PyObject *source_object, *out_object;
-  int out_h8, out_w8, dtype, support, chroma, strict, max_scans;
+  int out_h8, out_w8, dtype, support, chroma, strict, max_scans, decoder = FL_DECODER_AUTO;
   fl_resize_spec spec;
   unsigned long long max_pixels;
-  if (!PyArg_ParseTuple(args, "OOiii(dddd)iipKi", &source_object, &out_object, &out_h8, &out_w8, &dtype, &spec.top,
-                        &spec.left, &spec.height, &spec.width, &support, &chroma, &strict, &max_pixels, &max_scans))
+  if (!PyArg_ParseTuple(args, "OOiii(dddd)iipKi|i", &source_object, &out_object, &out_h8, &out_w8, &dtype, &spec.top,
+                        &spec.left, &spec.height, &spec.width, &support, &chroma, &strict, &max_pixels, &max_scans,
+                        &decoder))
     return NULL;
   spec.support = support;
   spec.chroma = chroma;
@@ -306,7 +339,7 @@ static PyObject *Decoder_read_resized(DecoderObject *self, PyObject *args) {
     source_release(&source);
     return NULL;
   }
-  fl_options options = {strict, (uint64_t)max_pixels, max_scans};
+  fl_options options = {strict, (uint64_t)max_pixels, max_scans, decoder};
   fl_header header;
   fl_result result;
   int status;
@@ -330,12 +363,14 @@ static PyObject *Decoder_read_resized(DecoderObject *self, PyObject *args) {
 
 static PyMethodDef Decoder_methods[] = {
     {"read_resized", (PyCFunction)Decoder_read_resized, METH_VARARGS,
-     "read_resized(source, out, out_h8, out_w8, dtype, box, support, chroma, strict, max_pixels, max_scans) -> "
+     "read_resized(source, out, out_h8, out_w8, dtype, box, support, chroma, strict, max_pixels, max_scans[, decoder]) -> "
      "(header, result)"},
     {"read_fun", (PyCFunction)Decoder_read_fun, METH_VARARGS,
-     "read_fun(source, out, dtype, dequantize, strict, max_pixels, max_scans) -> (out, header, result)"},
+     "read_fun(source, out, dtype, dequantize, strict, max_pixels, max_scans[, decoder]) -> (out, header, result)"},
     {"read_dct", (PyCFunction)Decoder_read_dct, METH_VARARGS,
-     "read_dct(source, strict, max_pixels, max_scans) -> (header, planes, result)"},
+     "read_dct(source, strict, max_pixels, max_scans[, decoder]) -> (header, planes, result)"},
+    {"decoder_path", (PyCFunction)Decoder_decoder_path, METH_VARARGS,
+     "decoder_path(source, max_pixels) -> (own, reason, result)"},
     {NULL, NULL, 0, NULL}};
 
 static PyTypeObject DecoderType = {
@@ -510,7 +545,7 @@ static int optional_view(PyObject *object, Py_buffer *view, int *has, size_t byt
 }
 
 /* decode_batch(sources, out, out_h8, out_w8, dtype, dequantize, threads, strict, max_pixels,
- *              max_scans[, row_maps, col_maps, gains, bias])
+ *              max_scans[, row_maps, col_maps, gains, bias, boxes, support, chroma, decoder])
  *   -> [None or result tuple per item] (None: decoded without warnings)
  * row_maps int32 (N, out_h8), col_maps int32 (N, out_w8), gains float32 (N, 192), bias float32 (N, 192):
  * see fl_mapping; None for each that is not used. */
@@ -518,11 +553,12 @@ static PyObject *decode_batch(PyObject *module, PyObject *args) {
   PyObject *sequence, *out_object;
   PyObject *row_object = Py_None, *col_object = Py_None, *gain_object = Py_None, *bias_object = Py_None;
   PyObject *box_object = Py_None;
-  int out_h8, out_w8, dtype, dequantize, threads, strict, max_scans, support = FL_SUPPORT_BOX, chroma = FL_CHROMA_420;
+  int out_h8, out_w8, dtype, dequantize, threads, strict, max_scans, support = FL_SUPPORT_BOX, chroma = FL_CHROMA_420,
+      decoder = FL_DECODER_AUTO;
   unsigned long long max_pixels;
-  if (!PyArg_ParseTuple(args, "OOiiipipKi|OOOOOii", &sequence, &out_object, &out_h8, &out_w8, &dtype,
+  if (!PyArg_ParseTuple(args, "OOiiipipKi|OOOOOiii", &sequence, &out_object, &out_h8, &out_w8, &dtype,
                         &dequantize, &threads, &strict, &max_pixels, &max_scans, &row_object, &col_object,
-                        &gain_object, &bias_object, &box_object, &support, &chroma))
+                        &gain_object, &bias_object, &box_object, &support, &chroma, &decoder))
     return NULL;
   if (dtype != FL_DTYPE_INT16 && dtype != FL_DTYPE_FLOAT32) {
     PyErr_SetString(PyExc_ValueError, "dtype code must be 0 (int16) or 1 (float32)");
@@ -540,11 +576,12 @@ static PyObject *decode_batch(PyObject *module, PyObject *args) {
   Py_buffer out_view, row_view, col_view, gain_view, bias_view, box_view;
   int has_out = 0, has_rows = 0, has_cols = 0, has_gains = 0, has_bias = 0, has_boxes = 0;
   if (job_open(&job, items, strict, max_pixels, max_scans) != 0) goto done;
-  job.item_bytes = (size_t)192 * out_h8 * out_w8 * dtype_size(dtype);
+  job.item_bytes = (size_t)192 * out_h8 * out_w8 * fl_dtype_size(dtype);
   job.out_h8 = out_h8;
   job.out_w8 = out_w8;
   job.dtype = dtype;
   job.dequantize = dequantize;
+  job.options.decoder = decoder;
   if (PyObject_GetBuffer(out_object, &out_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0) goto done;
   has_out = 1;
   if ((size_t)out_view.len < job.item_bytes * (size_t)count) {
@@ -659,5 +696,7 @@ PyMODINIT_FUNC PyInit__jpegdct(void) {
   PyModule_AddIntConstant(module, "DTYPE_INT16", FL_DTYPE_INT16);
   PyModule_AddIntConstant(module, "DTYPE_FLOAT32", FL_DTYPE_FLOAT32);
   PyModule_AddIntConstant(module, "MAX_COMPONENTS", FL_MAX_COMPONENTS);
+  PyModule_AddIntConstant(module, "DECODER_AUTO", FL_DECODER_AUTO);
+  PyModule_AddIntConstant(module, "DECODER_LIBJPEG", FL_DECODER_LIBJPEG);
   return module;
 }

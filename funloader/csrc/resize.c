@@ -195,13 +195,15 @@ static int fl_axis_build(fl_resize_scratch *scratch, fl_axis *axis, int mode, in
       nfirst = p0 / ratio;
       nspan = (p0 + xmax - 1) / ratio + 1 - nfirst;
     }
-    for (int k = 0; k < nspan; k++) native_w[k] = 0.0;
-    for (int x = 0; x < xmax; x++) {
+    double *composed = plane_w; /* DIRECT: the plane is the native plane */
+    if (mode != FL_AXIS_DIRECT) {
+      composed = native_w;
+      for (int k = 0; k < nspan; k++) native_w[k] = 0.0;
+    }
+    for (int x = 0; x < xmax && mode != FL_AXIS_DIRECT; x++) {
       int p = p0 + x;
       double w = plane_w[x];
-      if (mode == FL_AXIS_DIRECT) {
-        native_w[p - nfirst] += w;
-      } else if (mode == FL_AXIS_TRIANGLE) {
+      if (mode == FL_AXIS_TRIANGLE) {
         int near = p >> 1;
         int far = (p & 1) ? near + 1 : near - 1;
         if (far < 0) far = 0;
@@ -216,8 +218,8 @@ static int fl_axis_build(fl_resize_scratch *scratch, fl_axis *axis, int mode, in
       }
     }
     int begin = 0, end = nspan;
-    while (begin < end && native_w[begin] == 0.0) begin++;
-    while (end > begin && native_w[end - 1] == 0.0) end--;
+    while (begin < end && composed[begin] == 0.0) begin++;
+    while (end > begin && composed[end - 1] == 0.0) end--;
     if (begin == end) { /* all-zero weights (cannot happen for a valid box): read one pixel with weight 0 */
       end = begin + 1;
     }
@@ -227,7 +229,7 @@ static int fl_axis_build(fl_resize_scratch *scratch, fl_axis *axis, int mode, in
     axis->start[i] = first;
     axis->taps[i] = end - begin;
     float *weights = axis->weights + (size_t)i * kmax;
-    for (int k = 0; k < end - begin; k++) weights[k] = (float)native_w[begin + k]; /* taps beyond are not read */
+    for (int k = 0; k < end - begin; k++) weights[k] = (float)composed[begin + k]; /* taps beyond are not read */
     if (first < axis->first) axis->first = first;
     if (first + end - begin > axis->last) axis->last = first + end - begin;
   }
@@ -677,7 +679,7 @@ const char *fl_resize_simd(void) {
 }
 
 static void fl_fill_planes(void *out, int c, int dtype, size_t plane, const float *bias) {
-  const size_t element = dtype == FL_DTYPE_FLOAT32 ? 4 : 2;
+  const size_t element = fl_dtype_size(dtype);
   if (dtype != FL_DTYPE_FLOAT32 || !bias) {
     memset((char *)out + (size_t)64 * c * plane * element, 0, 64 * plane * element);
     return;

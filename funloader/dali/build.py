@@ -54,7 +54,7 @@ _HERE = Path(__file__).resolve().parent
 _CSRC = _HERE.parent / "csrc"
 #: The sources compiled into the plugin (the core is shared with the CPython extension).
 SOURCES = [_HERE / "dct_decode_op.cc", _HERE / "dct_decode_op.h", _CSRC / "jpegdct_core.c", _CSRC / "jpegdct_core.h",
-           _CSRC / "resize.c", _CSRC / "resize.h"]
+           _CSRC / "huffman.c", _CSRC / "huffman.h", _CSRC / "resize.c", _CSRC / "resize.h"]
 _CXXFLAGS = ["-std=c++17", "-O3", "-fPIC", "-pthread", "-Wall", "-Wno-unused-parameter"]
 _CFLAGS = ["-std=c11", "-O3", "-fPIC", "-pthread", "-Wall", "-Wno-unused-parameter", "-Wno-clobbered"]
 
@@ -158,11 +158,13 @@ def _compile(flags: dict, target: Path, verbose: bool) -> None:
     includes = [f"-I{d}" for d in flags["include"]]
     with tempfile.TemporaryDirectory(prefix="build-", dir=target.parent) as scratch:
         core_object = os.path.join(scratch, "jpegdct_core.o")
+        huffman_object = os.path.join(scratch, "huffman.o")
         resize_object = os.path.join(scratch, "resize.o")
         op_object = os.path.join(scratch, "dct_decode_op.o")
         # The compiles are independent: run them side by side.
         jobs = [
             [flags["cc"], *_CFLAGS, *includes, "-c", str(_CSRC / "jpegdct_core.c"), "-o", core_object],
+            [flags["cc"], *_CFLAGS, *includes, "-c", str(_CSRC / "huffman.c"), "-o", huffman_object],
             [flags["cc"], *_CFLAGS, *includes, "-c", str(_CSRC / "resize.c"), "-o", resize_object],
             [flags["cxx"], *_CXXFLAGS, *flags["dali_compile"], *includes, "-c", str(_HERE / "dct_decode_op.cc"),
              "-o", op_object],
@@ -179,7 +181,8 @@ def _compile(flags: dict, target: Path, verbose: bool) -> None:
                 raise PluginBuildError(f"building the funloader DALI plugin failed ({command[0]} exited "
                                        f"{process.returncode}):\n{' '.join(command)}\n{output[-6000:]}")
         temporary = os.path.join(scratch, LIBRARY_NAME)
-        _run([flags["cxx"], "-shared", "-o", temporary, op_object, core_object, resize_object, *flags["dali_link"], *flags["link"]],
+        _run([flags["cxx"], "-shared", "-o", temporary, op_object, core_object, huffman_object, resize_object,
+              *flags["dali_link"], *flags["link"]],
              verbose)
         manifest = os.path.join(scratch, LIBRARY_NAME + MANIFEST_SUFFIX)
         with open(manifest, "w") as handle:

@@ -8,7 +8,10 @@ crash, a sanitizer report, a hang (``-timeout``) or an RSS blow-up (``-rss_limit
 
 Besides "does not crash" it checks that the three entry points agree with each other (the same
 image decoded three ways gives the same coefficients, and read_batch marks the same items failed),
-so silently wrong tensors are findings too.
+so silently wrong tensors are findings too.  It is also a differential harness for funloader's own
+baseline entropy decoder (funloader/csrc/huffman.c): every input is decoded with ``decoder="auto"``
+and ``decoder="libjpeg"``, and the outcomes must be equal (the same coefficients, or the same error
+and warnings: the own decoder either decodes exactly as libjpeg or hands the file over).
 
 The machine's compiler is gcc, which cannot emit libFuzzer's edge counters, so coverage feedback
 from inside C is not available; to compensate the harness has a JPEG-structure-aware custom
@@ -35,7 +38,7 @@ import zlib
 import atheris
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))  # tests/
-from reference import centre_fit, fun_from_dct, segments  # noqa: E402  (the numpy reference the tests use too)
+from reference import centre_fit, decode_recording, fun_from_dct, segments  # noqa: E402  (the numpy reference the tests use too)
 
 with atheris.instrument_imports(include=["funloader"]):
     import numpy as np
@@ -130,9 +133,45 @@ def _options(data: bytes):
     return strict, dequantize, threads, grid
 
 
+#: Differential statistics of this process: inputs checked, and how many the own decoder decoded.
+STATS = {"inputs": 0, "own_decoder": 0}
+
+
+def check_differential(data: bytes, strict: bool, dequantize: bool, grid) -> None:
+    """The own decoder against libjpeg: equal outcomes through read_dct, read_fun and read_batch."""
+    ours, our_warnings = decode_recording(codec.read_dct, data, strict=strict, max_pixels=FUZZ_MAX_PIXELS, decoder="auto")
+    theirs, their_warnings = decode_recording(codec.read_dct, data, strict=strict, max_pixels=FUZZ_MAX_PIXELS,
+                                      decoder="libjpeg")
+    STATS["inputs"] += 1
+    assert our_warnings == their_warnings, f"divergence: warnings {our_warnings} vs libjpeg {their_warnings}"
+    if isinstance(theirs, Exception):
+        assert type(ours) is type(theirs) and str(ours) == str(theirs), f"divergence: {ours!r} vs libjpeg {theirs!r}"
+        return
+    assert not isinstance(ours, Exception), f"divergence: {ours!r}, libjpeg decoded"
+    STATS["own_decoder"] += ours.decoder == "funloader"
+    assert (ours.width, ours.height, ours.sampling, ours.colorspace) == \
+        (theirs.width, theirs.height, theirs.sampling, theirs.colorspace), "divergence: header"
+    assert all(np.array_equal(a, b) for a, b in zip(ours.qtables, theirs.qtables)), "divergence: qtables"
+    assert len(ours.coefficients) == len(theirs.coefficients)
+    for a, b in zip(ours.coefficients, theirs.coefficients):
+        assert a.shape == b.shape and np.array_equal(a, b), "divergence: coefficients"
+    if ours.grid[0] * ours.grid[1] <= FUZZ_MAX_GRID_BLOCKS:
+        fun = [codec.read_fun(data, strict=strict, dequantize=dequantize, max_pixels=FUZZ_MAX_PIXELS, decoder=name)
+               for name in ("auto", "libjpeg")]
+        assert np.array_equal(fun[0], fun[1]), "divergence: read_fun"
+    batches = []
+    for name in ("auto", "libjpeg"):
+        out = np.full((1, 192, *grid), 5, dtype=np.float32 if dequantize else np.int16)
+        errors = codec.read_batch([data], out, threads=1, dequantize=dequantize, strict=strict,
+                                  max_pixels=FUZZ_MAX_PIXELS, warn=False, decoder=name)
+        batches.append((repr(errors), out))
+    assert batches[0][0] == batches[1][0] and np.array_equal(batches[0][1], batches[1][1]), "divergence: read_batch"
+
+
 def check_one(data: bytes) -> None:
     """Decode ``data`` every way; raise AssertionError/any non-JPEGDecodeError on a finding."""
     strict, dequantize, threads, grid = _options(data)
+    check_differential(data, strict, dequantize, grid)
     try:
         image = codec.read_dct(data, strict=strict, max_pixels=FUZZ_MAX_PIXELS)
     except JPEGDecodeError as error:
@@ -337,8 +376,9 @@ def mutation_loop(directories, seconds: float, seed: int, artifacts: str) -> int
             raise
         count += 1
         if count % 5000 == 0:
-            print(f"#{count} inputs", file=sys.stderr, flush=True)
-    print(f"mutation loop: {count} inputs in {seconds:.0f} s, no finding", file=sys.stderr)
+            print(f"#{count} inputs, {STATS['own_decoder']} decoded by the own decoder", file=sys.stderr, flush=True)
+    print(f"mutation loop: {count} inputs in {seconds:.0f} s, no finding; differential: {STATS['inputs']} inputs, "
+          f"{STATS['own_decoder']} decoded by the own decoder, 0 divergences", file=sys.stderr)
     return count
 
 
