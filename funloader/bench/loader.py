@@ -103,10 +103,7 @@ def _funloader_augment(setup):
     loader = DCTLoader(dataset, setup.batch_size, shuffle=True, num_threads=setup.threads, prefetch=2,
                        size=setup.grid, normalize=(setup.stats["mean"], setup.stats["std"]), device=setup.device,
                        transform=T.Compose([crop, T.RandomHorizontalFlip(), T.RandAugment(2, 9)]))
-    try:  # each loader batch is a fresh tensor: mix it in place (same values)
-        mixup = T.Mixup(num_classes=max(1, len(dataset.classes)), in_place=True)
-    except TypeError:  # this version has no in-place mixing
-        mixup = T.Mixup(num_classes=max(1, len(dataset.classes)))
+    mixup = T.Mixup(num_classes=max(1, len(dataset.classes)))
 
     def run():
         epoch = setup.next_epoch("funloader_augment")
