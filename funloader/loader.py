@@ -473,9 +473,9 @@ class DCTLoader:
                     moved, gain, bias = later.split(chunk, generator, normalization=(scale, shift), in_place=True)
                     if moved.data_ptr() != chunk.data_ptr():  # in place normally (a view of chunk's memory)
                         chunk.copy_(moved)
-                    if gain is not None:  # one pass, in place
-                        torch.addcmul(bias.to(torch.float32)[:, :, None, None], chunk,
-                                      gain.to(torch.float32)[:, :, None, None], out=chunk)
+                    if gain is not None:  # in place (mul_ + add_ measured faster than an aliased addcmul)
+                        chunk.mul_(gain.to(torch.float32)[:, :, None, None])
+                        chunk.add_(bias.to(torch.float32)[:, :, None, None])
         return out, torch.as_tensor(labels, dtype=torch.int64)
 
     def _normalizer(self, device) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -79,13 +79,20 @@ def _mix_targets(targets: torch.Tensor, lam: float) -> torch.Tensor:
     return targets.roll(1, 0).mul_(1.0 - lam).add_(targets.mul(lam))
 
 
-def mixup(x, lam: float):
+def mixup(x, lam: float, in_place: bool = False):
     """``lam * x + (1 - lam) * x.roll(1, 0)`` on a batch ``(N, C, H8, W8)``: exactly the pixel mix of
-    the decoded items (the block DCT is linear). Integer input gives float32; numpy in, numpy out."""
+    the decoded items (the block DCT is linear). Integer input gives float32; numpy in, numpy out.
+    ``in_place``: overwrite a float tensor ``x`` (same values, no new batch)."""
     t, was_numpy = _as_tensor(x)
     _check_batch(t, "mixup")
     if not t.is_floating_point():
         t = t.to(torch.float32)
+    elif in_place and not was_numpy and t.shape[0] > 1:  # last to first, each item from the previous one
+        last = t[-1].clone()
+        for i in range(t.shape[0] - 1, 0, -1):
+            torch.lerp(t[i - 1], t[i], float(lam), out=t[i])
+        torch.lerp(last, t[0], float(lam), out=t[0])
+        return t
     # torchvision: batch.roll(1, 0).mul_(1.0 - lam).add_(batch.mul(lam)); here one pass without the
     # rolled copy: out[i] = t[i-1] + lam * (t[i] - t[i-1]) (equal up to float rounding)
     out = torch.empty_like(t)
@@ -108,17 +115,18 @@ def cutmix_box(lam: float, grid: Tuple[int, int], generator: Optional[torch.Gene
     return (top, left, bottom, right), float(corrected)
 
 
-def cutmix(x, box: Tuple[int, int, int, int]):
+def cutmix(x, box: Tuple[int, int, int, int], in_place: bool = False):
     """Paste block window ``box = (top, left, bottom, right)`` of ``x.roll(1, 0)`` into ``x`` (a new
-    tensor): exactly the pixel paste of an 8-pixel-aligned box. Any dtype; numpy in, numpy out."""
+    tensor; ``in_place``: into the tensor ``x`` itself): exactly the pixel paste of an 8-pixel-aligned
+    box. Any dtype; numpy in, numpy out."""
     t, was_numpy = _as_tensor(x)
     _check_batch(t, "cutmix")
     top, left, bottom, right = (int(v) for v in box)
     H, W = t.shape[-2:]
     if not (0 <= top <= bottom <= H and 0 <= left <= right <= W):
         raise UsageError(f"cutmix box {box} is not inside the {H}x{W} block grid")
-    out = t.clone()
-    out[..., top:bottom, left:right] = t.roll(1, 0)[..., top:bottom, left:right]
+    out = t if in_place and not was_numpy else t.clone()
+    out[..., top:bottom, left:right] = t[..., top:bottom, left:right].roll(1, 0)
     return out.numpy() if was_numpy else out
 
 
@@ -130,7 +138,8 @@ def _draw_beta(alpha: float, generator: Optional[torch.Generator]) -> float:
 class _Mixing:
     """Shared argument checks and the apply/skip draw of ``Mixup`` and ``Cutmix``."""
 
-    def __init__(self, *, num_classes: int, alpha: float = 1.0, p: float = 1.0, label_smoothing: float = 0.0):
+    def __init__(self, *, num_classes: int, alpha: float = 1.0, p: float = 1.0, label_smoothing: float = 0.0,
+                 in_place: bool = False):
         if int(num_classes) < 1:
             raise UsageError(f"num_classes must be >= 1, got {num_classes}")
         if not float(alpha) > 0:
@@ -143,6 +152,7 @@ class _Mixing:
         self.alpha = float(alpha)
         self.p = float(p)
         self.label_smoothing = float(label_smoothing)
+        self.in_place = bool(in_place)  # overwrite the batch tensor (e.g. a loader's fresh batch): no new batch
 
     def draw(self, grid: Tuple[int, int], generator: Optional[torch.Generator] = None) -> dict:
         """This batch's random parameters (always the same number of draws, applied or not)."""
@@ -184,7 +194,7 @@ class Mixup(_Mixing):
         return {"apply": apply, "lam": _draw_beta(self.alpha, generator)}
 
     def apply(self, x, params):
-        return mixup(x, params["lam"])
+        return mixup(x, params["lam"], in_place=self.in_place)
 
 
 class Cutmix(_Mixing):
@@ -198,7 +208,7 @@ class Cutmix(_Mixing):
         return {"apply": apply, "box": box, "lam": lam}
 
     def apply(self, x, params):
-        return cutmix(x, params["box"])
+        return cutmix(x, params["box"], in_place=self.in_place)
 
 
 class RandomMixing:

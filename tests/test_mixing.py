@@ -108,3 +108,16 @@ def test_mixing_same_draws_on_cuda(batch):
         gpu = transform(batch.cuda(), torch.arange(4).cuda(), torch.Generator().manual_seed(9))
         torch.testing.assert_close(gpu[0].cpu(), cpu[0])
         torch.testing.assert_close(gpu[1].cpu(), cpu[1])
+
+
+@pytest.mark.parametrize("kind", ["Mixup", "Cutmix"])
+def test_in_place_mixing_equals_the_new_batch(batch, kind):
+    """``in_place=True`` overwrites the batch tensor with exactly the values of the default (new batch)."""
+    for seed in range(4):
+        source = batch.to(torch.float32)
+        expected, expected_targets = getattr(T, kind)(num_classes=4)(source, torch.arange(4), torch.Generator().manual_seed(seed))
+        work = source.clone()
+        out, targets = getattr(T, kind)(num_classes=4, in_place=True)(work, torch.arange(4), torch.Generator().manual_seed(seed))
+        assert out.data_ptr() == work.data_ptr()
+        assert torch.equal(out, expected) and torch.equal(targets, expected_targets)
+        assert not torch.equal(out, source)  # it did mix
