@@ -303,22 +303,23 @@ def writable_directory(directory: Path, option: str = "--output") -> Path:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="funloader eval",
                                 description="Evaluate a funloader training checkpoint: top-1/top-5, and accuracy "
-                                            "against kept input channels (paper Table 7 / Figure 6).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                            "against kept input channels (paper Table 7 / Figure 6).")
     p.add_argument("--checkpoint", required=True, help="last.pt / best.pt of a run")
     p.add_argument("--data", required=True, help="split directory, or a root holding val/ or test/")
     p.add_argument("--split", help="sub-directory of DATA to evaluate")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--weights", choices=("auto", "ema", "model"), default="auto", help="auto: EMA when present")
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch (default: 256)")
+    p.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
+                   help="which weights (default: auto = the EMA weights when present)")
     p.add_argument("--keep-channels", help="also evaluate with only these channels, e.g. 44/10/10")
     p.add_argument("--sweep-channels", nargs="*", metavar="SPEC",
                    help=f"accuracy vs kept channels (specs: {' '.join(TABLE7_SPECS)} when none are given)")
     p.add_argument("--output", help="directory for eval.json, sweep.csv/.md/.png (default: eval-<checkpoint name>/ "
                                     "next to the checkpoint)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
-    p.add_argument("--num-threads", type=int, help="decoding threads")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bar")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: CUDA when available, else the CPU (default: auto)")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (default: none)")
+    p.add_argument("--num-threads", type=int, help="decoding threads (default: the process' CPUs)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bar (default: on)")
     return p
 
 
