@@ -322,6 +322,8 @@ def ratios(results: Dict[str, Dict[str, float]]) -> Dict[str, float]:
         for other in ("pillow", "paper", "dctnet"):
             if rate(other) and (prefix != "raw_" or other == "paper"):
                 found[f"{prefix}speedup_vs_{other}_pipeline"] = round(rate(ours) / rate(other), 3)
+    if rate("funloader_exact") and rate("funloader"):  # the exact crop's price over block-nearest
+        found["exact_over_nearest"] = round(rate("funloader_exact") / rate("funloader"), 3)
     base = "funloader_exact" if rate("funloader_exact") else "funloader"
     if rate(base) and rate("funloader_augment"):  # issue 16: RandAugment(2, 9) + mixup cost, target <= 1.25
         found[f"randaugment_mixup_cost_vs_{base}"] = round(rate(base) / rate("funloader_augment"), 3)

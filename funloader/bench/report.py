@@ -26,6 +26,13 @@ TARGETS = [
      "read_batch at 1 thread >= 1.3x faster than the jpeg_read_coefficients floor (own Huffman decoder)"),
     ("loader", "*", "speedup_vs_pillow_pipeline", 2.0, "ge", "DCTLoader >= 2x the torchvision-style Pillow pipeline"),
     ("loader", "*", "speedup_vs_paper_pipeline", 5.0, "ge", "DCTLoader >= 5x the paper's re-encode pipeline"),
+    ("loader", "originals_q90_420", "exact_speedup_vs_pillow_pipeline", 2.0, "ge",
+     "DCTLoader with exact RandomResizedCrop >= 2x the Pillow pipeline on originals"),
+    ("loader", "originals_q90_420", "exact_speedup_vs_paper_pipeline", 6.0, "ge",
+     "DCTLoader with exact RandomResizedCrop >= 6x the paper's pipeline on originals"),
+    ("loader", "224_q100_420", "exact_over_nearest", 0.7, "ge", "exact RandomResizedCrop >= 0.7x nearest (224 q100)"),
+    ("loader", "*", "randaugment_mixup_cost_vs_funloader_exact", 1.25, "le",
+     "RandAugment(2, 9) + Mixup cost <= 1.25x the exact-crop pipeline"),
     ("dali", "*", "plugin_over_dali_rgb", 1.5, "ge", "DALI plugin >= 1.5x DALI's CPU RGB pipeline"),
     ("dali", "*", "plugin_over_fallback", 1.3, "ge", "DALI plugin >= 1.3x the external_source fallback"),
 ]
