@@ -142,4 +142,4 @@ def measure(context: Context) -> Section:
     threads = max(context.threads) if context.device == "cpu" else None
     return measure_models(names, device=context.device, batch_sizes=batch_sizes,
                           repeats=max(3, context.repeats) if context.quick else context.repeats, threads=threads,
-                          warmup=1, progress=context.progress)
+                          warmup=2, progress=context.progress)
