@@ -263,7 +263,7 @@ METHODS: List[Row] = [  # make(inputs) -> {name: method}
     Row("pillow_rrc", "Pillow: decode to RGB, then the same RandomResizedCrop windows cropped and resized to 224x224 "
         "(BILINEAR): what read_fun_exact replaces", _pillow_rrc),
     Row("floor", "the floor: a C program doing only libjpeg's jpeg_read_coefficients (no layout, no copy), "
-        "the least any coefficient reader can do", _floor("floor")),
+        "what every libjpeg-based coefficient reader pays at least", _floor("floor")),
     Row("floor_tuned", "the same floor with glibc told to keep freed memory (GLIBC_TUNABLES), which removes "
         "the page faults of libjpeg's per-image arrays", _floor("floor_tuned", tuned=True)),
     Row("libjpeg_rgb", "libjpeg's full decode to RGB pixels in C: what any pixel pipeline pays at least",
