@@ -264,17 +264,24 @@ static void fl_dct_init(void) {
   __atomic_store_n(&fl_dct_ready, 1, __ATOMIC_RELEASE);
 }
 
+/* The input samples [*first, *last) that output block b (outputs 8b..8b+7) of an axis reads. */
+static void fl_block_extent(const fl_axis *axis, int b, int *first, int *last) {
+  *first = axis->start[8 * b];
+  *last = 0;
+  for (int x = 0; x < 8; x++) {
+    const int i = 8 * b + x;
+    if (axis->start[i] < *first) *first = axis->start[i];
+    if (axis->start[i] + axis->taps[i] > *last) *last = axis->start[i] + axis->taps[i];
+  }
+}
+
 /* Fuses an axis's per-output weights with the DCT of each group of 8 outputs (see fl_fused). */
 static int fl_fuse(fl_fused *fused, const fl_axis *axis) {
   const int blocks = axis->count / 8;
   int span = 1;
   for (int b = 0; b < blocks; b++) {
-    int first = axis->start[8 * b], last = 0;
-    for (int x = 0; x < 8; x++) {
-      const int i = 8 * b + x;
-      if (axis->start[i] < first) first = axis->start[i];
-      if (axis->start[i] + axis->taps[i] > last) last = axis->start[i] + axis->taps[i];
-    }
+    int first, last;
+    fl_block_extent(axis, b, &first, &last);
     if (last - first > span) span = last - first;
   }
   if (!fl_grow((void **)&fused->start, &fused->index_capacity, (size_t)blocks * 2 * sizeof(int)) ||
@@ -284,12 +291,8 @@ static int fl_fuse(fl_fused *fused, const fl_axis *axis) {
   fused->span = span;
   fused->length = fused->start + blocks;
   for (int b = 0; b < blocks; b++) {
-    int first = axis->start[8 * b], last = 0;
-    for (int x = 0; x < 8; x++) {
-      const int i = 8 * b + x;
-      if (axis->start[i] < first) first = axis->start[i];
-      if (axis->start[i] + axis->taps[i] > last) last = axis->start[i] + axis->taps[i];
-    }
+    int first, last;
+    fl_block_extent(axis, b, &first, &last);
     fused->start[b] = first;
     fused->length[b] = last - first;
     float *matrix = fused->matrix + (size_t)b * span * 8;
