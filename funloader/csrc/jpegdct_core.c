@@ -692,7 +692,7 @@ static void fl_layout_mapped_planes(fl_decoder *decoder, const fl_header *header
 }
 
 /* Fills the planes of an absent component (grayscale chroma) with zeros, or bias when given. */
-static void fl_fill_component(void *out, int c, int dtype, size_t plane, const float *bias) {
+void fl_fill_component(void *out, int c, int dtype, size_t plane, const float *bias) {
   const size_t element = fl_dtype_size(dtype);
   if (dtype == FL_DTYPE_INT16 || !bias) {
     memset((char *)out + (size_t)64 * c * plane * element, 0, (size_t)64 * plane * element);

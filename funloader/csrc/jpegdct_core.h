@@ -137,6 +137,10 @@ int fl_decode_fun_mapped(fl_decoder *decoder, const uint8_t *data, size_t size, 
 /* Bytes per output element of an FL_DTYPE_* (0 for an unknown code). */
 size_t fl_dtype_size(int dtype);
 
+/* Fills component c's 64 planes of `plane` elements in a (192, ...) output with an absent component's
+ * value: bias[k] per channel for float32 with a bias, else zeros. */
+void fl_fill_component(void *out, int c, int dtype, size_t plane, const float *bias);
+
 /* Which decoder a file takes under FL_DECODER_AUTO: 1 funloader's own (the whole scan decodes with
  * it), 0 libjpeg, with the hand-over reason copied to reason. Decodes the file's entropy data. */
 int fl_decoder_path(fl_decoder *decoder, const uint8_t *data, size_t size, uint64_t max_pixels, char *reason,

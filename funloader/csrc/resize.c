@@ -681,23 +681,12 @@ const char *fl_resize_simd(void) {
 #endif
 }
 
-static void fl_fill_planes(void *out, int c, int dtype, size_t plane, const float *bias) {
-  const size_t element = fl_dtype_size(dtype);
-  if (dtype != FL_DTYPE_FLOAT32 || !bias) {
-    memset((char *)out + (size_t)64 * c * plane * element, 0, 64 * plane * element);
-    return;
-  }
-  float *base = (float *)out + (size_t)64 * c * plane;
-  for (size_t k = 0; k < 64; k++)
-    for (size_t i = 0; i < plane; i++) base[k * plane + i] = bias[k];
-}
-
 int fl_resize_run(fl_resize_scratch *scratch, const fl_header *header, const fl_coef_window *window, void *out,
                   int dtype, const fl_mapping *mapping) {
   const size_t plane = (size_t)scratch->out_h8 * scratch->out_w8;
   for (int c = 0; c < 3; c++) {
     if (c >= scratch->num_components) {
-      fl_fill_planes(out, c, dtype, plane, mapping && mapping->gain ? mapping->bias + 64 * c : NULL);
+      fl_fill_component(out, c, dtype, plane, mapping && mapping->gain ? mapping->bias + 64 * c : NULL);
       continue;
     }
     const fl_component_plan *plan = &scratch->comp[c];
