@@ -104,9 +104,17 @@ void fl_resize_scratch_free(fl_resize_scratch *scratch) {
       free(axes[a]->start);
       free(axes[a]->weights);
     }
+    free(scratch->comp[c].fy.start);
+    free(scratch->comp[c].fy.matrix);
+    free(scratch->comp[c].fx.start);
+    free(scratch->comp[c].fx.matrix);
   }
   free(scratch->taps_scratch);
   free(scratch->strip);
+  free(scratch->rows);
+  free(scratch->blocks);
+  free(scratch->offsets);
+  free(scratch->zero_row);
   free(scratch);
 }
 
