@@ -3,7 +3,8 @@
 Sources it accepts (``root``):
 
 - an ImageFolder directory ``root/<class>/**/<file>``: classes are the sorted sub-folder names,
-  files are found with ``os.walk`` (sorted, symlinks followed) and filtered by extension
+  files are found with :func:`funloader.files.walk_files` (sorted as ``os.walk``, links followed
+  once, FIFOs and devices never opened) and filtered by extension
   (``IMG_EXTENSIONS``, case-insensitive, so ImageNet's ``.JPEG`` is included) — exactly the
   ``samples`` list torchvision builds for the same folder;
 - a directory written by ``funloader prepare`` (its ``index.json`` lists files or ``.tar`` shards);
@@ -345,8 +346,8 @@ class DCTImageFolder(torch.utils.data.Dataset):
             expected, size = entry.get("count"), entry.get("bytes")
             if expected is not None and int(expected) != found:
                 problems.append(f"{shard} holds {found} samples, the index records {expected}")
-            elif size is not None and os.path.getsize(shard) != int(size):
-                problems.append(f"{shard} is {os.path.getsize(shard)} bytes, the index records {size}")
+            elif size is not None and (actual := os.path.getsize(shard)) != int(size):
+                problems.append(f"{shard} is {actual} bytes, the index records {size}")
         if not problems:
             return
         message = (f"{where}: {len(problems)} shard(s) do not match the index (truncated or replaced?): "
