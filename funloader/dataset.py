@@ -345,8 +345,8 @@ class DCTImageFolder(torch.utils.data.Dataset):
             expected, size = entry.get("count"), entry.get("bytes")
             if expected is not None and int(expected) != found:
                 problems.append(f"{shard} holds {found} samples, the index records {expected}")
-            elif size is not None and os.path.getsize(shard) != int(size):
-                problems.append(f"{shard} is {os.path.getsize(shard)} bytes, the index records {size}")
+            elif size is not None and (actual := os.path.getsize(shard)) != int(size):
+                problems.append(f"{shard} is {actual} bytes, the index records {size}")
         if not problems:
             return
         message = (f"{where}: {len(problems)} shard(s) do not match the index (truncated or replaced?): "

@@ -107,11 +107,6 @@ def _validate_pair(mean, std, where) -> Tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def _validate(stats: dict, where) -> dict:
-    _validate_pair(stats.get("mean"), stats.get("std"), where)
-    return stats
-
-
 def _read_stats_file(candidate: Path) -> dict:
     try:
         data = read_file(candidate, limit=MAX_STATS_BYTES)
@@ -148,8 +143,8 @@ def cache_path(root, dequantize: bool = True) -> Path:
     return cache_root() / "stats" / f"{name}-{digest}" / stats_filename(dequantize)
 
 
-def _find_stats(path_or_root, dequantize: bool) -> Optional[Tuple[dict, Path]]:
-    """``(validated dict as written, its path)`` or None; see :func:`load_stats` for the search."""
+def _find_stats(path_or_root, dequantize: bool) -> Optional[Tuple[dict, Path, ChannelStats]]:
+    """``(dict as written, its path, its validated (mean, std))`` or None; see :func:`load_stats` for the search."""
     if path_or_root is None:
         return None
     path = Path(os.path.expanduser(os.fspath(path_or_root)))
@@ -171,7 +166,8 @@ def _find_stats(path_or_root, dequantize: bool) -> Optional[Tuple[dict, Path]]:
         stats = _read_stats_file(candidate)
         if candidate != path and candidate.name == "stats.json" and bool(stats.get("dequantized", False)) != bool(dequantize):
             continue
-        return _validate(stats, candidate), candidate
+        return stats, candidate, ChannelStats(*_validate_pair(stats.get("mean"), stats.get("std"), candidate),
+                                              str(candidate))
     return None
 
 
@@ -188,7 +184,7 @@ def load_stats(path_or_root, *, dequantize: bool = True) -> Optional[dict]:
     found = _find_stats(path_or_root, dequantize)
     if found is None:
         return None
-    stats, where = found
+    stats, where, _ = found
     stats.setdefault("dequantized", False)
     stats["path"] = str(where)
     return stats
@@ -225,19 +221,18 @@ def resolve(spec, root, dequantize: bool, *, argument: str = "normalize", warn: 
                               f"(dequantize={dequantize}): batches are not normalised (run 'funloader stats DIR' "
                               f"to compute them)", stacklevel=user_stacklevel())
             return None
-        stats, where = found
-        return ChannelStats(*_validate_pair(stats["mean"], stats["std"], where), str(where))
+        return found[2]
     if isinstance(spec, (str, os.PathLike)):
         found = _find_stats(spec, dequantize)
         if found is None:
             raise FileNotFoundError(f"{argument}={os.fspath(spec)!r}: no funloader statistics file there")
-        stats, where = found
+        stats, where, pair = found
         recorded = stats.get("dequantized")
         if recorded is not None and bool(recorded) != bool(dequantize):
             have, want = ("dequantized", "raw") if recorded else ("raw", "dequantized")
             raise StatsError(f"{where}: statistics of {have} coefficients, but the data is read as {want} "
                              f"coefficients (dequantize={dequantize}); use {stats_filename(dequantize)}")
-        return ChannelStats(*_validate_pair(stats["mean"], stats["std"], where), str(where))
+        return pair
     if isinstance(spec, dict):
         return ChannelStats(*_validate_pair(spec.get("mean"), spec.get("std"), f"{argument} (dict)"),
                             str(spec.get("path", argument)))

@@ -23,7 +23,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 #: section name -> module (imported only when the section runs); the order is the report's order
 SECTIONS: Dict[str, str] = {
@@ -47,6 +47,22 @@ class Row:
     name: str
     explanation: str
     make: Callable
+
+
+def make_rows(rows: List[Row], setup, only=None) -> Tuple[Dict[str, object], List[str]]:
+    """``(made, missing)``: ``row.make(setup)`` of each row (only those named in ``only`` when given),
+    by name; ``missing``: the rows whose ``make`` returned None or an empty dict (not available here)."""
+    made: Dict[str, object] = {}
+    missing: List[str] = []
+    for row in rows:
+        if only is not None and row.name not in only:
+            continue
+        thing = row.make(setup)
+        if thing is None or (isinstance(thing, dict) and not thing):
+            missing.append(row.name)
+        else:
+            made[row.name] = thing
+    return made, missing
 
 
 @dataclass
@@ -142,4 +158,4 @@ def measure(name: str, context: Context) -> Section:
     return section_module(name).measure(context)
 
 
-__all__ = ["SECTIONS", "DEFAULT_SECTIONS", "Row", "Section", "Result", "Context", "measure", "section_module"]
+__all__ = ["SECTIONS", "DEFAULT_SECTIONS", "Row", "make_rows", "Section", "Result", "Context", "measure", "section_module"]

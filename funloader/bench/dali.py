@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import Context, Result, Row, Section
+from . import Context, Result, Row, Section, make_rows
 from .harness import round_robin
 
 TITLE = "DALI pipelines: images/s to normalised batches (higher is better)"
@@ -123,16 +123,11 @@ def measure_files(files: Sequence[str], *, threads: int = 2, batch_size: int = 3
     load_plugin()
     build_s = time.perf_counter() - started
     setup = Setup(files, batch_size, threads, device_id, _channel_stats(files))
-    pipes, runners = {}, {}
-    for row in METHODS:
-        if methods is not None and row.name not in methods:
-            continue
-        pipe = row.make(setup)
-        if pipe is None:
-            continue
-        progress(f"dali: built {row.name}")
-        pipes[row.name] = pipe
-        runners[row.name] = _runner(pipe, batches, batch_size)
+    pipes, _ = make_rows(METHODS, setup, methods)
+    runners = {}
+    for name, pipe in pipes.items():
+        progress(f"dali: built {name}")
+        runners[name] = _runner(pipe, batches, batch_size)
         _runner(pipe, warmup_batches, batch_size)()
     summaries = round_robin(runners, repeats, warmup=0, settle_s=settle_s, progress=progress)
     del runners, pipes

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import Context, Result, Row, Section
+from . import Context, Result, Row, Section, make_rows
 from .harness import Method, Timed, minor_faults, round_robin
 
 TITLE = "Decode: µs per image (lower is better)"
@@ -338,14 +338,9 @@ def measure_corpora(corpora: Dict[str, Sequence[Path]], *, repeats: int = 7, thr
         datas = [f.read_bytes() for f in files]
         inputs = Inputs(files, datas, [read_fun(d).shape for d in datas], [t for t in threads if t > 1],
                         floor_binary)
-        timed: Dict[str, Method] = {}
-        missing: Dict[str, str] = {}
-        for row in METHODS:
-            if methods is None or row.name in methods:
-                made = row.make(inputs)
-                timed.update(made)
-                if not made:
-                    missing[row.name] = NOT_HERE.get(row.name, "not available here")
+        made, absent = make_rows(METHODS, inputs, methods)
+        timed: Dict[str, Method] = {name: method for group in made.values() for name, method in group.items()}
+        missing = {name: NOT_HERE.get(name, "not available here") for name in absent}
         cycled = "" if distinct == len(files) else f", each decoded {len(files) // distinct}x per pass"
         progress(f"decode: {corpus_name} ({distinct} files{cycled}; {len(timed)} methods x {repeats} repeats)")
         faults_before = minor_faults()

@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from . import Context, Result, Row, Section
+from . import Context, Result, Row, Section, make_rows
 from .harness import round_robin
 
 TITLE = "Loader: images/s from JPEG files to augmented, normalised batches (higher is better)"
@@ -290,15 +290,8 @@ def measure_folder(folder, *, threads: Sequence[int] = (1, 2), batch_size: int =
             torch.set_num_threads(int(count))
             with ThreadPoolExecutor(int(count)) as pool:
                 setup = Setup(Path(folder), files, batch_size, int(count), grid, pool, stats, raw_stats, device)
-                runs, missing = {}, {}
-                for row in PIPELINES:
-                    if pipelines is not None and row.name not in pipelines:
-                        continue
-                    run = row.make(setup)
-                    if run is None:
-                        missing[row.name] = "not available here (package or feature missing)"
-                    else:
-                        runs[row.name] = run
+                runs, absent = make_rows(PIPELINES, setup, pipelines)
+                missing = {name: "not available here (package or feature missing)" for name in absent}
                 progress(f"loader: {label}, {count} thread(s), {len(files)} images, batch {batch_size}: "
                          f"{', '.join(runs)} x {repeats} epochs")
                 summaries = round_robin(runs, repeats, progress=progress)
