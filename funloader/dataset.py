@@ -3,7 +3,8 @@
 Sources it accepts (``root``):
 
 - an ImageFolder directory ``root/<class>/**/<file>``: classes are the sorted sub-folder names,
-  files are found with ``os.walk`` (sorted, symlinks followed) and filtered by extension
+  files are found with :func:`funloader.files.walk_files` (sorted as ``os.walk``, links followed
+  once, FIFOs and devices never opened) and filtered by extension
   (``IMG_EXTENSIONS``, case-insensitive, so ImageNet's ``.JPEG`` is included) — exactly the
   ``samples`` list torchvision builds for the same folder;
 - a directory written by ``funloader prepare`` (its ``index.json`` lists files or ``.tar`` shards);
