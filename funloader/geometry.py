@@ -226,12 +226,12 @@ class RandomErasing(DCTTransform):
         u_top = torch.rand(count, attempts, generator=generator, dtype=torch.float64)
         u_left = torch.rand(count, attempts, generator=generator, dtype=torch.float64)
         first = torch.where(fits.any(1), fits.double().argmax(1), torch.full((count,), -1))
-        boxes = torch.zeros(count, 4, dtype=torch.int64)
-        for item in torch.nonzero(apply & (first >= 0)).flatten().tolist():
-            a = int(first[item])
-            hh, ww = int(h[item, a]), int(w[item, a])
-            boxes[item] = torch.tensor([int(u_top[item, a] * (H - hh + 1)), int(u_left[item, a] * (W - ww + 1)), hh, ww])
-        return boxes
+        a = first.clamp(min=0)[:, None]  # each item's first fitting attempt, gathered for all items at once
+        hh, ww = h.gather(1, a)[:, 0], w.gather(1, a)[:, 0]
+        top = (u_top.gather(1, a)[:, 0] * (H - hh + 1)).long()  # truncation, as int() (values are >= 0)
+        left = (u_left.gather(1, a)[:, 0] * (W - ww + 1)).long()
+        boxes = torch.stack([top, left, hh, ww], 1)
+        return boxes.masked_fill_(~(apply & (first >= 0))[:, None], 0)
 
     def __call__(self, x, generator: Optional[torch.Generator] = None):
         t, was_numpy = _tensor(x)
