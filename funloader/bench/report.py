@@ -39,7 +39,9 @@ TARGETS = [
 #: method names that are funloader's own (red in the plots); everything else is a baseline
 OURS_PREFIXES = ("read_fun", "read_batch", "funloader", "fun_")
 #: a baseline compared with another of our methods than the panel's first (it does the same work)
-COMPARED_WITH = {"pillow_rrc": "read_fun_exact"}
+#: (the pixel pipelines do a real RandomResizedCrop, so they are compared with the exact crop, the default)
+COMPARED_WITH = {"pillow_rrc": "read_fun_exact", "pillow": "funloader_exact", "paper": "funloader_exact",
+                 "dctnet": "funloader_exact"}
 
 
 def is_ours(method: str) -> bool:
