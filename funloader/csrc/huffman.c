@@ -650,49 +650,65 @@ static inline __attribute__((always_inline)) int fl_decode_band_body(fl_huff *hu
       block[0] = (int16_t)value;
       /* AC: (run, size, value) at once from the combined table; only nonzero values are written */
       int k = 1;
+/* One pair entry (see FL_PAIR_SECOND): breaks out of the block's loop at its end. */
+#define FL_PAIR_STEP(pair)                                                                      \
+  do {                                                                                          \
+    int at_ = k + (int)(((pair) >> 8) & 15); /* the first coefficient's position */             \
+    if (__builtin_expect(at_ >= 63, 0) && ((pair) & FL_PAIR_SECOND)) {                          \
+      /* the first symbol fills position 63 (or runs past it): what follows belongs to the      \
+       * next block, so take the first symbol alone, as a one-symbol decoder would */           \
+      FL_DROP((pair) >> 49);                                                                    \
+      block[fl_natural[at_]] = (int16_t)((pair) >> 16);                                         \
+      k = at_ + 1;                                                                              \
+      goto block_done;                                                                          \
+    }                                                                                           \
+    FL_DROP(pair);                                                                              \
+    /* the second coefficient first: when there is none, its zero lands on a position not yet  \
+     * written (or on 63 just before the first coefficient overwrites it) */                    \
+    int next_ = at_ + 1 + (int)(((pair) >> 12) & 15);                                           \
+    block[fl_natural[next_]] = (int16_t)((pair) >> 32);                                         \
+    block[fl_natural[at_]] = (int16_t)((pair) >> 16);                                           \
+    if ((pair) & FL_PAIR_EOB) goto block_done;                                                  \
+    k = next_ + (int)(((pair) >> 48) & 1);                                                      \
+  } while (0)
       while (k < 64) {
-        /* the lookup needs only the top FL_PAIR_BITS bits, valid before the refill (>= 13 are
-         * left after any symbol), so the table load and the refill overlap */
+        /* The lookup needs only the top FL_PAIR_BITS bits, valid before the refill, so the table
+         * load and the refill overlap.  After a refill (>= 40 bits) two entries (<= FL_PAIR_BITS
+         * bits each) leave enough for the next lookup, so every other entry skips the refill. */
         uint64_t pair = ac->pair[buffer >> (64 - FL_PAIR_BITS)];
         FL_FILL();
-        if (pair) {
-          int at = k + (int)((pair >> 8) & 15); /* the first coefficient's position */
-          if (__builtin_expect(at >= 63, 0) && (pair & FL_PAIR_SECOND)) {
-            /* the first symbol fills position 63 (or runs past it): what follows belongs to the
-             * next block, so take the first symbol alone, as a one-symbol decoder would */
-            FL_DROP(pair >> 49);
-            block[fl_natural[at]] = (int16_t)(pair >> 16);
-            k = at + 1;
-            break;
+        if (__builtin_expect(pair != 0, 1)) {
+          FL_PAIR_STEP(pair);
+          if (k >= 64) break;
+          pair = ac->pair[buffer >> (64 - FL_PAIR_BITS)];
+          if (__builtin_expect(pair != 0, 1)) {
+            FL_PAIR_STEP(pair);
+            continue;
           }
-          FL_DROP(pair);
-          /* the second coefficient first: when there is none, its zero lands on a position not
-           * yet written (or on 63 just before the first coefficient overwrites it) */
-          int next = at + 1 + (int)((pair >> 12) & 15);
-          block[fl_natural[next]] = (int16_t)(pair >> 32);
-          block[fl_natural[at]] = (int16_t)(pair >> 16);
-          if (pair & FL_PAIR_EOB) break;
-          k = next + (int)((pair >> 48) & 1);
+          FL_FILL(); /* the long code below needs up to 26 bits */
+        }
+        /* a code longer than the table, or with too many value bits: one symbol the slow way
+         * (leaves >= 14 bits for the next lookup) */
+        int length, symbol = fl_long_code(ac, buffer, &length);
+        if (symbol < 0) {
+          k = 99;
+          break;
+        }
+        FL_DROP(length);
+        int run = symbol >> 4, size = symbol & 15;
+        if (size) {
+          k += run;
+          block[fl_natural[k]] = (int16_t)fl_extend((int)(buffer >> (64 - size)), size);
+          FL_DROP(size);
+          k++;
+        } else if (run == 15) {
+          k += 16;
         } else {
-          int length, symbol = fl_long_code(ac, buffer, &length);
-          if (symbol < 0) {
-            k = 99;
-            break;
-          }
-          FL_DROP(length);
-          int run = symbol >> 4, size = symbol & 15;
-          if (size) {
-            k += run;
-            block[fl_natural[k]] = (int16_t)fl_extend((int)(buffer >> (64 - size)), size);
-            FL_DROP(size);
-            k++;
-          } else if (run == 15) {
-            k += 16;
-          } else {
-            break;
-          }
+          break;
         }
       }
+    block_done:
+#undef FL_PAIR_STEP
       if (k > 64) { /* a bad code, or a run past coefficient 63 (libjpeg silently clamps it) */
         reason = "bad Huffman code or coefficient run";
         break;

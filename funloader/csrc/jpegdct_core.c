@@ -11,6 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <unistd.h>
 
 #include <jpeglib.h>
@@ -178,6 +181,35 @@ void fl_decoder_free(fl_decoder *decoder) {
   free(decoder->stage);
   free(decoder->bands);
   free(decoder);
+}
+
+void fl_copy_out(void *dst, const void *src, size_t bytes) {
+#if defined(__SSE2__)
+  char *d = (char *)dst;
+  const char *s = (const char *)src;
+  size_t head = (size_t)(-(uintptr_t)d & 63); /* bytes up to d's first 64-byte boundary */
+  if (bytes < head + 64) {
+    memcpy(d, s, bytes);
+    return;
+  }
+  memcpy(d, s, head);
+  d += head;
+  s += head;
+  bytes -= head;
+  size_t body = bytes & ~(size_t)63;
+  for (size_t o = 0; o < body; o += 64) {
+    __m128i a = _mm_loadu_si128((const __m128i *)(s + o)), b = _mm_loadu_si128((const __m128i *)(s + o + 16));
+    __m128i c = _mm_loadu_si128((const __m128i *)(s + o + 32)), e = _mm_loadu_si128((const __m128i *)(s + o + 48));
+    _mm_stream_si128((__m128i *)(d + o), a);
+    _mm_stream_si128((__m128i *)(d + o + 16), b);
+    _mm_stream_si128((__m128i *)(d + o + 32), c);
+    _mm_stream_si128((__m128i *)(d + o + 48), e);
+  }
+  _mm_sfence(); /* the streamed lines are visible to the caller's next reads, on any thread */
+  memcpy(d + body, s + body, bytes - body);
+#else
+  memcpy(dst, src, bytes);
+#endif
 }
 
 void *fl_stage(fl_decoder *decoder, size_t bytes) {

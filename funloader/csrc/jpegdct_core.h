@@ -96,6 +96,10 @@ void fl_decoder_free(fl_decoder *decoder);
  * the cache cost more than the whole entropy decode. */
 void *fl_stage(fl_decoder *decoder, size_t bytes);
 
+/* Copies a staged item to its slot with streaming (non-temporal) stores: no read of the slot's old
+ * lines, which a batch far larger than the cache would otherwise fetch from memory first. */
+void fl_copy_out(void *dst, const void *src, size_t bytes);
+
 /* Reads a whole file into the decoder's reusable buffer; data and size then point into it. */
 int fl_load_file(fl_decoder *decoder, const char *path, const uint8_t **data, size_t *size,
                  fl_result *result);

@@ -475,7 +475,7 @@ static void *batch_worker(void *argument) {
       fl_decode_fun_mapped(decoder, data, size, &job->options, slot, job->item_bytes, job->dtype, job->dequantize,
                            job->out_h8, job->out_w8, mapped ? &mapping : NULL, &header, result);
     }
-    if (stage) memcpy(target, stage, job->item_bytes); /* every outcome wrote the whole item (or zeros) */
+    if (stage) fl_copy_out(target, stage, job->item_bytes); /* every outcome wrote the whole item (or zeros) */
   }
   pool_give(decoder);
   return NULL;
