@@ -17,6 +17,7 @@ through the policy, at torchvision's magnitude for ``RandAugment(2, 9)`` (bin 9 
 ``TrivialAugmentWide``'s extremes (bin 30 of 31), both signs (translations rounded to whole blocks
 also against torchvision's translate by the rounded amount); the block-exact geometry and mixing.
 The oracle formulas are the tests' (tests/pixel_reference.py, each citing the torchvision function).
+Last, the rotations and transposes against ``jpegtran``'s coefficients on every baseline photo.
 
     python benchmarks/augment_fidelity.py [--data ../shared/data] [--output benchmarks/results/augment_fidelity.json]
 """
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +39,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import funloader  # noqa: E402
 from funloader import transforms as T  # noqa: E402
-from pixel_reference import (block_lowpass, cbcr_rotation, fun_to_planes, jitter_draws, photos, policy_seed,  # noqa: E402
+from pixel_reference import (JPEGTRAN_OPS, block_lowpass, cbcr_rotation, fun_to_planes, jitter_draws, photos, policy_seed,  # noqa: E402
                              psnr, rgb_to_ycbcr, tv_adjust_brightness, tv_adjust_contrast, tv_adjust_hue,
                              tv_adjust_saturation, tv_apply_op, tv_color_jitter_steps, tv_randaugment_magnitude,
                              tv_rgb_to_grayscale3, tv_translate, ycbcr_to_rgb)
@@ -270,6 +273,27 @@ def translate_rounding():
     return out
 
 
+def jpegtran_equality(data: Path):
+    """Rotations and transposes against ``jpegtran``'s lossless ones, coefficient for coefficient, on
+    every baseline photo of the corpus (all subsamplings), cropped by jpegtran to whole 16x16 MCUs:
+    per op, how many files give identical quantised coefficients."""
+    files = [f for s in ("4:4:4", "4:2:0", "4:2:2", "4:4:0") for f in photos(data, s, limit=1000)]
+    counts = {op: {"files": 0, "identical": 0} for op in JPEGTRAN_OPS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in files:
+            with Image.open(path) as im:
+                width, height = 16 * (im.width // 16), 16 * (im.height // 16)
+            aligned, turned = Path(tmp) / "aligned.jpg", Path(tmp) / "turned.jpg"
+            subprocess.run(["jpegtran", "-crop", f"{width}x{height}+0+0", "-outfile", str(aligned), str(path)],
+                           check=True, timeout=60)
+            original = funloader.read_fun(str(aligned))
+            for op, ours in JPEGTRAN_OPS.items():
+                subprocess.run(["jpegtran", *op.split(), "-outfile", str(turned), str(aligned)], check=True, timeout=60)
+                counts[op]["files"] += 1
+                counts[op]["identical"] += int(np.array_equal(ours(original), funloader.read_fun(str(turned))))
+    return counts
+
+
 def measure(data: Path, max_blocks: int = 64):
     rows = colour_rows() + jitter_rows() + policy_rows() + exact_rows()
     files = photos(data, "4:4:4", limit=1000)
@@ -279,6 +303,7 @@ def measure(data: Path, max_blocks: int = 64):
             row.measure(photo)
     summary = {row.name: row.summary() for row in rows}
     summary["translation rounding (all 31 bins)"] = translate_rounding()
+    summary["jpegtran equality (quantised coefficients)"] = jpegtran_equality(data)
     return summary
 
 
@@ -298,6 +323,8 @@ def main(argv=None):
     for label, row in summary["translation rounding (all 31 bins)"].items():
         print(f"translation rounding, {label}: {row['bins_exact']}/31 bins whole blocks, error <= {row['error_px_max']} px "
               f"(mean {row['error_px_mean']:.2f})")
+    for op, row in summary["jpegtran equality (quantised coefficients)"].items():
+        print(f"jpegtran {op}: {row['identical']}/{row['files']} photos with identical coefficients")
     if args.output:
         args.output.write_text(json.dumps(summary, indent=2) + "\n")
 

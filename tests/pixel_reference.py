@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from funloader import transforms as T
+
 
 def dct8() -> np.ndarray:
     """Orthonormal 8-point DCT-II matrix ``D[k, n]`` (float64): JPEG's block transform is ``D @ P @ D.T``."""
@@ -234,6 +236,12 @@ def policy_seed(policy, grid, magnitude, limit=100000):
         if magnitude is None or abs(float(drawn[0]) - magnitude) < 1e-9:
             return seed
     raise AssertionError(f"{policy!r} never drew magnitude {magnitude} in {limit} seeds")
+
+
+#: jpegtran's lossless transforms and the funloader functions that must give the same coefficients
+JPEGTRAN_OPS = {"-transpose": lambda x: T.transpose(x), "-transverse": lambda x: T.transverse(x),
+                "-rotate 90": lambda x: T.rotate(x, 90), "-rotate 180": lambda x: T.rotate(x, 180),
+                "-rotate 270": lambda x: T.rotate(x, 270)}
 
 
 # ---------------------------------------------------------------- metrics and photos
