@@ -227,6 +227,16 @@ def exact_rows():
         out[:, 8 * top:8 * (top + h), 8 * left:8 * (left + w)] = 0.0  # torchvision erase(v=0)
         return out
 
+    def pixel_box(p):  # no side on a block edge
+        H, W = p.fun.shape[-2:]
+        return 2 * H + 3, 2 * W + 5, 4 * H + 1, 4 * W - 3
+
+    def erase_pixel_box(rgb, p):
+        top, left, h, w = pixel_box(p)
+        out = rgb.copy()
+        out[:, top:top + h, left:left + w] = 0.0  # torchvision erase(v=0)
+        return out
+
     def other(p):  # a second image of the same size for the mixing: the photo turned upside down
         return np.ascontiguousarray(p.rgb[:, ::-1, ::-1]), np.ascontiguousarray(p.decoded[:, ::-1, ::-1])
 
@@ -252,6 +262,9 @@ def exact_rows():
             lambda p, i: p.rgb.transpose(0, 2, 1), lambda p, i: [p.decoded.transpose(0, 2, 1)]),
         Row("erase (8-aligned box, fill 0)", "geometry", lambda p: (T.erase(p.fun, *box(p), fill=0), None),
             lambda p, i: erase_pixels(p.rgb, p), lambda p, i: [erase_pixels(p.decoded, p)]),
+        Row("erase_pixels (box not on block edges, fill 0)", "geometry",
+            lambda p: (T.erase_pixels(p.fun, *pixel_box(p), fill=0), None),
+            lambda p, i: erase_pixel_box(p.rgb, p), lambda p, i: [erase_pixel_box(p.decoded, p)]),
         Row("translate (-2, 3) blocks, fill 0", "geometry", lambda p: (T.translate(p.fun, -2, 3, fill=0), None),
             lambda p, i: tv_translate(p.rgb, 24, -16), lambda p, i: [tv_translate(p.decoded, 24, -16)]),
         Row("mixup lam 0.3 (with the photo turned 180)", "mixing", mixed,
