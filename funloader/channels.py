@@ -30,6 +30,17 @@ ZIGZAG: Tuple[int, ...] = (
 
 KeepSpec = Union[str, Sequence[int], None]
 
+
+def block_dct_matrix() -> np.ndarray:
+    """``(8, 8)`` float64 orthonormal DCT-II matrix ``D[k, n] = c_k cos((2n + 1) k π / 16)``: JPEG's
+    block transform of an 8x8 pixel block ``P`` (level-shifted) is ``D @ P @ D.T`` (rows ``v``,
+    columns ``u``), its inverse ``D.T @ C @ D``."""
+    k = np.arange(8, dtype=np.float64)[:, None]
+    n = np.arange(8, dtype=np.float64)[None, :]
+    matrix = np.cos((2 * n + 1) * k * np.pi / 16) * np.sqrt(2 / 8)
+    matrix[0] /= np.sqrt(2)
+    return matrix
+
 #: The keep-specs of the paper's Table 7 (192, 88, 64, 48 and 24 input channels).
 TABLE7_SPECS: Tuple[str, ...] = ("64/64/64", "64/12/12", "44/10/10", "32/8/8", "14/5/5")
 

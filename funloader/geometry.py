@@ -13,6 +13,10 @@ coefficients of the same operation done on the pixels (8-pixel steps), with no r
 * ``erase``: a block-aligned box filled with a constant colour (``fill``, an RGB value in 0..255
   like torchvision's ``fill``; default 128 = mid grey = all-zero coefficients; a constant block has
   ``DC = 8 * (sample - 128)`` per YCbCr component and no AC).
+* ``erase_pixels``: any pixel box: the blocks inside get the fill's coefficients, each block the
+  box edge cuts goes through the inverse block DCT, its pixels inside the box are set to the fill
+  and it is transformed back (float64), so the result is the pixel erase exactly (up to float
+  rounding). Needs dequantised float coefficients with all 192 channels.
 * ``translate``: shift by whole blocks, uncovered blocks get ``fill``.
 
 Draws (``RandomErasing``, ``RandomTranslate``, ``RandomRotation``) are made per item on the CPU
@@ -30,7 +34,7 @@ from .errors import UsageError
 from .transform_base import DCTTransform
 
 __all__ = [
-    "transpose", "rotate", "transverse", "erase", "translate", "fill_coefficients", "transpose_permutation",
+    "transpose", "rotate", "transverse", "erase", "erase_pixels", "translate", "fill_coefficients", "transpose_permutation",
     "RandomErasing", "RandomTranslate", "RandomRotation", "RandomTranspose",
 ]
 
@@ -158,6 +162,67 @@ def erase(x, top: int, left: int, height: int, width: int, fill: Fill = 128.0,
     return out.numpy() if was_numpy else out
 
 
+def _erase_pixel_box(image: torch.Tensor, top: int, left: int, height: int, width: int, level: torch.Tensor) -> None:
+    """In place on one image ``(192, H8, W8)`` float: the pixel box ``(top, left, height, width)``
+    set to ``level`` ``(3,)`` float64 (the fill's YCbCr minus 128). Only the blocks the box touches
+    are read; the blocks it covers entirely get the fill's coefficients directly."""
+    from .channels import block_dct_matrix
+
+    if height <= 0 or width <= 0:
+        return
+    r0, r1 = top // 8, -(-(top + height) // 8)
+    c0, c1 = left // 8, -(-(left + width) // 8)
+    Hb, Wb = r1 - r0, c1 - c0
+    D = torch.from_numpy(block_dct_matrix()).to(image.device)
+    blocks = image[:, r0:r1, c0:c1].to(torch.float64).reshape(3, 8, 8, Hb, Wb).permute(0, 3, 4, 1, 2)  # (3,Hb,Wb,v,u)
+    pixels = D.T @ blocks @ D  # (3, Hb, Wb, y, x), level-shifted samples
+    rows = torch.arange(8 * r0, 8 * r1, device=image.device)
+    cols = torch.arange(8 * c0, 8 * c1, device=image.device)
+    inside = ((rows >= top) & (rows < top + height))[:, None] & ((cols >= left) & (cols < left + width))[None, :]
+    inside = inside.reshape(Hb, 8, Wb, 8).permute(0, 2, 1, 3)  # (Hb, Wb, y, x)
+    level = level.to(device=image.device, dtype=torch.float64)[:, None, None, None, None]
+    pixels = torch.where(inside, level, pixels)
+    coefficients = D @ pixels @ D.T  # (3, Hb, Wb, v, u)
+    covered = inside.all(dim=-1).all(dim=-1)  # (Hb, Wb) blocks inside the box: the exact constant block
+    flat = torch.zeros_like(coefficients)
+    flat[..., 0, 0] = 8.0 * level[:, :, :, 0, 0]
+    coefficients = torch.where(covered[None, :, :, None, None], flat, coefficients)
+    image[:, r0:r1, c0:c1] = coefficients.permute(0, 3, 4, 1, 2).reshape(192, Hb, Wb).to(image.dtype)
+
+
+def _fill_level(fill: Fill) -> torch.Tensor:
+    """``(3,)`` float64: the fill's Y, Cb, Cr sample values minus 128 (its coefficients' DC / 8)."""
+    return torch.from_numpy(fill_coefficients(fill)[[0, 64, 128]].astype(np.float64) / 8.0)
+
+
+def _check_pixel_erasable(t: torch.Tensor, channels, name: str) -> None:
+    if (channels is not None and list(channels) != list(range(192))) or t.shape[-3] != 192:
+        raise UsageError(f"{name}: a pixel box needs all 192 channels (the inverse DCT of the edge blocks), "
+                         f"got {t.shape[-3]} channels: erase before selecting frequencies")
+    if not t.is_floating_point():
+        raise UsageError(f"{name}: a pixel box needs dequantised float coefficients (read_fun(dequantize=True), "
+                         f"DCTLoader's default), got {t.dtype}")
+
+
+def erase_pixels(x, top: int, left: int, height: int, width: int, fill: Fill = 128.0):
+    """torchvision ``erase(img, top, left, height, width, v=fill)`` for any pixel box on the
+    ``8*H8 x 8*W8`` pixel grid, exactly (up to float rounding): whole blocks inside the box get the
+    fill's coefficients; each block the edge cuts is inverse transformed, its pixels inside the box
+    set to ``fill`` and transformed back. Needs dequantised float coefficients ``(..., 192, H8, W8)``.
+    Returns a new array/tensor (every item gets the same box)."""
+    t, was_numpy = _tensor(x)
+    _check_pixel_erasable(t, None, "erase_pixels")
+    H, W = t.shape[-2:]
+    top, left, height, width = (int(v) for v in (top, left, height, width))
+    if not (0 <= top and 0 <= left and height >= 0 and width >= 0 and top + height <= 8 * H and left + width <= 8 * W):
+        raise UsageError(f"erase_pixels box {(top, left, height, width)} is not inside the {8 * H}x{8 * W} pixel grid")
+    out = t.clone()
+    level = _fill_level(fill)
+    for image in out.reshape(-1, *t.shape[-3:]):
+        _erase_pixel_box(image, top, left, height, width, level)
+    return out.numpy() if was_numpy else out
+
+
 def _shift_indices(shift: torch.Tensor, length: int) -> torch.Tensor:
     """``(N, length)`` source index of each output position after shifting by ``shift`` (-1: uncovered)."""
     source = torch.arange(length)[None, :] - shift[:, None]
@@ -196,22 +261,30 @@ class RandomErasing(DCTTransform):
     probability ``p``, up to 10 attempts of area fraction ``U(scale)`` and aspect ratio log-uniform
     in ``ratio``, sides ``round(sqrt(area*ratio))`` blocks (torchvision's rule on the block grid); a
     box that does not fit after 10 attempts leaves the item unchanged, as torchvision does. The box
-    is filled with the constant pixel value ``fill`` (default grey; torchvision's ``value``)."""
+    is filled with the constant pixel value ``fill`` (default grey; torchvision's ``value``).
+
+    ``pixel_boxes=True``: the same rule on the pixel grid ``8*H8 x 8*W8`` (torchvision's boxes
+    exactly), each box erased with ``erase_pixels`` (edge blocks through the inverse DCT); needs
+    dequantised float coefficients with all 192 channels. ``boxes`` then returns pixel boxes."""
 
     def __init__(self, p: float = 0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), fill: Fill = 128.0,
-                 channels: Optional[Sequence[int]] = None):
+                 channels: Optional[Sequence[int]] = None, pixel_boxes: bool = False):
         if not 0.0 <= float(p) <= 1.0:
             raise UsageError(f"p must be in [0, 1], got {p}")
         if not (0 < scale[0] <= scale[1] <= 1) or not (0 < ratio[0] <= ratio[1]):
             raise UsageError(f"scale must be within (0, 1] and ratio positive, both (min, max); got {scale}, {ratio}")
         self.p, self.scale, self.ratio, self.fill = float(p), tuple(scale), tuple(ratio), fill
         self.channels = None if channels is None else list(channels)
+        self.pixel_boxes = bool(pixel_boxes)
         fill_coefficients(fill)  # validate now
 
-    integer_exact = True
+    @property
+    def integer_exact(self) -> bool:
+        return not self.pixel_boxes
 
     def boxes(self, count: int, grid: Tuple[int, int], generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """``(count, 4)`` int64 boxes (top, left, height, width) in blocks; height 0 = not erased."""
+        """``(count, 4)`` int64 boxes (top, left, height, width) on ``grid`` (blocks, or pixels with
+        ``pixel_boxes``: pass the pixel grid); height 0 = not erased."""
         H, W = grid
         apply = torch.rand(count, generator=generator) < self.p
         attempts = 10
@@ -236,6 +309,15 @@ class RandomErasing(DCTTransform):
     def __call__(self, x, generator: Optional[torch.Generator] = None):
         t, was_numpy = _tensor(x)
         batch = t.reshape(-1, *t.shape[-3:])
+        if self.pixel_boxes:
+            _check_pixel_erasable(batch, self.channels, "RandomErasing(pixel_boxes=True)")
+            boxes = self.boxes(batch.shape[0], (8 * batch.shape[-2], 8 * batch.shape[-1]), generator)
+            out = batch.clone()
+            level = _fill_level(self.fill)
+            for item in torch.nonzero(boxes[:, 2] > 0).flatten().tolist():
+                _erase_pixel_box(out[item], *boxes[item].tolist(), level)
+            out = out.reshape(t.shape)
+            return out.numpy() if was_numpy else out
         boxes = self.boxes(batch.shape[0], tuple(batch.shape[-2:]), generator)
         mask = _box_masks(boxes, batch.shape[-2], batch.shape[-1], batch.device)
         value = _fill_like(self.fill, self.channels, batch)
@@ -244,7 +326,8 @@ class RandomErasing(DCTTransform):
         return out.numpy() if was_numpy else out
 
     def __repr__(self) -> str:
-        return f"RandomErasing(p={self.p}, scale={self.scale}, ratio={self.ratio}, fill={self.fill!r})"
+        return (f"RandomErasing(p={self.p}, scale={self.scale}, ratio={self.ratio}, fill={self.fill!r}"
+                + (", pixel_boxes=True)" if self.pixel_boxes else ")"))
 
 
 class RandomTranslate(DCTTransform):

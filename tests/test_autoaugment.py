@@ -8,7 +8,10 @@ import torch
 import funloader
 from funloader import transforms as T
 from funloader.errors import UsageError
-from pixel_reference import fun_to_planes, photos, psnr, rgb_to_ycbcr, ycbcr_to_rgb
+from PIL import Image
+
+from pixel_reference import (block_lowpass, fun_to_planes, photos, policy_seed, psnr, rgb_to_ycbcr, tv_apply_op,
+                             tv_randaugment_magnitude, ycbcr_to_rgb)
 
 
 @pytest.fixture(scope="module")
@@ -26,27 +29,9 @@ def _pixel_policy(planes, ops, magnitudes, names, fill_rgb=0.0):
     rgb = ycbcr_to_rgb(planes)
     for op, m in zip(ops, magnitudes):
         name = names[op]
-        grey = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
-        if name == "Brightness":
-            rgb = (1 + m) * rgb
-        elif name == "Color":
-            rgb = (1 + m) * rgb + (-m) * grey
-        elif name == "Contrast":
-            rgb = (1 + m) * rgb + (-m) * grey.mean()
-        elif name in ("TranslateX", "TranslateY"):
-            shift = 8 * int(round(int(m) / 8))
-            moved = np.full_like(rgb, fill_rgb)
-            if name == "TranslateX":
-                if shift >= 0:
-                    moved[:, :, shift:] = rgb[:, :, :rgb.shape[2] - shift]
-                else:
-                    moved[:, :, :shift] = rgb[:, :, -shift:]
-            else:
-                if shift >= 0:
-                    moved[:, shift:] = rgb[:, :rgb.shape[1] - shift]
-                else:
-                    moved[:, :shift] = rgb[:, -shift:]
-            rgb = moved
+        if name.startswith("Translate"):
+            m = 8 * int(round(int(m) / 8))
+        rgb = tv_apply_op(rgb, name, m, fill_rgb, clamp=False)
     return rgb_to_ycbcr(rgb)
 
 
@@ -191,3 +176,107 @@ def test_fused_policy_equals_the_policy(batch, normalized):
             seen["slow"] += int(fused.slow.sum())
             seen["fills"] += int(((rows < 0).any(1) | (cols < 0).any(1)).sum())
     assert seen["rolled"] > 0 and seen["slow"] > 0 and seen["fills"] > 0, seen
+
+
+# ---------------------------------------------------------------- each op against torchvision on Pillow's decode
+WINDOW = 24  # blocks: a 192x192 px window of each photo
+
+
+@pytest.fixture(scope="module")
+def pillow_pairs(shared_data):
+    """4 photos as ``(name, (1, 192, 24, 24) float64 coefficients, (3, 192, 192) Pillow RGB)``."""
+    found = []
+    for path in photos(shared_data, "4:4:4", limit=4):
+        fun = funloader.read_fun(str(path), dequantize=True)[None, :, :WINDOW, :WINDOW]
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"), np.float64)[:8 * WINDOW, :8 * WINDOW].transpose(2, 0, 1)
+        found.append((path.name, torch.from_numpy(np.ascontiguousarray(fun)), rgb))
+    assert len(found) == 4
+    return found
+
+
+def _through_policy(policy, fun, magnitude):
+    """``policy`` (one op) on one item, with the seed whose draw is ``magnitude``."""
+    return policy(fun, torch.Generator().manual_seed(policy_seed(policy, tuple(fun.shape[-2:]), magnitude)))
+
+
+def _in_range(rgb, margin):
+    return np.all((rgb >= -margin) & (rgb <= 255 + margin), axis=0)
+
+
+OP_CASES = [(policy, name, sign) for policy in ("RandAugment(2, 9)", "TrivialAugmentWide extreme")
+            for name in ("Brightness", "Color", "Contrast") for sign in (1.0, -1.0)] + [("RandAugment(2, 9)", "Identity", 1.0)]
+
+
+def _policy_and_magnitude(kind, name, sign):
+    wide = kind.startswith("Trivial")
+    policy = T.TrivialAugmentWide(ops=[name]) if wide else T.RandAugment(1, 9, ops=[name])
+    magnitude = tv_randaugment_magnitude(name, 31, 30 if wide else 9, (8 * WINDOW, 8 * WINDOW), wide)
+    return policy, None if magnitude is None else sign * magnitude
+
+
+@pytest.mark.parametrize("kind, name, sign", OP_CASES)
+def test_policy_colour_ops_against_torchvision_on_pillow(pillow_pairs, kind, name, sign):
+    """Each colour op of the policies, alone, at torchvision's magnitude (RandAugment(2, 9): bin 9 of 31;
+    TrivialAugmentWide's largest, bin 30, both signs) against torchvision's ``_apply_op`` on Pillow's
+    decode: >= 45 dB where nothing clamps, and equal (>= 100 dB) to the unclamped formula on our decode."""
+    policy, magnitude = _policy_and_magnitude(kind, name, sign)
+    covered = []
+    for photo, fun, rgb in pillow_pairs:
+        ours = fun_to_planes(_through_policy(policy, fun, magnitude)[0].numpy())
+        decoded = ycbcr_to_rgb(fun_to_planes(fun[0].numpy()))
+        formula = tv_apply_op(decoded, name, magnitude, clamp=False)
+        assert psnr(ours, rgb_to_ycbcr(formula)) >= 100.0, photo
+        nothing_clamps = _in_range(decoded, 0.5) & _in_range(formula, 0.0)
+        covered.append(nothing_clamps.mean())
+        assert psnr(ours, rgb_to_ycbcr(tv_apply_op(rgb, name, magnitude)), nothing_clamps) >= 45.0, photo
+    assert np.mean(covered) > 0.3, covered
+
+
+@pytest.mark.parametrize("kind", ["RandAugment(2, 9)", "TrivialAugmentWide extreme"])
+@pytest.mark.parametrize("name", ["TranslateX", "TranslateY"])
+def test_policy_translation_is_torchvisions_rounded_to_blocks(pillow_pairs, kind, name):
+    """Translation on coefficients moves whole blocks: torchvision's ``int(m)`` pixels rounded to the
+    nearest multiple of 8. Exact for that amount (the pixel translate of our decode; Pillow's decode
+    >= 45 dB); against torchvision's un-rounded translate it is off by ``|rounded - int(m)|`` <= 4 px
+    (0 at TrivialAugmentWide's 32 px extreme)."""
+    for sign in (1.0, -1.0):
+        policy, magnitude = _policy_and_magnitude(kind, name, sign)
+        requested = int(magnitude)
+        applied = 8 * int(round(requested / 8))
+        assert abs(applied - requested) <= 4
+        if kind.startswith("Trivial"):
+            assert applied == requested == sign * 32
+        else:
+            assert (requested, applied) == (sign * 26, sign * 24)  # 150/331 * 192 px * 9/30 = 26.1 px
+        for photo, fun, rgb in pillow_pairs:
+            ours = fun_to_planes(_through_policy(policy, fun, magnitude)[0].numpy())
+            decoded = ycbcr_to_rgb(fun_to_planes(fun[0].numpy()))
+            np.testing.assert_allclose(ours, rgb_to_ycbcr(tv_apply_op(decoded, name, applied)), atol=1e-6, err_msg=photo)
+            moved_rgb = tv_apply_op(rgb, name, applied)
+            decode_ok = _in_range(tv_apply_op(decoded, name, applied), 0.5)
+            assert psnr(ours, rgb_to_ycbcr(moved_rgb), decode_ok) >= 45.0, photo
+            unrounded = psnr(ours, rgb_to_ycbcr(tv_apply_op(rgb, name, requested)))
+            if applied == requested:
+                assert unrounded >= 45.0, photo
+            else:  # a real difference: content misplaced by 2 px
+                assert unrounded < 40.0, (photo, unrounded)
+
+
+@pytest.mark.parametrize("kind", ["RandAugment(2, 9)", "TrivialAugmentWide extreme"])
+def test_policy_dropouts_equal_the_block_lowpass_of_pillows_decode(pillow_pairs, kind):
+    """FrequencyDropout at magnitude m keeps the lowest ``64 - round(63 m)`` zigzag frequencies (m from
+    linspace(0, 0.9, 31)), ChromaDropout the chroma DC: the pixel definition (block DCT, mask, inverse)
+    of our decode exactly, of Pillow's decode >= 45 dB."""
+    bin_index = 30 if kind.startswith("Trivial") else 9
+    magnitude = float(np.linspace(0.0, 0.9, 31)[bin_index])
+    keep = 64 - int(round(63 * magnitude))
+    assert keep == (7 if bin_index == 30 else 47)
+    make = (lambda ops: T.TrivialAugmentWide(ops=ops)) if bin_index == 30 else (lambda ops: T.RandAugment(1, 9, ops=ops))
+    for name, magnitude_drawn, keeps in (("FrequencyDropout", magnitude, (keep, keep)), ("ChromaDropout", None, (64, 1))):
+        policy = make([name])
+        for photo, fun, rgb in pillow_pairs:
+            ours = fun_to_planes(_through_policy(policy, fun, magnitude_drawn)[0].numpy())
+            np.testing.assert_allclose(ours, block_lowpass(fun_to_planes(fun[0].numpy()), *keeps), atol=1e-6)
+            decode_ok = _in_range(ycbcr_to_rgb(fun_to_planes(fun[0].numpy())), 0.5)
+            assert psnr(ours, block_lowpass(rgb_to_ycbcr(rgb), *keeps), decode_ok) >= 45.0, (name, photo)

@@ -423,3 +423,45 @@ def test_decompression_bomb_fails_fast(sample_jpegs):
 def test_libjpeg_info():
     info = funloader.libjpeg_info()
     assert info["version_number"] > 0 and info["version"].count(".") == 2
+
+
+def test_layout_avx2_and_sse2_paths_give_the_same_bits(sample_jpegs, tmp_path):
+    """read_batch's FUN layout transposes 16 blocks at a time with AVX2 and 8 with SSE2
+    (FUNLOADER_SIMD=sse2): int16, dequantised float32 and a per-item affine come out bit-identical, for
+    a centre crop and a centre pad, with either decoder."""
+    import os
+    import sys
+
+    paths = [str(p) for p in sample_jpegs[:6]]
+    script = (
+        "import sys, numpy as np, funloader\n"
+        "paths, target = eval(sys.argv[1]), sys.argv[2]\n"
+        "rng = np.random.default_rng(0)\n"
+        "gain = rng.uniform(0.5, 2, (len(paths), 192)).astype(np.float32)\n"
+        "bias = rng.uniform(-1, 1, (len(paths), 192)).astype(np.float32)\n"
+        "arrays = {}\n"
+        "for decoder in ('auto', 'libjpeg'):\n"
+        "    for grid, count in ((28, len(paths)), (84, 2)):  # 84 blocks = 672 px: wider than the photos (pad)\n"
+        "        raw = np.zeros((count, 192, grid, grid), np.int16)\n"
+        "        funloader.read_batch(paths[:count], raw, threads=1, decoder=decoder)\n"
+        "        scaled = np.zeros((count, 192, grid, grid), np.float32)\n"
+        "        funloader.read_batch(paths[:count], scaled, threads=2, dequantize=True, decoder=decoder)\n"
+        "        affine = np.zeros((count, 192, grid, grid), np.float32)\n"
+        "        funloader.read_batch(paths[:count], affine, dequantize=True, gain=gain[:count], bias=bias[:count],\n"
+        "                             decoder=decoder)\n"
+        "        arrays.update({f'{decoder}{grid}raw': raw, f'{decoder}{grid}scaled': scaled,\n"
+        "                       f'{decoder}{grid}affine': affine})\n"
+        "np.savez(target, **arrays)\n"
+        "print(funloader.codec._jpegdct.resize_simd())\n")
+    results = {}
+    for simd in ("sse2", "native"):
+        target = tmp_path / f"{simd}.npz"
+        run = subprocess.run([sys.executable, "-c", script, repr(paths), str(target)],
+                             env=dict(os.environ, FUNLOADER_SIMD=simd), stdout=subprocess.PIPE, check=True, text=True)
+        results[run.stdout.strip()] = dict(np.load(target))
+    assert "sse2" in results
+    for arrays in results.values():
+        assert arrays.keys() == results["sse2"].keys()
+        for name, array in arrays.items():
+            assert np.abs(array).sum() > 0, name
+            np.testing.assert_array_equal(array, results["sse2"][name], err_msg=name)

@@ -11,18 +11,14 @@ import torch
 import funloader
 from funloader import transforms as T
 from funloader.errors import UsageError
-from pixel_reference import fun_to_planes, photos, rgb_to_ycbcr
-
-JPEGTRAN_OPS = {"-transpose": lambda x: T.transpose(x), "-transverse": lambda x: T.transverse(x),
-                "-rotate 90": lambda x: T.rotate(x, 90), "-rotate 180": lambda x: T.rotate(x, 180),
-                "-rotate 270": lambda x: T.rotate(x, 270)}
+from pixel_reference import JPEGTRAN_OPS, fun_to_planes, photos, psnr, rgb_to_ycbcr, ycbcr_to_rgb
 
 
 def _jpegtran(args, source, target):
     subprocess.run(["jpegtran", *args.split(), "-outfile", str(target), str(source)], check=True, timeout=60)
 
 
-@pytest.mark.parametrize("subsampling", ["4:2:0", "4:2:2", "4:4:4"])
+@pytest.mark.parametrize("subsampling", ["4:2:0", "4:2:2", "4:4:0", "4:4:4"])
 def test_rotations_and_transposes_equal_jpegtran(shared_data, tmp_path, subsampling):
     source = photos(shared_data, subsampling, limit=1)[0]
     aligned = tmp_path / "aligned.jpg"
@@ -73,6 +69,55 @@ def test_erase_and_translate_equal_pixel_operations(shared_data):
     np.testing.assert_allclose(moved, expected, atol=1e-3)
 
 
+@pytest.mark.parametrize("subsampling", ["4:4:4", "4:2:0"])
+def test_erase_pixels_equals_the_pixel_erase(shared_data, subsampling):
+    """A box on the pixel grid that no block edge aligns with: equal to torchvision's ``erase`` of our
+    float decode (the edge blocks went through the inverse DCT and back), and to the same erase of
+    Pillow's decode (4:4:4: both sides see the same pixels) >= 45 dB where the decode does not clamp."""
+    from PIL import Image
+
+    path = photos(shared_data, subsampling, limit=1)[0]
+    x = funloader.read_fun(str(path), dequantize=True)[:, :10, :12]
+    pixels = fun_to_planes(x)
+    fill = (200, 90, 140)
+    for top, left, height, width in ((13, 21, 37, 50), (0, 0, 5, 3), (3, 90, 77, 6), (16, 24, 32, 40)):
+        erased = T.erase_pixels(x, top, left, height, width, fill=fill)
+        assert erased.dtype == np.float32 and erased.shape == x.shape
+        expected = pixels.copy()
+        expected[:, top:top + height, left:left + width] = rgb_to_ycbcr(np.array(fill, np.float64)[:, None, None])
+        np.testing.assert_allclose(fun_to_planes(erased), expected, atol=2e-3, err_msg=str((top, left, height, width)))
+        untouched = np.ones((10, 12), bool)
+        untouched[top // 8:-(-(top + height) // 8), left // 8:-(-(left + width) // 8)] = False
+        np.testing.assert_array_equal(erased[:, untouched], x[:, untouched])  # blocks the box misses are not rewritten
+    if subsampling == "4:4:4":
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"), np.float64)[:80, :96].transpose(2, 0, 1)
+        rgb[:, 13:50, 21:71] = np.array(fill, np.float64)[:, None, None]  # torchvision erase(v=fill)
+        ours = fun_to_planes(T.erase_pixels(torch.from_numpy(x).double(), 13, 21, 37, 50, fill=fill).numpy())
+        decode_ok = np.all((ycbcr_to_rgb(ours) >= -0.5) & (ycbcr_to_rgb(ours) <= 255.5), axis=0)
+        assert psnr(ours, rgb_to_ycbcr(rgb), decode_ok) >= 45.0
+    aligned = T.erase_pixels(x, 16, 24, 32, 40, fill=fill)  # whole blocks: the block erase
+    np.testing.assert_allclose(aligned, T.erase(x, 2, 3, 4, 5, fill=fill), atol=1e-3)
+    with pytest.raises(UsageError, match="pixel grid"):
+        T.erase_pixels(x, 70, 0, 20, 5)
+    with pytest.raises(UsageError, match="dequantised float"):
+        T.erase_pixels(funloader.read_fun(str(path))[:, :10, :12], 1, 1, 3, 3)
+
+
+def test_random_erasing_with_pixel_boxes():
+    x = torch.randn(12, 192, 7, 9, dtype=torch.float64) * 40
+    erasing = T.RandomErasing(p=0.8, fill=(10, 200, 30), pixel_boxes=True)
+    assert not erasing.integer_exact and "pixel_boxes=True" in repr(erasing)
+    out = erasing(x, torch.Generator().manual_seed(5))
+    boxes = erasing.boxes(12, (56, 72), torch.Generator().manual_seed(5))  # torchvision's rule on the pixel grid
+    assert (boxes[:, 2] > 0).sum() > 5 and (boxes % 8 != 0).any()
+    for item, box in enumerate(boxes.tolist()):
+        expected = T.erase_pixels(x[item], *box, fill=(10, 200, 30)) if box[2] else x[item]
+        torch.testing.assert_close(out[item], expected, rtol=0, atol=0)
+    with pytest.raises(UsageError, match="192 channels"):
+        erasing(x[:, :64], torch.Generator().manual_seed(5))
+
+
 def test_random_erasing_and_translate_draws(shared_data):
     x = torch.randn(16, 192, 14, 14)
     erasing = T.RandomErasing(p=0.7, fill=128)
@@ -98,7 +143,8 @@ def test_geometry_on_cuda_same_draws():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     x = torch.randn(8, 192, 6, 6)
-    for transform in (T.RandomRotation(), T.RandomErasing(p=1.0), T.RandomTranslate(2), T.RandomTranspose()):
+    for transform in (T.RandomRotation(), T.RandomErasing(p=1.0), T.RandomErasing(p=1.0, pixel_boxes=True),
+                      T.RandomTranslate(2), T.RandomTranspose()):
         cpu = transform(x, torch.Generator().manual_seed(0))
         gpu = transform(x.cuda(), torch.Generator().manual_seed(0))
         torch.testing.assert_close(gpu.cpu(), cpu)

@@ -176,11 +176,9 @@ def _paper_item(path: str, seed: int) -> np.ndarray:
 
 
 def _block_dct_matrix() -> torch.Tensor:
-    k = torch.arange(8, dtype=torch.float64)[:, None]
-    n = torch.arange(8, dtype=torch.float64)[None, :]
-    matrix = torch.cos((2 * n + 1) * k * math.pi / 16) * math.sqrt(2 / 8)
-    matrix[0] /= math.sqrt(2)
-    return matrix.float()
+    from ..channels import block_dct_matrix
+
+    return torch.from_numpy(block_dct_matrix()).float()
 
 
 _YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])

@@ -20,17 +20,35 @@
 #define FL_MAX_DIMENSION 65500 /* libjpeg's JPEG_MAX_DIMENSION */
 #define FL_MAX_BLOCKS_IN_MCU 10
 
-/* Zig-zag index -> natural index; positions past 63 (a corrupt run) map to 63 and are caught
- * after the block (k > 64), so the fast loop needs no bounds test. */
-static const uint8_t fl_natural[64 + 16 + 1] = {
+/* Zig-zag index -> natural index; positions past 63 (a corrupt run, or the second symbol of a
+ * pair entry run past the block) map to 63 and are caught after the block (k > 64), so the fast
+ * loop needs no bounds test.  k + run + 1 + run <= 63 + 15 + 1 + 15 = 94. */
+static const uint8_t fl_natural[] = {
     0,  1,  8,  16, 9,  2,  3,  10, 17, 24, 32, 25, 18, 11, 4,  5,  12, 19, 26, 33, 40,
     48, 41, 34, 27, 20, 13, 6,  7,  14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22,
     15, 23, 30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62,
-    63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63};
+    63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63,
+    63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63};
+_Static_assert(sizeof fl_natural >= 95, "fl_natural covers k + 15 + 1 + 15 for k <= 63");
 
 /* AC entry: bits 0-5 bits consumed (0: not resolved here), 8-11 run, bit 12 end of block,
  * 16-31 the coefficient (int16). DC entry: bits consumed and the difference likewise. */
 #define FL_AC_EOB 0x1000u
+
+/* AC pair entry (FL_PAIR_BITS-bit table, uint64): up to two symbols resolved by one lookup, when
+ * both codes and their value bits fit in the table's bits.  0: not resolved here.
+ *   bits 0-5   bits consumed by the whole entry
+ *   bit 6      FL_PAIR_SECOND: a second symbol (coefficient or EOB) follows the first
+ *   bit 7      FL_PAIR_EOB: the block ends with this entry
+ *   bits 8-11  run of the first coefficient; 12-15 run of the second
+ *   bits 16-31 the first coefficient (0 for EOB alone); 32-47 the second (0 when none)
+ *   bit 48     FL_PAIR_COEF2: the second symbol is a coefficient
+ *   bits 49-54 bits consumed by the first symbol alone (a pair cut short at position 63) */
+#define FL_PAIR_BITS 11
+#define FL_PAIR_SIZE (1 << FL_PAIR_BITS)
+#define FL_PAIR_SECOND 0x40ull
+#define FL_PAIR_EOB 0x80ull
+#define FL_PAIR_COEF2 (1ull << 48)
 
 typedef struct {
   int defined;                /* defined by the current image */
@@ -42,6 +60,7 @@ typedef struct {
   int32_t valoffset[18];      /* symbol index = code + valoffset[length] */
   uint16_t symbol[FL_LOOKUP_SIZE];   /* (length << 8) | symbol for codes <= FL_LOOKUP_BITS; 0: longer */
   uint32_t combined[FL_LOOKUP_SIZE]; /* code + value bits resolved at once (see above) */
+  uint64_t pair[FL_PAIR_SIZE];       /* AC tables: up to two symbols at once (see above) */
 } fl_htable;
 
 struct fl_huff {
@@ -92,6 +111,57 @@ static inline int fl_extend(int value, int size) {
   return value + (negative & (1 - (1 << size)));
 }
 
+/* The one-symbol entries (see FL_AC_EOB) of a `lookup_bits`-bit table: code and value bits
+ * resolved at once where both fit, else 0.  lengths/codes: each symbol's canonical code. */
+static void fl_single_entries(const fl_htable *t, int is_dc, const uint8_t *lengths, const uint16_t *codes,
+                              int lookup_bits, uint32_t *table) {
+  memset(table, 0, sizeof(uint32_t) << lookup_bits);
+  for (int i = 0; i < t->count; i++) {
+    int length = lengths[i];
+    if (length > lookup_bits) break;
+    int symbol = t->raw_values[i];
+    int first = codes[i] << (lookup_bits - length), span = 1 << (lookup_bits - length);
+    int size = is_dc ? symbol : symbol & 15, run = is_dc ? 0 : symbol >> 4;
+    for (int j = first; j < first + span; j++) {
+      uint32_t entry = 0;
+      if (!is_dc && symbol == 0) {
+        entry = (uint32_t)length | FL_AC_EOB;
+      } else if (!is_dc && symbol == 0xF0) { /* ZRL: 15 zeros, then a zero written as the 16th */
+        entry = (uint32_t)length | (15u << 8);
+      } else if (length + size <= lookup_bits) {
+        int value = size ? fl_extend((j >> (lookup_bits - length - size)) & ((1 << size) - 1), size) : 0;
+        entry = (uint32_t)(length + size) | ((uint32_t)run << 8) | ((uint32_t)(uint16_t)value << 16);
+      }
+      table[j] = entry;
+    }
+  }
+}
+
+/* The AC pair table (see FL_PAIR_SECOND) from the FL_PAIR_BITS-bit one-symbol table: the first
+ * symbol, and the second too when its code and value bits fit in the bits the first leaves. */
+static void fl_pair_entries(const uint32_t *single, uint64_t *pair) {
+  for (int j = 0; j < FL_PAIR_SIZE; j++) {
+    uint32_t first = single[j];
+    int used = (int)(first & 63);
+    if (!first || (first & FL_AC_EOB)) { /* unresolved, or EOB alone */
+      pair[j] = first ? (uint64_t)used | FL_PAIR_EOB : 0;
+      continue;
+    }
+    uint64_t entry = (uint64_t)used | ((uint64_t)((first >> 8) & 15) << 8) | ((uint64_t)(first >> 16) << 16) |
+                     ((uint64_t)used << 49);
+    uint32_t second = used < FL_PAIR_BITS ? single[(j << used) & (FL_PAIR_SIZE - 1)] : 0;
+    int more = (int)(second & 63);
+    if (second && used + more <= FL_PAIR_BITS) {
+      entry = (entry & ~(uint64_t)63) | (uint64_t)(used + more) | FL_PAIR_SECOND;
+      if (second & FL_AC_EOB)
+        entry |= FL_PAIR_EOB;
+      else
+        entry |= FL_PAIR_COEF2 | ((uint64_t)((second >> 8) & 15) << 12) | ((uint64_t)(second >> 16) << 32);
+    }
+    pair[j] = entry;
+  }
+}
+
 /* Builds the derived tables of t from its raw BITS/HUFFVAL; 0 when the table is unusable for us
  * (libjpeg would reject it, or it holds symbols an 8-bit baseline stream never needs). */
 static int fl_build_table(fl_htable *t, int is_dc) {
@@ -118,32 +188,15 @@ static int fl_build_table(fl_htable *t, int is_dc) {
       return 0;
   }
   memset(t->symbol, 0, sizeof t->symbol);
-  memset(t->combined, 0, sizeof t->combined);
-  for (int i = 0; i < t->count; i++) {
-    int length = lengths[i];
-    if (length > FL_LOOKUP_BITS) break;
-    int symbol = t->raw_values[i];
-    int first = codes[i] << (FL_LOOKUP_BITS - length), span = 1 << (FL_LOOKUP_BITS - length);
-    for (int j = first; j < first + span; j++) {
-      t->symbol[j] = (uint16_t)((length << 8) | symbol);
-      int size = symbol & 15, run = symbol >> 4;
-      uint32_t entry = 0;
-      if (is_dc) {
-        size = symbol;
-        if (length + size <= FL_LOOKUP_BITS) {
-          int value = size ? fl_extend((j >> (FL_LOOKUP_BITS - length - size)) & ((1 << size) - 1), size) : 0;
-          entry = (uint32_t)(length + size) | ((uint32_t)(uint16_t)value << 16);
-        }
-      } else if (symbol == 0) {
-        entry = (uint32_t)length | FL_AC_EOB;
-      } else if (symbol == 0xF0) { /* ZRL: 15 zeros, then a zero written as the 16th */
-        entry = (uint32_t)length | (15u << 8);
-      } else if (length + size <= FL_LOOKUP_BITS) {
-        int value = fl_extend((j >> (FL_LOOKUP_BITS - length - size)) & ((1 << size) - 1), size);
-        entry = (uint32_t)(length + size) | ((uint32_t)run << 8) | ((uint32_t)(uint16_t)value << 16);
-      }
-      t->combined[j] = entry;
-    }
+  for (int i = 0; i < t->count && lengths[i] <= FL_LOOKUP_BITS; i++) {
+    int first = codes[i] << (FL_LOOKUP_BITS - lengths[i]), span = 1 << (FL_LOOKUP_BITS - lengths[i]);
+    for (int j = first; j < first + span; j++) t->symbol[j] = (uint16_t)((lengths[i] << 8) | t->raw_values[i]);
+  }
+  fl_single_entries(t, is_dc, lengths, codes, FL_LOOKUP_BITS, t->combined);
+  if (!is_dc) {
+    uint32_t single[FL_PAIR_SIZE];
+    fl_single_entries(t, 0, lengths, codes, FL_PAIR_BITS, single);
+    fl_pair_entries(single, t->pair);
   }
   return 1;
 }
@@ -497,11 +550,11 @@ static int fl_take_marker(fl_huff *huff, fl_reader *r, int expected) {
 }
 
 /* The band decoder's body, compiled twice (see fl_huff_decode_band). */
-static inline __attribute__((always_inline)) int fl_decode_band_body(fl_huff *huff) {
+static inline __attribute__((always_inline)) int fl_decode_band_body(fl_huff *huff, int16_t *const *band) {
   if (huff->next_row >= huff->mcu_rows) return fl_handover(huff, "no band left");
   const int n = huff->num_components;
   for (int c = 0; c < n; c++)
-    memset(huff->band[c], 0, (size_t)huff->band_cols[c] * (size_t)huff->band_rows[c] * 64 * sizeof(int16_t));
+    memset(band[c], 0, (size_t)huff->band_cols[c] * (size_t)huff->band_rows[c] * 64 * sizeof(int16_t));
   const uint8_t *const data = huff->data;
   const size_t fast_end = huff->size >= 8 ? huff->size - 7 : 0; /* pos < fast_end: 8 bytes readable */
   uint64_t buffer = huff->buffer;
@@ -514,7 +567,7 @@ static inline __attribute__((always_inline)) int fl_decode_band_body(fl_huff *hu
   int *pred_of[FL_MAX_BLOCKS_IN_MCU];
   for (int i = 0; i < huff->blocks_per_mcu; i++) {
     int c = huff->block_component[i];
-    blocks[i] = huff->band[c] + ((size_t)huff->block_dy[i] * (size_t)huff->band_cols[c] + (size_t)huff->block_dx[i]) * 64;
+    blocks[i] = band[c] + ((size_t)huff->block_dy[i] * (size_t)huff->band_cols[c] + (size_t)huff->block_dx[i]) * 64;
     step[i] = (size_t)huff->h[c] * 64;
     dc_of[i] = &huff->dc[huff->dc_table[c]];
     ac_of[i] = &huff->ac[huff->ac_table[c]];
@@ -597,37 +650,65 @@ static inline __attribute__((always_inline)) int fl_decode_band_body(fl_huff *hu
       block[0] = (int16_t)value;
       /* AC: (run, size, value) at once from the combined table; only nonzero values are written */
       int k = 1;
+/* One pair entry (see FL_PAIR_SECOND): breaks out of the block's loop at its end. */
+#define FL_PAIR_STEP(pair)                                                                      \
+  do {                                                                                          \
+    int at_ = k + (int)(((pair) >> 8) & 15); /* the first coefficient's position */             \
+    if (__builtin_expect(at_ >= 63, 0) && ((pair) & FL_PAIR_SECOND)) {                          \
+      /* the first symbol fills position 63 (or runs past it): what follows belongs to the      \
+       * next block, so take the first symbol alone, as a one-symbol decoder would */           \
+      FL_DROP((pair) >> 49);                                                                    \
+      block[fl_natural[at_]] = (int16_t)((pair) >> 16);                                         \
+      k = at_ + 1;                                                                              \
+      goto block_done;                                                                          \
+    }                                                                                           \
+    FL_DROP(pair);                                                                              \
+    /* the second coefficient first: when there is none, its zero lands on a position not yet  \
+     * written (or on 63 just before the first coefficient overwrites it) */                    \
+    int next_ = at_ + 1 + (int)(((pair) >> 12) & 15);                                           \
+    block[fl_natural[next_]] = (int16_t)((pair) >> 32);                                         \
+    block[fl_natural[at_]] = (int16_t)((pair) >> 16);                                           \
+    if ((pair) & FL_PAIR_EOB) goto block_done;                                                  \
+    k = next_ + (int)(((pair) >> 48) & 1);                                                      \
+  } while (0)
       while (k < 64) {
-        /* the lookup needs only the top FL_LOOKUP_BITS bits, valid before the refill (>= 13 are
-         * left after any symbol), so the table load and the refill overlap */
-        entry = ac->combined[buffer >> (64 - FL_LOOKUP_BITS)];
+        /* The lookup needs only the top FL_PAIR_BITS bits, valid before the refill, so the table
+         * load and the refill overlap.  After a refill (>= 40 bits) two entries (<= FL_PAIR_BITS
+         * bits each) leave enough for the next lookup, so every other entry skips the refill. */
+        uint64_t pair = ac->pair[buffer >> (64 - FL_PAIR_BITS)];
         FL_FILL();
-        if (entry) {
-          FL_DROP(entry);
-          if (entry & FL_AC_EOB) break;
-          k += (int)((entry >> 8) & 15);
-          block[fl_natural[k]] = (int16_t)(entry >> 16);
+        if (__builtin_expect(pair != 0, 1)) {
+          FL_PAIR_STEP(pair);
+          if (k >= 64) break;
+          pair = ac->pair[buffer >> (64 - FL_PAIR_BITS)];
+          if (__builtin_expect(pair != 0, 1)) {
+            FL_PAIR_STEP(pair);
+            continue;
+          }
+          FL_FILL(); /* the long code below needs up to 26 bits */
+        }
+        /* a code longer than the table, or with too many value bits: one symbol the slow way
+         * (leaves >= 14 bits for the next lookup) */
+        int length, symbol = fl_long_code(ac, buffer, &length);
+        if (symbol < 0) {
+          k = 99;
+          break;
+        }
+        FL_DROP(length);
+        int run = symbol >> 4, size = symbol & 15;
+        if (size) {
+          k += run;
+          block[fl_natural[k]] = (int16_t)fl_extend((int)(buffer >> (64 - size)), size);
+          FL_DROP(size);
           k++;
+        } else if (run == 15) {
+          k += 16;
         } else {
-          int length, symbol = fl_long_code(ac, buffer, &length);
-          if (symbol < 0) {
-            k = 99;
-            break;
-          }
-          FL_DROP(length);
-          int run = symbol >> 4, size = symbol & 15;
-          if (size) {
-            k += run;
-            block[fl_natural[k]] = (int16_t)fl_extend((int)(buffer >> (64 - size)), size);
-            FL_DROP(size);
-            k++;
-          } else if (run == 15) {
-            k += 16;
-          } else {
-            break;
-          }
+          break;
         }
       }
+    block_done:
+#undef FL_PAIR_STEP
       if (k > 64) { /* a bad code, or a run past coefficient 63 (libjpeg silently clamps it) */
         reason = "bad Huffman code or coefficient run";
         break;
@@ -652,17 +733,20 @@ static inline __attribute__((always_inline)) int fl_decode_band_body(fl_huff *hu
 #if defined(__GNUC__) && defined(__x86_64__)
 /* BMI2's shlx/shrx shift by a register in one cycle (plain shl by cl takes 2-3 uops on Intel): the
  * bit buffer's shifts are the decoding loop's critical path, so a BMI2 copy is picked at run time. */
-__attribute__((target("bmi2"))) static int fl_decode_band_bmi2(fl_huff *huff) { return fl_decode_band_body(huff); }
-#endif
-static int fl_decode_band_plain(fl_huff *huff) { return fl_decode_band_body(huff); }
-
-int fl_huff_decode_band(fl_huff *huff, fl_huff_frame *frame) {
-  (void)frame;
-#if defined(__GNUC__) && defined(__x86_64__)
-  if (__builtin_cpu_supports("bmi2")) return fl_decode_band_bmi2(huff);
-#endif
-  return fl_decode_band_plain(huff);
+__attribute__((target("bmi2"))) static int fl_decode_band_bmi2(fl_huff *huff, int16_t *const *band) {
+  return fl_decode_band_body(huff, band);
 }
+#endif
+static int fl_decode_band_plain(fl_huff *huff, int16_t *const *band) { return fl_decode_band_body(huff, band); }
+
+int fl_huff_decode_band_into(fl_huff *huff, int16_t *const *band) {
+#if defined(__GNUC__) && defined(__x86_64__)
+  if (__builtin_cpu_supports("bmi2")) return fl_decode_band_bmi2(huff, band);
+#endif
+  return fl_decode_band_plain(huff, band);
+}
+
+int fl_huff_decode_band(fl_huff *huff, fl_huff_frame *frame) { return fl_huff_decode_band_into(huff, frame->band); }
 
 int fl_huff_finish(fl_huff *huff) {
   if (huff->next_row != huff->mcu_rows || huff->reason) return fl_handover(huff, huff->reason ? huff->reason : "bands left");

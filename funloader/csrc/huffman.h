@@ -60,6 +60,10 @@ int fl_huff_begin(fl_huff *huff, const uint8_t *data, size_t size, uint64_t max_
  * FL_HUFF_OK or FL_HUFF_HANDOVER. */
 int fl_huff_decode_band(fl_huff *huff, fl_huff_frame *frame);
 
+/* The same into the caller's band: band[c] holds band_rows[c] x band_cols[c] blocks of 64 int16
+ * (zeroed first), e.g. one band of a run of consecutive bands laid out together. */
+int fl_huff_decode_band_into(fl_huff *huff, int16_t *const *band);
+
 /* After the last band: checks the scan ends cleanly at EOI. FL_HUFF_OK or FL_HUFF_HANDOVER. */
 int fl_huff_finish(fl_huff *huff);
 

@@ -11,6 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <unistd.h>
 
 #include <jpeglib.h>
@@ -59,6 +62,10 @@ struct fl_decoder {
   size_t window_capacity;     /* in pointers */
   int16_t *window_blocks;     /* the own decoder's copy of the window's blocks */
   size_t window_blocks_capacity; /* in int16 */
+  int16_t *bands;             /* fl_own_decode: a run of consecutive bands, laid out together */
+  size_t bands_capacity;      /* in int16 */
+  void *stage;                /* fl_stage: one batch item, laid out in cache before its copy out */
+  size_t stage_capacity;      /* in bytes */
 };
 
 static void fl_result_reset(fl_result *result) {
@@ -171,7 +178,49 @@ void fl_decoder_free(fl_decoder *decoder) {
   fl_resize_scratch_free(decoder->resize);
   free(decoder->window_rows);
   free(decoder->window_blocks);
+  free(decoder->stage);
+  free(decoder->bands);
   free(decoder);
+}
+
+void fl_copy_out(void *dst, const void *src, size_t bytes) {
+#if defined(__SSE2__)
+  char *d = (char *)dst;
+  const char *s = (const char *)src;
+  size_t head = (size_t)(-(uintptr_t)d & 63); /* bytes up to d's first 64-byte boundary */
+  if (bytes < head + 64) {
+    memcpy(d, s, bytes);
+    return;
+  }
+  memcpy(d, s, head);
+  d += head;
+  s += head;
+  bytes -= head;
+  size_t body = bytes & ~(size_t)63;
+  for (size_t o = 0; o < body; o += 64) {
+    __m128i a = _mm_loadu_si128((const __m128i *)(s + o)), b = _mm_loadu_si128((const __m128i *)(s + o + 16));
+    __m128i c = _mm_loadu_si128((const __m128i *)(s + o + 32)), e = _mm_loadu_si128((const __m128i *)(s + o + 48));
+    _mm_stream_si128((__m128i *)(d + o), a);
+    _mm_stream_si128((__m128i *)(d + o + 16), b);
+    _mm_stream_si128((__m128i *)(d + o + 32), c);
+    _mm_stream_si128((__m128i *)(d + o + 48), e);
+  }
+  _mm_sfence(); /* the streamed lines are visible to the caller's next reads, on any thread */
+  memcpy(d + body, s + body, bytes - body);
+#else
+  memcpy(dst, src, bytes);
+#endif
+}
+
+void *fl_stage(fl_decoder *decoder, size_t bytes) {
+  if (bytes > decoder->stage_capacity) {
+    void *stage = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!stage) return NULL;
+    free(decoder->stage);
+    decoder->stage = stage;
+    decoder->stage_capacity = bytes;
+  }
+  return decoder->stage;
 }
 
 /* libjpeg keeps DQT/DHT tables in its permanent pool across images (for abbreviated streams), so a
@@ -459,6 +508,63 @@ static inline __attribute__((always_inline)) void fl_store8(void *dst, size_t in
 }
 #endif
 
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <immintrin.h>
+#define FL_LAYOUT_AVX2 1
+/* fl_transpose_row for a full-width component, one output row, cols >= 16, with AVX2: 16 source
+ * blocks per step (two 8x8 transposes side by side in the register's lanes), the last step
+ * overlapping the previous one.  The same values, computed by the same float operations. */
+__attribute__((target("avx2"))) static void fl_transpose_row_avx2(const JCOEF (*blocks)[64], int cols, void *dst,
+                                                                 size_t plane, int dtype, const float *scale,
+                                                                 const float *gain, const float *bias,
+                                                                 int group_first, int group_last) {
+  for (int done = 0; done < cols;) {
+    const int start = done + 16 <= cols ? done : cols - 16;
+    for (int group = group_first; group < group_last; group++) {
+      __m256i r[8];
+      for (int i = 0; i < 8; i++)
+        r[i] = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)&blocks[start + i][8 * group])),
+            _mm_loadu_si128((const __m128i *)&blocks[start + 8 + i][8 * group]), 1);
+      __m256i a0 = _mm256_unpacklo_epi16(r[0], r[1]), a1 = _mm256_unpackhi_epi16(r[0], r[1]);
+      __m256i a2 = _mm256_unpacklo_epi16(r[2], r[3]), a3 = _mm256_unpackhi_epi16(r[2], r[3]);
+      __m256i a4 = _mm256_unpacklo_epi16(r[4], r[5]), a5 = _mm256_unpackhi_epi16(r[4], r[5]);
+      __m256i a6 = _mm256_unpacklo_epi16(r[6], r[7]), a7 = _mm256_unpackhi_epi16(r[6], r[7]);
+      __m256i b0 = _mm256_unpacklo_epi32(a0, a2), b1 = _mm256_unpackhi_epi32(a0, a2);
+      __m256i b2 = _mm256_unpacklo_epi32(a1, a3), b3 = _mm256_unpackhi_epi32(a1, a3);
+      __m256i b4 = _mm256_unpacklo_epi32(a4, a6), b5 = _mm256_unpackhi_epi32(a4, a6);
+      __m256i b6 = _mm256_unpacklo_epi32(a5, a7), b7 = _mm256_unpackhi_epi32(a5, a7);
+      r[0] = _mm256_unpacklo_epi64(b0, b4);
+      r[1] = _mm256_unpackhi_epi64(b0, b4);
+      r[2] = _mm256_unpacklo_epi64(b1, b5);
+      r[3] = _mm256_unpackhi_epi64(b1, b5);
+      r[4] = _mm256_unpacklo_epi64(b2, b6);
+      r[5] = _mm256_unpackhi_epi64(b2, b6);
+      r[6] = _mm256_unpacklo_epi64(b3, b7);
+      r[7] = _mm256_unpackhi_epi64(b3, b7);
+      for (int j = 0; j < 8; j++) { /* r[j]: coefficient k of the 16 blocks = 16 output columns */
+        const size_t k = (size_t)(8 * group + j);
+        if (dtype == FL_DTYPE_INT16) {
+          _mm256_storeu_si256((__m256i *)((int16_t *)dst + k * plane + start), r[j]);
+          continue;
+        }
+        const __m256 s = _mm256_set1_ps(scale[k]);
+        __m256 low = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(r[j]))), s);
+        __m256 high = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(r[j], 1))), s);
+        if (gain) { /* (x * scale) * gain + bias, in this order, as fl_store8 */
+          const __m256 g = _mm256_set1_ps(gain[k]), b = _mm256_set1_ps(bias[k]);
+          low = _mm256_add_ps(_mm256_mul_ps(low, g), b);
+          high = _mm256_add_ps(_mm256_mul_ps(high, g), b);
+        }
+        _mm256_storeu_ps((float *)dst + k * plane + start, low);
+        _mm256_storeu_ps((float *)dst + k * plane + start + 8, high);
+      }
+    }
+    done = start + 16;
+  }
+}
+#endif
+
 /* Transposes one row of source blocks (block-major, 64 coefficients each) into 64 planes:
  * plane k, output column x = blocks[x / dup][k], for x in [0, cols), written to `rows` identical
  * output rows (row_stride elements apart).  dup is 1 (full-width component) or 2 (horizontally
@@ -576,7 +682,7 @@ typedef struct {
   int mapped, whole;
   const int *row_full, *col_full;
   const float *gain, *bias; /* 192 each, or NULL */
-  int last_full_row;        /* the last full-resolution block row the output uses (-1: none) */
+  int first_full_row, last_full_row; /* the full-resolution block rows the output uses (last -1: none) */
 } fl_plan;
 
 /* Lays one component out as 64 planes of (out_h8, out_w8), for output rows [dst_y0, dst_y0+rows)
@@ -619,6 +725,11 @@ static int fl_layout_component(fl_decoder *decoder, const fl_rows *source, const
         const JCOEF(*row)[64] = (const JCOEF(*)[64])blocks[first];
         void *target = base + offset * element;
         /* constant dtype/dup/run arguments let the compiler specialise the inlined transpose */
+#if defined(FL_LAYOUT_AVX2)
+        if (dup == 1 && run == 1 && cols >= 16 && fl_has_avx2())
+          fl_transpose_row_avx2(row, cols, target, plane, dtype, scale, gain, bias, group_first, group_last);
+        else
+#endif
         if (dtype == FL_DTYPE_INT16 && dup == 1 && run == 1)
           fl_transpose_row(row, cols, 1, 1, (size_t)out_w8, target, plane, FL_DTYPE_INT16, scale, NULL, NULL, group_first, group_last);
         else if (dtype == FL_DTYPE_INT16 && dup == 2 && run == 2)
@@ -732,22 +843,58 @@ static void fl_lay_out_finish(fl_decoder *decoder, const fl_header *header, void
   }
 }
 
-/* Decodes the begun image band by band with the own decoder, laying each band out as it arrives,
- * and stops after band last_band.  FL_OK, FL_ERR_NOMEM, or -1: hand the file over to libjpeg. */
+/* Bands decoded before a layout pass: as many as fit in this many bytes of coefficients (at least
+ * one).  Decoding a run of bands keeps the Huffman tables in L1, and laying the run out 8 planes at a
+ * time writes each plane in long sequential runs. */
+#define FL_BAND_RUN_BYTES ((size_t)256 << 10)
+
+/* Decodes the begun image with the own decoder, a run of bands at a time, laying each run out as it
+ * arrives (bands before first_band are decoded and dropped), and stops after band last_band.  read_dct
+ * (components) takes each band's rows instead.  FL_OK, FL_ERR_NOMEM, or -1: hand the file over to
+ * libjpeg. */
 static int fl_own_decode(fl_decoder *decoder, const fl_header *header, void *out, const fl_plan *plan,
-                         int16_t *const *components, int last_band) {
+                         int16_t *const *components, int first_band, int last_band) {
   fl_huff_frame *frame = &decoder->frame;
+  const int n = frame->num_components;
   if (last_band >= frame->mcu_rows) last_band = frame->mcu_rows - 1;
   if (last_band < 0) last_band = 0;
+  if (first_band > last_band || first_band < 0 || components) first_band = 0;
+  size_t band_values = 0; /* int16 per band, all components */
+  for (int c = 0; c < n; c++) band_values += (size_t)frame->band_rows[c] * (size_t)frame->band_cols[c] * 64;
+  int run = out && !components ? (int)(FL_BAND_RUN_BYTES / (band_values * sizeof(int16_t))) : 1;
+  if (run < 1) run = 1;
+  if (run > last_band - first_band + 1) run = last_band - first_band + 1;
+  if (run > 1 && band_values * (size_t)run > decoder->bands_capacity) {
+    int16_t *bands = (int16_t *)realloc(decoder->bands, band_values * (size_t)run * sizeof(int16_t));
+    if (!bands) return FL_ERR_NOMEM;
+    decoder->bands = bands;
+    decoder->bands_capacity = band_values * (size_t)run;
+  }
   fl_rows source;
   memset(&source, 0, sizeof source);
-  for (int band = 0; band <= last_band; band++) {
-    if (fl_huff_decode_band(decoder->huff, frame) != FL_HUFF_OK) return -1;
+  int laid = 0; /* layout passes so far (the first also writes the rows mapped to -1) */
+  for (int band = 0; band <= last_band;) {
+    int count = band < first_band ? 1 : run;
+    if (band + count > last_band + 1) count = last_band + 1 - band;
+    /* where the run's bands go: the frame's own band, or consecutive bands of decoder->bands */
+    int16_t *base[FL_MAX_COMPONENTS] = {0};
+    int16_t *next = decoder->bands;
+    for (int c = 0; c < n; c++) {
+      size_t values = (size_t)frame->band_rows[c] * (size_t)frame->band_cols[c] * 64;
+      base[c] = run > 1 && band >= first_band ? next : frame->band[c];
+      next += values * (size_t)run;
+    }
+    for (int i = 0; i < count; i++) {
+      int16_t *target[FL_MAX_COMPONENTS] = {0};
+      for (int c = 0; c < n; c++)
+        target[c] = base[c] + (size_t)i * (size_t)frame->band_rows[c] * (size_t)frame->band_cols[c] * 64;
+      if (fl_huff_decode_band_into(decoder->huff, target) != FL_HUFF_OK) return -1;
+    }
     source.full_begin = band * frame->band_full_rows;
-    source.full_end = source.full_begin + frame->band_full_rows;
-    source.zero_rows = band == 0;
-    for (int c = 0; c < frame->num_components; c++) {
-      source.band[c] = frame->band[c];
+    source.full_end = (band + count) * frame->band_full_rows;
+    source.zero_rows = !laid;
+    for (int c = 0; c < n; c++) {
+      source.band[c] = base[c];
       source.band_first[c] = band * frame->band_rows[c];
       source.band_cols[c] = frame->band_cols[c];
       if (components) { /* read_dct: the component's rows of this band, unpadded */
@@ -755,11 +902,15 @@ static int fl_own_decode(fl_decoder *decoder, const fl_header *header, void *out
         if (rows > frame->band_rows[c]) rows = frame->band_rows[c];
         for (int r = 0; r < rows; r++)
           memcpy(components[c] + ((size_t)(source.band_first[c] + r) * (size_t)header->blocks_w[c]) * 64,
-                 frame->band[c] + (size_t)r * (size_t)frame->band_cols[c] * 64,
+                 base[c] + (size_t)r * (size_t)frame->band_cols[c] * 64,
                  (size_t)header->blocks_w[c] * 64 * sizeof(int16_t));
       }
     }
-    if (out && source.full_end > 0 && fl_lay_out(decoder, &source, header, out, plan) != FL_OK) return FL_ERR_NOMEM;
+    if (out && band >= first_band && source.full_end > 0) {
+      if (fl_lay_out(decoder, &source, header, out, plan) != FL_OK) return FL_ERR_NOMEM;
+      laid++;
+    }
+    band += count;
   }
   if (last_band == frame->mcu_rows - 1 && fl_huff_finish(decoder->huff) != FL_HUFF_OK) return -1;
   if (out) fl_lay_out_finish(decoder, header, out, plan);
@@ -781,7 +932,7 @@ int fl_read_components(fl_decoder *decoder, fl_header *header, int16_t *const *c
     return result->status;
   }
   if (decoder->own) {
-    int status = fl_own_decode(decoder, header, NULL, NULL, components, decoder->frame.mcu_rows - 1);
+    int status = fl_own_decode(decoder, header, NULL, NULL, components, 0, decoder->frame.mcu_rows - 1);
     if (status == FL_OK) {
       fl_abort(decoder);
       return FL_OK;
@@ -841,16 +992,20 @@ static int fl_read_fun_begun(fl_decoder *decoder, fl_header *header, void *out, 
   else plan.dst_x0 = (out_w8 - header->grid_w) / 2;
   int padded = plan.rows < out_h8 || plan.cols < out_w8 || header->num_components < 3;
   plan.mapped = mapping && (mapping->rows || mapping->cols || padded);
+  plan.first_full_row = plan.src_y0;
   plan.last_full_row = header->grid_h - 1;
   if (plan.mapped) {
     /* Compose the caller's maps (indices into the centre-cropped/padded grid) with that geometry. */
     int *row_full = decoder->map_scratch, *col_full = decoder->map_scratch + out_h8;
+    plan.first_full_row = header->grid_h;
     plan.last_full_row = -1;
     for (int y = 0; y < out_h8; y++) {
       int index = mapping->rows ? mapping->rows[y] : y;
       row_full[y] = (index >= plan.dst_y0 && index < plan.dst_y0 + plan.rows) ? plan.src_y0 + index - plan.dst_y0 : -1;
       if (row_full[y] > plan.last_full_row) plan.last_full_row = row_full[y];
+      if (row_full[y] >= 0 && row_full[y] < plan.first_full_row) plan.first_full_row = row_full[y];
     }
+    if (plan.first_full_row > plan.last_full_row) plan.first_full_row = 0; /* no row used */
     for (int x = 0; x < out_w8; x++) {
       int index = mapping->cols ? mapping->cols[x] : x;
       col_full[x] = (index >= plan.dst_x0 && index < plan.dst_x0 + plan.cols) ? plan.src_x0 + index - plan.dst_x0 : -1;
@@ -875,7 +1030,8 @@ static int fl_read_fun_begun(fl_decoder *decoder, fl_header *header, void *out, 
     int last_band = decoder->frame.mcu_rows - 1;
     if (mapping && (mapping->rows || mapping->cols) && plan.last_full_row >= 0)
       last_band = plan.last_full_row / decoder->frame.band_full_rows;
-    status = fl_own_decode(decoder, header, out, &plan, NULL, last_band);
+    int first_band = plan.first_full_row / decoder->frame.band_full_rows;
+    status = fl_own_decode(decoder, header, out, &plan, NULL, first_band, last_band);
     if (status != -1) {
       fl_abort(decoder);
       if (status != FL_OK) {

@@ -90,6 +90,16 @@ typedef struct fl_decoder fl_decoder;
 fl_decoder *fl_decoder_new(void);
 void fl_decoder_free(fl_decoder *decoder);
 
+/* A reusable, 64-byte aligned scratch of at least `bytes` bytes owned by the decoder (NULL when it
+ * cannot grow).  Batches lay an item out there, where it stays in cache, and copy it to its slot
+ * in one sequential pass: the layout's scattered plane writes straight into a batch far larger than
+ * the cache cost more than the whole entropy decode. */
+void *fl_stage(fl_decoder *decoder, size_t bytes);
+
+/* Copies a staged item to its slot with streaming (non-temporal) stores: no read of the slot's old
+ * lines, which a batch far larger than the cache would otherwise fetch from memory first. */
+void fl_copy_out(void *dst, const void *src, size_t bytes);
+
 /* Reads a whole file into the decoder's reusable buffer; data and size then point into it. */
 int fl_load_file(fl_decoder *decoder, const char *path, const uint8_t **data, size_t *size,
                  fl_result *result);

@@ -424,18 +424,26 @@ static void pool_give(fl_decoder *decoder) {
   fl_decoder_free(decoder);
 }
 
+/* Items up to this size are laid out in the decoder's stage (fl_stage), in cache, and then copied to
+ * their slot; bigger ones are laid out in place. */
+#define STAGE_MAX_BYTES ((size_t)1 << 20)
+
 static void *batch_worker(void *argument) {
   BatchJob *job = (BatchJob *)argument;
   fl_decoder *decoder = pool_take();
+  uint8_t *stage = NULL;
+  if (decoder && !job->sizes && job->count > 1 && job->item_bytes <= STAGE_MAX_BYTES)
+    stage = (uint8_t *)fl_stage(decoder, job->item_bytes);
   for (;;) {
     long index = atomic_fetch_add(&job->next, 1);
     if (index >= job->count) break;
     fl_result *result = &job->results[index];
-    uint8_t *slot = job->sizes ? NULL : job->out + (size_t)index * job->item_bytes;
+    uint8_t *target = job->sizes ? NULL : job->out + (size_t)index * job->item_bytes;
+    uint8_t *slot = stage ? stage : target;
     if (!decoder) {
       result->status = FL_ERR_NOMEM;
       snprintf(result->message, FL_MESSAGE_LEN, "out of memory creating a decoder");
-      if (slot) memset(slot, 0, job->item_bytes);
+      if (target) memset(target, 0, job->item_bytes);
       continue;
     }
     const uint8_t *data;
@@ -450,7 +458,7 @@ static void *batch_worker(void *argument) {
       continue;
     }
     if (source_load(decoder, &job->sources[index], &data, &size, result) != FL_OK) {
-      memset(slot, 0, job->item_bytes);
+      memset(target, 0, job->item_bytes);
       continue;
     }
     fl_mapping mapping = {job->row_maps ? job->row_maps + (size_t)index * job->out_h8 : NULL,
@@ -463,10 +471,11 @@ static void *batch_worker(void *argument) {
       fl_resize_spec spec = {box[0], box[1], box[2], box[3], job->support, job->chroma};
       fl_decode_fun_resized(decoder, data, size, &job->options, slot, job->item_bytes, job->dtype, job->out_h8,
                             job->out_w8, &spec, mapped ? &mapping : NULL, &header, result);
-      continue;
+    } else {
+      fl_decode_fun_mapped(decoder, data, size, &job->options, slot, job->item_bytes, job->dtype, job->dequantize,
+                           job->out_h8, job->out_w8, mapped ? &mapping : NULL, &header, result);
     }
-    fl_decode_fun_mapped(decoder, data, size, &job->options, slot, job->item_bytes, job->dtype, job->dequantize,
-                         job->out_h8, job->out_w8, mapped ? &mapping : NULL, &header, result);
+    if (stage) fl_copy_out(target, stage, job->item_bytes); /* every outcome wrote the whole item (or zeros) */
   }
   pool_give(decoder);
   return NULL;

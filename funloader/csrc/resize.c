@@ -665,7 +665,7 @@ static void fl_component_generic(const fl_component_job *job) { fl_component_bod
 #if defined(FL_X86) && defined(__GNUC__)
 __attribute__((target("avx2"))) static void fl_component_avx2(const fl_component_job *job) { fl_component_body(job); }
 
-static int fl_has_avx2(void) {
+int fl_has_avx2(void) {
   static int known = -1;
   int value = __atomic_load_n(&known, __ATOMIC_RELAXED);
   if (value < 0) {

@@ -102,6 +102,12 @@ int fl_read_size(fl_decoder *decoder, const uint8_t *data, size_t size, const fl
 /* Which SIMD path the kernel takes on this CPU: "avx2" or "sse2" or "scalar". */
 const char *fl_resize_simd(void);
 
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+/* 1 when the CPU has AVX2 and FUNLOADER_SIMD does not say "sse2" (the one SIMD switch of the C core:
+ * the resize kernel and the FUN layout both follow it, and give the same bits either way). */
+int fl_has_avx2(void);
+#endif
+
 #ifdef __cplusplus
 }
 #endif
