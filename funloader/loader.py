@@ -476,22 +476,31 @@ class DCTLoader:
                       "gain": torch.cat([g for g, _ in affines]),
                       "bias": torch.cat([b.expand(g.shape[0], 192) for g, b in affines])}
             policy = None
-        else:  # one policy: its shifts and colour maps go into the decode too (all chunks at once)
-            rounds = len(draws[0][0])
-            drawn = [tuple(torch.cat([chunk[0][r][k] for chunk in draws]) for k in range(2)) for r in range(rounds)]
-            policy = after[0].fused(drawn, self.size)
-            gains, biases = [], []
-            for plan, gain, bias in chunks:  # x * sign * gain + bias: the prefix's per-channel map, float64
-                items = plan.rows.shape[0]
-                sign = torch.ones(items, 192, dtype=torch.float64) if plan.sign is None else plan.sign.to(torch.float64)
-                gains.append(sign if gain is None else sign * gain)
-                biases.append(torch.zeros(items, 192, dtype=torch.float64) if bias is None else bias)
-            plan = T.GatherPlan(torch.cat([plan.rows for plan, _, _ in chunks]),
-                                torch.cat([plan.cols for plan, _, _ in chunks])).then(T.GatherPlan(policy.rows,
-                                                                                                   policy.cols))
-            gain, bias = T.fold_affine(None, policy.gain * torch.cat(gains), policy.gain * torch.cat(biases) + policy.bias,
-                                       scale, shift, count)
-            layout = {"row_maps": plan.rows, "col_maps": plan.cols, "gain": gain, "bias": bias}
+        else:  # one policy: its shifts and colour maps go into the decode too, in blocks of chunks
+            policy = []  # (first item, FusedPolicy) per block
+            parts = {"row_maps": [], "col_maps": [], "gain": [], "bias": []}
+            per_block = max(1, _BLOCK_ITEMS // step)  # chunks per block: small torch ops (see _BLOCK_ITEMS)
+            for first_chunk in range(0, len(chunks), per_block):
+                block = range(first_chunk, min(first_chunk + per_block, len(chunks)))
+                rounds = len(draws[first_chunk][0])
+                drawn = [tuple(torch.cat([draws[c][0][r][k] for c in block]) for k in range(2)) for r in range(rounds)]
+                fused = after[0].fused(drawn, self.size)
+                gains, biases = [], []
+                for plan, gain, bias in (chunks[c] for c in block):  # x * sign * gain + bias: the prefix's map
+                    items = plan.rows.shape[0]
+                    sign = (torch.ones(items, 192, dtype=torch.float64) if plan.sign is None
+                            else plan.sign.to(torch.float64))
+                    gains.append(sign if gain is None else sign * gain)
+                    biases.append(torch.zeros(items, 192, dtype=torch.float64) if bias is None else bias)
+                plan = T.GatherPlan(torch.cat([chunks[c][0].rows for c in block]),
+                                    torch.cat([chunks[c][0].cols for c in block])).then(T.GatherPlan(fused.rows,
+                                                                                                     fused.cols))
+                gain, bias = T.fold_affine(None, fused.gain * torch.cat(gains),
+                                           fused.gain * torch.cat(biases) + fused.bias, scale, shift, fused.gain.shape[0])
+                for key, value in (("row_maps", plan.rows), ("col_maps", plan.cols), ("gain", gain), ("bias", bias)):
+                    parts[key].append(value)
+                policy.append((first_chunk * step, fused))
+            layout = {key: torch.cat(values) for key, values in parts.items()}
         if after:
             layout[_AFTER] = (after, states, step, policy)
         return layout
@@ -549,8 +558,10 @@ class DCTLoader:
             offset_box = None if box_for is None else (lambda candidate, slot: box_for(candidate, slot + start))
             labels = self._decode_items([int(i) for i in batch_indices[start:stop]], part, part_boxes, part_layout,
                                         batch_number, epoch, threads=1, box_for=offset_box)
-            if policy is not None:  # the policy's rest on the normalised piece: fills, contrast means, slow items
-                policy.finish(part, (scale, shift), start)
+            for first, fused in policy or ():  # the policy's rest on the normalised piece: fills, contrast means, ...
+                low, high = max(start, first), min(stop, first + fused.gain.shape[0])
+                if low < high:
+                    fused.finish(out[low:high], (scale, shift), low - first)
             for first in range(start, stop, step) if after and policy is None else ():  # chunk by chunk
                 self._finish_normalized(out[first:min(first + step, stop)], after, states[first // step], scale, shift)
             if mixing is not None:
@@ -621,6 +632,10 @@ class DCTLoader:
                 f"normalized={self.stats is not None}, transform={self.transform!r})")
 
 
+#: items per block of the fused policy's plan: its (items, 192) tensors stay under torch's grain size
+#: (32768 values), so its many small torch ops run on the calling thread (torch's intra-op threads,
+#: woken for each op, measured 0.45 ms per op on a busy 2-core machine)
+_BLOCK_ITEMS = 32768 // 192
 _AC_CHANNELS = torch.tensor([c for c in range(192) if c % 64])  # the 189 FUN channels that are not a DC
 _AFTER = "after_decode"  # fused_layout key (not a read_batch argument): the steps decode_fused applies after the decode
 
