@@ -409,6 +409,10 @@ class _Policy(DCTTransform):
                            first_mean_gain)
 
 
+_DC_CHANNELS = np.array([0, 64, 128])  # the DC channel of Y, Cb, Cr
+_ALL_CHANNELS = np.arange(192)
+
+
 def _dropouts(op, magnitude, code, keep_y, keep_c):
     """The zigzag counts kept after one round of draws (FrequencyDropout, ChromaDropout)."""
     dropped = op == code["FrequencyDropout"]
@@ -462,22 +466,20 @@ class FusedPolicy:
             source = (self._mean_dc(chunk, scale, shift) - self.bias[start:stop, 0]) / self.gain[start:stop, 0]
             self._add_dc(chunk, first_gain * source * scale[0])
         rolled = self.rolled[start:stop]
+        array = chunk.numpy()  # one numpy assignment per stage, axis and kind (torch's indexed writes use its threads)
         for stage, fill in enumerate(self._fills):  # in round order: a later fill covers an earlier one
+            values = normalized_value(fill[start:stop], scale, shift).numpy().astype(array.dtype)
             for stages, axis in ((self._row_stage, 2), (self._col_stage, 3)):
-                hit = stages[start:stop] == stage
-                items = np.flatnonzero(hit.any(axis=1))
-                if not len(items):
-                    continue
-                values = normalized_value(fill[torch.from_numpy(items + start)], scale, shift).to(chunk.dtype)
-                # a band is a contiguous range (shifts keep it in one piece); one plain slice write per
-                # item (an indexed write of several items measured 10x slower with torch threads)
-                first = hit[items].argmax(axis=1).tolist()
-                stop_at = (hit[items].argmax(axis=1) + hit[items].sum(axis=1)).tolist()
-                for index, item in enumerate(items.tolist()):
-                    channels = slice(None) if rolled[item] else slice(0, None, 64)  # rolled: all; else the DCs
-                    band = [item, channels, slice(None), slice(None)]
-                    band[axis] = slice(first[index], stop_at[index])
-                    chunk[tuple(band)] = values[index, channels, None, None]
+                hit = stages[start:stop] == stage  # (n, H8) or (n, W8): the uncovered rows / columns
+                for whole, channels in ((False, _DC_CHANNELS), (True, _ALL_CHANNELS)):  # rolled: all channels
+                    items, lines = np.nonzero(hit & (rolled[:, None] == whole))
+                    if not len(items):
+                        continue
+                    value = values[items[:, None], channels[None, :]][:, :, None]  # (k, c, 1)
+                    if axis == 2:
+                        array[items[:, None], channels[None, :], lines[:, None], :] = value
+                    else:
+                        array[items[:, None], channels[None, :], :, lines[:, None]] = value
         mean_gain = self._mean_gain[start:stop]
         if bool((mean_gain != 0).any()):  # contrast: Y DC += mean_gain * mean(Y DC of the image the last maps get)
             before = (self._mean_dc(chunk, scale, shift) - self._last_dc_bias[start:stop]) / self._last_y_gain[start:stop]

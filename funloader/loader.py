@@ -441,7 +441,12 @@ class DCTLoader:
         that keeps the grid, after an exact resized crop if the transform starts with one (its windows
         go to ``read_batch(boxes=)``, see :meth:`decode`). In raw mode (``dequantize=False``) a resized
         crop is rounded to int16 first, so it is not fused (``indices``: the batch, checked with
-        :meth:`fusable`). Saves the gather and normalisation passes over the batch."""
+        :meth:`fusable`). Saves the gather and normalisation passes over the batch.
+
+        A policy after that prefix (``RandAugment``, ``TrivialAugmentWide``: ``runs_normalized``) draws
+        here too, chunk by chunk as :meth:`finish` would; with one policy the layout then holds only
+        those draws, and :meth:`decode_fused`'s threads make each piece's maps and affine with the
+        policy's shifts and colour maps in them (``fused``), results equal up to float32 rounding."""
         if (self.device.type != "cpu" or self.stats is None or self._kept is not None or self.dtype != torch.float32
                 or self.channels_last):
             return None
@@ -476,34 +481,31 @@ class DCTLoader:
                       "gain": torch.cat([g for g, _ in affines]),
                       "bias": torch.cat([b.expand(g.shape[0], 192) for g, b in affines])}
             policy = None
-        else:  # one policy: its shifts and colour maps go into the decode too, in blocks of chunks
-            policy = []  # (first item, FusedPolicy) per block
-            parts = {"row_maps": [], "col_maps": [], "gain": [], "bias": []}
-            per_block = max(1, _BLOCK_ITEMS // step)  # chunks per block: small torch ops (see _BLOCK_ITEMS)
-            for first_chunk in range(0, len(chunks), per_block):
-                block = range(first_chunk, min(first_chunk + per_block, len(chunks)))
-                rounds = len(draws[first_chunk][0])
-                drawn = [tuple(torch.cat([draws[c][0][r][k] for c in block]) for k in range(2)) for r in range(rounds)]
-                fused = after[0].fused(drawn, self.size)
-                gains, biases = [], []
-                for plan, gain, bias in (chunks[c] for c in block):  # x * sign * gain + bias: the prefix's map
-                    items = plan.rows.shape[0]
-                    sign = (torch.ones(items, 192, dtype=torch.float64) if plan.sign is None
-                            else plan.sign.to(torch.float64))
-                    gains.append(sign if gain is None else sign * gain)
-                    biases.append(torch.zeros(items, 192, dtype=torch.float64) if bias is None else bias)
-                plan = T.GatherPlan(torch.cat([chunks[c][0].rows for c in block]),
-                                    torch.cat([chunks[c][0].cols for c in block])).then(T.GatherPlan(fused.rows,
-                                                                                                     fused.cols))
-                gain, bias = T.fold_affine(None, fused.gain * torch.cat(gains),
-                                           fused.gain * torch.cat(biases) + fused.bias, scale, shift, fused.gain.shape[0])
-                for key, value in (("row_maps", plan.rows), ("col_maps", plan.cols), ("gain", gain), ("bias", bias)):
-                    parts[key].append(value)
-                policy.append((first_chunk * step, fused))
-            layout = {key: torch.cat(values) for key, values in parts.items()}
+        else:  # one policy: its shifts and colour maps go into the decode too; the maps, gain and bias of
+            # each piece are made by the decoding thread of the piece (_policy_layout), from these draws
+            layout = {}
+            policy = [(plan, gain, bias, drawn[0]) for (plan, gain, bias), drawn in zip(chunks, draws)]
         if after:
             layout[_AFTER] = (after, states, step, policy)
         return layout
+
+    def _policy_layout(self, policy, chunks, scale, shift):
+        """``(read_batch layout, FusedPolicy)`` of consecutive chunks ``[(prefix plan, gain, bias, policy
+        draws)]``: the prefix's block maps and per-channel map followed by ``policy.fused``'s."""
+        rounds = len(chunks[0][3])
+        drawn = [tuple(torch.cat([chunk[3][r][k] for chunk in chunks]) for k in range(2)) for r in range(rounds)]
+        fused = policy.fused(drawn, self.size)
+        gains, biases = [], []
+        for plan, gain, bias, _ in chunks:  # x * sign * gain + bias: the prefix's per-channel map, float64
+            items = plan.rows.shape[0]
+            sign = torch.ones(items, 192, dtype=torch.float64) if plan.sign is None else plan.sign.to(torch.float64)
+            gains.append(sign if gain is None else sign * gain)
+            biases.append(torch.zeros(items, 192, dtype=torch.float64) if bias is None else bias)
+        plan = T.GatherPlan(torch.cat([chunk[0].rows for chunk in chunks]),
+                            torch.cat([chunk[0].cols for chunk in chunks])).then(T.GatherPlan(fused.rows, fused.cols))
+        gain, bias = T.fold_affine(None, fused.gain * torch.cat(gains), fused.gain * torch.cat(biases) + fused.bias,
+                                   scale.reshape(1, 192), shift, fused.gain.shape[0])
+        return {"row_maps": plan.rows, "col_maps": plan.cols, "gain": gain, "bias": bias}, fused
 
     def fusable(self, batch_indices: Sequence[int]) -> bool:
         """False when the batch's decode cannot take the affine: in raw mode (``dequantize=False``) a
@@ -546,23 +548,27 @@ class DCTLoader:
         # pieces: whole chunks of the draws (chunk_size); one with one thread, else two per thread (the
         # decoder's cost per call makes smaller pieces slower; a piece is not cache-sized anyway)
         per_piece = step * max(1, -(-count // (step * (1 if threads == 1 else 2 * threads))))
+        if policy:  # a piece's policy plan in small torch ops (see _BLOCK_ITEMS)
+            per_piece = min(per_piece, step * max(1, _BLOCK_ITEMS // step))
         pieces = [(start, min(start + per_piece, count)) for start in range(0, count, per_piece)]
         last_items: List[Optional[torch.Tensor]] = [None] * len(pieces)
 
         def piece(number: int) -> List[int]:
             start, stop = pieces[number]
             part = out[start:stop]
-            part_layout = {key: (value if key == "bias" and value.ndim == 1 else value[start:stop])
-                           for key, value in layout.items()}
+            fused = None
+            if policy:  # this piece's block maps and affine, with the policy's (pieces are whole chunks)
+                part_layout, fused = self._policy_layout(after[0], policy[start // step:-(-stop // step)], scale, shift)
+            else:
+                part_layout = {key: (value if key == "bias" and value.ndim == 1 else value[start:stop])
+                               for key, value in layout.items()}
             part_boxes = None if boxes is None else boxes[start:stop]
             offset_box = None if box_for is None else (lambda candidate, slot: box_for(candidate, slot + start))
             labels = self._decode_items([int(i) for i in batch_indices[start:stop]], part, part_boxes, part_layout,
                                         batch_number, epoch, threads=1, box_for=offset_box)
-            for first, fused in policy or ():  # the policy's rest on the normalised piece: fills, contrast means, ...
-                low, high = max(start, first), min(stop, first + fused.gain.shape[0])
-                if low < high:
-                    fused.finish(out[low:high], (scale, shift), low - first)
-            for first in range(start, stop, step) if after and policy is None else ():  # chunk by chunk
+            if fused is not None:  # the policy's rest on the normalised piece: fills, contrast means, slow items
+                fused.finish(part, (scale, shift))
+            for first in range(start, stop, step) if after and not policy else ():  # chunk by chunk
                 self._finish_normalized(out[first:min(first + step, stop)], after, states[first // step], scale, shift)
             if mixing is not None:
                 last_items[number] = torch.empty_like(part[-1])  # the partner of the next piece's first item
@@ -632,9 +638,9 @@ class DCTLoader:
                 f"normalized={self.stats is not None}, transform={self.transform!r})")
 
 
-#: items per block of the fused policy's plan: its (items, 192) tensors stay under torch's grain size
-#: (32768 values), so its many small torch ops run on the calling thread (torch's intra-op threads,
-#: woken for each op, measured 0.45 ms per op on a busy 2-core machine)
+#: most items per piece with a fused policy: its plan's (items, 192) tensors stay under torch's grain
+#: size (32768 values), so its many small torch ops run on the calling thread (torch's intra-op
+#: threads, woken for each op, measured 0.45 ms per op on a busy 2-core machine)
 _BLOCK_ITEMS = 32768 // 192
 _AC_CHANNELS = torch.tensor([c for c in range(192) if c % 64])  # the 189 FUN channels that are not a DC
 _AFTER = "after_decode"  # fused_layout key (not a read_batch argument): the steps decode_fused applies after the decode

@@ -276,12 +276,11 @@ def test_fused_decode_equals_decode_then_finish(johns, tmp_path, transform, dequ
 
 @pytest.mark.parametrize("dequantize", [True, False])
 @pytest.mark.parametrize("policy", ["randaugment", "jpeg_ops", "trivial"])
-def test_fused_prefix_then_policy_on_the_normalised_batch(johns, policy, dequantize):
+def test_fused_prefix_then_policy_on_the_normalised_batch(johns, policy, dequantize, monkeypatch):
     """A policy after crop + flip: the decode does the crop, flip, normalisation and the policy's
     shifts and colour maps (``RandAugment.fused``), the fills, contrast means and the items the decode
     cannot do are finished on the normalised batch: equal to decode + finish (policy, then
     normalisation) up to float32 rounding, with the same random draws."""
-    from funloader.loader import _AFTER
 
     policies = {
         "randaugment": T.RandAugment(2, 9),
@@ -293,16 +292,21 @@ def test_fused_prefix_then_policy_on_the_normalised_batch(johns, policy, dequant
     stats = funloader.compute_stats(johns, dequantize=dequantize, size=28, output=None, progress=False)
     loader = DCTLoader(johns, batch_size=20, size=28, transform=transform, dequantize=dequantize,
                        normalize=stats, num_threads=2, seed=5, chunk_size=8)
+    made = []  # the FusedPolicy of each piece decoded
+    fused_method = type(policies[policy]).fused
+    monkeypatch.setattr(type(policies[policy]), "fused",
+                        lambda self, drawn, grid: made.append(fused_method(self, drawn, grid)) or made[-1])
     batch = list(range(0, 20))
     worst = 0.0
     rolled = fills = 0
     for number in range(3):  # several batches: many translations / contrast draws
         layout = loader.fused_layout(20, batch_number=number, epoch=1, indices=batch)
-        assert layout is not None and layout[_AFTER][3] is not None  # the policy is in the decode
-        fused_policy = layout[_AFTER][3]
-        rolled += int(fused_policy.rolled.sum())
-        fills += int(((fused_policy.rows < 0).any(1) | (fused_policy.cols < 0).any(1)).sum())
+        assert layout is not None
         fused, labels = loader.decode_fused(batch, layout, number, 1)
+        assert made  # the policy was in the decode
+        rolled += sum(int(fused_policy.rolled.sum()) for fused_policy in made)
+        fills += sum(int(((fused_policy.rows < 0).any(1) | (fused_policy.cols < 0).any(1)).sum()) for fused_policy in made)
+        made.clear()
         buffer = torch.empty((20, 192, 28, 28), dtype=torch.float32 if dequantize else torch.int16)
         reference, reference_labels = loader.finish(buffer, loader.decode(batch, buffer, number, 1), number, 1)
         assert labels.tolist() == reference_labels.tolist()
@@ -475,13 +479,21 @@ def test_loader_mixing_equals_mixing_the_loaded_batches(johns, policy):
                 assert targets.shape == (x.shape[0], 5) and not torch.equal(x, x_plain)
 
 
-def test_fused_policy_same_batches_for_any_thread_count(johns):
-    """The fused decode of a policy (pieces per thread) gives the same bits with 1, 2 and 4 threads."""
+def test_fused_policy_same_batches_for_any_thread_count(johns, monkeypatch):
+    """The fused decode of a policy (pieces per thread) gives the same bits with 1, 2 and 4 threads,
+    and with the policy's plan made in blocks of one chunk."""
+    import funloader.loader as loader_module
+
     stats = funloader.compute_stats(johns, size=19, output=None, progress=False)
     transform = T.Compose([T.RandomResizedCrop(16, mode="exact"), T.RandomHorizontalFlip(),
                            T.RandAugment(3, 15, ops=T.RANDAUGMENT_OPS + T.JPEG_OPS)])
-    runs = [list(DCTLoader(johns, batch_size=24, shuffle=True, seed=1, normalize=stats, transform=transform,
-                           num_threads=threads, mixing=T.Mixup(num_classes=5))) for threads in (1, 2, 4)]
+
+    def run(threads):
+        return list(DCTLoader(johns, batch_size=24, shuffle=True, seed=1, normalize=stats, transform=transform,
+                              num_threads=threads, mixing=T.Mixup(num_classes=5)))
+    runs = [run(threads) for threads in (1, 2, 4)]
+    monkeypatch.setattr(loader_module, "_BLOCK_ITEMS", 1)
+    runs.append(run(3))
     for batches in runs[1:]:
         for (x, targets), (x_one, targets_one) in zip(batches, runs[0]):
             assert torch.equal(x, x_one) and torch.equal(targets, targets_one)
