@@ -252,19 +252,22 @@ class _Policy(DCTTransform):
         (``scale * x + shift``, see ``channels.normalization_affine``): the fill, the contrast mean and
         the returned affine are then those of the normalised batch (``channels.map_on_normalized``).
         ``in_place``: shift blocks inside ``batch`` (``moved`` is ``batch``) instead of a copy."""
-        from .channels import map_on_normalized, normalized_value, unnormalized
-
         batch, _ = _as_batch(batch, type(self).__name__)
+        N, _, H, W = batch.shape
+        return self.apply_drawn(batch, self.params(N, (H, W), generator), normalization, in_place)
+
+    def apply_drawn(self, batch: torch.Tensor, drawn, normalization: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                    in_place: bool = False):
+        """:meth:`split` with the draws ``drawn`` (:meth:`params` of these items) already made."""
+        from .channels import map_on_normalized, normalized_value, unnormalized
 
         def colour_input(x):  # what ColorAffine's contrast mean reads: the unnormalised Y DC
             return x if normalization is None else unnormalized(x, *normalization, channels=slice(0, 1))
 
         def on_batch(gain, bias):
             return (gain, bias) if normalization is None else map_on_normalized(gain, bias, *normalization)
-        N, _, H, W = batch.shape
-        drawn = self.params(N, (H, W), generator)
-        index = {name: i for i, name in enumerate(self.ops)}
-        code = {name: index.get(name, -1) for name in RANDAUGMENT_OPS + JPEG_OPS}
+        N = batch.shape[0]
+        code = self._codes()
         out = batch
         pending = ColorAffine(N)
         touched = np.zeros(N, dtype=bool)  # items with a pending colour map
@@ -295,10 +298,7 @@ class _Policy(DCTTransform):
                 if chosen.any():
                     step(1.0 + magnitude_t, where=torch.from_numpy(chosen))
                     touched |= chosen
-            dropped = op == code["FrequencyDropout"]
-            keep_y = np.where(dropped, np.minimum(keep_y, 64 - np.round(magnitude * 63).astype(np.int64)), keep_y)
-            keep_c = np.where(dropped, np.minimum(keep_c, 64 - np.round(magnitude * 63).astype(np.int64)), keep_c)
-            keep_c = np.where(op == code["ChromaDropout"], np.minimum(keep_c, 1), keep_c)
+            keep_y, keep_c = _dropouts(op, magnitude, code, keep_y, keep_c)
         gain = bias = None
         if touched.any():
             gain, bias = pending.gain_bias(colour_input(out))
@@ -308,6 +308,212 @@ class _Policy(DCTTransform):
         if gain is not None:
             gain, bias = on_batch(gain, bias)
         return out, gain, bias
+
+    def _codes(self) -> dict:
+        """Op name -> its index in ``self.ops`` (-1: not in this policy)."""
+        index = {name: i for i, name in enumerate(self.ops)}
+        return {name: index.get(name, -1) for name in RANDAUGMENT_OPS + JPEG_OPS}
+
+    def fused(self, drawn, grid: Tuple[int, int]) -> "FusedPolicy":
+        """The draws ``drawn`` (:meth:`params`) as work for a decode that can move blocks and apply a
+        per-item per-channel affine (``read_batch``'s block maps and gain/bias), plus a small finish
+        on the decoded batch (:meth:`FusedPolicy.finish`): the same result as :meth:`split` up to
+        float rounding.
+
+        Per item the ops are, in drawn order, colour maps and block shifts. Colour maps (brightness,
+        saturation, contrast's scale, the frequency masks) are per-channel affines and commute with
+        shifts, so all of them compose into the decode's affine; the shifts compose into its block
+        maps (index -1 for the uncovered blocks). What the decode cannot do is left to ``finish``:
+        the uncovered blocks get the fill, recoloured by the colour maps drawn after the shift; and a
+        contrast adds ``(1 - c) * mean(Y DC)`` of the image it applies to, read from the decoded Y DC
+        plane. A contrast drawn before the first shift needs the mean of blocks the shift drops: such
+        an item's shifts are decoded as rolls (``rolled``: every block of the image is in the decoded
+        plane once), and its uncovered blocks are then rewritten in all channels. An item with a
+        contrast between two shifts is decoded without the policy and finished by
+        :meth:`apply_drawn` (``slow``; not drawn by ``RandAugment(2, m)``).
+
+        Fill blocks: the decode gives an uncovered block ``bias``, the recoloured zero; a flat fill
+        colour differs from it only in the DC channels (0, 64, 128; the colour maps add nothing to
+        the AC channels), so only those are rewritten. A caller whose own affine (before the
+        policy) adds to AC channels must not use this."""
+        H, W = (int(v) for v in grid)
+        N = int(drawn[0][0].shape[0]) if drawn else 0
+        code = self._codes()
+        rows = np.tile(np.arange(H), (N, 1))
+        cols = np.tile(np.arange(W), (N, 1))
+        row_stage = np.full((N, H), -1)
+        col_stage = np.full((N, W), -1)
+        pre_gain = torch.ones(N, 192, dtype=torch.float64)  # the colour maps before each item's last shift
+        pre_bias = torch.zeros(N, 192, dtype=torch.float64)
+        since = ColorAffine(N)  # the colour maps since each item's last shift
+        fills: list = []  # per shift round: (N, 192) the fill coefficients, recoloured by the maps up to the last shift
+        shifted = np.zeros(N, dtype=bool)  # items with a shift so far
+        rolled = np.zeros(N, dtype=bool)  # items with a contrast before their first shift
+        first_mean_gain = torch.zeros(N, dtype=torch.float64)  # that contrast's Y DC mean gain
+        later_y_gain = torch.ones(N, dtype=torch.float64)  # the Y gain of the maps after the first shift
+        slow = np.zeros(N, dtype=bool)
+        keep_y = np.full(N, 64)
+        keep_c = np.full(N, 64)
+        for op_t, magnitude_t in drawn:
+            op, magnitude = op_t.numpy(), magnitude_t.numpy()
+            blocks = np.round(np.trunc(magnitude) / 8.0).astype(np.int64)  # as in apply_drawn
+            moving = ((op == code["TranslateX"]) | (op == code["TranslateY"])) & (blocks != 0)
+            contrast = (since.dc_mean_gain != 0).numpy()
+            slow |= moving & contrast & shifted
+            starts_rolled = moving & contrast & ~shifted & ~slow
+            rolled |= starts_rolled
+            first_mean_gain[starts_rolled] = since.dc_mean_gain[starts_rolled]
+            items = np.flatnonzero(moving & ~slow)
+            if len(items):  # (masks and torch.where, not index_put: small ops that stay on this thread)
+                chosen = torch.from_numpy(moving & ~slow)
+                g, b = since.gain_bias(mean_dc=torch.zeros(N, dtype=torch.float64))
+                later_y_gain = torch.where(chosen & torch.from_numpy(shifted), later_y_gain * since.y_gain,
+                                           later_y_gain)
+                rows_chosen = chosen[:, None]
+                pre_gain = torch.where(rows_chosen, g * pre_gain, pre_gain)
+                pre_bias = torch.where(rows_chosen, g * pre_bias + b, pre_bias)
+                fills = [torch.where(rows_chosen, g * fill + b, fill) for fill in fills]
+                since.reset(torch.from_numpy(items))
+                stage = len(fills)
+                fills.append(torch.where(rows_chosen, self._fill[None, :], torch.zeros(1, 192, dtype=torch.float64)))
+                along_x = op[items] == code["TranslateX"]
+                rows[items], row_stage[items] = _shifted(rows[items], row_stage[items],
+                                                         np.where(along_x, 0, blocks[items]), stage, rolled[items])
+                cols[items], col_stage[items] = _shifted(cols[items], col_stage[items],
+                                                         np.where(along_x, blocks[items], 0), stage, rolled[items])
+                shifted[items] = True
+            for name, step in (("Brightness", since.brightness), ("Color", since.saturation),
+                               ("Contrast", since.contrast)):
+                chosen = op == code[name]
+                if chosen.any():
+                    step(1.0 + magnitude_t, where=torch.from_numpy(chosen))
+            keep_y, keep_c = _dropouts(op, magnitude, code, keep_y, keep_c)
+        later_y_gain = torch.where(torch.from_numpy(shifted), later_y_gain * since.y_gain, later_y_gain)
+        last_gain, last_bias = since.gain_bias(mean_dc=torch.zeros(N, dtype=torch.float64))  # contrast mean: in finish
+        gain, bias = last_gain * pre_gain, last_gain * pre_bias + last_bias
+        fills = [last_gain * fill + last_bias for fill in fills]
+        if (keep_y < 64).any() or (keep_c < 64).any():
+            mask = _keep_gain(torch.from_numpy(keep_y), torch.from_numpy(keep_c))
+            gain, bias, fills = gain * mask, bias * mask, [fill * mask for fill in fills]
+        if slow.any():  # decoded as is, finished by apply_drawn
+            chosen = torch.from_numpy(slow)[:, None]
+            gain, bias = torch.where(chosen, 1.0, gain), torch.where(chosen, 0.0, bias)
+            rows[slow], cols[slow] = np.arange(H), np.arange(W)
+            row_stage[slow], col_stage[slow] = -1, -1
+            rolled &= ~slow
+        no = torch.zeros(N, dtype=torch.float64)
+        mean_gain = torch.where(torch.from_numpy(slow), no, since.dc_mean_gain)
+        first_mean_gain = torch.where(torch.from_numpy(rolled), first_mean_gain * later_y_gain, no)
+        return FusedPolicy(self, drawn, slow, rolled, torch.from_numpy(rows), torch.from_numpy(cols), row_stage,
+                           col_stage, gain, bias, fills, mean_gain, since.y_gain.clone(), since.dc_bias.clone(),
+                           first_mean_gain)
+
+
+_DC_CHANNELS = np.array([0, 64, 128])  # the DC channel of Y, Cb, Cr
+_ALL_CHANNELS = np.arange(192)
+
+
+def _dropouts(op, magnitude, code, keep_y, keep_c):
+    """The zigzag counts kept after one round of draws (FrequencyDropout, ChromaDropout)."""
+    dropped = op == code["FrequencyDropout"]
+    kept = 64 - np.round(magnitude * 63).astype(np.int64)
+    keep_y = np.where(dropped, np.minimum(keep_y, kept), keep_y)
+    keep_c = np.where(dropped, np.minimum(keep_c, kept), keep_c)
+    return keep_y, np.where(op == code["ChromaDropout"], np.minimum(keep_c, 1), keep_c)
+
+
+def _shifted(source: np.ndarray, stage: np.ndarray, by: np.ndarray, new_stage: int, roll: np.ndarray):
+    """Block maps (K, L) (output index -> source index, -1: fill) and their fill stages after moving
+    each image ``by`` (K,) blocks (down/right when positive; as :func:`_shift_in_place`); where
+    ``roll`` (K,) bool, the uncovered blocks take the blocks moved out (the maps stay a permutation)."""
+    length = source.shape[1]
+    taken = np.arange(length)[None, :] - by[:, None]
+    inside = (taken >= 0) & (taken < length)
+    taken = taken % length
+    moved = np.take_along_axis(source, taken, axis=1)
+    return (np.where(inside | roll[:, None], moved, -1),
+            np.where(inside, np.take_along_axis(stage, taken, axis=1), new_stage))
+
+
+class FusedPolicy:
+    """A policy's draws for a chunk as decode work (:meth:`_Policy.fused`): ``rows`` (N, H8) / ``cols``
+    (N, W8) int64 block maps of the policy's input (-1: a fill block), ``gain``/``bias`` (N, 192)
+    float64 the per-channel map of the unnormalised coefficients, ``slow`` (N,) bool the items left
+    to :meth:`_Policy.apply_drawn`; :meth:`finish` does the rest on the decoded chunk."""
+
+    def __init__(self, policy, drawn, slow, rolled, rows, cols, row_stage, col_stage, gain, bias, fills, mean_gain,
+                 last_y_gain, last_dc_bias, first_mean_gain):
+        self.policy, self.drawn, self.slow, self.rolled = policy, drawn, slow, rolled
+        self.rows, self.cols, self.gain, self.bias = rows, cols, gain, bias
+        self._row_stage, self._col_stage, self._fills = row_stage, col_stage, fills
+        self._mean_gain, self._last_y_gain, self._last_dc_bias = mean_gain, last_y_gain, last_dc_bias
+        self._first_mean_gain = first_mean_gain  # a contrast before the first shift, times the Y gains after it
+
+    def finish(self, chunk: torch.Tensor, normalization: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+               start: int = 0) -> None:
+        """Complete the policy in place on ``chunk`` (items ``start..start+len(chunk)-1``; shape
+        (n, 192, H8, W8) float), decoded with ``rows``, ``cols``, ``gain``, ``bias`` (then normalised
+        by ``normalization`` = ``(scale, shift)`` (192,), if given): the fills, the contrast mean terms
+        and the ``slow`` items."""
+        from .channels import normalized_value
+
+        stop = start + chunk.shape[0]
+        scale, shift = normalization if normalization is not None else (torch.ones(192), torch.zeros(192))
+        scale = torch.as_tensor(scale, dtype=torch.float64).reshape(192)
+        shift = torch.as_tensor(shift, dtype=torch.float64).reshape(192)
+        first_gain = self._first_mean_gain[start:stop]
+        if bool((first_gain != 0).any()):  # rolled items: the whole image is in the plane (permuted)
+            source = (self._mean_dc(chunk, scale, shift) - self.bias[start:stop, 0]) / self.gain[start:stop, 0]
+            self._add_dc(chunk, first_gain * source * scale[0])
+        rolled = self.rolled[start:stop]
+        array = chunk.numpy()  # one numpy assignment per stage, axis and kind (torch's indexed writes use its threads)
+        for stage, fill in enumerate(self._fills):  # in round order: a later fill covers an earlier one
+            values = normalized_value(fill[start:stop], scale, shift).numpy().astype(array.dtype)
+            for stages, axis in ((self._row_stage, 2), (self._col_stage, 3)):
+                hit = stages[start:stop] == stage  # (n, H8) or (n, W8): the uncovered rows / columns
+                for whole, channels in ((False, _DC_CHANNELS), (True, _ALL_CHANNELS)):  # rolled: all channels
+                    items, lines = np.nonzero(hit & (rolled[:, None] == whole))
+                    if not len(items):
+                        continue
+                    value = values[items[:, None], channels[None, :]][:, :, None]  # (k, c, 1)
+                    if axis == 2:
+                        array[items[:, None], channels[None, :], lines[:, None], :] = value
+                    else:
+                        array[items[:, None], channels[None, :], :, lines[:, None]] = value
+        mean_gain = self._mean_gain[start:stop]
+        if bool((mean_gain != 0).any()):  # contrast: Y DC += mean_gain * mean(Y DC of the image the last maps get)
+            before = (self._mean_dc(chunk, scale, shift) - self._last_dc_bias[start:stop]) / self._last_y_gain[start:stop]
+            self._add_dc(chunk, mean_gain * before * scale[0])
+        self._finish_slow(chunk, normalization, start)
+
+    @staticmethod
+    def _planes(chunk):
+        """Slices of ``chunk``'s items whose Y DC planes torch reads on the calling thread (at most its
+        grain size, 32768 values: a loader's decoding threads call ``finish`` concurrently)."""
+        step = max(1, 32768 // max(1, chunk[0, 0].numel()))
+        return [slice(first, first + step) for first in range(0, chunk.shape[0], step)]
+
+    @classmethod
+    def _mean_dc(cls, chunk, scale, shift) -> torch.Tensor:
+        """(n,) float64 mean unnormalised Y DC of each item of the normalised ``chunk``."""
+        means = torch.cat([chunk[part, 0].to(torch.float64).mean(dim=(-2, -1)) for part in cls._planes(chunk)])
+        return (means - shift[0]) / scale[0]
+
+    @classmethod
+    def _add_dc(cls, chunk, added) -> None:
+        """Add ``added`` (n,) to every Y DC value of each item."""
+        added = added.to(chunk.dtype)[:, None, None]
+        for part in cls._planes(chunk):
+            chunk[part, 0] += added[part]
+
+    def _finish_slow(self, chunk, normalization, start) -> None:
+        for item in np.flatnonzero(self.slow[start:start + chunk.shape[0]]):
+            one, at = chunk[item:item + 1], item + start
+            moved, gain, bias = self.policy.apply_drawn(one, [(o[at:at + 1], m[at:at + 1]) for o, m in self.drawn],
+                                                        normalization, in_place=True)
+            if gain is not None:
+                one.mul_(gain.to(one.dtype)[:, :, None, None])
+                one.add_(bias.to(one.dtype)[:, :, None, None])
 
 
 def _shift_in_place(image: torch.Tensor, dy: int, dx: int, fill: torch.Tensor) -> None:

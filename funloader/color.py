@@ -167,11 +167,13 @@ class ColorAffine:
         contrast): then the map is ``x * gain + bias`` per channel (see ``gain_bias``)."""
         return bool(torch.all(self.chroma_angle == 0) and torch.all(self.dc_mean_gain == 0))
 
-    def gain_bias(self, x: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def gain_bias(self, x: Optional[torch.Tensor] = None,
+                  mean_dc: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(N, 192)`` float64 ``gain`` and ``bias`` with ``out = x * gain + bias``. Needs ``diagonal``,
-        or, for a contrast change, the batch ``x`` it applies to (its mean Y DC gives the bias); a hue
+        or, for a contrast change, the batch ``x`` it applies to (its mean Y DC gives the bias) or that
+        mean itself, ``mean_dc`` ``(N,)`` (zeros give the map without its contrast mean term); a hue
         rotation is never per-channel."""
-        if not bool(torch.all(self.chroma_angle == 0)) or (x is None and not self.diagonal):
+        if not bool(torch.all(self.chroma_angle == 0)) or (x is None and mean_dc is None and not self.diagonal):
             raise ValueError("a hue rotation, or a contrast change without its image, is not a per-channel affine")
         N = self.y_gain.shape[0]
         gain = torch.empty(N, 192, dtype=torch.float64)
@@ -179,8 +181,10 @@ class ColorAffine:
         gain[:, 64:] = self.chroma_gain[:, None]
         bias = torch.zeros(N, 192, dtype=torch.float64)
         bias[:, 0] = self.dc_bias
-        if x is not None and bool(torch.any(self.dc_mean_gain != 0)):
-            bias[:, 0] += self.dc_mean_gain * x[:, 0].to(torch.float64).mean(dim=(-2, -1)).cpu()
+        if mean_dc is None and x is not None and bool(torch.any(self.dc_mean_gain != 0)):
+            mean_dc = x[:, 0].to(torch.float64).mean(dim=(-2, -1)).cpu()
+        if mean_dc is not None:
+            bias[:, 0] += self.dc_mean_gain * torch.as_tensor(mean_dc, dtype=torch.float64)
         return gain, bias
 
     def apply(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:

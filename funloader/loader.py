@@ -33,9 +33,10 @@ from . import transforms as T
 from .channels import KeepSpec, channel_indices, normalization_affine
 from .dataset import DCTImageFolder, decode_into
 from .errors import UsageError
+from .mixing import copy_item as mixing_copy
 from .stats import resolve as resolve_stats
 
-__all__ = ["DCTLoader", "BatchDataset", "epoch_indices"]
+__all__ = ["DCTLoader", "BatchDataset", "epoch_indices", "mixing_generator"]
 
 _POLL_S = 0.1
 _STOP = object()
@@ -64,6 +65,16 @@ def epoch_indices(length: int, *, shuffle: bool, seed: int, epoch: int, rank: in
 def _batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
     mixed = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(rank), int(batch)])
     return int(mixed.generate_state(1, dtype=np.uint64)[0] & 0x7FFFFFFFFFFFFFFF)
+
+
+def mixing_generator(seed: int, epoch: int, rank: int, batch: int) -> torch.Generator:
+    """The generator of batch ``batch``'s mixing draws (``DCTLoader(mixing=)``, the training harness):
+    a function of ``(seed, epoch, rank, batch)`` only, a stream apart from the augmentation's, so a
+    resumed run draws the same."""
+    mixed = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(rank), int(batch), 0x6D6978])
+    generator = torch.Generator()
+    generator.manual_seed(int(mixed.generate_state(1, dtype=np.uint64)[0] & 0x7FFFFFFFFFFFFFFF))
+    return generator
 
 
 class DCTLoader:
@@ -107,6 +118,11 @@ class DCTLoader:
             its own settings: a dataset passed in is never modified.
         chunk_size: CPU only: items transformed together (cache-sized pieces of the batch; the
             random draws depend on it).
+        mixing: a batch mixing transform (``funloader.transforms.Mixup``, ``Cutmix``,
+            ``RandomMixing``): each batch becomes ``(x mixed, soft targets (B, num_classes) float32)``,
+            equal to ``mixing(x, y, mixing_generator(seed, epoch, rank, batch))`` on the unmixed batch
+            (bit-identical). On the CPU fused path each piece of the batch is mixed in place by the
+            decoding threads right after its decode (no pass over the finished batch).
 
     Each item is ``(x, y)``: ``x`` ``(B, C, size[0], size[1])`` of ``dtype`` on ``device`` (``C`` = 192, or
     the kept count with ``keep_mode="drop"``), ``y`` int64 ``(B,)`` labels on ``device``.
@@ -119,7 +135,7 @@ class DCTLoader:
                  rank: Optional[int] = None, world_size: Optional[int] = None, size=28,
                  transform: Optional[Callable] = None, dequantize: Optional[bool] = None, normalize="auto",
                  keep: KeepSpec = None, keep_mode: str = "drop", on_error: Optional[str] = None,
-                 strict: Optional[bool] = None, chunk_size: int = 8, start_batch: int = 0):
+                 strict: Optional[bool] = None, chunk_size: int = 8, start_batch: int = 0, mixing=None):
         if isinstance(dataset_or_root, DCTImageFolder):
             dataset = dataset_or_root
         else:
@@ -174,6 +190,9 @@ class DCTLoader:
         self.keep = keep
         self.keep_mode = keep_mode
         self.chunk_size = int(chunk_size)
+        if mixing is not None and not callable(getattr(mixing, "choose", None)):
+            raise UsageError(f"mixing must be a funloader Mixup, Cutmix or RandomMixing, got {mixing!r}")
+        self.mixing = mixing
         self._normalizers: dict = {}
         self._kept = None if keep is None else channel_indices(keep)
         if pin_memory is None:
@@ -311,16 +330,18 @@ class DCTLoader:
         return box_for
 
     def _decode_items(self, indices: List[int], out: torch.Tensor, boxes: Optional[np.ndarray], layout: dict,
-                      batch_number, epoch) -> List[int]:
+                      batch_number, epoch, threads: Optional[int] = None, box_for=None) -> List[int]:
+        """``threads``: default ``num_threads``; ``box_for``: default the batch's replacement windows."""
+        threads = self.num_threads if threads is None else threads
         policy = {"dequantize": self.dequantize, "strict": self.strict, "on_error": self.on_error}
         if boxes is None:
-            return decode_into(self.dataset, indices, out, threads=self.num_threads, layout=layout, **policy)
+            return decode_into(self.dataset, indices, out, threads=threads, layout=layout, **policy)
         source = self._source if self._source is not None else self._default_source
         resized = {"subsampling": source.subsampling, "support": source.support}
         boxed = ~np.isnan(boxes[:, 0])
-        box_for = self._replacement_box(batch_number, epoch)
+        box_for = self._replacement_box(batch_number, epoch) if box_for is None else box_for
         if boxed.all():
-            return decode_into(self.dataset, indices, out, threads=self.num_threads, box_for=box_for,
+            return decode_into(self.dataset, indices, out, threads=threads, box_for=box_for,
                                layout={**layout, "boxes": boxes, **resized}, **policy)
         labels: List[int] = [0] * len(indices)  # some items as is, some resized: two decodes, then placed
         for mask, with_boxes in ((~boxed, False), (boxed, True)):
@@ -332,8 +353,10 @@ class DCTLoader:
                            for key, value in layout.items()}
             if with_boxes:
                 part_layout.update(boxes=boxes[rows], **resized)
-            placed = decode_into(self.dataset, [indices[r] for r in rows], part, threads=self.num_threads,
-                                 layout=part_layout, box_for=box_for if with_boxes else None, **policy)
+            placed = decode_into(self.dataset, [indices[r] for r in rows], part, threads=threads,
+                                 layout=part_layout, **policy,
+                                 box_for=(lambda candidate, slot, rows=rows: box_for(candidate, int(rows[slot])))
+                                 if with_boxes else None)
             out[torch.from_numpy(rows)] = part
             for row, label in zip(rows, placed):
                 labels[row] = label
@@ -402,7 +425,12 @@ class DCTLoader:
         y = torch.as_tensor(labels, dtype=torch.int64)
         if self.device.type != "cpu":
             y = y.to(self.device, non_blocking=True)
+        if self.mixing is not None:
+            return self.mixing(out, y, mixing_generator(self.seed, self._epoch(epoch), self.rank, batch_number))
         return out, y
+
+    def _epoch(self, epoch: Optional[int]) -> int:
+        return self.epoch if epoch is None else int(epoch)
 
     def fused_layout(self, count: int, batch_number: int, epoch: Optional[int] = None,
                      indices: Optional[Sequence[int]] = None) -> Optional[dict]:
@@ -413,7 +441,12 @@ class DCTLoader:
         that keeps the grid, after an exact resized crop if the transform starts with one (its windows
         go to ``read_batch(boxes=)``, see :meth:`decode`). In raw mode (``dequantize=False``) a resized
         crop is rounded to int16 first, so it is not fused (``indices``: the batch, checked with
-        :meth:`fusable`). Saves the gather and normalisation passes over the batch."""
+        :meth:`fusable`). Saves the gather and normalisation passes over the batch.
+
+        A policy after that prefix (``RandAugment``, ``TrivialAugmentWide``: ``runs_normalized``) draws
+        here too, chunk by chunk as :meth:`finish` would; with one policy the layout then holds only
+        those draws, and :meth:`decode_fused`'s threads make each piece's maps and affine with the
+        policy's shifts and colour maps in them (``fused``), results equal up to float32 rounding."""
         if (self.device.type != "cpu" or self.stats is None or self._kept is not None or self.dtype != torch.float32
                 or self.channels_last):
             return None
@@ -430,24 +463,49 @@ class DCTLoader:
         generator = torch.Generator()
         generator.manual_seed(_batch_seed(self.seed, self.epoch if epoch is None else epoch, self.rank, batch_number))
         step = max(1, int(self.chunk_size))  # the chunks finish() plans, in the same order
-        chunks, states = [], []
+        chunks, states, draws = [], [], []
         for start in range(0, count, step):
             items = min(step, count - start)
             chunks.append(T.fused_plan(prefix, (items, 192) + self.size, generator))
             if after:  # the steps after the prefix draw next (as in finish()); replayed after the decode
                 states.append(generator.get_state())
-                for later in after:
-                    later.params(items, tuple(chunks[-1][0].shape), generator)
+                draws.append([later.params(items, tuple(chunks[-1][0].shape), generator) for later in after])
         if any(tuple(plan.shape) != self.size for plan, _, _ in chunks):
             return None
-        affines = [T.fold_affine(plan.sign, gain, bias, scale, shift, plan.rows.shape[0]) for plan, gain, bias in chunks]
-        layout = {"row_maps": torch.cat([plan.rows for plan, _, _ in chunks]),
-                  "col_maps": torch.cat([plan.cols for plan, _, _ in chunks]),
-                  "gain": torch.cat([g for g, _ in affines]),
-                  "bias": torch.cat([b.expand(g.shape[0], 192) for g, b in affines])}
+        ac_bias = any(bias is not None and bool(bias[:, _AC_CHANNELS].any()) for _, _, bias in chunks)
+        if len(after) != 1 or ac_bias:  # (the policy's fill blocks rely on no AC bias before it: see its fused())
+            affines = [T.fold_affine(plan.sign, gain, bias, scale, shift, plan.rows.shape[0])
+                       for plan, gain, bias in chunks]
+            layout = {"row_maps": torch.cat([plan.rows for plan, _, _ in chunks]),
+                      "col_maps": torch.cat([plan.cols for plan, _, _ in chunks]),
+                      "gain": torch.cat([g for g, _ in affines]),
+                      "bias": torch.cat([b.expand(g.shape[0], 192) for g, b in affines])}
+            policy = None
+        else:  # one policy: its shifts and colour maps go into the decode too; the maps, gain and bias of
+            # each piece are made by the decoding thread of the piece (_policy_layout), from these draws
+            layout = {}
+            policy = [(plan, gain, bias, drawn[0]) for (plan, gain, bias), drawn in zip(chunks, draws)]
         if after:
-            layout[_AFTER] = (after, states, step)
+            layout[_AFTER] = (after, states, step, policy)
         return layout
+
+    def _policy_layout(self, policy, chunks, scale, shift):
+        """``(read_batch layout, FusedPolicy)`` of consecutive chunks ``[(prefix plan, gain, bias, policy
+        draws)]``: the prefix's block maps and per-channel map followed by ``policy.fused``'s."""
+        rounds = len(chunks[0][3])
+        drawn = [tuple(torch.cat([chunk[3][r][k] for chunk in chunks]) for k in range(2)) for r in range(rounds)]
+        fused = policy.fused(drawn, self.size)
+        gains, biases = [], []
+        for plan, gain, bias, _ in chunks:  # x * sign * gain + bias: the prefix's per-channel map, float64
+            items = plan.rows.shape[0]
+            sign = torch.ones(items, 192, dtype=torch.float64) if plan.sign is None else plan.sign.to(torch.float64)
+            gains.append(sign if gain is None else sign * gain)
+            biases.append(torch.zeros(items, 192, dtype=torch.float64) if bias is None else bias)
+        plan = T.GatherPlan(torch.cat([chunk[0].rows for chunk in chunks]),
+                            torch.cat([chunk[0].cols for chunk in chunks])).then(T.GatherPlan(fused.rows, fused.cols))
+        gain, bias = T.fold_affine(None, fused.gain * torch.cat(gains), fused.gain * torch.cat(biases) + fused.bias,
+                                   scale.reshape(1, 192), shift, fused.gain.shape[0])
+        return {"row_maps": plan.rows, "col_maps": plan.cols, "gain": gain, "bias": bias}, fused
 
     def fusable(self, batch_indices: Sequence[int]) -> bool:
         """False when the batch's decode cannot take the affine: in raw mode (``dequantize=False``) a
@@ -458,25 +516,94 @@ class DCTLoader:
         return self._source is None and (self._default_source is None or self.source_boxes(batch_indices) is None)
 
     def decode_fused(self, batch_indices: Sequence[int], layout: dict, batch_number: int, epoch: Optional[int] = None):
-        """Decode straight into a new normalised, augmented float32 batch (see :meth:`fused_layout`)."""
+        """Decode straight into a new normalised, augmented float32 batch (see :meth:`fused_layout`);
+        ``(x, labels)``, or ``(x, soft targets)`` with ``mixing``.
+
+        Without steps after the decode (and without ``mixing``) it is one ``read_batch`` of the whole
+        batch. Otherwise the batch is decoded in pieces by ``num_threads`` threads, each of which
+        also finishes its piece (the policy's rest, then the mixing of the piece's items but its
+        first, in place), so that work runs in parallel too; the first item of each piece is mixed
+        at the end, with a copy of the item before it. The values do not depend on the thread count
+        or timing. The torch calls on a piece are kept under torch's grain size (items in slices,
+        planes in groups), so they run on the decoding thread itself."""
         layout = dict(layout)
-        after, states, step = layout.pop(_AFTER, ((), (), 1))
-        out = torch.empty((len(batch_indices), 192) + self.size, dtype=torch.float32)
-        labels = self.decode(batch_indices, out, batch_number, epoch, layout=layout)
-        if after:  # non-fusable steps, on the normalised batch, in place, with the draws finish() makes
-            scale, shift = (v.reshape(192) for v in self._normalizer(torch.device("cpu")))
-            for start, state in zip(range(0, out.shape[0], step), states):
-                chunk = out[start:start + step]
-                generator = torch.Generator()
-                generator.set_state(state)
-                for later in after:
-                    moved, gain, bias = later.split(chunk, generator, normalization=(scale, shift), in_place=True)
-                    if moved.data_ptr() != chunk.data_ptr():  # in place normally (a view of chunk's memory)
-                        chunk.copy_(moved)
-                    if gain is not None:  # in place (mul_ + add_ measured faster than an aliased addcmul)
-                        chunk.mul_(gain.to(torch.float32)[:, :, None, None])
-                        chunk.add_(bias.to(torch.float32)[:, :, None, None])
-        return out, torch.as_tensor(labels, dtype=torch.int64)
+        after, states, step, policy = layout.pop(_AFTER, ((), (), max(1, int(self.chunk_size)), None))
+        count = len(batch_indices)
+        out = torch.empty((count, 192) + self.size, dtype=torch.float32)
+        if not after and self.mixing is None:
+            labels = self.decode(batch_indices, out, batch_number, epoch, layout=layout)
+            return out, torch.as_tensor(labels, dtype=torch.int64)
+        mixing = params = None
+        if self.mixing is not None:
+            mixing, params = self.mixing.choose(self.size, mixing_generator(self.seed, self._epoch(epoch), self.rank,
+                                                                           batch_number))
+            if not params["apply"]:
+                mixing = None
+        boxes = self.source_boxes(batch_indices, batch_number, epoch)
+        box_for = self._replacement_box(batch_number, epoch) if boxes is not None else None
+        scale, shift = (v.reshape(192) for v in self._normalizer(torch.device("cpu")))
+        from .codec import _default_threads
+
+        threads = max(1, int(self.num_threads or _default_threads()))
+        # pieces: whole chunks of the draws (chunk_size); one with one thread, else two per thread (the
+        # decoder's cost per call makes smaller pieces slower; a piece is not cache-sized anyway)
+        per_piece = step * max(1, -(-count // (step * (1 if threads == 1 else 2 * threads))))
+        if policy:  # a piece's policy plan in small torch ops (see _BLOCK_ITEMS)
+            per_piece = min(per_piece, step * max(1, _BLOCK_ITEMS // step))
+        pieces = [(start, min(start + per_piece, count)) for start in range(0, count, per_piece)]
+        last_items: List[Optional[torch.Tensor]] = [None] * len(pieces)
+
+        def piece(number: int) -> List[int]:
+            start, stop = pieces[number]
+            part = out[start:stop]
+            fused = None
+            if policy:  # this piece's block maps and affine, with the policy's (pieces are whole chunks)
+                part_layout, fused = self._policy_layout(after[0], policy[start // step:-(-stop // step)], scale, shift)
+            else:
+                part_layout = {key: (value if key == "bias" and value.ndim == 1 else value[start:stop])
+                               for key, value in layout.items()}
+            part_boxes = None if boxes is None else boxes[start:stop]
+            offset_box = None if box_for is None else (lambda candidate, slot: box_for(candidate, slot + start))
+            labels = self._decode_items([int(i) for i in batch_indices[start:stop]], part, part_boxes, part_layout,
+                                        batch_number, epoch, threads=1, box_for=offset_box)
+            if fused is not None:  # the policy's rest on the normalised piece: fills, contrast means, slow items
+                fused.finish(part, (scale, shift))
+            for first in range(start, stop, step) if after and not policy else ():  # chunk by chunk
+                self._finish_normalized(out[first:min(first + step, stop)], after, states[first // step], scale, shift)
+            if mixing is not None:
+                last_items[number] = torch.empty_like(part[-1])  # the partner of the next piece's first item
+                mixing_copy(last_items[number], part[-1])
+                for item in range(part.shape[0] - 1, 0, -1):
+                    mixing.mix_item(part[item], part[item - 1], params)
+            return labels
+
+        if threads == 1 or len(pieces) == 1:
+            labels = [label for number in range(len(pieces)) for label in piece(number)]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(threads, len(pieces)), thread_name_prefix="funloader-piece") as pool:
+                labels = [label for part in pool.map(piece, range(len(pieces))) for label in part]
+        y = torch.as_tensor(labels, dtype=torch.int64)
+        if self.mixing is None:
+            return out, y
+        if mixing is not None:
+            for number, (start, _) in enumerate(pieces):
+                mixing.mix_item(out[start], last_items[number - 1], params)
+        return out, (mixing or self.mixing).soft_targets(y, params)
+
+    def _finish_normalized(self, chunk: torch.Tensor, after, state, scale, shift) -> None:
+        """The steps after the fused prefix on a normalised chunk, in place, with the draws of
+        :meth:`finish` (the generator ``state`` recorded by :meth:`fused_layout`)."""
+        generator = torch.Generator()
+        generator.set_state(state)
+        for later in after:
+            moved, gain, bias = later.split(chunk, generator, normalization=(scale, shift), in_place=True)
+            if moved.data_ptr() != chunk.data_ptr():  # in place normally (a view of chunk's memory)
+                chunk.copy_(moved)
+            if gain is not None:  # in place (mul_ + add_ measured faster than an aliased addcmul)
+                chunk.mul_(gain.to(torch.float32)[:, :, None, None])
+                chunk.add_(bias.to(torch.float32)[:, :, None, None])
 
     def _normalizer(self, device) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(1/std, -mean/std)`` as ``(192, 1, 1)`` float32 tensors on ``device`` (cached)."""
@@ -511,13 +638,19 @@ class DCTLoader:
                 f"normalized={self.stats is not None}, transform={self.transform!r})")
 
 
+#: most items per piece with a fused policy: its plan's (items, 192) tensors stay under torch's grain
+#: size (32768 values), so its many small torch ops run on the calling thread (torch's intra-op
+#: threads, woken for each op, measured 0.45 ms per op on a busy 2-core machine)
+_BLOCK_ITEMS = 32768 // 192
+_AC_CHANNELS = torch.tensor([c for c in range(192) if c % 64])  # the 189 FUN channels that are not a DC
 _AFTER = "after_decode"  # fused_layout key (not a read_batch argument): the steps decode_fused applies after the decode
 
 
 def _on_normalized(step) -> bool:
     """True when ``step`` can run on the normalised batch (``runs_normalized``): it draws with
-    ``params(count, grid, generator)`` alone and applies with ``split(batch, generator,
-    normalization=, in_place=)`` (the RandAugment / TrivialAugmentWide policies)."""
+    ``params(count, grid, generator)`` alone, applies with ``split(batch, generator,
+    normalization=, in_place=)`` and gives its draws as decode work with ``fused(drawn, grid)``
+    (the RandAugment / TrivialAugmentWide policies)."""
     return bool(getattr(step, "runs_normalized", False))
 
 

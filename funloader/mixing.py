@@ -36,7 +36,8 @@ import torch
 
 from .errors import UsageError
 
-__all__ = ["mixup", "cutmix", "cutmix_box", "one_hot_targets", "Mixup", "Cutmix", "RandomMixing"]
+__all__ = ["mixup", "cutmix", "cutmix_box", "mixup_item", "cutmix_item", "one_hot_targets", "Mixup", "Cutmix",
+           "RandomMixing"]
 
 
 def _as_tensor(x) -> Tuple[torch.Tensor, bool]:
@@ -90,15 +91,50 @@ def mixup(x, lam: float, in_place: bool = False):
     elif in_place and not was_numpy and t.shape[0] > 1:  # last to first, each item from the previous one
         last = t[-1].clone()
         for i in range(t.shape[0] - 1, 0, -1):
-            torch.lerp(t[i - 1], t[i], float(lam), out=t[i])
-        torch.lerp(last, t[0], float(lam), out=t[0])
+            mixup_item(t[i], t[i - 1], lam)
+        mixup_item(t[0], last, lam)
         return t
     # torchvision: batch.roll(1, 0).mul_(1.0 - lam).add_(batch.mul(lam)); here one pass without the
-    # rolled copy: out[i] = t[i-1] + lam * (t[i] - t[i-1]) (equal up to float rounding)
+    # rolled copy: out[i] = t[i-1] + lam * (t[i] - t[i-1]) (equal up to float rounding; the same
+    # elementwise formula as mixup_item, so the in-place and chunked versions give the same bits)
     out = torch.empty_like(t)
     torch.lerp(t[:-1], t[1:], float(lam), out=out[1:])
     torch.lerp(t[-1:], t[:1], float(lam), out=out[:1])
     return out.numpy() if was_numpy else out
+
+
+#: elements per torch call in mixup_item: at most torch's grain size (32768), so each call runs on the
+#: calling thread (a loader's decoding threads mix concurrently; torch's own threads would oversubscribe)
+_SERIAL_ELEMENTS = 32768
+
+
+def mixup_item(item: torch.Tensor, partner: torch.Tensor, lam: float, out: Optional[torch.Tensor] = None) -> None:
+    """One item of :func:`mixup`: ``out = partner + lam * (item - partner)`` (``partner``: the original
+    of the item before it, cyclically; ``out`` default ``item``, in place), on the calling thread."""
+    out = item if out is None else out
+    for part in _serial_slices(item):
+        torch.lerp(partner[part], item[part], float(lam), out=out[part])
+
+
+def _serial_slices(item: torch.Tensor):
+    """Slices of ``item``'s first dimension that torch runs on the calling thread: the whole item with
+    one torch thread, else pieces of at most ``_SERIAL_ELEMENTS`` elements."""
+    if torch.get_num_threads() == 1 or item.ndim < 2 or item.numel() <= _SERIAL_ELEMENTS:
+        return (slice(None),)
+    step = max(1, _SERIAL_ELEMENTS // max(1, item[0].numel()))
+    return [slice(first, first + step) for first in range(0, item.shape[0], step)]
+
+
+def copy_item(out: torch.Tensor, item: torch.Tensor) -> None:
+    """``out.copy_(item)`` for one item, on the calling thread (slices as in :func:`mixup_item`)."""
+    for part in _serial_slices(item):
+        out[part].copy_(item[part])
+
+
+def cutmix_item(item: torch.Tensor, partner: torch.Tensor, box: Tuple[int, int, int, int]) -> None:
+    """One item of :func:`cutmix` in place: ``partner``'s block window ``box`` pasted into ``item``."""
+    top, left, bottom, right = (int(v) for v in box)
+    item[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
 
 
 def cutmix_box(lam: float, grid: Tuple[int, int], generator: Optional[torch.Generator] = None):
@@ -161,6 +197,21 @@ class _Mixing:
     def apply(self, x, params: dict):
         raise NotImplementedError
 
+    def mix_item(self, item: torch.Tensor, partner: torch.Tensor, params: dict) -> None:
+        """Item ``i`` of :meth:`apply` in place, given ``partner``, the original item ``i - 1``
+        (cyclically): the same values as ``apply`` (how a loader mixes a batch piece by piece)."""
+        raise NotImplementedError
+
+    def choose(self, grid: Tuple[int, int], generator: Optional[torch.Generator] = None):
+        """``(mixing, params)``: the transform that mixes this batch and its :meth:`draw` (the
+        draws ``__call__`` makes, in the same order), before any item is touched."""
+        return self, self.draw(grid, generator)
+
+    def soft_targets(self, y, params: dict, dtype=torch.float32) -> torch.Tensor:
+        """The ``(N, num_classes)`` targets ``__call__`` returns for labels ``y`` and ``params``."""
+        targets = one_hot_targets(y, self.num_classes, self.label_smoothing, dtype)
+        return _mix_targets(targets, params["lam"]) if params["apply"] else targets
+
     def __call__(self, x, y, generator: Optional[torch.Generator] = None):
         """``(x, y) -> (mixed x, soft targets (N, num_classes))``; targets are float32 (float64 for a
         float64 batch) on ``y``'s device."""
@@ -170,14 +221,10 @@ class _Mixing:
         if y_t.shape[0] != t.shape[0]:
             raise UsageError(f"{type(self).__name__}: {t.shape[0]} items but {y_t.shape[0]} labels")
         dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
-        targets = one_hot_targets(y_t, self.num_classes, self.label_smoothing, dtype)
+        one_hot_targets(y_t, self.num_classes)  # bad labels raise before any draw
         params = self.draw(tuple(t.shape[-2:]), generator)
-        if not params["apply"]:
-            out = t
-        else:
-            out = self.apply(t, params)
-            targets = _mix_targets(targets, params["lam"])
-        return (out.numpy() if was_numpy else out), targets
+        out = self.apply(t, params) if params["apply"] else t
+        return (out.numpy() if was_numpy else out), self.soft_targets(y_t, params, dtype)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(num_classes={self.num_classes}, alpha={self.alpha}, p={self.p}, "
@@ -196,6 +243,9 @@ class Mixup(_Mixing):
     def apply(self, x, params):
         return mixup(x, params["lam"], in_place=self.in_place)
 
+    def mix_item(self, item, partner, params):
+        mixup_item(item, partner, params["lam"])
+
 
 class Cutmix(_Mixing):
     """torchvision v2 ``CutMix`` on FUN batches, with block-aligned boxes: with probability ``p``
@@ -210,6 +260,9 @@ class Cutmix(_Mixing):
     def apply(self, x, params):
         return cutmix(x, params["box"], in_place=self.in_place)
 
+    def mix_item(self, item, partner, params):
+        cutmix_item(item, partner, params["box"])
+
 
 class RandomMixing:
     """One of ``transforms`` per batch, chosen uniformly (``torchvision.transforms.v2.RandomChoice``
@@ -223,6 +276,11 @@ class RandomMixing:
     def __call__(self, x, y, generator: Optional[torch.Generator] = None):
         choice = int(torch.randint(len(self.transforms), (1,), generator=generator))
         return self.transforms[choice](x, y, generator)
+
+    def choose(self, grid: Tuple[int, int], generator: Optional[torch.Generator] = None):
+        """``(mixing, params)``: the transform chosen for this batch and its draws (as ``__call__``)."""
+        choice = int(torch.randint(len(self.transforms), (1,), generator=generator))
+        return self.transforms[choice].choose(grid, generator)
 
     def __repr__(self) -> str:
         return f"RandomMixing({self.transforms!r})"

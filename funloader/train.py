@@ -58,6 +58,7 @@ from .checkpoint import (CheckpointError, load_checkpoint, remove_stale_temporar
                          set_rng_state)
 from .errors import UsageError
 from .evaluate import autocast, eval_loader, evaluate, have_matplotlib
+from .loader import mixing_generator
 from .recipes import RECIPES, ModelEma, build_optimizer, lr_multiplier, recipe_for_model, soft_target_cross_entropy
 
 __all__ = ["TrainConfig", "PRESETS", "train", "resolve_config", "main_train", "TrainingInterrupted"]
@@ -400,15 +401,6 @@ def _mixing(cfg: TrainConfig, num_classes: int):
     if cfg.cutmix:
         parts.append(T.Cutmix(num_classes=num_classes, alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing))
     return parts[0] if len(parts) == 1 else T.RandomMixing(parts)
-
-
-def _mixing_generator(seed: int, epoch: int, rank: int, batch: int) -> torch.Generator:
-    """The generator of batch ``batch``'s mixing draws: a function of ``(seed, epoch, rank, batch)``
-    only (a stream apart from the loader's augmentation), so a resumed run draws the same."""
-    mixed = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(rank), int(batch), 0x6D6978])
-    generator = torch.Generator()
-    generator.manual_seed(int(mixed.generate_state(1, dtype=np.uint64)[0] & 0x7FFFFFFFFFFFFFFF))
-    return generator
 
 
 def _typical_grid(dataset, samples: int = 16) -> Optional[Tuple[int, int]]:
@@ -886,7 +878,8 @@ def _run_epoch(run: _Run, epoch: int, stop: _StopFlag) -> _EpochResult:
                 break
             with autocast(info.device, cfg.amp):
                 if run.mixing is not None:  # soft targets, label smoothing already in them
-                    x, targets = run.mixing(x, y, generator=_mixing_generator(cfg.seed, epoch, info.rank, batch_number))
+                    # (not DCTLoader(mixing=): train_top1 below needs the hard labels y)
+                    x, targets = run.mixing(x, y, generator=mixing_generator(cfg.seed, epoch, info.rank, batch_number))
                     logits = run.train_model(x)
                     loss = soft_target_cross_entropy(logits, targets)
                 else:

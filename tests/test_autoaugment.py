@@ -140,6 +140,44 @@ def test_policy_on_a_normalised_batch_equals_policy_then_normalisation(batch, in
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("normalized", [False, True])
+def test_fused_policy_equals_the_policy(batch, normalized):
+    """``fused(drawn)`` as a decode would do it (block maps with -1 = a zero block, then ``x * gain +
+    bias`` per item and channel, then the normalisation) followed by ``FusedPolicy.finish`` equals
+    the policy itself with the same draws (float64: to 1e-9), including items whose contrast
+    precedes a shift (``rolled``) and, with three rounds, items with a contrast between two shifts
+    (``slow``)."""
+    from funloader.channels import normalization_affine
+
+    scale = shift = None
+    if normalized:
+        scale, shift = (torch.from_numpy(v).to(torch.float64) for v in
+                        normalization_affine(np.linspace(-30, 30, 192), np.linspace(0.5, 40, 192)))
+    seen = {"rolled": 0, "slow": 0, "fills": 0}
+    policies = [T.RandAugment(2, 9), T.RandAugment(3, 20, ops=T.RANDAUGMENT_OPS + T.JPEG_OPS, fill=(250, 10, 60)),
+                T.TrivialAugmentWide(fill=17), T.RandAugment(3, 20, ops=("Contrast", "TranslateX", "TranslateY"))]
+    for policy in policies:
+        for seed in range(6):
+            expected = policy(batch, torch.Generator().manual_seed(seed))
+            drawn = policy.params(batch.shape[0], tuple(batch.shape[-2:]), torch.Generator().manual_seed(seed))
+            fused = policy.fused(drawn, tuple(batch.shape[-2:]))
+            rows, cols = fused.rows, fused.cols
+            moved = batch[torch.arange(batch.shape[0])[:, None, None, None], torch.arange(192)[None, :, None, None],
+                          rows.clamp(min=0)[:, None, :, None], cols.clamp(min=0)[:, None, None, :]]
+            moved = moved * ((rows >= 0)[:, None, :, None] & (cols >= 0)[:, None, None, :])
+            decoded = moved * fused.gain[:, :, None, None] + fused.bias[:, :, None, None]
+            if normalized:
+                decoded = decoded * scale[:, None, None] + shift[:, None, None]
+                expected = expected * scale[:, None, None] + shift[:, None, None]
+            for start in (0, 4):  # in two pieces, as the loader finishes them
+                fused.finish(decoded[start:start + 4], (scale, shift) if normalized else None, start)
+            torch.testing.assert_close(decoded, expected, rtol=0, atol=1e-9)
+            seen["rolled"] += int(fused.rolled.sum())
+            seen["slow"] += int(fused.slow.sum())
+            seen["fills"] += int(((rows < 0).any(1) | (cols < 0).any(1)).sum())
+    assert seen["rolled"] > 0 and seen["slow"] > 0 and seen["fills"] > 0, seen
+
+
 # ---------------------------------------------------------------- each op against torchvision on Pillow's decode
 WINDOW = 24  # blocks: a 192x192 px window of each photo
 

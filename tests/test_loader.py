@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 import funloader
 from funloader import transforms as T
 from funloader.dataset import DCTImageFolder
-from funloader.loader import DCTLoader, epoch_indices
+from funloader.loader import DCTLoader, epoch_indices, mixing_generator
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -276,11 +276,12 @@ def test_fused_decode_equals_decode_then_finish(johns, tmp_path, transform, dequ
 
 @pytest.mark.parametrize("dequantize", [True, False])
 @pytest.mark.parametrize("policy", ["randaugment", "jpeg_ops", "trivial"])
-def test_fused_prefix_then_policy_on_the_normalised_batch(johns, policy, dequantize):
-    """A policy after crop + flip: the decode does the crop, flip and normalisation, the policy runs
-    on the normalised batch with its fill, contrast mean and colour affine carried over
-    (``channels.map_on_normalized``): equal to decode + finish (policy, then normalisation) up to
-    float32 rounding, with the same random draws."""
+def test_fused_prefix_then_policy_on_the_normalised_batch(johns, policy, dequantize, monkeypatch):
+    """A policy after crop + flip: the decode does the crop, flip, normalisation and the policy's
+    shifts and colour maps (``RandAugment.fused``), the fills, contrast means and the items the decode
+    cannot do are finished on the normalised batch: equal to decode + finish (policy, then
+    normalisation) up to float32 rounding, with the same random draws."""
+
     policies = {
         "randaugment": T.RandAugment(2, 9),
         "jpeg_ops": T.RandAugment(3, 20, ops=("Brightness", "Contrast", "TranslateX", "TranslateY",
@@ -291,12 +292,21 @@ def test_fused_prefix_then_policy_on_the_normalised_batch(johns, policy, dequant
     stats = funloader.compute_stats(johns, dequantize=dequantize, size=28, output=None, progress=False)
     loader = DCTLoader(johns, batch_size=20, size=28, transform=transform, dequantize=dequantize,
                        normalize=stats, num_threads=2, seed=5, chunk_size=8)
+    made = []  # the FusedPolicy of each piece decoded
+    fused_method = type(policies[policy]).fused
+    monkeypatch.setattr(type(policies[policy]), "fused",
+                        lambda self, drawn, grid: made.append(fused_method(self, drawn, grid)) or made[-1])
     batch = list(range(0, 20))
     worst = 0.0
+    rolled = fills = 0
     for number in range(3):  # several batches: many translations / contrast draws
         layout = loader.fused_layout(20, batch_number=number, epoch=1, indices=batch)
         assert layout is not None
         fused, labels = loader.decode_fused(batch, layout, number, 1)
+        assert made  # the policy was in the decode
+        rolled += sum(int(fused_policy.rolled.sum()) for fused_policy in made)
+        fills += sum(int(((fused_policy.rows < 0).any(1) | (fused_policy.cols < 0).any(1)).sum()) for fused_policy in made)
+        made.clear()
         buffer = torch.empty((20, 192, 28, 28), dtype=torch.float32 if dequantize else torch.int16)
         reference, reference_labels = loader.finish(buffer, loader.decode(batch, buffer, number, 1), number, 1)
         assert labels.tolist() == reference_labels.tolist()
@@ -304,6 +314,7 @@ def test_fused_prefix_then_policy_on_the_normalised_batch(johns, policy, dequant
         worst = max(worst, float((fused - reference).abs().max()) / scale)
         torch.testing.assert_close(fused, reference, rtol=0, atol=2e-5 * scale)
     assert worst < 2e-5
+    assert fills > 0 and (rolled > 0 or policy == "trivial")  # shifts; a contrast before a shift (RandAugment)
     loader.set_epoch(1)  # the iterator takes the fused path and gives the same first batch
     first = next(iter(loader))[0]
     indices = loader.batches()[0]
@@ -444,3 +455,45 @@ def test_dataset_items_take_exact_transforms_too(originals):
     assert first.shape == (192, 20, 20) and torch.equal(first, augmented[2][0])
     batch = next(iter(DataLoader(augmented, batch_size=4)))
     assert batch[0].shape == (4, 192, 20, 20)
+
+
+@pytest.mark.parametrize("policy", [False, True])
+def test_loader_mixing_equals_mixing_the_loaded_batches(johns, policy):
+    """``DCTLoader(mixing=)`` yields ``mixing(x, y, mixing_generator(seed, epoch, rank, batch))`` of the
+    batches it yields without mixing: bit-equal on the fused CPU path (mixed piece by piece in the
+    decoding threads, 1 or 3 threads) and on the finish path (``keep=``: mixed after ``finish``)."""
+    steps = [T.RandomResizedCrop(16, mode="exact"), T.RandomHorizontalFlip()] + ([T.RandAugment(2, 9)] if policy else [])
+    mixing = T.RandomMixing([T.Mixup(num_classes=5, alpha=0.5, label_smoothing=0.1), T.Cutmix(num_classes=5)])
+    stats = funloader.compute_stats(johns, size=19, output=None, progress=False)
+    for keep in (None, "44/10/10"):
+        options = dict(batch_size=20, shuffle=True, seed=3, epoch=2, normalize=stats, keep=keep,
+                       transform=T.Compose(steps), chunk_size=4)
+        plain = list(DCTLoader(johns, num_threads=2, **options))
+        assert plain[0][1].dtype == torch.int64
+        for threads in (1, 3):
+            mixed = list(DCTLoader(johns, num_threads=threads, mixing=mixing, **options))
+            assert len(mixed) == len(plain) == 3
+            for number, ((x, targets), (x_plain, y)) in enumerate(zip(mixed, plain)):
+                expected, expected_targets = mixing(x_plain, y, mixing_generator(3, 2, 0, number))
+                assert torch.equal(x, expected) and torch.equal(targets, expected_targets)
+                assert targets.shape == (x.shape[0], 5) and not torch.equal(x, x_plain)
+
+
+def test_fused_policy_same_batches_for_any_thread_count(johns, monkeypatch):
+    """The fused decode of a policy (pieces per thread) gives the same bits with 1, 2 and 4 threads,
+    and with the policy's plan made in blocks of one chunk."""
+    import funloader.loader as loader_module
+
+    stats = funloader.compute_stats(johns, size=19, output=None, progress=False)
+    transform = T.Compose([T.RandomResizedCrop(16, mode="exact"), T.RandomHorizontalFlip(),
+                           T.RandAugment(3, 15, ops=T.RANDAUGMENT_OPS + T.JPEG_OPS)])
+
+    def run(threads):
+        return list(DCTLoader(johns, batch_size=24, shuffle=True, seed=1, normalize=stats, transform=transform,
+                              num_threads=threads, mixing=T.Mixup(num_classes=5)))
+    runs = [run(threads) for threads in (1, 2, 4)]
+    monkeypatch.setattr(loader_module, "_BLOCK_ITEMS", 1)
+    runs.append(run(3))
+    for batches in runs[1:]:
+        for (x, targets), (x_one, targets_one) in zip(batches, runs[0]):
+            assert torch.equal(x, x_one) and torch.equal(targets, targets_one)
