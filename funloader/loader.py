@@ -548,7 +548,7 @@ class DCTLoader:
         threads = max(1, int(self.num_threads or _default_threads()))
         # pieces: whole chunks of the draws (chunk_size); one with one thread, else two per thread (the
         # decoder's cost per call makes smaller pieces slower; a piece is not cache-sized anyway)
-        per_piece = step * max(1, -(-count // (step * (1 if threads == 1 else 2 * threads))))
+        per_piece = step * max(1, -(-count // (step * (1 if threads == 1 else _PIECES_PER_THREAD * threads))))
         if policy:  # a piece's policy plan in small torch ops (see _BLOCK_ITEMS)
             per_piece = min(per_piece, step * max(1, _BLOCK_ITEMS // step))
         pieces = [(start, min(start + per_piece, count)) for start in range(0, count, per_piece)]
@@ -681,6 +681,8 @@ class DCTLoader:
 #: size (32768 values), so its many small torch ops run on the calling thread (torch's intra-op
 #: threads, woken for each op, measured 0.45 ms per op on a busy 2-core machine)
 _BLOCK_ITEMS = 32768 // 192
+#: pieces per decoding thread in decode_fused (more: better balance, more fixed costs per piece)
+_PIECES_PER_THREAD = 2
 #: items decoded at a time into a scratch when mixing (decode_fused): 4, 8, 16 and 32 measured within 4%,
 #: all much faster than mixing the batch after the decode (the batch then written twice, read once)
 _SCRATCH_ITEMS = 16
