@@ -521,12 +521,14 @@ class DCTLoader:
         ``(x, labels)``, or ``(x, soft targets)`` with ``mixing``.
 
         Without steps after the decode (and without ``mixing``) it is one ``read_batch`` of the whole
-        batch. Otherwise the batch is decoded in pieces by ``num_threads`` threads, each of which
-        also finishes its piece (the policy's rest, then the mixing of the piece's items but its
-        first, in place), so that work runs in parallel too; the first item of each piece is mixed
-        at the end, with a copy of the item before it. The values do not depend on the thread count
-        or timing. The torch calls on a piece are kept under torch's grain size (items in slices,
-        planes in groups), so they run on the decoding thread itself."""
+        batch. Otherwise the batch is decoded in pieces (whole chunks) by ``num_threads`` threads,
+        each of which also makes its piece's block maps and affine with the policy in them and
+        finishes the piece (the policy's rest), so that work runs in parallel too. With ``mixing``
+        a thread decodes and finishes ``_SCRATCH_ITEMS`` items at a time in a reused scratch and
+        writes each item mixed into the batch (the batch is written once); the first item of each
+        piece is mixed at the end, with a copy of the item before it. The values do not depend on
+        the thread count or timing. The policy plan's torch calls stay under torch's grain size
+        (``_BLOCK_ITEMS``), so they run on the decoding thread itself."""
         layout = dict(layout)
         after, states, step, policy = layout.pop(_AFTER, ((), (), max(1, int(self.chunk_size)), None))
         count = len(batch_indices)
@@ -546,8 +548,7 @@ class DCTLoader:
         from .codec import _default_threads
 
         threads = max(1, int(self.num_threads or _default_threads()))
-        # pieces: whole chunks of the draws (chunk_size); one with one thread, else two per thread (the
-        # decoder's cost per call makes smaller pieces slower; a piece is not cache-sized anyway)
+        # pieces: whole chunks of the draws (chunk_size); one with one thread, else _PIECES_PER_THREAD
         per_piece = step * max(1, -(-count // (step * (1 if threads == 1 else _PIECES_PER_THREAD * threads))))
         if policy:  # a piece's policy plan in small torch ops (see _BLOCK_ITEMS)
             per_piece = min(per_piece, step * max(1, _BLOCK_ITEMS // step))
@@ -681,8 +682,9 @@ class DCTLoader:
 #: size (32768 values), so its many small torch ops run on the calling thread (torch's intra-op
 #: threads, woken for each op, measured 0.45 ms per op on a busy 2-core machine)
 _BLOCK_ITEMS = 32768 // 192
-#: pieces per decoding thread in decode_fused (more: better balance, more fixed costs per piece)
-_PIECES_PER_THREAD = 2
+#: pieces per decoding thread in decode_fused: 1, 2, 3 measured 1.20x, 1.25x, 1.34x the exact pipeline
+#: at 2 threads (RandAugment + mixup, 224 px; fixed costs per piece outweigh the better balance)
+_PIECES_PER_THREAD = 1
 #: items decoded at a time into a scratch when mixing (decode_fused): 4, 8, 16 and 32 measured within 4%,
 #: all much faster than mixing the batch after the decode (the batch then written twice, read once)
 _SCRATCH_ITEMS = 16

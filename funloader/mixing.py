@@ -103,32 +103,15 @@ def mixup(x, lam: float, in_place: bool = False):
     return out.numpy() if was_numpy else out
 
 
-#: elements per torch call in mixup_item: at most torch's grain size (32768), so each call runs on the
-#: calling thread (a loader's decoding threads mix concurrently; torch's own threads would oversubscribe)
-_SERIAL_ELEMENTS = 32768
-
-
 def mixup_item(item: torch.Tensor, partner: torch.Tensor, lam: float, out: Optional[torch.Tensor] = None) -> None:
     """One item of :func:`mixup`: ``out = partner + lam * (item - partner)`` (``partner``: the original
-    of the item before it, cyclically; ``out`` default ``item``, in place), on the calling thread."""
-    out = item if out is None else out
-    for part in _serial_slices(item):
-        torch.lerp(partner[part], item[part], float(lam), out=out[part])
-
-
-def _serial_slices(item: torch.Tensor):
-    """Slices of ``item``'s first dimension that torch runs on the calling thread: the whole item with
-    one torch thread, else pieces of at most ``_SERIAL_ELEMENTS`` elements."""
-    if torch.get_num_threads() == 1 or item.ndim < 2 or item.numel() <= _SERIAL_ELEMENTS:
-        return (slice(None),)
-    step = max(1, _SERIAL_ELEMENTS // max(1, item[0].numel()))
-    return [slice(first, first + step) for first in range(0, item.shape[0], step)]
+    of the item before it, cyclically; ``out`` default ``item``, in place)."""
+    torch.lerp(partner, item, float(lam), out=item if out is None else out)
 
 
 def copy_item(out: torch.Tensor, item: torch.Tensor) -> None:
-    """``out.copy_(item)`` for one item, on the calling thread (slices as in :func:`mixup_item`)."""
-    for part in _serial_slices(item):
-        out[part].copy_(item[part])
+    """``out.copy_(item)``: one item of :func:`cutmix` with nothing pasted (or a saved partner)."""
+    out.copy_(item)
 
 
 def cutmix_item(item: torch.Tensor, partner: torch.Tensor, box: Tuple[int, int, int, int],

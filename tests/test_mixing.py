@@ -128,27 +128,28 @@ def test_in_place_mixing_equals_the_new_batch(batch, kind):
 def test_item_by_item_mixing_equals_the_call(batch, kind):
     """What a loader does piece by piece: ``choose`` (the call's draws), ``mix_item`` from the last
     item to the first with a copy of the original last item, ``soft_targets``: the same values as
-    calling the transform on the whole batch (bit-equal), on a grid whose item size is not a multiple
-    of the slices ``mix_item`` works in."""
+    calling the transform on the whole batch (bit-equal), also into another tensor (``out=``), on a
+    grid whose item size is not a multiple of 16."""
     transforms = {"Mixup": T.Mixup(num_classes=4, alpha=0.7), "Cutmix": T.Cutmix(num_classes=4),
                   "RandomMixing": T.RandomMixing([T.Mixup(num_classes=4), T.Cutmix(num_classes=4)])}
-    source = torch.cat([batch, batch.flip(-1)])[:, :, :15, :13].to(torch.float32).contiguous()  # 2 slices per item
+    source = torch.cat([batch, batch.flip(-1)])[:, :, :15, :13].to(torch.float32).contiguous()
     labels = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
     chosen = set()
-    threads = torch.get_num_threads()
     for seed in range(6):
-        torch.set_num_threads(1 + seed % 2)  # one call per item, or slices under torch's grain size
         expected, expected_targets = transforms[kind](source, labels, torch.Generator().manual_seed(seed))
         mixing, params = transforms[kind].choose((15, 13), torch.Generator().manual_seed(seed))
         chosen.add(type(mixing).__name__)
         work = source.clone()
         last = torch.empty_like(work[-1])
         copy_item(last, work[-1])
+        into = torch.empty_like(work)
         if params["apply"]:
-            for i in range(work.shape[0] - 1, 0, -1):
+            for i in range(work.shape[0]):  # into another tensor, first to last (as a loader from its scratch)
+                mixing.mix_item(work[i], work[i - 1], params, out=into[i])
+            for i in range(work.shape[0] - 1, 0, -1):  # in place, last to first
                 mixing.mix_item(work[i], work[i - 1], params)
             mixing.mix_item(work[0], last, params)
-        torch.set_num_threads(threads)
+            assert torch.equal(into, expected)
         assert torch.equal(work, expected)
         assert torch.equal(mixing.soft_targets(labels, params), expected_targets)
     assert len(chosen) == (2 if kind == "RandomMixing" else 1)
