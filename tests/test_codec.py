@@ -465,39 +465,3 @@ def test_layout_avx2_and_sse2_paths_give_the_same_bits(sample_jpegs, tmp_path):
         for name, array in arrays.items():
             assert np.abs(array).sum() > 0, name
             np.testing.assert_array_equal(array, results["sse2"][name], err_msg=name)
-
-
-def test_streamed_and_plain_copies_out_of_the_stage_agree(sample_jpegs, tmp_path):
-    """read_batch lays each item out in a cached stage and copies it to its slot with streaming stores
-    (batches larger than a quarter of the last-level cache) or plain ones: forced either way through
-    FUNLOADER_STREAM_STORES, the batch is the same, also when out does not start on a 64-byte boundary
-    (the streamed body is then framed by plain head and tail copies)."""
-    import os
-    import sys
-
-    paths = [str(p) for p in sample_jpegs[:5]]
-    script = (
-        "import sys, numpy as np, funloader\n"
-        "paths, target = eval(sys.argv[1]), sys.argv[2]\n"
-        "arrays = {}\n"
-        "for dtype in (np.int16, np.float32):\n"
-        "    for offset in (0, 1, 3):  # elements: the items start off a 64-byte boundary\n"
-        "        buffer = np.full(len(paths) * 192 * 28 * 28 + offset + 7, 7, dtype)\n"
-        "        out = buffer[offset:offset + len(paths) * 192 * 28 * 28].reshape(len(paths), 192, 28, 28)\n"
-        "        funloader.read_batch(paths + [b'not a jpeg'], np.zeros((6, 192, 28, 28), dtype), threads=2,\n"
-        "                             dequantize=dtype == np.float32)\n"
-        "        funloader.read_batch(paths, out, threads=2, dequantize=dtype == np.float32)\n"
-        "        assert (buffer[:offset] == 7).all() and (buffer[offset + out.size:] == 7).all()\n"
-        "        arrays[f'{np.dtype(dtype).name}{offset}'] = out.copy()\n"
-        "np.savez(target, **arrays)\n")
-    results = {}
-    for stream in ("0", "1"):
-        target = tmp_path / f"{stream}.npz"
-        subprocess.run([sys.executable, "-c", script, repr(paths), str(target)],
-                       env=dict(os.environ, FUNLOADER_STREAM_STORES=stream), check=True)
-        results[stream] = dict(np.load(target))
-    reference = np.zeros((len(paths), 192, 28, 28), np.int16)
-    read_batch([Path(p) for p in paths], reference, threads=1)
-    for name, array in results["1"].items():
-        np.testing.assert_array_equal(array, results["0"][name], err_msg=name)
-    np.testing.assert_array_equal(results["1"]["int160"], reference)

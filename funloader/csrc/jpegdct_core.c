@@ -6,7 +6,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -184,32 +183,7 @@ void fl_decoder_free(fl_decoder *decoder) {
   free(decoder);
 }
 
-int fl_stream_batch(size_t bytes) {
-  static long cache = -2; /* bytes of last-level cache; -1: unknown; 0 / LONG_MAX: forced (tests) */
-  long known = __atomic_load_n(&cache, __ATOMIC_RELAXED);
-  if (known == -2) {
-    known = -1;
-    const char *force = getenv("FUNLOADER_STREAM_STORES"); /* "1": always stream, "0": never */
-    if (force && strcmp(force, "1") == 0) {
-      known = 0;
-    } else if (force && strcmp(force, "0") == 0) {
-      known = LONG_MAX;
-    } else {
-#if defined(_SC_LEVEL3_CACHE_SIZE)
-      long size = sysconf(_SC_LEVEL3_CACHE_SIZE);
-      if (size > 0) known = size;
-#endif
-    }
-    __atomic_store_n(&cache, known, __ATOMIC_RELAXED);
-  }
-  return known < 0 || bytes > (size_t)known / 4;
-}
-
-void fl_copy_out(void *dst, const void *src, size_t bytes, int stream) {
-  if (!stream) {
-    memcpy(dst, src, bytes);
-    return;
-  }
+void fl_copy_out(void *dst, const void *src, size_t bytes) {
 #if defined(__SSE2__)
   char *d = (char *)dst;
   const char *s = (const char *)src;

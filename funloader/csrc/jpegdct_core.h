@@ -96,15 +96,9 @@ void fl_decoder_free(fl_decoder *decoder);
  * the cache cost more than the whole entropy decode. */
 void *fl_stage(fl_decoder *decoder, size_t bytes);
 
-/* Copies a staged item to its slot.  With `stream`, non-temporal stores: no read of the slot's old
- * lines, which a batch far larger than the cache would otherwise fetch from memory first (and the
- * copy does not evict the cache).  Without, plain stores: the lines stay cached for the reader. */
-void fl_copy_out(void *dst, const void *src, size_t bytes, int stream);
-
-/* Whether a batch of `bytes` should be copied out with streaming stores: when it exceeds a quarter of
- * the last-level cache (glibc's own rule for large copies is of this kind), or the cache size is not
- * known.  FUNLOADER_STREAM_STORES=1 / =0 forces streaming / plain stores (tests, benchmarks). */
-int fl_stream_batch(size_t bytes);
+/* Copies a staged item to its slot with streaming (non-temporal) stores: no read of the slot's old
+ * lines, which a batch far larger than the cache would otherwise fetch from memory first. */
+void fl_copy_out(void *dst, const void *src, size_t bytes);
 
 /* Reads a whole file into the decoder's reusable buffer; data and size then point into it. */
 int fl_load_file(fl_decoder *decoder, const char *path, const uint8_t **data, size_t *size,

@@ -434,7 +434,6 @@ static void *batch_worker(void *argument) {
   uint8_t *stage = NULL;
   if (decoder && !job->sizes && job->count > 1 && job->item_bytes <= STAGE_MAX_BYTES)
     stage = (uint8_t *)fl_stage(decoder, job->item_bytes);
-  const int stream = fl_stream_batch((size_t)job->count * job->item_bytes);
   for (;;) {
     long index = atomic_fetch_add(&job->next, 1);
     if (index >= job->count) break;
@@ -476,7 +475,7 @@ static void *batch_worker(void *argument) {
       fl_decode_fun_mapped(decoder, data, size, &job->options, slot, job->item_bytes, job->dtype, job->dequantize,
                            job->out_h8, job->out_w8, mapped ? &mapping : NULL, &header, result);
     }
-    if (stage) fl_copy_out(target, stage, job->item_bytes, stream); /* every outcome wrote the whole item (or zeros) */
+    if (stage) fl_copy_out(target, stage, job->item_bytes); /* every outcome wrote the whole item (or zeros) */
   }
   pool_give(decoder);
   return NULL;
