@@ -409,6 +409,11 @@ class _Policy(DCTTransform):
                            first_mean_gain)
 
 
+def _mean_dc(array: np.ndarray, scale: float, shift: float) -> np.ndarray:
+    """(n,) float64 mean unnormalised Y DC of each item of a normalised batch ``array`` (n, 192, H8, W8)."""
+    return (array[:, 0].mean(axis=(1, 2), dtype=np.float64) - shift) / scale
+
+
 _DC_CHANNELS = np.array([0, 64, 128])  # the DC channel of Y, Cb, Cr
 _ALL_CHANNELS = np.arange(192)
 
@@ -446,65 +451,61 @@ class FusedPolicy:
         self.policy, self.drawn, self.slow, self.rolled = policy, drawn, slow, rolled
         self.rows, self.cols, self.gain, self.bias = rows, cols, gain, bias
         self._row_stage, self._col_stage, self._fills = row_stage, col_stage, fills
-        self._mean_gain, self._last_y_gain, self._last_dc_bias = mean_gain, last_y_gain, last_dc_bias
-        self._first_mean_gain = first_mean_gain  # a contrast before the first shift, times the Y gains after it
+        # per item, numpy float64 (finish works on numpy views: many small steps, called per few items)
+        self._mean_gain, self._last_y_gain = mean_gain.numpy(), last_y_gain.numpy()
+        self._last_dc_bias = last_dc_bias.numpy()
+        self._first_mean_gain = first_mean_gain.numpy()  # a contrast before the first shift, times the Y gains after it
+        self._dc_gain, self._dc_bias = gain[:, 0].numpy(), bias[:, 0].numpy()
+        self._fill_work = None  # (scale, shift, _fill_writes(scale, shift))
+
+    def _fill_writes(self, scale, shift):
+        """The writes of the fill blocks, in stage order: ``(items (k,) sorted, rows or columns (k,), axis,
+        channels (c,), values (k, c, 1) normalised float64)``; channels: the DCs (0, 64, 128), or all for
+        rolled items (their uncovered blocks hold blocks rolled in)."""
+        from .channels import normalized_value
+
+        writes = []
+        for stage, fill in enumerate(self._fills):
+            values = normalized_value(fill, scale, shift).numpy()
+            for stages, axis in ((self._row_stage, 2), (self._col_stage, 3)):
+                hit = stages == stage  # (N, H8) or (N, W8): the uncovered rows / columns
+                for whole, channels in ((False, _DC_CHANNELS), (True, _ALL_CHANNELS)):
+                    items, lines = np.nonzero(hit & (self.rolled[:, None] == whole))
+                    if len(items):
+                        writes.append((items, lines, axis, channels, values[items[:, None], channels[None, :]][:, :, None]))
+        return writes
 
     def finish(self, chunk: torch.Tensor, normalization: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
                start: int = 0) -> None:
         """Complete the policy in place on ``chunk`` (items ``start..start+len(chunk)-1``; shape
-        (n, 192, H8, W8) float), decoded with ``rows``, ``cols``, ``gain``, ``bias`` (then normalised
-        by ``normalization`` = ``(scale, shift)`` (192,), if given): the fills, the contrast mean terms
-        and the ``slow`` items."""
-        from .channels import normalized_value
-
+        (n, 192, H8, W8) float CPU tensor), decoded with ``rows``, ``cols``, ``gain``, ``bias`` (then
+        normalised by ``normalization`` = ``(scale, shift)`` (192,), if given): the fills, the contrast
+        mean terms and the ``slow`` items."""
         stop = start + chunk.shape[0]
         scale, shift = normalization if normalization is not None else (torch.ones(192), torch.zeros(192))
-        scale = torch.as_tensor(scale, dtype=torch.float64).reshape(192)
-        shift = torch.as_tensor(shift, dtype=torch.float64).reshape(192)
+        dc_scale, dc_shift = float(scale.reshape(-1)[0]), float(shift.reshape(-1)[0])
+        array = chunk.numpy()  # numpy views and assignments (torch's indexed writes would start its threads)
         first_gain = self._first_mean_gain[start:stop]
-        if bool((first_gain != 0).any()):  # rolled items: the whole image is in the plane (permuted)
-            source = (self._mean_dc(chunk, scale, shift) - self.bias[start:stop, 0]) / self.gain[start:stop, 0]
-            self._add_dc(chunk, first_gain * source * scale[0])
-        rolled = self.rolled[start:stop]
-        array = chunk.numpy()  # one numpy assignment per stage, axis and kind (torch's indexed writes use its threads)
-        for stage, fill in enumerate(self._fills):  # in round order: a later fill covers an earlier one
-            values = normalized_value(fill[start:stop], scale, shift).numpy().astype(array.dtype)
-            for stages, axis in ((self._row_stage, 2), (self._col_stage, 3)):
-                hit = stages[start:stop] == stage  # (n, H8) or (n, W8): the uncovered rows / columns
-                for whole, channels in ((False, _DC_CHANNELS), (True, _ALL_CHANNELS)):  # rolled: all channels
-                    items, lines = np.nonzero(hit & (rolled[:, None] == whole))
-                    if not len(items):
-                        continue
-                    value = values[items[:, None], channels[None, :]][:, :, None]  # (k, c, 1)
-                    if axis == 2:
-                        array[items[:, None], channels[None, :], lines[:, None], :] = value
-                    else:
-                        array[items[:, None], channels[None, :], :, lines[:, None]] = value
+        if first_gain.any():  # rolled items: the whole image is in the plane (permuted)
+            source = (_mean_dc(array, dc_scale, dc_shift) - self._dc_bias[start:stop]) / self._dc_gain[start:stop]
+            array[:, 0] += (first_gain * source * dc_scale).astype(array.dtype)[:, None, None]
+        if self._fill_work is None or self._fill_work[0] is not scale or self._fill_work[1] is not shift:
+            self._fill_work = (scale, shift, self._fill_writes(scale, shift))
+        for items, lines, axis, channels, values in self._fill_work[2]:  # in stage order: later fills cover earlier
+            low, high = np.searchsorted(items, (start, stop))
+            if low == high:
+                continue
+            at, value = items[low:high, None] - start, values[low:high].astype(array.dtype)  # value (k, c, 1)
+            if axis == 2:
+                array[at, channels[None, :], lines[low:high, None], :] = value
+            else:
+                array[at, channels[None, :], :, lines[low:high, None]] = value
         mean_gain = self._mean_gain[start:stop]
-        if bool((mean_gain != 0).any()):  # contrast: Y DC += mean_gain * mean(Y DC of the image the last maps get)
-            before = (self._mean_dc(chunk, scale, shift) - self._last_dc_bias[start:stop]) / self._last_y_gain[start:stop]
-            self._add_dc(chunk, mean_gain * before * scale[0])
-        self._finish_slow(chunk, normalization, start)
-
-    @staticmethod
-    def _planes(chunk):
-        """Slices of ``chunk``'s items whose Y DC planes torch reads on the calling thread (at most its
-        grain size, 32768 values: a loader's decoding threads call ``finish`` concurrently)."""
-        step = max(1, 32768 // max(1, chunk[0, 0].numel()))
-        return [slice(first, first + step) for first in range(0, chunk.shape[0], step)]
-
-    @classmethod
-    def _mean_dc(cls, chunk, scale, shift) -> torch.Tensor:
-        """(n,) float64 mean unnormalised Y DC of each item of the normalised ``chunk``."""
-        means = torch.cat([chunk[part, 0].to(torch.float64).mean(dim=(-2, -1)) for part in cls._planes(chunk)])
-        return (means - shift[0]) / scale[0]
-
-    @classmethod
-    def _add_dc(cls, chunk, added) -> None:
-        """Add ``added`` (n,) to every Y DC value of each item."""
-        added = added.to(chunk.dtype)[:, None, None]
-        for part in cls._planes(chunk):
-            chunk[part, 0] += added[part]
+        if mean_gain.any():  # contrast: Y DC += mean_gain * mean(Y DC of the image the last maps get)
+            before = (_mean_dc(array, dc_scale, dc_shift) - self._last_dc_bias[start:stop]) / self._last_y_gain[start:stop]
+            array[:, 0] += (mean_gain * before * dc_scale).astype(array.dtype)[:, None, None]
+        if self.slow[start:stop].any():
+            self._finish_slow(chunk, normalization, start)
 
     def _finish_slow(self, chunk, normalization, start) -> None:
         for item in np.flatnonzero(self.slow[start:start + chunk.shape[0]]):

@@ -131,10 +131,16 @@ def copy_item(out: torch.Tensor, item: torch.Tensor) -> None:
         out[part].copy_(item[part])
 
 
-def cutmix_item(item: torch.Tensor, partner: torch.Tensor, box: Tuple[int, int, int, int]) -> None:
-    """One item of :func:`cutmix` in place: ``partner``'s block window ``box`` pasted into ``item``."""
+def cutmix_item(item: torch.Tensor, partner: torch.Tensor, box: Tuple[int, int, int, int],
+                out: Optional[torch.Tensor] = None) -> None:
+    """One item of :func:`cutmix`: ``item`` with ``partner``'s block window ``box`` pasted, into ``out``
+    (default ``item``, in place)."""
     top, left, bottom, right = (int(v) for v in box)
-    item[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
+    if out is not None:
+        copy_item(out, item)
+    else:
+        out = item
+    out[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
 
 
 def cutmix_box(lam: float, grid: Tuple[int, int], generator: Optional[torch.Generator] = None):
@@ -197,9 +203,11 @@ class _Mixing:
     def apply(self, x, params: dict):
         raise NotImplementedError
 
-    def mix_item(self, item: torch.Tensor, partner: torch.Tensor, params: dict) -> None:
-        """Item ``i`` of :meth:`apply` in place, given ``partner``, the original item ``i - 1``
-        (cyclically): the same values as ``apply`` (how a loader mixes a batch piece by piece)."""
+    def mix_item(self, item: torch.Tensor, partner: torch.Tensor, params: dict,
+                 out: Optional[torch.Tensor] = None) -> None:
+        """Item ``i`` of :meth:`apply`, given ``partner``, the original item ``i - 1`` (cyclically), into
+        ``out`` (default ``item``, in place): the same values as ``apply`` (how a loader mixes a batch
+        piece by piece)."""
         raise NotImplementedError
 
     def choose(self, grid: Tuple[int, int], generator: Optional[torch.Generator] = None):
@@ -243,8 +251,8 @@ class Mixup(_Mixing):
     def apply(self, x, params):
         return mixup(x, params["lam"], in_place=self.in_place)
 
-    def mix_item(self, item, partner, params):
-        mixup_item(item, partner, params["lam"])
+    def mix_item(self, item, partner, params, out=None):
+        mixup_item(item, partner, params["lam"], out)
 
 
 class Cutmix(_Mixing):
@@ -260,8 +268,8 @@ class Cutmix(_Mixing):
     def apply(self, x, params):
         return cutmix(x, params["box"], in_place=self.in_place)
 
-    def mix_item(self, item, partner, params):
-        cutmix_item(item, partner, params["box"])
+    def mix_item(self, item, partner, params, out=None):
+        cutmix_item(item, partner, params["box"], out)
 
 
 class RandomMixing:
