@@ -465,3 +465,21 @@ def test_layout_avx2_and_sse2_paths_give_the_same_bits(sample_jpegs, tmp_path):
         for name, array in arrays.items():
             assert np.abs(array).sum() > 0, name
             np.testing.assert_array_equal(array, results["sse2"][name], err_msg=name)
+
+
+def test_staged_items_reach_slots_off_a_cache_line_boundary(sample_jpegs):
+    """read_batch lays each item out in a cached stage and streams it to its slot (64-byte
+    non-temporal stores framed by plain head and tail copies): a batch that does not start on a
+    64-byte boundary gets the same values, and nothing outside it is written."""
+    paths = [str(p) for p in sample_jpegs[:5]]
+    for dtype, dequantize in ((np.int16, False), (np.float32, True)):
+        aligned = np.zeros((len(paths), 192, 28, 28), dtype)
+        assert read_batch(paths, aligned, threads=1, dequantize=dequantize) == [None] * len(paths)
+        assert np.abs(aligned).sum() > 0
+        for offset in (1, 3, 31):  # elements
+            buffer = np.full(aligned.size + offset + 40, 7, dtype)
+            out = buffer[offset:offset + aligned.size].reshape(aligned.shape)
+            assert out.ctypes.data % 64 != 0
+            read_batch(paths, out, threads=2, dequantize=dequantize)
+            np.testing.assert_array_equal(out, aligned, err_msg=f"{np.dtype(dtype).name} offset {offset}")
+            assert (buffer[:offset] == 7).all() and (buffer[offset + aligned.size:] == 7).all()

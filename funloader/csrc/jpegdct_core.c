@@ -463,25 +463,26 @@ size_t fl_dtype_size(int dtype) {
 #if defined(__SSE2__)
 #include <emmintrin.h>
 
-/* In: r[i] = 8 consecutive coefficients of block i. Out: r[j] = coefficient j of blocks 0..7. */
-static inline __attribute__((always_inline)) void fl_transpose8x8(__m128i r[8]) {
-  __m128i a0 = _mm_unpacklo_epi16(r[0], r[1]), a1 = _mm_unpackhi_epi16(r[0], r[1]);
-  __m128i a2 = _mm_unpacklo_epi16(r[2], r[3]), a3 = _mm_unpackhi_epi16(r[2], r[3]);
-  __m128i a4 = _mm_unpacklo_epi16(r[4], r[5]), a5 = _mm_unpackhi_epi16(r[4], r[5]);
-  __m128i a6 = _mm_unpacklo_epi16(r[6], r[7]), a7 = _mm_unpackhi_epi16(r[6], r[7]);
-  __m128i b0 = _mm_unpacklo_epi32(a0, a2), b1 = _mm_unpackhi_epi32(a0, a2);
-  __m128i b2 = _mm_unpacklo_epi32(a1, a3), b3 = _mm_unpackhi_epi32(a1, a3);
-  __m128i b4 = _mm_unpacklo_epi32(a4, a6), b5 = _mm_unpackhi_epi32(a4, a6);
-  __m128i b6 = _mm_unpacklo_epi32(a5, a7), b7 = _mm_unpackhi_epi32(a5, a7);
-  r[0] = _mm_unpacklo_epi64(b0, b4);
-  r[1] = _mm_unpackhi_epi64(b0, b4);
-  r[2] = _mm_unpacklo_epi64(b1, b5);
-  r[3] = _mm_unpackhi_epi64(b1, b5);
-  r[4] = _mm_unpacklo_epi64(b2, b6);
-  r[5] = _mm_unpackhi_epi64(b2, b6);
-  r[6] = _mm_unpacklo_epi64(b3, b7);
-  r[7] = _mm_unpackhi_epi64(b3, b7);
-}
+/* In: r[i] = 8 consecutive coefficients of block i. Out: r[j] = coefficient j of blocks 0..7 (per
+ * 128-bit lane: the AVX2 instance transposes two groups of 8 blocks side by side).  V is the vector
+ * type, P the intrinsics' prefix (_mm or _mm256). */
+#define FL_TRANSPOSE8X8(V, P, r)                                                                    \
+  do {                                                                                              \
+    V a0 = P##_unpacklo_epi16(r[0], r[1]), a1 = P##_unpackhi_epi16(r[0], r[1]);                     \
+    V a2 = P##_unpacklo_epi16(r[2], r[3]), a3 = P##_unpackhi_epi16(r[2], r[3]);                     \
+    V a4 = P##_unpacklo_epi16(r[4], r[5]), a5 = P##_unpackhi_epi16(r[4], r[5]);                     \
+    V a6 = P##_unpacklo_epi16(r[6], r[7]), a7 = P##_unpackhi_epi16(r[6], r[7]);                     \
+    V b0 = P##_unpacklo_epi32(a0, a2), b1 = P##_unpackhi_epi32(a0, a2);                             \
+    V b2 = P##_unpacklo_epi32(a1, a3), b3 = P##_unpackhi_epi32(a1, a3);                             \
+    V b4 = P##_unpacklo_epi32(a4, a6), b5 = P##_unpackhi_epi32(a4, a6);                             \
+    V b6 = P##_unpacklo_epi32(a5, a7), b7 = P##_unpackhi_epi32(a5, a7);                             \
+    r[0] = P##_unpacklo_epi64(b0, b4), r[1] = P##_unpackhi_epi64(b0, b4);                           \
+    r[2] = P##_unpacklo_epi64(b1, b5), r[3] = P##_unpackhi_epi64(b1, b5);                           \
+    r[4] = P##_unpacklo_epi64(b2, b6), r[5] = P##_unpackhi_epi64(b2, b6);                           \
+    r[6] = P##_unpacklo_epi64(b3, b7), r[7] = P##_unpackhi_epi64(b3, b7);                           \
+  } while (0)
+
+static inline __attribute__((always_inline)) void fl_transpose8x8(__m128i r[8]) { FL_TRANSPOSE8X8(__m128i, _mm, r); }
 #endif
 
 /* Stores 8 int16 values (one coefficient of 8 output columns) to `rows` output rows. */
@@ -526,22 +527,7 @@ __attribute__((target("avx2"))) static void fl_transpose_row_avx2(const JCOEF (*
         r[i] = _mm256_inserti128_si256(
             _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)&blocks[start + i][8 * group])),
             _mm_loadu_si128((const __m128i *)&blocks[start + 8 + i][8 * group]), 1);
-      __m256i a0 = _mm256_unpacklo_epi16(r[0], r[1]), a1 = _mm256_unpackhi_epi16(r[0], r[1]);
-      __m256i a2 = _mm256_unpacklo_epi16(r[2], r[3]), a3 = _mm256_unpackhi_epi16(r[2], r[3]);
-      __m256i a4 = _mm256_unpacklo_epi16(r[4], r[5]), a5 = _mm256_unpackhi_epi16(r[4], r[5]);
-      __m256i a6 = _mm256_unpacklo_epi16(r[6], r[7]), a7 = _mm256_unpackhi_epi16(r[6], r[7]);
-      __m256i b0 = _mm256_unpacklo_epi32(a0, a2), b1 = _mm256_unpackhi_epi32(a0, a2);
-      __m256i b2 = _mm256_unpacklo_epi32(a1, a3), b3 = _mm256_unpackhi_epi32(a1, a3);
-      __m256i b4 = _mm256_unpacklo_epi32(a4, a6), b5 = _mm256_unpackhi_epi32(a4, a6);
-      __m256i b6 = _mm256_unpacklo_epi32(a5, a7), b7 = _mm256_unpackhi_epi32(a5, a7);
-      r[0] = _mm256_unpacklo_epi64(b0, b4);
-      r[1] = _mm256_unpackhi_epi64(b0, b4);
-      r[2] = _mm256_unpacklo_epi64(b1, b5);
-      r[3] = _mm256_unpackhi_epi64(b1, b5);
-      r[4] = _mm256_unpacklo_epi64(b2, b6);
-      r[5] = _mm256_unpackhi_epi64(b2, b6);
-      r[6] = _mm256_unpacklo_epi64(b3, b7);
-      r[7] = _mm256_unpackhi_epi64(b3, b7);
+      FL_TRANSPOSE8X8(__m256i, _mm256, r);
       for (int j = 0; j < 8; j++) { /* r[j]: coefficient k of the 16 blocks = 16 output columns */
         const size_t k = (size_t)(8 * group + j);
         if (dtype == FL_DTYPE_INT16) {
