@@ -105,7 +105,8 @@ def mixup(x, lam: float, in_place: bool = False):
 
 def mixup_item(item: torch.Tensor, partner: torch.Tensor, lam: float, out: Optional[torch.Tensor] = None) -> None:
     """One item of :func:`mixup`: ``out = partner + lam * (item - partner)`` (``partner``: the original
-    of the item before it, cyclically; ``out`` default ``item``, in place)."""
+    of the item before it, cyclically; ``out`` default ``item``, in place). Also for runs of items:
+    ``item``, ``partner`` and ``out`` of the same shape (``out`` must not overlap ``partner``)."""
     torch.lerp(partner, item, float(lam), out=item if out is None else out)
 
 
@@ -117,7 +118,7 @@ def copy_item(out: torch.Tensor, item: torch.Tensor) -> None:
 def cutmix_item(item: torch.Tensor, partner: torch.Tensor, box: Tuple[int, int, int, int],
                 out: Optional[torch.Tensor] = None) -> None:
     """One item of :func:`cutmix`: ``item`` with ``partner``'s block window ``box`` pasted, into ``out``
-    (default ``item``, in place)."""
+    (default ``item``, in place). Also for runs of items, as :func:`mixup_item`."""
     top, left, bottom, right = (int(v) for v in box)
     if out is not None:
         copy_item(out, item)
@@ -190,7 +191,8 @@ class _Mixing:
                  out: Optional[torch.Tensor] = None) -> None:
         """Item ``i`` of :meth:`apply`, given ``partner``, the original item ``i - 1`` (cyclically), into
         ``out`` (default ``item``, in place): the same values as ``apply`` (how a loader mixes a batch
-        piece by piece)."""
+        piece by piece). Also for a run of items ``i..j`` with their partners ``i-1..j-1`` (same
+        shapes; ``out`` must not overlap ``partner``)."""
         raise NotImplementedError
 
     def choose(self, grid: Tuple[int, int], generator: Optional[torch.Generator] = None):
