@@ -136,6 +136,8 @@ class DCTLoader:
                  transform: Optional[Callable] = None, dequantize: Optional[bool] = None, normalize="auto",
                  keep: KeepSpec = None, keep_mode: str = "drop", on_error: Optional[str] = None,
                  strict: Optional[bool] = None, chunk_size: int = 8, start_batch: int = 0, mixing=None):
+        if mixing is not None and not callable(getattr(mixing, "choose", None)):
+            raise UsageError(f"mixing must be a funloader Mixup, Cutmix or RandomMixing, got {mixing!r}")
         if isinstance(dataset_or_root, DCTImageFolder):
             dataset = dataset_or_root
         else:
@@ -190,8 +192,6 @@ class DCTLoader:
         self.keep = keep
         self.keep_mode = keep_mode
         self.chunk_size = int(chunk_size)
-        if mixing is not None and not callable(getattr(mixing, "choose", None)):
-            raise UsageError(f"mixing must be a funloader Mixup, Cutmix or RandomMixing, got {mixing!r}")
         self.mixing = mixing
         self._scratch: "queue.SimpleQueue[torch.Tensor]" = queue.SimpleQueue()  # decode_fused's scratch buffers
         self._normalizers: dict = {}

@@ -479,6 +479,13 @@ def test_loader_mixing_equals_mixing_the_loaded_batches(johns, policy):
                 assert targets.shape == (x.shape[0], 5) and not torch.equal(x, x_plain)
 
 
+def test_loader_mixing_must_be_a_funloader_mixing(johns):
+    from funloader.errors import UsageError
+
+    with pytest.raises(UsageError, match="mixing must be a funloader Mixup"):
+        DCTLoader(johns, mixing=lambda x, y: (x, y))
+
+
 def test_fused_policy_same_batches_for_any_thread_count(johns, monkeypatch):
     """The fused decode of a policy (pieces per thread) gives the same bits with 1, 2 and 4 threads,
     and with the policy's plan made in blocks of one chunk."""
