@@ -141,9 +141,6 @@ class Context:
             limit = 12 if self.quick else None
             self.progress(f"encoding the corpus {name} from {min(len(self.photos()), limit or 10**9)} photos")
             self._built[name] = build(name, self.photos(), self.workdir / name, limit=limit)
-            # Written files are flushed to disk in the background for seconds afterwards, and that
-            # writeback slowed the first timings of a run (one method up to 2x); wait for it here.
-            os.sync()
         return self._built[name]
 
 
