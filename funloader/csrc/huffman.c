@@ -2,9 +2,10 @@
  *
  * Entropy decoding (ITU T.81 F.2.2): a 64-bit bit buffer, most significant bit next, refilled 4-7
  * bytes at a time from one unaligned 8-byte load when those bytes hold no 0xFF (one SWAR test),
- * byte by byte otherwise (stuffed zeros, markers).  Every Huffman table gets a FL_LOOKUP_BITS-bit
- * table that resolves the code AND its appended value bits in one step when both fit (for AC:
- * run, size and value; EOB and ZRL included); longer codes take the canonical maxcode walk.
+ * byte by byte otherwise (stuffed zeros, markers).  A DC table gets a FL_LOOKUP_BITS-bit table
+ * that resolves the code AND its appended value bits in one step when both fit; an AC table a
+ * FL_PAIR_BITS-bit table that resolves up to two symbols (run, size and value of each; EOB and ZRL
+ * included) in one step.  Longer codes take the canonical maxcode walk.
  * Blocks are zeroed once per band and only nonzero coefficients are written.
  *
  * Input past a marker, or past the end of data, reads as zero bits ("fake" bits); consuming any of
@@ -59,8 +60,10 @@ typedef struct {
   int32_t maxcode[18];        /* largest code of each length, -1 when none */
   int32_t valoffset[18];      /* symbol index = code + valoffset[length] */
   uint16_t symbol[FL_LOOKUP_SIZE];   /* (length << 8) | symbol for codes <= FL_LOOKUP_BITS; 0: longer */
-  uint32_t combined[FL_LOOKUP_SIZE]; /* code + value bits resolved at once (see above) */
-  uint64_t pair[FL_PAIR_SIZE];       /* AC tables: up to two symbols at once (see above) */
+  union {
+    uint32_t combined[FL_LOOKUP_SIZE]; /* DC tables: code + value bits resolved at once (see above) */
+    uint64_t pair[FL_PAIR_SIZE];       /* AC tables: up to two symbols at once (see above) */
+  };
 } fl_htable;
 
 struct fl_huff {
@@ -192,8 +195,9 @@ static int fl_build_table(fl_htable *t, int is_dc) {
     int first = codes[i] << (FL_LOOKUP_BITS - lengths[i]), span = 1 << (FL_LOOKUP_BITS - lengths[i]);
     for (int j = first; j < first + span; j++) t->symbol[j] = (uint16_t)((lengths[i] << 8) | t->raw_values[i]);
   }
-  fl_single_entries(t, is_dc, lengths, codes, FL_LOOKUP_BITS, t->combined);
-  if (!is_dc) {
+  if (is_dc) {
+    fl_single_entries(t, 1, lengths, codes, FL_LOOKUP_BITS, t->combined);
+  } else { /* AC codes are looked up in the pair table only (longer ones take fl_long_code) */
     uint32_t single[FL_PAIR_SIZE];
     fl_single_entries(t, 0, lengths, codes, FL_PAIR_BITS, single);
     fl_pair_entries(single, t->pair);
@@ -648,7 +652,7 @@ static inline __attribute__((always_inline)) int fl_decode_band_body(fl_huff *hu
       }
       *pred_of[i] = value;
       block[0] = (int16_t)value;
-      /* AC: (run, size, value) at once from the combined table; only nonzero values are written */
+      /* AC: up to two (run, size, value) at once from the pair table; only nonzero values are written */
       int k = 1;
 /* One pair entry (see FL_PAIR_SECOND): breaks out of the block's loop at its end. */
 #define FL_PAIR_STEP(pair)                                                                      \

@@ -260,13 +260,19 @@ void DctDecode::RunImpl(::dali::Workspace &ws) {
   }
 }
 
+// The one output of a per-sample operator on uint8 bytes: `elements` values of `type` per sample.
+static void BytesToUniformOutput(std::vector<::dali::OutputDesc> &output_desc, const ::dali::Workspace &ws,
+                                 ::dali::DALIDataType type, int64_t elements, const char *wrong_input) {
+  const auto &input = ws.Input<::dali::CPUBackend>(0);
+  DALI_ENFORCE(input.type() == DALI_UINT8, wrong_input);
+  output_desc.resize(1);
+  output_desc[0].type = type;
+  output_desc[0].shape = ::dali::uniform_list_shape(input.num_samples(), ::dali::TensorShape<1>{elements});
+}
+
 bool ParseLabel::SetupImpl(std::vector<::dali::OutputDesc> &output_desc,
                            const ::dali::Workspace &ws) {
-  const auto &input = ws.Input<::dali::CPUBackend>(0);
-  DALI_ENFORCE(input.type() == DALI_UINT8, "funloader.parse_label: the input must be uint8 bytes");
-  output_desc.resize(1);
-  output_desc[0].type = DALI_INT32;
-  output_desc[0].shape = ::dali::uniform_list_shape(input.num_samples(), ::dali::TensorShape<1>{1});
+  BytesToUniformOutput(output_desc, ws, DALI_INT32, 1, "funloader.parse_label: the input must be uint8 bytes");
   return true;
 }
 
@@ -300,11 +306,8 @@ ImageSize::ImageSize(const ::dali::OpSpec &spec)
     : ::dali::Operator<::dali::CPUBackend>(spec), max_pixels_(spec.GetArgument<int64_t>("max_pixels")) {}
 
 bool ImageSize::SetupImpl(std::vector<::dali::OutputDesc> &output_desc, const ::dali::Workspace &ws) {
-  const auto &input = ws.Input<::dali::CPUBackend>(0);
-  DALI_ENFORCE(input.type() == DALI_UINT8, "funloader.image_size: the input must be encoded JPEG bytes (uint8)");
-  output_desc.resize(1);
-  output_desc[0].type = DALI_INT64;
-  output_desc[0].shape = ::dali::uniform_list_shape(input.num_samples(), ::dali::TensorShape<1>{2});
+  BytesToUniformOutput(output_desc, ws, DALI_INT64, 2,
+                       "funloader.image_size: the input must be encoded JPEG bytes (uint8)");
   return true;
 }
 
