@@ -266,14 +266,16 @@ class RandomMixing:
         if not self.transforms:
             raise UsageError("RandomMixing needs at least one transform")
 
+    def _pick(self, generator: Optional[torch.Generator]):
+        """The transform of this batch (the first draw of the batch)."""
+        return self.transforms[int(torch.randint(len(self.transforms), (1,), generator=generator))]
+
     def __call__(self, x, y, generator: Optional[torch.Generator] = None):
-        choice = int(torch.randint(len(self.transforms), (1,), generator=generator))
-        return self.transforms[choice](x, y, generator)
+        return self._pick(generator)(x, y, generator)
 
     def choose(self, grid: Tuple[int, int], generator: Optional[torch.Generator] = None):
         """``(mixing, params)``: the transform chosen for this batch and its draws (as ``__call__``)."""
-        choice = int(torch.randint(len(self.transforms), (1,), generator=generator))
-        return self.transforms[choice].choose(grid, generator)
+        return self._pick(generator).choose(grid, generator)
 
     def __repr__(self) -> str:
         return f"RandomMixing({self.transforms!r})"
