@@ -154,6 +154,30 @@ def test_cjpeg_encodes(sample_jpegs, tmp_path, options):
         _assert_same_fun(encoded, where=f"{path.name} cjpeg {options}")
 
 
+def test_tables_that_change_from_image_to_image(sample_jpegs, tmp_path):
+    """One reused decoder rebuilds its derived tables whenever an image's DHT differs from the
+    previous image's: per-image optimised tables (Pillow optimize=True, jpegtran -optimize) shuffled
+    among standard-table files, through read_batch at 1 thread (one decoder): equal to libjpeg."""
+    sources = []
+    for index, path in enumerate(_baseline(sample_jpegs)):
+        photo = _pillow_photo(sample_jpegs, index).resize((224, 224))
+        for quality, optimize, subsampling in [(90, False, 2), (90, True, 2), (50, True, 0), (97, True, 2), (75, False, 0)]:
+            data = io.BytesIO()
+            photo.save(data, format="JPEG", quality=quality, optimize=optimize, subsampling=subsampling)
+            sources.append(data.getvalue())
+        if JPEGTRAN is not None:
+            sources.append(subprocess.run([JPEGTRAN, "-optimize", str(path)], check=True, capture_output=True).stdout)
+    np.random.default_rng(11).shuffle(sources)
+    assert all(codec.decoder_path(source)[0] == "funloader" for source in sources)
+    ours = np.full((len(sources), 192, 28, 28), 7, np.int16)
+    theirs = np.full_like(ours, -7)
+    read_batch(sources, ours, threads=1, decoder="auto")
+    read_batch(sources, theirs, threads=1, decoder="libjpeg")
+    assert np.array_equal(ours, theirs)
+    for source in sources[:6]:
+        _assert_same_dct(source, expect_own=True)
+
+
 def test_read_batch_with_maps_and_affine_equals_libjpeg(sample_jpegs):
     """Block maps (windows, flips, zero blocks), the affine and centre crop/pad: bit-identical."""
     rng = np.random.default_rng(5)

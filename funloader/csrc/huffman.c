@@ -32,9 +32,8 @@ static const uint8_t fl_natural[] = {
     63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63};
 _Static_assert(sizeof fl_natural >= 95, "fl_natural covers k + 15 + 1 + 15 for k <= 63");
 
-/* AC entry: bits 0-5 bits consumed (0: not resolved here), 8-11 run, bit 12 end of block,
- * 16-31 the coefficient (int16). DC entry: bits consumed and the difference likewise. */
-#define FL_AC_EOB 0x1000u
+/* DC entry (the combined table): bits 0-5 the bits consumed (code and value; 0: not resolved here),
+ * 16-31 the difference (int16). */
 
 /* AC pair entry (FL_PAIR_BITS-bit table, uint64): up to two symbols resolved by one lookup, when
  * both codes and their value bits fit in the table's bits.  0: not resolved here.
@@ -114,55 +113,103 @@ static inline int fl_extend(int value, int size) {
   return value + (negative & (1 - (1 << size)));
 }
 
-/* The one-symbol entries (see FL_AC_EOB) of a `lookup_bits`-bit table: code and value bits
- * resolved at once where both fit, else 0.  lengths/codes: each symbol's canonical code. */
-static void fl_single_entries(const fl_htable *t, int is_dc, const uint8_t *lengths, const uint16_t *codes,
-                              int lookup_bits, uint32_t *table) {
-  memset(table, 0, sizeof(uint32_t) << lookup_bits);
-  for (int i = 0; i < t->count; i++) {
-    int length = lengths[i];
-    if (length > lookup_bits) break;
-    int symbol = t->raw_values[i];
-    int first = codes[i] << (lookup_bits - length), span = 1 << (lookup_bits - length);
-    int size = is_dc ? symbol : symbol & 15, run = is_dc ? 0 : symbol >> 4;
-    for (int j = first; j < first + span; j++) {
-      uint32_t entry = 0;
-      if (!is_dc && symbol == 0) {
-        entry = (uint32_t)length | FL_AC_EOB;
-      } else if (!is_dc && symbol == 0xF0) { /* ZRL: 15 zeros, then a zero written as the 16th */
-        entry = (uint32_t)length | (15u << 8);
-      } else if (length + size <= lookup_bits) {
-        int value = size ? fl_extend((j >> (lookup_bits - length - size)) & ((1 << size) - 1), size) : 0;
-        entry = (uint32_t)(length + size) | ((uint32_t)run << 8) | ((uint32_t)(uint16_t)value << 16);
-      }
-      table[j] = entry;
-    }
-  }
+/* Sets table[first, first + count) to entry. */
+static inline void fl_fill32(uint32_t *table, int first, int count, uint32_t entry) {
+  for (int j = first; j < first + count; j++) table[j] = entry;
 }
 
-/* The AC pair table (see FL_PAIR_SECOND) from the FL_PAIR_BITS-bit one-symbol table: the first
- * symbol, and the second too when its code and value bits fit in the bits the first leaves. */
-static void fl_pair_entries(const uint32_t *single, uint64_t *pair) {
-  for (int j = 0; j < FL_PAIR_SIZE; j++) {
-    uint32_t first = single[j];
-    int used = (int)(first & 63);
-    if (!first || (first & FL_AC_EOB)) { /* unresolved, or EOB alone */
-      pair[j] = first ? (uint64_t)used | FL_PAIR_EOB : 0;
-      continue;
+/* The DC table's combined entries (see "DC entry" above): code and value bits resolved at once
+ * where both fit in FL_LOOKUP_BITS, else 0.  lengths/codes: each symbol's canonical code.  Files with optimised
+ * Huffman tables (per image) rebuild every table for every image, so tables are filled run by
+ * run: canonical codes left-aligned to the lookup bits cover consecutive spans from index 0, and
+ * within a span each value runs over 2^(bits left) entries. */
+static void fl_dc_entries(const fl_htable *t, const uint8_t *lengths, const uint16_t *codes, uint32_t *table) {
+  int end = 0; /* entries [0, end) are set */
+  for (int i = 0; i < t->count && lengths[i] <= FL_LOOKUP_BITS; i++) {
+    int length = lengths[i], size = t->raw_values[i];
+    int first = codes[i] << (FL_LOOKUP_BITS - length), span = 1 << (FL_LOOKUP_BITS - length);
+    end = first + span;
+    if (length + size <= FL_LOOKUP_BITS) {
+      int repeat = 1 << (FL_LOOKUP_BITS - length - size); /* entries per value */
+      for (int bits = 0; bits < (1 << size); bits++) {
+        int value = size ? fl_extend(bits, size) : 0;
+        fl_fill32(table, first + bits * repeat, repeat, (uint32_t)(length + size) | ((uint32_t)(uint16_t)value << 16));
+      }
+    } else { /* value bits beyond the table: the long-code path */
+      fl_fill32(table, first, span, 0);
     }
-    uint64_t entry = (uint64_t)used | ((uint64_t)((first >> 8) & 15) << 8) | ((uint64_t)(first >> 16) << 16) |
-                     ((uint64_t)used << 49);
-    uint32_t second = used < FL_PAIR_BITS ? single[(j << used) & (FL_PAIR_SIZE - 1)] : 0;
-    int more = (int)(second & 63);
-    if (second && used + more <= FL_PAIR_BITS) {
-      entry = (entry & ~(uint64_t)63) | (uint64_t)(used + more) | FL_PAIR_SECOND;
-      if (second & FL_AC_EOB)
-        entry |= FL_PAIR_EOB;
-      else
-        entry |= FL_PAIR_COEF2 | ((uint64_t)((second >> 8) & 15) << 12) | ((uint64_t)(second >> 16) << 32);
-    }
-    pair[j] = entry;
   }
+  fl_fill32(table, end, FL_LOOKUP_SIZE - end, 0); /* longer codes, and the unused all-ones code */
+}
+
+/* Sets table[first, first + count) to entry. */
+static inline void fl_fill64(uint64_t *table, int first, int count, uint64_t entry) {
+  for (int j = first; j < first + count; j++) table[j] = entry;
+}
+
+/* What a second symbol adds to an AC pair entry (see FL_PAIR_SECOND) when the first leaves w bits:
+ * part[i] for the w bits i, holding the second symbol's code and value bits, or 0 when they do not
+ * fit.  Filled run by run, as fl_single_entries. */
+static void fl_second_parts(const fl_htable *t, const uint8_t *lengths, const uint16_t *codes, int w,
+                            uint64_t *part) {
+  int end = 0;
+  for (int i = 0; i < t->count && lengths[i] <= w; i++) {
+    int length = lengths[i], symbol = t->raw_values[i], size = symbol & 15, run = symbol >> 4;
+    int first = codes[i] << (w - length), span = 1 << (w - length);
+    end = first + span;
+    if (symbol == 0) { /* EOB */
+      fl_fill64(part, first, span, (uint64_t)length | FL_PAIR_SECOND | FL_PAIR_EOB);
+    } else if (length + size <= w) { /* a coefficient, or ZRL (size 0: a zero 16th) */
+      int repeat = 1 << (w - length - size);
+      for (int bits = 0; bits < (1 << size); bits++) {
+        int value = size ? fl_extend(bits, size) : 0;
+        fl_fill64(part, first + bits * repeat, repeat,
+                  (uint64_t)(length + size) | FL_PAIR_SECOND | FL_PAIR_COEF2 | ((uint64_t)run << 12) |
+                      ((uint64_t)(uint16_t)value << 32));
+      }
+    } else {
+      fl_fill64(part, first, span, 0);
+    }
+  }
+  fl_fill64(part, end, (1 << w) - end, 0);
+}
+
+/* The AC pair table (see FL_PAIR_SECOND): the first symbol, and the second too when its code and
+ * value bits fit in the bits the first leaves.  Files with optimised Huffman tables rebuild every
+ * table for every image, so it is filled span by span from the canonical codes: the entries after
+ * a first symbol (and value) that leaves w bits are that symbol's part plus fl_second_parts(w),
+ * computed once per w. */
+static void fl_pair_entries(const fl_htable *t, const uint8_t *lengths, const uint16_t *codes, uint64_t *pair) {
+  uint64_t second[FL_PAIR_SIZE]; /* fl_second_parts(w) at second + 2^w - 1, for w < FL_PAIR_BITS */
+  int widest = 0; /* the most bits a first symbol (other than EOB) leaves */
+  for (int i = 0; i < t->count && lengths[i] <= FL_PAIR_BITS; i++) {
+    int used = lengths[i] + (t->raw_values[i] & 15);
+    if (t->raw_values[i] != 0 && used <= FL_PAIR_BITS && FL_PAIR_BITS - used > widest) widest = FL_PAIR_BITS - used;
+  }
+  for (int w = 0; w <= widest; w++) fl_second_parts(t, lengths, codes, w, second + (1 << w) - 1);
+  int end = 0;
+  for (int i = 0; i < t->count && lengths[i] <= FL_PAIR_BITS; i++) {
+    int length = lengths[i], symbol = t->raw_values[i], size = symbol & 15, run = symbol >> 4;
+    int first = codes[i] << (FL_PAIR_BITS - length), span = 1 << (FL_PAIR_BITS - length);
+    end = first + span;
+    if (symbol == 0) { /* EOB alone */
+      fl_fill64(pair, first, span, (uint64_t)length | FL_PAIR_EOB);
+    } else if (length + size <= FL_PAIR_BITS) { /* a coefficient, or ZRL */
+      int used = length + size, repeat = 1 << (FL_PAIR_BITS - used);
+      const uint64_t *seconds = second + repeat - 1;
+      for (int bits = 0; bits < (1 << size); bits++) {
+        int value = size ? fl_extend(bits, size) : 0;
+        /* the consumed-bits fields add up: used + more <= FL_PAIR_BITS < 64 */
+        uint64_t part = (uint64_t)used | ((uint64_t)run << 8) | ((uint64_t)(uint16_t)value << 16) |
+                        ((uint64_t)used << 49);
+        uint64_t *entries = pair + first + bits * repeat;
+        for (int j = 0; j < repeat; j++) entries[j] = part + seconds[j];
+      }
+    } else { /* value bits beyond the table: the long-code path */
+      fl_fill64(pair, first, span, 0);
+    }
+  }
+  fl_fill64(pair, end, FL_PAIR_SIZE - end, 0);
 }
 
 /* Builds the derived tables of t from its raw BITS/HUFFVAL; 0 when the table is unusable for us
@@ -196,11 +243,9 @@ static int fl_build_table(fl_htable *t, int is_dc) {
     for (int j = first; j < first + span; j++) t->symbol[j] = (uint16_t)((lengths[i] << 8) | t->raw_values[i]);
   }
   if (is_dc) {
-    fl_single_entries(t, 1, lengths, codes, FL_LOOKUP_BITS, t->combined);
+    fl_dc_entries(t, lengths, codes, t->combined);
   } else { /* AC codes are looked up in the pair table only (longer ones take fl_long_code) */
-    uint32_t single[FL_PAIR_SIZE];
-    fl_single_entries(t, 0, lengths, codes, FL_PAIR_BITS, single);
-    fl_pair_entries(single, t->pair);
+    fl_pair_entries(t, lengths, codes, t->pair);
   }
   return 1;
 }
