@@ -43,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", type=_names, default=list(DEFAULT_SECTIONS),
                    help=f"comma-separated subset of {','.join(SECTIONS)} (default {','.join(DEFAULT_SECTIONS)})")
     p.add_argument("--corpora", type=_names, default=None,
-                   help="corpora to use (224_q100_420, 224_q100_444, 224_q90_420, originals_q90_420); "
+                   help="corpora to use (224_q100_420, 224_q100_444, 224_q90_420, originals_q90_420, 224_q90_420_opt); "
                         "default: each section's own")
     p.add_argument("--threads", type=_int_list, default=None,
                    help="comma-separated thread counts (default: the CPUs available)")

@@ -4,7 +4,9 @@
   paper's input setting (``funloader prepare`` output);
 * ``originals_q90_420``: **ImageNet-like originals**, what a training set holds before any
   preparation: shorter side 375 pixels, mixed aspect ratios (4:3 and 3:4 most often, also 1:1, 3:2,
-  2:3, like ImageNet's photos), quality 90, 4:2:0.
+  2:3, like ImageNet's photos), quality 90, 4:2:0;
+* ``224_q90_420_opt``: ``224_q90_420`` with optimised Huffman tables (Pillow ``optimize=True``): a
+  table set per image, as ``jpegtran -optimize``, mozjpeg and many web photos have.
 
 Photos come from ``--data DIR``, else the shared corpus next to the repository
 (``../shared/data/photos``), else the photos bundled in the package.
@@ -21,12 +23,14 @@ CORPORA: Dict[str, dict] = {
     "224_q100_444": dict(size=224, quality=100, subsampling="444"),
     "224_q90_420": dict(size=224, quality=90, subsampling="420"),
     "originals_q90_420": dict(size=None, shorter=375, quality=90, subsampling="420"),
+    "224_q90_420_opt": dict(size=224, quality=90, subsampling="420", optimize=True),
 }
 DESCRIPTIONS: Dict[str, str] = {
     "224_q100_420": "224x224 q100 4:2:0 (the paper's prepared input)",
     "224_q100_444": "224x224 q100 4:4:4 (the authors' released models' input)",
     "224_q90_420": "224x224 q90 4:2:0",
     "originals_q90_420": "ImageNet-like originals: shorter side 375, mixed aspect, q90 4:2:0",
+    "224_q90_420_opt": "224x224 q90 4:2:0, optimised Huffman tables (one set per image)",
 }
 #: width / height of the originals, cycled over the photos (ImageNet is mostly 4:3 landscape)
 ORIGINAL_ASPECTS = (4 / 3, 3 / 4, 4 / 3, 1.0, 3 / 2, 4 / 3, 2 / 3)
@@ -75,12 +79,14 @@ def _centre_crop_to_aspect(image, aspect: float):
 
 
 def make_corpus(photos: Iterable[Path], folder: Path, *, size: Optional[int] = 224, shorter: Optional[int] = None,
-                quality: int = 90, subsampling: str = "420", limit: Optional[int] = None) -> List[Path]:
+                quality: int = 90, subsampling: str = "420", optimize: bool = False,
+                limit: Optional[int] = None) -> List[Path]:
     """Re-encode photos with Pillow (at most ``limit`` of them) and return the paths written.
 
     ``size``: a centre square resized to ``size x size`` (bicubic). ``shorter``: an original, centre-
     cropped to the next aspect of :data:`ORIGINAL_ASPECTS` and resized so its shorter side is
-    ``shorter`` (bicubic).
+    ``shorter`` (bicubic). ``optimize``: Huffman tables optimised for each image (else libjpeg's
+    standard tables).
     """
     from PIL import Image, ImageOps
 
@@ -105,7 +111,7 @@ def make_corpus(photos: Iterable[Path], folder: Path, *, size: Optional[int] = 2
             image = image.resize((max(8, round(image.width * scale)), max(8, round(image.height * scale))),
                                  Image.BICUBIC)
         target = folder / f"{len(written):05d}_{path.stem}.jpg"
-        image.save(target, format="JPEG", quality=quality, subsampling=chroma)
+        image.save(target, format="JPEG", quality=quality, subsampling=chroma, optimize=optimize)
         written.append(target)
     if not written:
         raise FileNotFoundError(f"no readable photos to make {folder} from")
