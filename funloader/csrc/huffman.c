@@ -119,10 +119,10 @@ static inline void fl_fill32(uint32_t *table, int first, int count, uint32_t ent
 }
 
 /* The DC table's combined entries (see "DC entry" above): code and value bits resolved at once
- * where both fit in FL_LOOKUP_BITS, else 0.  lengths/codes: each symbol's canonical code.  Files with optimised
- * Huffman tables (per image) rebuild every table for every image, so tables are filled run by
- * run: canonical codes left-aligned to the lookup bits cover consecutive spans from index 0, and
- * within a span each value runs over 2^(bits left) entries. */
+ * where both fit in FL_LOOKUP_BITS, else 0.  lengths/codes: each symbol's canonical code.
+ * Files with optimised Huffman tables (per image) rebuild every table for every image, so tables
+ * are filled run by run: canonical codes left-aligned to the lookup bits cover consecutive spans
+ * from index 0, and within a span each value runs over 2^(bits left) entries. */
 static void fl_dc_entries(const fl_htable *t, const uint8_t *lengths, const uint16_t *codes, uint32_t *table) {
   int end = 0; /* entries [0, end) are set */
   for (int i = 0; i < t->count && lengths[i] <= FL_LOOKUP_BITS; i++) {
@@ -133,7 +133,8 @@ static void fl_dc_entries(const fl_htable *t, const uint8_t *lengths, const uint
       int repeat = 1 << (FL_LOOKUP_BITS - length - size); /* entries per value */
       for (int bits = 0; bits < (1 << size); bits++) {
         int value = size ? fl_extend(bits, size) : 0;
-        fl_fill32(table, first + bits * repeat, repeat, (uint32_t)(length + size) | ((uint32_t)(uint16_t)value << 16));
+        fl_fill32(table, first + bits * repeat, repeat,
+                  (uint32_t)(length + size) | ((uint32_t)(uint16_t)value << 16));
       }
     } else { /* value bits beyond the table: the long-code path */
       fl_fill32(table, first, span, 0);
@@ -149,7 +150,7 @@ static inline void fl_fill64(uint64_t *table, int first, int count, uint64_t ent
 
 /* What a second symbol adds to an AC pair entry (see FL_PAIR_SECOND) when the first leaves w bits:
  * part[i] for the w bits i, holding the second symbol's code and value bits, or 0 when they do not
- * fit.  Filled run by run, as fl_single_entries. */
+ * fit.  Filled run by run, as fl_dc_entries. */
 static void fl_second_parts(const fl_htable *t, const uint8_t *lengths, const uint16_t *codes, int w,
                             uint64_t *part) {
   int end = 0;
@@ -184,7 +185,8 @@ static void fl_pair_entries(const fl_htable *t, const uint8_t *lengths, const ui
   int widest = 0; /* the most bits a first symbol (other than EOB) leaves */
   for (int i = 0; i < t->count && lengths[i] <= FL_PAIR_BITS; i++) {
     int used = lengths[i] + (t->raw_values[i] & 15);
-    if (t->raw_values[i] != 0 && used <= FL_PAIR_BITS && FL_PAIR_BITS - used > widest) widest = FL_PAIR_BITS - used;
+    if (t->raw_values[i] != 0 && used <= FL_PAIR_BITS && FL_PAIR_BITS - used > widest)
+      widest = FL_PAIR_BITS - used;
   }
   for (int w = 0; w <= widest; w++) fl_second_parts(t, lengths, codes, w, second + (1 << w) - 1);
   int end = 0;
