@@ -154,13 +154,14 @@ def test_cjpeg_encodes(sample_jpegs, tmp_path, options):
         _assert_same_fun(encoded, where=f"{path.name} cjpeg {options}")
 
 
-def test_tables_that_change_from_image_to_image(sample_jpegs, tmp_path):
+def test_tables_that_change_from_image_to_image(sample_jpegs):
     """One reused decoder rebuilds its derived tables whenever an image's DHT differs from the
     previous image's: per-image optimised tables (Pillow optimize=True, jpegtran -optimize) shuffled
     among standard-table files, through read_batch at 1 thread (one decoder): equal to libjpeg."""
     sources = []
-    for index, path in enumerate(_baseline(sample_jpegs)):
-        photo = _pillow_photo(sample_jpegs, index).resize((224, 224))
+    for path in _baseline(sample_jpegs):
+        with Image.open(path) as image:
+            photo = image.convert("RGB").resize((224, 224))
         for quality, optimize, subsampling in [(90, False, 2), (90, True, 2), (50, True, 0), (97, True, 2), (75, False, 0)]:
             data = io.BytesIO()
             photo.save(data, format="JPEG", quality=quality, optimize=optimize, subsampling=subsampling)

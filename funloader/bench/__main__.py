@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import DEFAULT_SECTIONS, SECTIONS, Context, measure
+from .corpus import CORPORA
 from .harness import busy_reasons, cpus_available, load_average, log, machine_info, write_json
 from .report import evaluate_targets, plot, to_markdown
 
@@ -43,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", type=_names, default=list(DEFAULT_SECTIONS),
                    help=f"comma-separated subset of {','.join(SECTIONS)} (default {','.join(DEFAULT_SECTIONS)})")
     p.add_argument("--corpora", type=_names, default=None,
-                   help="corpora to use (224_q100_420, 224_q100_444, 224_q90_420, originals_q90_420, 224_q90_420_opt); "
+                   help=f"corpora to use ({', '.join(CORPORA)}); "
                         "default: each section's own")
     p.add_argument("--threads", type=_int_list, default=None,
                    help="comma-separated thread counts (default: the CPUs available)")
@@ -72,8 +73,6 @@ def run(args, argv: List[str]) -> Dict[str, object]:
                         ("--loader-images", args.loader_images)):
         if value is not None and value < 1:
             raise UsageError(f"{name} must be at least 1, got {value}")
-    from .corpus import CORPORA
-
     unknown = [c for c in args.corpora or () if c not in CORPORA]
     if unknown:
         raise UsageError(f"--corpora: unknown {', '.join(unknown)}; choose from {', '.join(CORPORA)}")
